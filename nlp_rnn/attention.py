@@ -1,0 +1,67 @@
+"""Additive (Bahdanau) and multiplicative (Luong dot/general) attention sharing one interface.
+
+B batch, S source length, Dv encoder output size (D*H), Hq query (decoder) size, A attention size.
+Keys are projected once per source sentence by `keys()` and passed to every step.
+"""
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    def keys(self, values: torch.Tensor) -> torch.Tensor:
+        """values (B, S, Dv) -> keys (B, S, A), computed once per sentence."""
+        raise NotImplementedError
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S)."""
+        raise NotImplementedError
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context (B, Dv) and weights (B, S): zero on padding, summing to one."""
+        scores = self.scores(query, keys).masked_fill(~mask, float("-inf"))  # (B, S)
+        weights = torch.softmax(scores, dim=-1)  # (B, S)
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
+        return context, weights
+
+
+class AdditiveAttention(Attention):
+    """score = v . tanh(W_k value + W_q query)  (Bahdanau et al., 2015)."""
+
+    def __init__(self, value_size: int, query_size: int, attention_size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(value_size, attention_size, bias=False)
+        self.query_layer = nn.Linear(query_size, attention_size, bias=False)
+        self.energy = nn.Linear(attention_size, 1, bias=False)
+
+    def keys(self, values: torch.Tensor) -> torch.Tensor:
+        return self.key_layer(values)  # (B, S, A)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(keys + self.query_layer(query).unsqueeze(1))  # (B, S, A)
+        return self.energy(hidden).squeeze(-1)  # (B, S)
+
+
+class MultiplicativeAttention(Attention):
+    """score = value^T W query ("general") or value^T query ("dot")  (Luong et al., 2015).
+
+    For "general" the value side is projected (once per sentence) instead of the query at every step.
+    """
+
+    def __init__(self, value_size: int, query_size: int, general: bool) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(value_size, query_size, bias=False) if general else None
+
+    def keys(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.key_layer is None else self.key_layer(values)  # (B, S, Hq)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
+
+
+def build_attention(kind: str, value_size: int, query_size: int, attention_size: int) -> Attention:
+    if kind == "bahdanau":
+        return AdditiveAttention(value_size, query_size, attention_size)
+    return MultiplicativeAttention(value_size, query_size, general=kind == "luong")

@@ -1,0 +1,256 @@
+"""Frozen config dataclasses and a loader that rejects unknown keys and wrong types.
+
+A YAML file maps onto `TranslationConfig` or `ClassifierConfig`; CLI options override a few
+fields with `dataclasses.replace`. Bundles store the same structure as JSON.
+"""
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from nlp_rnn.errors import NlpRnnError
+
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+ATTENTIONS = ("none", "bahdanau", "luong", "luong_dot")
+POOLINGS = ("last", "mean", "max", "attention")
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise NlpRnnError(f"config: {where} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(where: str, value: float) -> None:
+    if value <= 0:
+        raise NlpRnnError(f"config: {where} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from. CLI options override these; all are optional here."""
+
+    # translation: two line-aligned files per split ...
+    train_src: Optional[str] = None
+    train_tgt: Optional[str] = None
+    valid_src: Optional[str] = None
+    valid_tgt: Optional[str] = None
+    # ... or a TSV/CSV/JSONL table per split (translation and classification) ...
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    # ... or a Hugging Face Hub dataset with splits.
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None
+    train_split: str = "train"
+    valid_split: str = "validation"
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_src_len: int = 100
+    max_tgt_len: int = 100
+
+    def __post_init__(self) -> None:
+        _positive("data.max_src_len", self.max_src_len)
+        _positive("data.max_tgt_len", self.max_tgt_len)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    model_type: str = "bpe"
+    vocab_size: int = 8000
+    joint: bool = True  # one model for source and target (translation only)
+    character_coverage: float = 1.0
+    max_sentences: int = 1_000_000  # sentences sampled to train it
+
+    def __post_init__(self) -> None:
+        _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram"))
+        if self.vocab_size < 300:
+            raise NlpRnnError(
+                f"config: tokenizer.vocab_size must be at least 300 (256 byte pieces + specials), got {self.vocab_size}"
+            )
+
+
+@dataclass(frozen=True)
+class Seq2SeqModelConfig:
+    cell: str = "gru"
+    embedding_dim: int = 256
+    encoder_hidden: int = 256
+    encoder_layers: int = 1
+    bidirectional: bool = True
+    decoder_hidden: int = 512
+    decoder_layers: int = 1
+    attention: str = "bahdanau"  # none | bahdanau | luong (general) | luong_dot
+    attention_dim: int = 512  # additive attention's inner size
+    input_feeding: bool = True
+    bridge: bool = True  # initialise the decoder from the encoder's final state (else zeros)
+    tie_output: bool = False  # share target embedding and output weights
+    dropout: float = 0.3
+    embedding_dropout: Optional[float] = None  # defaults to dropout
+
+    def __post_init__(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        _choice("model.attention", self.attention, ATTENTIONS)
+        for name in ("embedding_dim", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers", "attention_dim"):
+            _positive(f"model.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+        enc_out = self.encoder_hidden * (2 if self.bidirectional else 1)
+        if self.attention == "luong_dot" and enc_out != self.decoder_hidden:
+            raise NlpRnnError(
+                f"config: model.attention luong_dot needs decoder_hidden ({self.decoder_hidden}) == encoder output size ({enc_out})"
+            )
+        if self.tie_output and self.embedding_dim != self.decoder_hidden:
+            raise NlpRnnError(
+                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == decoder_hidden ({self.decoder_hidden})"
+            )
+
+
+@dataclass(frozen=True)
+class ClassifierModelConfig:
+    cell: str = "lstm"
+    embedding_dim: int = 256
+    hidden_size: int = 256
+    num_layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "max"  # last | mean | max | attention
+    dropout: float = 0.5
+    embedding_dropout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        _choice("model.pooling", self.pooling, POOLINGS)
+        for name in ("embedding_dim", "hidden_size", "num_layers"):
+            _positive(f"model.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    batch_tokens: int = 4096  # padded source+target tokens per batch (token budget)
+    max_batch_sentences: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    teacher_forcing: float = 1.0  # probability of feeding the gold previous token
+    teacher_forcing_min: float = 1.0  # scheduled sampling decays the ratio down to this ...
+    teacher_forcing_decay_steps: int = 0  # ... linearly over this many steps (0: no decay)
+    lr_factor: float = 0.5  # reduce-on-plateau of the validation score
+    lr_patience: int = 2
+    min_lr: float = 1e-5
+    patience: int = 8  # early stopping, in validations without improvement
+    validate_every: int = 500
+    log_every: int = 50
+    save_every: int = 0  # extra `last/` saves between validations (0: at validation only)
+    max_steps: int = 0  # 0: unlimited
+    max_minutes: float = 0.0  # 0: unlimited
+    max_epochs: int = 0  # 0: unlimited
+    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products)
+    num_threads: int = 0  # 0: torch's default
+
+    def __post_init__(self) -> None:
+        _positive("train.batch_tokens", self.batch_tokens)
+        _positive("train.lr", self.lr)
+        _positive("train.validate_every", self.validate_every)
+        _positive("train.log_every", self.log_every)
+        _choice("train.precision", self.precision, ("fp32", "bf16"))
+        for name in ("teacher_forcing", "teacher_forcing_min"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise NlpRnnError(f"config: train.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NlpRnnError(f"config: train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 1
+    max_len_a: float = 1.5  # maximum output length = a * source length + b
+    max_len_b: int = 10
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _positive("decode.beam_size", self.beam_size)
+        _positive("decode.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class TranslationConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: Seq2SeqModelConfig = field(default_factory=Seq2SeqModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(vocab_size=8000, model_type="unigram"))
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_tokens=2048, validate_every=100, patience=6))
+
+
+def _check_type(where: str, value: Any, annotation: Any) -> Any:
+    """Checks one scalar against its annotation; ints are accepted where floats are expected."""
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[annotation]
+    if not ok:
+        raise NlpRnnError(f"config: {where} must be {annotation.__name__}, got {value!r}")
+    return float(value) if annotation is float else value
+
+
+def from_dict(cls: type, raw: Any, where: str = "") -> Any:
+    """Builds dataclass `cls` from nested dicts, naming the first unknown key or bad value."""
+    if not isinstance(raw, dict):
+        raise NlpRnnError(f"config: {where or 'top level'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise NlpRnnError(f"config: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in raw.items():
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = from_dict(hints[name], value or {}, path)
+        else:
+            kwargs[name] = _check_type(path, value, hints[name])
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, cls: type) -> Any:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NlpRnnError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise NlpRnnError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        return from_dict(cls, raw or {})
+    except NlpRnnError as err:
+        raise NlpRnnError(f"{path}: {err}") from None
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(to_dict(config), indent=2)

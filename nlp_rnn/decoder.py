@@ -1,0 +1,179 @@
+"""The recurrent decoder: `memory`, `init_state`, `step`, and the teacher-forced `forward`.
+
+B batch, S source length, T target length, E embedding, H decoder hidden, Dv encoder output size,
+G gate width (1, 3 or 4 times H), L layers, V target vocabulary.
+
+Speed: everything that does not depend on the previous step is done for all steps at once —
+the target embeddings and their share of the first layer's input projection (`_precompute`),
+the attention keys (`memory`), and the output projection (`logits`, called by the model on the
+real target positions only). The per-step loop holds the recurrent cells and the attention.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlp_rnn.attention import build_attention
+from nlp_rnn.config import Seq2SeqModelConfig
+from nlp_rnn.encoder import EncoderOutput
+from nlp_rnn.tokenizer import PAD
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+
+
+@dataclass
+class Memory:
+    """Per-sentence constants of decoding, computed once from the encoder output."""
+
+    values: torch.Tensor  # (B, S, Dv)
+    mask: torch.Tensor  # (B, S)
+    keys: Optional[torch.Tensor]  # (B, S, A) attention keys; None without attention
+    context: Optional[torch.Tensor]  # (B, Dv) fixed context vector when there is no attention
+    static_gates: Optional[torch.Tensor]  # (B, G) that context's share of the first layer's input gates
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+        return Memory(pick(self.values), pick(self.mask), pick(self.keys), pick(self.context), pick(self.static_gates))
+
+
+@dataclass
+class DecoderState:
+    """Recurrent state; beam search reorders it with `select` without knowing the cell type."""
+
+    h: tuple[torch.Tensor, ...]  # per layer (B, H)
+    c: Optional[tuple[torch.Tensor, ...]]  # per layer (B, H), LSTM only
+    feed: torch.Tensor  # (B, H) previous attentional vector (input feeding)
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        h = tuple(x.index_select(0, index) for x in self.h)
+        c = None if self.c is None else tuple(x.index_select(0, index) for x in self.c)
+        return DecoderState(h, c, self.feed.index_select(0, index))
+
+
+def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
+    """One step of a cell from input gates gi (B, G) and hidden gates gh (B, G); same maths as torch's cells."""
+    if cell == "gru":
+        size = h.size(1)
+        rz = torch.sigmoid(gi[:, : 2 * size] + gh[:, : 2 * size])  # (B, 2H)
+        r, z = rz[:, :size], rz[:, size:]
+        n = torch.tanh(gi[:, 2 * size :] + r * gh[:, 2 * size :])  # (B, H)
+        return n + z * (h - n), None
+    if cell == "lstm":
+        i, f, g, o = (gi + gh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    pre = gi + gh
+    return (torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: Seq2SeqModelConfig, vocab_size: int, encoder_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        size, emb = cfg.decoder_hidden, cfg.embedding_dim
+        self.embed = nn.Embedding(vocab_size, emb, padding_idx=PAD)
+        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.has_attention = cfg.attention != "none"
+        context_in = 0 if self.has_attention else encoder_size  # the textbook fixed context joins every input
+        feed_in = size if cfg.input_feeding else 0
+        self.input_split = (emb, context_in, feed_in)
+        cell_cls = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}.get(cfg.cell, nn.RNNCell)
+        self.cells = nn.ModuleList(cell_cls(sum(self.input_split) if i == 0 else size, size) for i in range(cfg.decoder_layers))
+        self.bridge = nn.Linear(encoder_size, size) if cfg.bridge else None
+        self.attention = build_attention(cfg.attention, encoder_size, size, cfg.attention_dim) if self.has_attention else None
+        self.combine = nn.Linear(size + encoder_size, size)  # attentional vector from [hidden; context]
+        self.output = nn.Linear(size, vocab_size, bias=False)
+        if cfg.tie_output:
+            self.output.weight = self.embed.weight
+
+    # ------------------------------------------------------------------ set-up per sentence
+
+    def memory(self, enc: EncoderOutput) -> Memory:
+        if self.has_attention:
+            return Memory(enc.states, enc.mask, self.attention.keys(enc.states), None, None)
+        emb, ctx, _ = self.input_split
+        w = self.cells[0].weight_ih[:, emb : emb + ctx]  # (G, Dv)
+        return Memory(enc.states, enc.mask, None, enc.final, F.linear(enc.final, w))  # static: (B, G)
+
+    def init_state(self, enc: EncoderOutput) -> DecoderState:
+        batch, size = enc.final.size(0), self.cfg.decoder_hidden
+        if self.bridge is not None:
+            h0 = torch.tanh(self.bridge(enc.final))  # (B, H)
+        else:
+            h0 = enc.final.new_zeros(batch, size)
+        hs = tuple(h0 for _ in self.cells)
+        cs = hs if self.cfg.cell == "lstm" else None
+        return DecoderState(hs, cs, enc.final.new_zeros(batch, size))
+
+    # ------------------------------------------------------------------ per step
+
+    def _precompute(self, tokens: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G)."""
+        cell0, emb = self.cells[0], self.input_split[0]
+        embedded = self.embed_dropout(self.embed(tokens))  # (B, T, E)
+        gates = F.linear(embedded, cell0.weight_ih[:, :emb], cell0.bias_ih)  # (B, T, G)
+        if memory.static_gates is not None:
+            gates = gates + memory.static_gates.unsqueeze(1)
+        return gates
+
+    def _advance(self, pre: torch.Tensor, memory: Memory, state: DecoderState):
+        """One time step from precomputed layer-0 gates pre (B, G); returns attentional vector (B, H)."""
+        x, hs, cs = None, [], []
+        for i, cell in enumerate(self.cells):
+            h, c = state.h[i], None if state.c is None else state.c[i]
+            if i == 0:
+                gi = pre
+                if self.cfg.input_feeding:
+                    gi = torch.addmm(pre, state.feed, cell.weight_ih[:, -self.input_split[2] :].t())
+            else:
+                gi = F.linear(self.dropout(x), cell.weight_ih, cell.bias_ih)
+            gh = F.linear(h, cell.weight_hh, cell.bias_hh)  # (B, G)
+            x, c = cell_update(self.cfg.cell, gi, gh, h, c)
+            hs.append(x)
+            cs.append(c)
+        if self.has_attention:
+            context, weights = self.attention(x, memory.keys, memory.values, memory.mask)  # (B, Dv), (B, S)
+        else:
+            context, weights = memory.context, None
+        attentional = torch.tanh(self.combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
+        new_state = DecoderState(tuple(hs), tuple(cs) if state.c is not None else None, attentional)
+        return attentional, new_state, weights
+
+    def step(self, prev: torch.Tensor, memory: Memory, state: DecoderState):
+        """prev (B,) previous tokens -> logits (B, V), new state, attention weights (B, S) or None."""
+        pre = self._precompute(prev.unsqueeze(1), memory).squeeze(1)  # (B, G)
+        attentional, state, weights = self._advance(pre, memory, state)
+        return self.output(attentional), state, weights
+
+    # ------------------------------------------------------------------ whole sequences
+
+    def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState, teacher_forcing: float = 1.0) -> torch.Tensor:
+        """Teacher-forced decoding of tgt_in (B, T) -> attentional vectors (B, T, H).
+
+        With teacher_forcing < 1 each sentence feeds its own greedy prediction instead of the gold
+        previous token with probability 1 - teacher_forcing at every step (scheduled sampling).
+        """
+        steps = tgt_in.size(1)
+        pre = self._precompute(tgt_in, memory)  # (B, T, G)
+        sampling = teacher_forcing < 1.0 and self.training
+        if sampling:
+            gold = torch.rand(tgt_in.shape, device=tgt_in.device) < teacher_forcing  # (B, T)
+        outputs = []
+        for t in range(steps):
+            pre_t = pre[:, t]
+            if sampling and t > 0:
+                with torch.no_grad():
+                    predicted = self.output(outputs[-1]).argmax(-1)  # (B,)
+                tokens = torch.where(gold[:, t], tgt_in[:, t], predicted)
+                pre_t = self._precompute(tokens.unsqueeze(1), memory).squeeze(1)
+            attentional, state, _ = self._advance(pre_t, memory, state)
+            outputs.append(attentional)
+        return torch.stack(outputs, dim=1)  # (B, T, H)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.output(hidden)  # (..., V)
+

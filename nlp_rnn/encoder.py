@@ -1,0 +1,50 @@
+"""The recurrent encoder: rnn_tanh/rnn_relu/gru/lstm, stacked, bidirectional, over packed sequences.
+
+B batch, S source length, E embedding, H hidden per direction, D directions, L layers.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def rnn_module(cell: str, input_size: int, hidden: int, layers: int, dropout: float, bidirectional: bool) -> nn.RNNBase:
+    """A fused torch recurrent layer stack for one of the four cell names."""
+    kwargs = dict(num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden, **kwargs)
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden, **kwargs)
+    return nn.RNN(input_size, hidden, nonlinearity=cell.removeprefix("rnn_"), **kwargs)
+
+
+@dataclass
+class EncoderOutput:
+    states: torch.Tensor  # (B, S, D*H) top layer, zeros at padding
+    final: torch.Tensor  # (B, D*H) top layer: forward at the last real token, backward at the first
+    mask: torch.Tensor  # (B, S) True on real tokens
+
+    def select(self, index: torch.Tensor) -> "EncoderOutput":
+        """Rows `index` (e.g. each sentence repeated once per beam)."""
+        return EncoderOutput(self.states.index_select(0, index), self.final.index_select(0, index), self.mask.index_select(0, index))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cell: str, embedding_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float) -> None:
+        super().__init__()
+        self.rnn = rnn_module(cell, embedding_dim, hidden, layers, dropout, bidirectional)
+        self.is_lstm = cell == "lstm"
+        self.directions = 2 if bidirectional else 1
+        self.output_size = hidden * self.directions
+
+    def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
+        """embedded (B, S, E) with lengths (B,) and mask (B, S)."""
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, hidden = self.rnn(packed)
+        states, _ = pad_packed_sequence(out, batch_first=True, total_length=embedded.size(1))  # (B, S, D*H)
+        h_n = hidden[0] if self.is_lstm else hidden  # (L*D, B, H)
+        top = h_n[-self.directions :]  # (D, B, H): packing makes these the last real states
+        final = top.transpose(0, 1).reshape(embedded.size(0), self.output_size)  # (B, D*H)
+        return EncoderOutput(states=states, final=final, mask=mask)

@@ -1,0 +1,105 @@
+"""Raw text in, raw text out: `Translator` and `Predictor` wrap a loaded bundle.
+
+Inputs are tokenised, sorted by length into batches (little padding), searched, and returned in
+input order. An empty or whitespace-only line gives an empty result, never a shifted one.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+import torch
+
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.data import make_batch, ordered_batches
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.search import Hypothesis, SearchOptions, search
+from nlp_rnn.tokenizer import EOS
+
+log = logging.getLogger(__name__)
+
+
+def search_ids(model, src_ids: Sequence[Sequence[int]], opts: SearchOptions, batch_size: int) -> list[list[Hypothesis]]:
+    """n-best hypotheses for each source id list (each ending in EOS), in input order."""
+    results: list[list[Hypothesis]] = [[] for _ in src_ids]
+    model.eval()
+    for index in ordered_batches([len(s) for s in src_ids], batch_size):
+        batch = make_batch([src_ids[i] for i in index])
+        for i, hyps in zip(index, search(model, batch, opts)):
+            results[i] = hyps
+    return results
+
+
+@dataclass
+class Translation:
+    text: str
+    score: float
+    log_prob: float
+    pieces: list[str]
+    src_pieces: list[str]
+    attention: Optional[torch.Tensor] = None  # (len(pieces), len(src_pieces))
+
+
+class Translator:
+    def __init__(self, bundle: Bundle) -> None:
+        if bundle.task != "translation":
+            raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model")
+        self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
+        self.max_src_len = bundle.config.data.max_src_len
+
+    def options(self, **overrides) -> SearchOptions:
+        d = self.bundle.config.decode
+        base = dict(beam_size=d.beam_size, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return SearchOptions(**base)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer.encode_src(texts)
+        too_long = sum(len(s) >= self.max_src_len for s in ids)
+        if too_long:
+            log.warning("truncated %d inputs to the model's %d source pieces", too_long, self.max_src_len)
+        return [s[: self.max_src_len - 1] + [EOS] for s in ids]
+
+    def translate(self, texts: Sequence[str], opts: Optional[SearchOptions] = None, batch_size: int = 64) -> list[list[Translation]]:
+        """n-best translations per text (an empty list for an empty text)."""
+        opts = opts or self.options()
+        clean = [t.strip() for t in texts]
+        todo = [i for i, t in enumerate(clean) if t]
+        out: list[list[Translation]] = [[] for _ in texts]
+        if not todo:
+            return out
+        src_ids = self.encode([clean[i] for i in todo])
+        for i, ids, hyps in zip(todo, src_ids, search_ids(self.model, src_ids, opts, batch_size)):
+            src_pieces = self.tokenizer.src_pieces(ids)
+            out[i] = [
+                Translation(
+                    text=self.tokenizer.decode_tgt([h.tokens])[0],
+                    score=h.score,
+                    log_prob=h.log_prob,
+                    pieces=self.tokenizer.tgt_pieces(h.tokens),
+                    src_pieces=src_pieces,
+                    attention=h.attention,
+                )
+                for h in hyps
+            ]
+        return out
+
+    def stream(self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 64) -> Iterator[list[Translation]]:
+        """Translates an endless iterable in chunks, yielding one n-best list per line, in order."""
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= batch_size * 8:
+                yield from self.translate(chunk, opts, batch_size)
+                chunk = []
+        if chunk:
+            yield from self.translate(chunk, opts, batch_size)
+
+
+def wrap(bundle: Bundle):
+    """The raw-text interface for a bundle's task."""
+    if bundle.task == "translation":
+        return Translator(bundle)
+    from nlp_rnn.classifier import Predictor
+
+    return Predictor(bundle)

@@ -1,0 +1,220 @@
+"""Greedy and beam search, nothing else.
+
+B batch, S source length, K beam, V vocabulary, t steps so far.
+Both searches encode each sentence once and compute its attention keys once (`Decoder.memory`);
+beam search expands that memory to K rows and reorders the decoder state with `select`.
+Sentences that are done leave the batch, so the remaining ones decode in a smaller batch.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from nlp_rnn.data import Batch
+from nlp_rnn.seq2seq import Seq2Seq
+from nlp_rnn.tokenizer import BOS, EOS
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # ends in EOS, or stops at the maximum length
+    score: float  # the ranking score (length-normalised for beam search)
+    log_prob: float  # summed token log-probabilities
+    attention: Optional[torch.Tensor] = field(default=None, repr=False)  # (len(tokens), S) over real source tokens
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    beam_size: int = 5
+    n_best: int = 1
+    max_len_a: float = 1.5  # maximum output length = a * source pieces + b ...
+    max_len_b: int = 10
+    max_length: int = 256  # ... and never more than this
+    min_length: int = 0  # EOS is not allowed before this many tokens
+    length_penalty: float = 1.0  # GNMT alpha: score = log p / ((5 + len) / 6) ** alpha
+    length_norm: str = "gnmt"  # gnmt | average (log p / len) | none
+    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size (0: off)
+    attention: bool = False  # return attention weights
+
+
+def max_lengths(src_len: torch.Tensor, opts: SearchOptions) -> torch.Tensor:
+    """(B,) output budget from the source length (which counts the appended EOS)."""
+    pieces = (src_len - 1).clamp(min=1).float()
+    return (opts.max_len_a * pieces + opts.max_len_b).floor().long().clamp(min=1, max=opts.max_length)
+
+
+def _normalise(log_prob: torch.Tensor, length: torch.Tensor, opts: SearchOptions) -> torch.Tensor:
+    if opts.length_norm == "average":
+        return log_prob / length.float()
+    if opts.length_norm == "gnmt" and opts.length_penalty != 0:
+        return log_prob / ((5.0 + length.float()) / 6.0) ** opts.length_penalty
+    return log_prob
+
+
+def _trim_attention(weights: torch.Tensor, length: int, src_real: int) -> torch.Tensor:
+    return weights[:length, :src_real].clone()
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[Hypothesis]:
+    """The most probable next token at every step, for a whole batch at once."""
+    enc = model.encode(batch.src, batch.src_len, batch.src_mask)
+    memory, state = model.decoder.memory(enc), model.decoder.init_state(enc)
+    limit = max_lengths(batch.src_len, opts)  # (B,)
+    size = batch.size
+    active = torch.arange(size)  # rows of the original batch still decoding
+    prev = torch.full((size,), BOS, dtype=torch.long)
+    tokens: list[list[int]] = [[] for _ in range(size)]
+    scores = [0.0] * size
+    weights: list[list[torch.Tensor]] = [[] for _ in range(size)]
+    for t in range(int(limit.max())):
+        logits, state, att = model.decoder.step(prev, memory, state)  # (b, V)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        if t < opts.min_length:
+            log_probs[:, EOS] = NEG_INF
+        best, prev = log_probs.max(dim=-1)  # (b,)
+        for row, sentence in enumerate(active.tolist()):
+            tokens[sentence].append(int(prev[row]))
+            scores[sentence] += float(best[row])
+            if opts.attention and att is not None:
+                weights[sentence].append(att[row])
+        done = (prev == EOS) | (limit[active] <= t + 1)
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            active, prev = active[keep], prev[keep]
+            memory, state = memory.select(keep), state.select(keep)
+    hyps = []
+    for i in range(size):
+        attention = None
+        if weights[i]:
+            attention = _trim_attention(torch.stack(weights[i]), len(tokens[i]), int(batch.src_len[i]))
+        hyps.append(Hypothesis(tokens[i], scores[i], scores[i], attention))
+    return hyps
+
+
+def _banned_ngrams(seqs: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
+    """seqs (R, t) -> (R, V) True where the next token would repeat an n-gram already in the row."""
+    rows, length = seqs.shape
+    banned = torch.zeros(rows, vocab, dtype=torch.bool)
+    if n <= 0 or length < n:
+        return banned
+    windows = seqs.unfold(1, n, 1)  # (R, t-n+1, n)
+    prefix = seqs[:, length - n + 1 :] if n > 1 else seqs[:, :0]  # (R, n-1)
+    match = (windows[:, :, : n - 1] == prefix.unsqueeze(1)).all(-1)  # (R, t-n+1)
+    row_idx, win_idx = match.nonzero(as_tuple=True)
+    banned[row_idx, windows[row_idx, win_idx, n - 1]] = True
+    return banned
+
+
+@torch.no_grad()
+def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
+    """Batched beam search; per sentence the `n_best` hypotheses, best first.
+
+    Alive hypotheses always fill K slots (the top K of all K*V extensions); an extension ending
+    in EOS moves to the finished set and is not extended further. A sentence is done when its
+    worst kept finished hypothesis beats anything its best alive one could still reach, or at
+    its maximum length. With K = 1 and no length normalisation this is exactly greedy search.
+    """
+    k, size = opts.beam_size, batch.size
+    enc = model.encode(batch.src, batch.src_len, batch.src_mask)
+    expand = torch.arange(size).repeat_interleave(k)  # (B*K,)
+    memory = model.decoder.memory(enc).select(expand)
+    state = model.decoder.init_state(enc).select(expand)
+    limit_all = max_lengths(batch.src_len, opts)  # (B,)
+    steps, src_width = int(limit_all.max()), batch.src.size(1)
+
+    # Finished hypotheses of every sentence in the original batch.
+    fin_seq = torch.zeros(size, k, steps, dtype=torch.long)
+    fin_len = torch.ones(size, k, dtype=torch.long)
+    fin_score = torch.full((size, k), NEG_INF)
+    fin_logp = torch.full((size, k), NEG_INF)
+    fin_att = torch.zeros(size, k, steps, src_width) if opts.attention else None
+
+    active = torch.arange(size)  # sentences still searching
+    alive_logp = torch.full((size, k), NEG_INF)
+    alive_logp[:, 0] = 0.0  # one live start hypothesis per sentence
+    alive_seq = torch.zeros(size * k, 0, dtype=torch.long)  # (b*K, t)
+    alive_att = torch.zeros(size * k, 0, src_width) if opts.attention else None
+    prev = torch.full((size * k,), BOS, dtype=torch.long)
+
+    for t in range(steps):
+        b = active.numel()
+        limit = limit_all[active]  # (b,)
+        logits, state, att = model.decoder.step(prev, memory, state)  # (b*K, V)
+        vocab = logits.size(-1)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b*K, V)
+        if t < opts.min_length:
+            log_probs[:, EOS] = NEG_INF
+        if opts.no_repeat_ngram > 0:
+            log_probs.masked_fill_(_banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab), NEG_INF)
+        cand = alive_logp.unsqueeze(2) + log_probs.view(b, k, vocab)  # (b, K, V)
+        top_logp, flat = cand.view(b, k * vocab).topk(k, dim=1)  # (b, K)
+        beam, token = flat // vocab, flat % vocab  # (b, K)
+        origin = (torch.arange(b).unsqueeze(1) * k + beam).view(-1)  # (b*K,) rows the candidates extend
+        seq = torch.cat([alive_seq.index_select(0, origin), token.view(-1, 1)], dim=1)  # (b*K, t+1)
+        if alive_att is not None:
+            alive_att = torch.cat([alive_att.index_select(0, origin), att.index_select(0, origin).unsqueeze(1)], dim=1)
+        at_limit = (limit <= t + 1).unsqueeze(1)  # (b, 1) the last step ends every hypothesis
+        ends = ((token == EOS) | at_limit) & (top_logp > NEG_INF)  # (b, K)
+
+        # Merge the candidates that end here into the finished set (top K by normalised score).
+        length = torch.full((b, k), t + 1, dtype=torch.long)
+        new_score = _normalise(top_logp, length, opts).masked_fill(~ends, NEG_INF)
+        old = fin_score[active]  # (b, K)
+        pool_score = torch.cat([old, new_score], dim=1)  # (b, 2K)
+        best_score, pick = pool_score.topk(k, dim=1)  # (b, K)
+        padded = torch.zeros(b, k, steps, dtype=torch.long)
+        padded[:, :, : t + 1] = seq.view(b, k, t + 1)
+        pool_seq = torch.cat([fin_seq[active], padded], dim=1)  # (b, 2K, T)
+        fin_seq[active] = pool_seq.gather(1, pick.unsqueeze(2).expand(-1, -1, steps))
+        fin_len[active] = torch.cat([fin_len[active], length], dim=1).gather(1, pick)
+        fin_logp[active] = torch.cat([fin_logp[active], top_logp.masked_fill(~ends, NEG_INF)], dim=1).gather(1, pick)
+        fin_score[active] = best_score
+        if fin_att is not None:
+            new_att = torch.zeros(b, k, steps, src_width)
+            new_att[:, :, : t + 1] = alive_att.view(b, k, t + 1, src_width)
+            pool_att = torch.cat([fin_att[active], new_att], dim=1)  # (b, 2K, T, S)
+            fin_att[active] = pool_att.gather(1, pick.view(b, k, 1, 1).expand(-1, -1, steps, src_width))
+
+        alive_logp = top_logp.masked_fill(ends, NEG_INF)  # (b, K)
+        best_alive = alive_logp.max(dim=1).values  # (b,)
+        reachable = _normalise(best_alive, limit, opts) if opts.length_norm != "none" else best_alive
+        worst_kept = fin_score[active].min(dim=1).values  # (b,) -inf until K are finished
+        done = at_limit.squeeze(1) | (best_alive == NEG_INF) | (worst_kept >= reachable)
+        if bool(done.all()):
+            break
+        state = state.select(origin)
+        alive_seq, prev = seq, token.view(-1)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)  # (b',)
+            rows = (keep.unsqueeze(1) * k + torch.arange(k)).view(-1)  # (b'*K,)
+            active, alive_logp = active[keep], alive_logp[keep]
+            memory, state = memory.select(rows), state.select(rows)
+            alive_seq, prev = alive_seq[rows], prev[rows]
+            if alive_att is not None:
+                alive_att = alive_att[rows]
+
+    results = []
+    for i in range(size):
+        hyps = []
+        for j in range(min(opts.n_best, k)):
+            if fin_score[i, j] == NEG_INF:
+                continue
+            n = int(fin_len[i, j])
+            attention = None if fin_att is None else _trim_attention(fin_att[i, j], n, int(batch.src_len[i]))
+            hyps.append(Hypothesis(fin_seq[i, j, :n].tolist(), float(fin_score[i, j]), float(fin_logp[i, j]), attention))
+        results.append(hyps)
+    return results
+
+
+def search(model: Seq2Seq, batch: Batch, opts: SearchOptions) -> list[list[Hypothesis]]:
+    """Greedy for beam size 1 (the same result, faster), beam search otherwise."""
+    if opts.beam_size == 1:
+        return [[h] for h in greedy(model, batch, opts)]
+    return beam_search(model, batch, opts)
+

@@ -1,0 +1,37 @@
+"""The encoder-decoder translation model built from the parts in encoder.py, attention.py, decoder.py.
+
+B batch, S source length, T target length, E embedding, H hidden, N real target tokens, V vocabulary.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlp_rnn.config import Seq2SeqModelConfig
+from nlp_rnn.data import Batch
+from nlp_rnn.decoder import Decoder
+from nlp_rnn.encoder import Encoder, EncoderOutput
+from nlp_rnn.tokenizer import PAD
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, cfg: Seq2SeqModelConfig, src_vocab: int, tgt_vocab: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(src_vocab, cfg.embedding_dim, padding_idx=PAD)
+        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.encoder = Encoder(cfg.cell, cfg.embedding_dim, cfg.encoder_hidden, cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
+        self.decoder = Decoder(cfg, tgt_vocab, self.encoder.output_size)
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_mask: torch.Tensor) -> EncoderOutput:
+        """src (B, S) ids -> states (B, S, D*H), final (B, D*H)."""
+        return self.encoder(self.embed_dropout(self.src_embed(src)), src_len, src_mask)
+
+    def forward(self, batch: Batch, teacher_forcing: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy over the real target tokens and their number (padding never counts)."""
+        enc = self.encode(batch.src, batch.src_len, batch.src_mask)
+        hidden = self.decoder(batch.tgt_in, self.decoder.memory(enc), self.decoder.init_state(enc), teacher_forcing)  # (B, T, H)
+        real = hidden[batch.tgt_mask]  # (N, H): the output layer never sees padding
+        logits = self.decoder.logits(real)  # (N, V)
+        loss = F.cross_entropy(logits.float(), batch.tgt_out[batch.tgt_mask], reduction="sum", label_smoothing=label_smoothing)
+        return loss, real.size(0)

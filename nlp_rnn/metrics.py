@@ -5,21 +5,15 @@ from typing import Sequence
 import sacrebleu
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> sacrebleu.metrics.bleu.BLEUScore:
-    """Corpus BLEU on detokenised text, sacrebleu's default signature (13a, cased)."""
-    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[sacrebleu.metrics.bleu.BLEUScore, str]:
+    """Corpus BLEU on detokenised text with sacrebleu's default signature (13a, cased), and that signature."""
+    metric = sacrebleu.BLEU()
+    return metric.corpus_score(list(hypotheses), [list(references)]), str(metric.get_signature())
 
 
-def bleu_signature() -> str:
-    return str(sacrebleu.BLEU().get_signature())
-
-
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> sacrebleu.metrics.chrf.CHRFScore:
-    return sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-
-
-def chrf_signature() -> str:
-    return str(sacrebleu.CHRF().get_signature())
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[sacrebleu.metrics.chrf.CHRFScore, str]:
+    metric = sacrebleu.CHRF()
+    return metric.corpus_score(list(hypotheses), [list(references)]), str(metric.get_signature())
 
 
 def classification_report(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict:

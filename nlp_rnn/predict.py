@@ -84,16 +84,22 @@ class Translator:
             ]
         return out
 
-    def stream(self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 64) -> Iterator[list[Translation]]:
-        """Translates an endless iterable in chunks, yielding one n-best list per line, in order."""
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(line)
-            if len(chunk) >= batch_size * 8:
-                yield from self.translate(chunk, opts, batch_size)
-                chunk = []
-        if chunk:
-            yield from self.translate(chunk, opts, batch_size)
+    def stream(self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 64
+               ) -> Iterator[tuple[str, list[Translation]]]:
+        """Translates an endless iterable in chunks; yields (line, n-best list) in input order."""
+        for chunk in chunked(lines, batch_size * 8):
+            yield from zip(chunk, self.translate(chunk, opts, batch_size))
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def wrap(bundle: Bundle):

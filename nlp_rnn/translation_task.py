@@ -108,7 +108,7 @@ def train_translation(
         hyps = search_ids(model, val_src_ids, search_opts, cfg.decode.batch_size)
         texts = tokenizer.decode_tgt([h[0].tokens for h in hyps])
         val_loss = total / count
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_bleu": bleu(texts, valid_tgt).score}
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_bleu": bleu(texts, valid_tgt)[0].score}
 
     trainer = Trainer(cfg.train, bundle, batcher, collate, loss_fn, validate, "val_bleu", out_dir, progress_bar)
     return trainer.run(resume)

@@ -1,0 +1,76 @@
+"""Train on ../shared/data/multi30k (de->en) for a time budget and report speed, memory and BLEU.
+
+    python bench/train_multi30k.py --config configs/multi30k_de_en.yaml --minutes 30
+    python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3   # speed only
+
+Reports: training target tokens/s (median over the logged windows, first two skipped as warm-up),
+peak RSS of the training process, the validation BLEU curve against wall time, and test BLEU/chrF
+on test_2016_flickr, greedy and beam 5 (sacrebleu, detokenised, default signature).
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "multi30k_de_en.yaml"))
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--max-steps", type=int, default=0)
+    parser.add_argument("--output", default=None, help="training folder (default: bench/results/<config name>)")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--skip-test", action="store_true", help="speed only: no test-set decoding")
+    args = parser.parse_args()
+    out = Path(args.output or ROOT / "bench" / "results" / Path(args.config).stem)
+    if out.exists():
+        sys.exit(f"{out} exists: remove it or pick another --output")
+    data = Path(args.data)
+    cmd = [sys.executable, "-m", "nlp_rnn", "train", "translation", "--config", args.config, "--output", str(out), "--quiet",
+           "--train-src", str(data / "train.de"), "--train-tgt", str(data / "train.en"),
+           "--valid-src", str(data / "val.de"), "--valid-tgt", str(data / "val.en"), "--max-minutes", str(args.minutes)]
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    started = time.monotonic()
+    run(cmd)
+    wall = time.monotonic() - started
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    speed = [r["tokens_per_s"] for r in lines if "tokens_per_s" in r][2:]
+    curve = [(r["elapsed_s"], r["step"], r["val_bleu"]) for r in lines if "val_bleu" in r]
+    result = {
+        "config": args.config,
+        "train_wall_s": round(wall, 1),
+        "train_tokens_per_s_median": statistics.median(speed) if speed else None,
+        "train_tokens_per_s_windows": len(speed),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "val_curve": [{"elapsed_s": e, "step": s, "val_bleu": round(b, 2)} for e, s, b in curve],
+    }
+    if not args.skip_test:
+        for beam in (1, 5):
+            report = out / f"test_beam{beam}.json"
+            run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--src", str(data / "test_2016_flickr.de"),
+                 "--ref", str(data / "test_2016_flickr.en"), "--beam-size", str(beam), "--report", str(report)])
+            test = json.loads(report.read_text())
+            result[f"test_bleu_beam{beam}"] = test["sets"][0]["bleu"]
+            result[f"test_chrf_beam{beam}"] = test["sets"][0]["chrf"]
+            result["bleu_signature"] = test["bleu_signature"]
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from nlp_rnn.cli import entry
+
+entry()

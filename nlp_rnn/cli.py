@@ -1,0 +1,338 @@
+"""The `nlp-rnn` command (typer); the only place that configures logging and prints.
+
+Every user error leaves as one line `error: ...` on stderr with exit status 2.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import click
+import typer
+
+from nlp_rnn.errors import NlpRnnError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Recurrent encoder-decoder translation and sentence classification.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a translation model or a classifier.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a sentencepiece tokenizer on its own.")
+app.add_typer(train_app, name="train")
+app.add_typer(tokenizer_app, name="tokenizer")
+log = logging.getLogger("nlp_rnn")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def read_input_lines(path: Optional[Path]) -> Iterator[str]:
+    """Lines of a file or of standard input, streamed; invalid UTF-8 is an error naming the line."""
+    name = str(path) if path else "stdin"
+    if path is not None and not path.is_file():
+        raise NlpRnnError(f"{path}: file not found")
+    handle = open(path, "rb") if path else sys.stdin.buffer
+    try:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise NlpRnnError(f"{name}:{number}: not valid UTF-8") from None
+    finally:
+        if path:
+            handle.close()
+
+
+def _count_lines(path: Optional[Path]) -> Optional[int]:
+    if path is None or not path.is_file():
+        return None
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@train_app.command("translation")
+def train_translation_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config (see configs/)."),
+    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    train_src: Optional[str] = typer.Option(None, help="Training source file (one sentence per line)."),
+    train_tgt: Optional[str] = typer.Option(None, help="Training target file, line-aligned with --train-src."),
+    valid_src: Optional[str] = typer.Option(None, help="Validation source file."),
+    valid_tgt: Optional[str] = typer.Option(None, help="Validation target file."),
+    train: Optional[str] = typer.Option(None, "--train", help="Training TSV/CSV/JSONL with columns --src-lang/--tgt-lang."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation TSV/CSV/JSONL."),
+    dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset, e.g. bentrevett/multi30k."),
+    src_lang: Optional[str] = typer.Option(None, help="Source language / column name."),
+    tgt_lang: Optional[str] = typer.Option(None, help="Target language / column name."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Use this trained tokenizer folder instead of training one."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop (validate and save) after this many steps in all."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (validate and save) after this much training time."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train an encoder-decoder translation model from raw parallel text."""
+    from nlp_rnn.config import TranslationConfig, load_config
+    from nlp_rnn.translation_task import train_translation, with_data_overrides
+
+    cfg = load_config(config, TranslationConfig)
+    cfg = with_data_overrides(cfg, train_src=train_src, train_tgt=train_tgt, valid_src=valid_src, valid_tgt=valid_tgt,
+                              train=train, valid=valid, dataset=dataset, src_lang=src_lang, tgt_lang=tgt_lang)
+    overrides = {k: v for k, v in dict(max_steps=max_steps, max_minutes=max_minutes, seed=seed).items() if v is not None}
+    cfg = replace(cfg, train=replace(cfg.train, **overrides))
+    summary = train_translation(cfg, output, resume=resume, tokenizer_dir=tokenizer, progress_bar=not quiet)
+    best = summary["best"] or {}
+    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best val_bleu {best.get('val_bleu', float('nan')):.2f} "
+               f"at step {best.get('step')}; model: {output / 'best'}")
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    config: Path = typer.Option(..., "--config", help="YAML config (see configs/sst2.yaml)."),
+    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    train: Optional[str] = typer.Option(None, "--train", help="Training TSV/CSV/JSONL."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation TSV/CSV/JSONL."),
+    dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset, e.g. stanfordnlp/sst2."),
+    train_split: Optional[str] = typer.Option(None, help="Hub training split."),
+    valid_split: Optional[str] = typer.Option(None, help="Hub validation split."),
+    text_column: Optional[str] = typer.Option(None, help="Text column (default: the config's, 'sentence')."),
+    label_column: Optional[str] = typer.Option(None, help="Label column (default: the config's, 'label')."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop (validate and save) after this many steps."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (validate and save) after this much training time."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last/."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a sentence classifier (e.g. sentiment) from labelled text."""
+    from nlp_rnn.classification_task import train_classifier
+    from nlp_rnn.config import ClassifierConfig, load_config
+
+    cfg = load_config(config, ClassifierConfig)
+    data = {k: v for k, v in dict(train=train, valid=valid, dataset=dataset, train_split=train_split, valid_split=valid_split,
+                                  text_column=text_column, label_column=label_column).items() if v is not None}
+    overrides = {k: v for k, v in dict(max_steps=max_steps, max_minutes=max_minutes, seed=seed).items() if v is not None}
+    cfg = replace(cfg, data=replace(cfg.data, **data), train=replace(cfg.train, **overrides))
+    summary = train_classifier(cfg, output, resume=resume, progress_bar=not quiet)
+    best = summary["best"] or {}
+    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best val_acc {best.get('val_acc', float('nan')):.4f} "
+               f"at step {best.get('step')}; model: {output / 'best'}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train_cmd(
+    output: Path = typer.Option(..., "--output", help="Folder for the sentencepiece model(s)."),
+    src: List[Path] = typer.Option(..., "--src", help="Source-side text file(s), one sentence per line."),
+    tgt: List[Path] = typer.Option([], "--tgt", help="Target-side text file(s); omit for a one-sided tokenizer."),
+    vocab_size: int = typer.Option(8000, help="Number of pieces."),
+    model_type: str = typer.Option("bpe", help="bpe or unigram."),
+    joint: bool = typer.Option(True, "--joint/--separate", help="One model for both sides, or one per side."),
+) -> None:
+    """Train a sentencepiece tokenizer (byte fallback, fixed pad/unk/bos/eos ids)."""
+    from nlp_rnn.config import TokenizerConfig
+    from nlp_rnn.data import read_lines
+    from nlp_rnn.tokenizer import Tokenizer
+
+    cfg = TokenizerConfig(model_type=model_type, vocab_size=vocab_size, joint=joint)
+    src_text = [line for f in src for line in read_lines(f) if line.strip()]
+    tgt_text = [line for f in tgt for line in read_lines(f) if line.strip()] if tgt else None
+    tok = Tokenizer.train(cfg, src_text, tgt_text)
+    for path in tok.save(output):
+        typer.echo(str(path))
+
+
+# ----------------------------------------------------------------------------- translate
+
+
+def _plot_attention(translation, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NlpRnnError("--attention-plot needs matplotlib: pip install 'nlp-rnn[plot]'") from None
+    if translation.attention is None:
+        raise NlpRnnError("--attention-plot: this model has no attention (attention: none)")
+    weights = translation.attention.numpy()
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * weights.shape[1] + 2), max(3, 0.4 * weights.shape[0] + 1.5)))
+    ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(translation.src_pieces)), translation.src_pieces, rotation=90)
+    ax.set_yticks(range(len(translation.pieces)), translation.pieces)
+    ax.set_xlabel("source pieces")
+    ax.set_ylabel("target pieces")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _resolve_model(model: Optional[Path], task: str) -> Path:
+    from nlp_rnn.defaults import default_model
+
+    return model if model is not None else default_model(task)
+
+
+@app.command()
+def translate(
+    texts: Optional[List[str]] = typer.Argument(None, help="Sentences to translate; none: read --input or standard input."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: the shipped de->en model)."),
+    input: Optional[Path] = typer.Option(None, "--input", help="File with one sentence per line."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write translations here instead of standard output."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
+    n_best: int = typer.Option(1, "--n-best", help="Hypotheses per sentence, with scores (at most --beam-size)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Hard cap on output pieces."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search (0: none)."),
+    no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", help="Forbid repeating n-grams of this size."),
+    fmt: str = typer.Option("text", "--format", help="text or jsonl."),
+    attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="PNG heatmap of the first sentence's attention."),
+) -> None:
+    """Translate raw text: output line N belongs to input line N."""
+    from nlp_rnn.bundle import load
+    from nlp_rnn.predict import Translator
+
+    if fmt not in ("text", "jsonl"):
+        raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
+    for name, value in (("--beam-size", beam_size), ("--n-best", n_best), ("--batch-size", batch_size), ("--max-length", max_length)):
+        if value is not None and value < 1:
+            raise NlpRnnError(f"{name} must be at least 1, got {value}")
+    translator = Translator(load(_resolve_model(model, "translation")))
+    opts = translator.options(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
+                              no_repeat_ngram=no_repeat_ngram, attention=attention_plot is not None)
+    if n_best > opts.beam_size:
+        raise NlpRnnError(f"--n-best {n_best} needs --beam-size of at least {n_best}")
+    opts = replace(opts, n_best=n_best)
+    lines = iter(texts) if texts else read_input_lines(input)
+    total = len(texts) if texts else _count_lines(input)
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    progress = None
+    if input is not None or output is not None:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total, unit="line", file=sys.stderr, mininterval=1.0)
+    try:
+        for number, (source, hyps) in enumerate(translator.stream(lines, opts, batch_size), 1):
+            if number == 1 and attention_plot is not None and hyps:
+                _plot_attention(hyps[0], attention_plot)
+            sink.write(_format_translation(number, source, hyps, n_best, fmt) + "\n")
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.close()
+        if output:
+            sink.close()
+
+
+def _format_translation(number: int, source: str, hyps: list, n_best: int, fmt: str) -> str:
+    if fmt == "jsonl":
+        return json.dumps({"line": number, "source": source,
+                           "translations": [{"text": h.text, "score": round(h.score, 4), "log_prob": round(h.log_prob, 4)} for h in hyps]},
+                          ensure_ascii=False)
+    if n_best == 1:
+        return hyps[0].text if hyps else ""
+    return "\t".join(f"{h.text}\t{h.score:.4f}" for h in hyps)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [headers] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        typer.echo("  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            typer.echo("  ".join("-" * w for w in widths))
+
+
+
+
+@app.command()
+def evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder."),
+    src: List[Path] = typer.Option([], "--src", help="Source file (translation); repeat with --ref for several test sets."),
+    ref: List[Path] = typer.Option([], "--ref", help="Reference file, line-aligned with the --src of the same position."),
+    data: List[Path] = typer.Option([], "--data", help="TSV/CSV/JSONL test set(s): translation uses the language columns, "
+                                                        "classification --text-column/--label-column."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset name."),
+    split: List[str] = typer.Option([], "--split", help="Hub split(s) to evaluate (default: test)."),
+    src_lang: Optional[str] = typer.Option(None, help="Source column (default: the model's source language)."),
+    tgt_lang: Optional[str] = typer.Option(None, help="Target column (default: the model's target language)."),
+    text_column: Optional[str] = typer.Option(None, help="Classifier text column (default: the model's)."),
+    label_column: Optional[str] = typer.Option(None, help="Classifier label column (default: the model's)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
+    hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
+) -> None:
+    """Score a model on whole test sets: BLEU/chrF (translation) or accuracy/F1 (classification)."""
+    from nlp_rnn.bundle import load, read_meta, resolve
+
+    path = resolve(_resolve_model(model, "translation" if src else "classification"))
+    task = read_meta(path)["task"]
+    if beam_size is not None and beam_size < 1:
+        raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
+    bundle = load(path)
+    if task == "translation":
+        from nlp_rnn.evaluation import evaluate_translation
+
+        result = evaluate_translation(bundle, src, ref, data, dataset, split, src_lang, tgt_lang, beam_size, length_penalty,
+                                      batch_size, hyps)
+        _print_table(["test set", "sentences", "BLEU", "chrF", "sent/s", "seconds"],
+                     [[s["name"], s["sentences"], s["bleu"], s["chrf"], s["sentences_per_s"], s["seconds"]] for s in result["sets"]])
+        typer.echo(f"BLEU signature: {result['bleu_signature']}")
+        typer.echo(f"chrF signature: {result['chrf_signature']}")
+        typer.echo(f"decoding: {json.dumps(result['decoding'])}")
+    else:
+        from nlp_rnn.evaluation import evaluate_classifier
+
+        result = evaluate_classifier(bundle, data, dataset, split, text_column, label_column, batch_size, hyps)
+        for s in result["sets"]:
+            typer.echo(f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 {100 * s['macro_f1']:.2f}%  ({s['examples']} examples)")
+            _print_table(["label", "precision", "recall", "F1", "support"],
+                         [[k, 100 * v["precision"], 100 * v["recall"], 100 * v["f1"], v["support"]] for k, v in s["per_class"].items()])
+            typer.echo("confusion matrix (rows: gold, columns: predicted):")
+            _print_table(["gold \\ pred"] + s["labels"], [[g] + row for g, row in zip(s["labels"], s["confusion_matrix"])])
+    if report is not None:
+        report.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        typer.echo(f"report: {report}")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("datasets").setLevel(logging.WARNING)
+    try:
+        app(args=argv, standalone_mode=False, prog_name="nlp-rnn")
+    except NlpRnnError as err:
+        _err(f"error: {err}")
+        return 2
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as err:  # a bug of ours: still one line for users, the traceback with NLP_RNN_DEBUG=1
+        if os.environ.get("NLP_RNN_DEBUG"):
+            raise
+        _err(f"error: internal error ({type(err).__name__}: {err}); rerun with NLP_RNN_DEBUG=1 and report it")
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Scoring whole test sets: BLEU/chrF for translation models, accuracy/F1 for classifiers."""
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.data import read_hub, read_lines, read_table
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.metrics import bleu, chrf
+
+
+def _hyps_file(base: Path, name: str, several: bool) -> Path:
+    return base if not several else base.with_name(f"{base.stem}.{name}{base.suffix}")
+
+
+def _model_info(bundle: Bundle) -> dict:
+    meta = bundle.meta
+    keys = ("task", "src_lang", "tgt_lang", "labels", "parameters", "step", "library_version")
+    return {"path": str(bundle.path), **{k: meta[k] for k in keys if k in meta}}
+
+
+def translation_sets(
+    src: Sequence[Path], ref: Sequence[Path], data: Sequence[Path], dataset: Optional[str], splits: Sequence[str],
+    src_col: str, tgt_col: str,
+) -> list[tuple[str, list[str], list[str]]]:
+    """(name, sources, references) for every test set named on the command line."""
+    if len(src) != len(ref):
+        raise NlpRnnError(f"give one --ref per --src (got {len(src)} --src and {len(ref)} --ref)")
+    sets = []
+    for s, r in zip(src, ref):
+        sources, refs = read_lines(s), read_lines(r)
+        if len(sources) != len(refs):
+            raise NlpRnnError(f"{s} has {len(sources)} lines but {r} has {len(refs)}: source and reference must be line-aligned")
+        sets.append((Path(s).stem, sources, refs))
+    for table in data:
+        cols = read_table(table, [src_col, tgt_col])
+        sets.append((Path(table).stem, [str(x) for x in cols[src_col]], [str(x) for x in cols[tgt_col]]))
+    if dataset:
+        for split in splits or ["test"]:
+            cols = read_hub(dataset, split, [src_col, tgt_col])
+            sets.append((f"{dataset}:{split}", cols[src_col], cols[tgt_col]))
+    if not sets:
+        raise NlpRnnError("no test set: give --src F --ref F, --data TABLE, or --dataset NAME")
+    return sets
+
+
+def evaluate_translation(
+    bundle: Bundle, src, ref, data, dataset, splits, src_lang, tgt_lang, beam_size, length_penalty, batch_size, hyps_out,
+) -> dict:
+    from nlp_rnn.predict import Translator
+
+    translator = Translator(bundle)
+    opts = translator.options(beam_size=beam_size, length_penalty=length_penalty)
+    sets = translation_sets(src, ref, data, dataset, splits, src_lang or bundle.meta.get("src_lang", "src"),
+                            tgt_lang or bundle.meta.get("tgt_lang", "tgt"))
+    results = []
+    for name, sources, refs in sets:
+        started = time.perf_counter()
+        outputs = translator.translate(sources, opts, batch_size)
+        seconds = time.perf_counter() - started
+        texts = [o[0].text if o else "" for o in outputs]
+        if hyps_out is not None:
+            _hyps_file(Path(hyps_out), name, len(sets) > 1).write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+        bleu_score, bleu_sig = bleu(texts, refs)
+        chrf_score, chrf_sig = chrf(texts, refs)
+        results.append({
+            "name": name, "sentences": len(sources), "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+            "bleu_detail": str(bleu_score), "seconds": round(seconds, 2), "sentences_per_s": round(len(sources) / seconds, 1),
+        })
+    return {
+        "task": "translation", "model": _model_info(bundle), "sets": results,
+        "bleu_signature": bleu_sig, "chrf_signature": chrf_sig,
+        "decoding": {"beam_size": opts.beam_size, "length_penalty": opts.length_penalty, "length_norm": opts.length_norm,
+                     "max_len_a": opts.max_len_a, "max_len_b": opts.max_len_b, "batch_size": batch_size},
+    }

@@ -198,7 +198,7 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
                     self.optimizer.step()
                     st.step += 1
-                    window_loss += float(loss_sum)
+                    window_loss += float(loss_sum.detach())
                     window_tokens += count
                     bar.update(1)
                     if st.step % cfg.log_every == 0:

@@ -1,0 +1,75 @@
+"""Greedy and beam search on a model trained in the test: properties, not hard-coded outputs."""
+
+import random
+
+import torch
+
+from nlp_rnn.data import make_batch
+from nlp_rnn.search import SearchOptions, beam_search, greedy, max_lengths
+from nlp_rnn.tokenizer import EOS
+
+from conftest import copy_examples
+
+PLAIN = dict(length_norm="none", max_len_a=1.0, max_len_b=3)
+
+
+def test_beam_size_one_equals_greedy(copy_model) -> None:
+    src, _ = copy_examples(50, seed=11, min_len=1, max_len=9)  # beyond the trained lengths, so not all are right
+    batch = make_batch(src)
+    greedy_hyps = greedy(copy_model, batch, SearchOptions(beam_size=1, **PLAIN))
+    beam_hyps = beam_search(copy_model, batch, SearchOptions(beam_size=1, **PLAIN))
+    for g, b in zip(greedy_hyps, beam_hyps):
+        assert b[0].tokens == g.tokens
+        assert abs(b[0].log_prob - g.log_prob) < 1e-4
+
+
+def test_best_hypothesis_is_independent_of_the_batch(copy_model) -> None:
+    rng = random.Random(0)
+    src, _ = copy_examples(64, seed=12, min_len=1, max_len=10)
+    probe = src[7]
+    for opts in (SearchOptions(beam_size=1, **PLAIN), SearchOptions(beam_size=4, max_len_a=1.0, max_len_b=3)):
+        search = (lambda b: [[h] for h in greedy(copy_model, b, opts)]) if opts.beam_size == 1 else (lambda b: beam_search(copy_model, b, opts))
+        alone = search(make_batch([probe]))[0][0]
+        others = list(src)
+        rng.shuffle(others)
+        crowd = search(make_batch(others + [probe]))[-1][0]
+        padded = search(make_batch([probe, [5] * 25 + [EOS]]))[0][0]  # far more padding than the probe needs
+        assert crowd.tokens == alone.tokens == padded.tokens
+        assert abs(crowd.score - alone.score) < 1e-4 and abs(padded.score - alone.score) < 1e-4
+
+
+def test_beam_hypotheses_are_sorted_finished_and_never_worse_than_greedy(copy_model) -> None:
+    src, _ = copy_examples(40, seed=13, min_len=1, max_len=10)
+    batch = make_batch(src)
+    opts = SearchOptions(beam_size=5, n_best=5, **PLAIN)
+    limits = max_lengths(batch.src_len, opts)
+    greedy_hyps = greedy(copy_model, batch, SearchOptions(beam_size=1, **PLAIN))
+    for i, (hyps, g) in enumerate(zip(beam_search(copy_model, batch, opts), greedy_hyps)):
+        assert len(hyps) == 5
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert all(h.tokens[-1] == EOS or len(h.tokens) == int(limits[i]) for h in hyps)
+        assert len({tuple(h.tokens) for h in hyps}) == 5  # n-best are distinct
+        assert hyps[0].log_prob >= g.log_prob - 1e-4
+
+
+def test_length_normalised_scores_and_attention_weights(copy_model) -> None:
+    src, _ = copy_examples(10, seed=14, min_len=2, max_len=6)
+    batch = make_batch(src)
+    hyps = beam_search(copy_model, batch, SearchOptions(beam_size=3, n_best=3, attention=True, length_penalty=1.0))
+    for sentence, nbest in zip(src, hyps):
+        for h in nbest:
+            expected = h.log_prob / ((5 + len(h.tokens)) / 6)
+            assert abs(h.score - expected) < 1e-4
+            assert h.attention.shape == (len(h.tokens), len(sentence))
+            torch.testing.assert_close(h.attention.sum(-1), torch.ones(len(h.tokens)))
+
+
+def test_min_length_and_no_repeat_ngram(copy_model) -> None:
+    src = [[5, 5, 5, 5, 5, 5, EOS], [6, 7, 6, 7, 6, 7, EOS]]
+    batch = make_batch(src)
+    for hyps in beam_search(copy_model, batch, SearchOptions(beam_size=3, no_repeat_ngram=2, max_len_a=2.0, max_len_b=2)):
+        bigrams = [tuple(hyps[0].tokens[i : i + 2]) for i in range(len(hyps[0].tokens) - 1)]
+        assert len(bigrams) == len(set(bigrams))
+    for h in greedy(copy_model, make_batch([[5, EOS]]), SearchOptions(beam_size=1, min_length=4)):
+        assert len(h.tokens) >= 5 or h.tokens[-1] != EOS

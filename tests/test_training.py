@@ -1,0 +1,126 @@
+"""The training loop on a slice of real Multi30k: resume, budgets, bundles, metrics, atomic saves."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlp_rnn import bundle as bundles
+from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig, TranslationConfig
+from nlp_rnn.predict import Translator
+from nlp_rnn.translation_task import train_translation
+
+from conftest import small_config
+
+
+def write_slice(multi30k: Path, folder: Path, n: int = 400) -> DataConfig:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, lines in (("train", slice(0, n)), ("val", slice(0, 40))):
+        for lang in ("de", "en"):
+            text = (multi30k / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[lines]
+            paths[f"{split}.{lang}"] = folder / f"{split}.{lang}"
+            paths[f"{split}.{lang}"].write_text("\n".join(text) + "\n", encoding="utf-8")
+    return DataConfig(train_src=str(paths["train.de"]), train_tgt=str(paths["train.en"]), valid_src=str(paths["val.de"]),
+                      valid_tgt=str(paths["val.en"]), src_lang="de", tgt_lang="en")
+
+
+def tiny_config(data: DataConfig, **train) -> TranslationConfig:
+    base = dict(batch_tokens=600, validate_every=4, log_every=1, lr=3e-3, max_steps=8)
+    base.update(train)
+    return TranslationConfig(data=data, tokenizer=TokenizerConfig(vocab_size=400, model_type="unigram"),
+                             model=small_config(dropout=0.2), train=TrainConfig(**base))
+
+
+def losses(folder: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(multi30k: Path, tmp_path: Path) -> None:
+    data = write_slice(multi30k, tmp_path / "data")
+    cfg = tiny_config(data, max_steps=10, validate_every=3, teacher_forcing=0.8)  # sampling + dropout use the RNG
+    train_translation(cfg, tmp_path / "whole", progress_bar=False)
+    train_translation(replace(cfg, train=replace(cfg.train, max_steps=5)), tmp_path / "split", progress_bar=False)
+    # A run killed after its step-5 save left later lines behind; resuming must drop them.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": 6, "train_loss": 99.0}) + "\n")
+    train_translation(cfg, tmp_path / "split", resume=True, progress_bar=False)
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(whole) == sorted(split) == list(range(1, 11))
+    for step in range(6, 11):
+        assert split[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-6)
+
+
+def test_output_folder_bundles_metrics_and_round_trip(multi30k: Path, tmp_path: Path) -> None:
+    data = write_slice(multi30k, tmp_path / "data")
+    out = tmp_path / "run"
+    summary = train_translation(tiny_config(data, max_steps=6), out, progress_bar=False)
+    assert summary["stopped"] == "budget" and summary["step"] == 6
+    assert {p.name for p in out.iterdir()} >= {"best", "last", "metrics.jsonl"}
+    assert (out / "last" / bundles.TRAINER).is_file() and not (out / "best" / bundles.TRAINER).exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_keys = {"step", "elapsed_s", "train_loss", "target_tokens", "tokens_per_s"}
+    val_keys = {"step", "elapsed_s", "val_loss", "val_ppl", "val_bleu"}
+    assert all(train_keys <= set(r) for r in records if "train_loss" in r)
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 6]  # every 4 steps, and at the end of the budget
+    assert all(val_keys <= set(r) for r in records if "val_loss" in r)
+
+    meta = bundles.read_meta(out)  # a training folder means its best/
+    assert meta["task"] == "translation" and meta["src_lang"] == "de" and meta["best"]["val_bleu"] >= 0
+    last = bundles.load(out / "last")
+    assert last.meta["step"] == 6 and bundles.load(out).meta["step"] == meta["step"]
+
+
+def test_bundle_reproduces_the_trained_model_exactly(multi30k: Path, tmp_path: Path) -> None:
+    data = write_slice(multi30k, tmp_path / "data", n=200)
+    out = tmp_path / "run"
+    train_translation(tiny_config(data, max_steps=4), out, progress_bar=False)
+    original = bundles.load(out / "best")
+    bundles.save(tmp_path / "copy", original)
+    copy = bundles.load(tmp_path / "copy")
+    for (name, a), (_, b) in zip(original.model.state_dict().items(), copy.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert copy.config == original.config
+    texts = ["Ein kleines Mädchen klettert.", "Männer arbeiten."]
+    assert [t[0].text for t in Translator(copy).translate(texts)] == [t[0].text for t in Translator(original).translate(texts)]
+
+
+def test_max_minutes_budget_validates_and_saves(multi30k: Path, tmp_path: Path) -> None:
+    data = write_slice(multi30k, tmp_path / "data", n=200)
+    summary = train_translation(tiny_config(data, max_steps=0, max_minutes=0.001, validate_every=1000), tmp_path / "run",
+                                progress_bar=False)
+    assert summary["stopped"] == "budget"
+    assert (tmp_path / "run" / "best" / bundles.META).is_file()
+
+
+def test_a_failed_save_leaves_the_previous_bundle_intact(multi30k: Path, tmp_path: Path, monkeypatch) -> None:
+    data = write_slice(multi30k, tmp_path / "data", n=200)
+    out = tmp_path / "run"
+    train_translation(tiny_config(data, max_steps=4), out, progress_bar=False)
+    before = (out / "best" / bundles.WEIGHTS).read_bytes()
+    saved = bundles.load(out / "best")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saved.tokenizer, "save", broken)
+    with pytest.raises(OSError):
+        bundles.save(out / "best", saved)
+    assert (out / "best" / bundles.WEIGHTS).read_bytes() == before
+    bundles.load(out / "best")
+
+
+def test_existing_run_is_not_overwritten_without_resume(multi30k: Path, tmp_path: Path) -> None:
+    from nlp_rnn.errors import NlpRnnError
+
+    data = write_slice(multi30k, tmp_path / "data", n=200)
+    train_translation(tiny_config(data, max_steps=2), tmp_path / "run", progress_bar=False)
+    with pytest.raises(NlpRnnError, match="already holds a training run"):
+        train_translation(tiny_config(data, max_steps=2), tmp_path / "run", progress_bar=False)
+    shutil.rmtree(tmp_path / "run" / "last")
+    with pytest.raises(NlpRnnError, match="nothing to resume"):
+        train_translation(tiny_config(data, max_steps=2), tmp_path / "run", resume=True, progress_bar=False)

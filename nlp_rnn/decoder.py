@@ -69,6 +69,24 @@ def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, 
     return (torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
 
 
+class Cell(nn.Module):
+    """One recurrent layer whose input weights are split by input part (e.g. emb, ctx, feed).
+
+    Separate leaf weights (instead of slices of one matrix) let the static parts be projected for
+    all steps at once, and keep per-step backward free of slice copies. Initialised like torch's cells.
+    """
+
+    def __init__(self, cell: str, inputs: dict[str, int], hidden: int) -> None:
+        super().__init__()
+        gates = GATES[cell] * hidden
+        bound = hidden**-0.5
+        self.weight_in = nn.ParameterDict({name: nn.Parameter(torch.empty(gates, size).uniform_(-bound, bound))
+                                           for name, size in inputs.items() if size > 0})
+        self.weight_hh = nn.Parameter(torch.empty(gates, hidden).uniform_(-bound, bound))
+        self.bias_ih = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
+        self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: Seq2SeqModelConfig, vocab_size: int, encoder_size: int) -> None:
         super().__init__()
@@ -78,11 +96,12 @@ class Decoder(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
         self.has_attention = cfg.attention != "none"
-        context_in = 0 if self.has_attention else encoder_size  # the textbook fixed context joins every input
-        feed_in = size if cfg.input_feeding else 0
-        self.input_split = (emb, context_in, feed_in)
-        cell_cls = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}.get(cfg.cell, nn.RNNCell)
-        self.cells = nn.ModuleList(cell_cls(sum(self.input_split) if i == 0 else size, size) for i in range(cfg.decoder_layers))
+        first = {
+            "emb": emb,
+            "ctx": 0 if self.has_attention else encoder_size,  # the textbook fixed context joins every input
+            "feed": size if cfg.input_feeding else 0,  # input feeding: the previous attentional vector
+        }
+        self.cells = nn.ModuleList(Cell(cfg.cell, first if i == 0 else {"below": size}, size) for i in range(cfg.decoder_layers))
         self.bridge = nn.Linear(encoder_size, size) if cfg.bridge else None
         self.attention = build_attention(cfg.attention, encoder_size, size, cfg.attention_dim) if self.has_attention else None
         self.combine = nn.Linear(size + encoder_size, size)  # attentional vector from [hidden; context]
@@ -95,9 +114,8 @@ class Decoder(nn.Module):
     def memory(self, enc: EncoderOutput) -> Memory:
         if self.has_attention:
             return Memory(enc.states, enc.mask, self.attention.keys(enc.states), None, None)
-        emb, ctx, _ = self.input_split
-        w = self.cells[0].weight_ih[:, emb : emb + ctx]  # (G, Dv)
-        return Memory(enc.states, enc.mask, None, enc.final, F.linear(enc.final, w))  # static: (B, G)
+        static = F.linear(enc.final, self.cells[0].weight_in["ctx"])  # (B, G)
+        return Memory(enc.states, enc.mask, None, enc.final, static)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
         batch, size = enc.final.size(0), self.cfg.decoder_hidden
@@ -113,9 +131,9 @@ class Decoder(nn.Module):
 
     def _precompute(self, tokens: torch.Tensor, memory: Memory) -> torch.Tensor:
         """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G)."""
-        cell0, emb = self.cells[0], self.input_split[0]
+        cell0 = self.cells[0]
         embedded = self.embed_dropout(self.embed(tokens))  # (B, T, E)
-        gates = F.linear(embedded, cell0.weight_ih[:, :emb], cell0.bias_ih)  # (B, T, G)
+        gates = F.linear(embedded, cell0.weight_in["emb"], cell0.bias_ih)  # (B, T, G)
         if memory.static_gates is not None:
             gates = gates + memory.static_gates.unsqueeze(1)
         return gates
@@ -128,9 +146,9 @@ class Decoder(nn.Module):
             if i == 0:
                 gi = pre
                 if self.cfg.input_feeding:
-                    gi = torch.addmm(pre, state.feed, cell.weight_ih[:, -self.input_split[2] :].t())
+                    gi = pre + F.linear(state.feed, cell.weight_in["feed"])  # (B, G)
             else:
-                gi = F.linear(self.dropout(x), cell.weight_ih, cell.bias_ih)
+                gi = F.linear(self.dropout(x), cell.weight_in["below"], cell.bias_ih)
             gh = F.linear(h, cell.weight_hh, cell.bias_hh)  # (B, G)
             x, c = cell_update(self.cfg.cell, gi, gh, h, c)
             hs.append(x)
@@ -157,14 +175,12 @@ class Decoder(nn.Module):
         With teacher_forcing < 1 each sentence feeds its own greedy prediction instead of the gold
         previous token with probability 1 - teacher_forcing at every step (scheduled sampling).
         """
-        steps = tgt_in.size(1)
         pre = self._precompute(tgt_in, memory)  # (B, T, G)
         sampling = teacher_forcing < 1.0 and self.training
         if sampling:
             gold = torch.rand(tgt_in.shape, device=tgt_in.device) < teacher_forcing  # (B, T)
         outputs = []
-        for t in range(steps):
-            pre_t = pre[:, t]
+        for t, pre_t in enumerate(pre.unbind(1)):  # unbind: one backward op, not a zero-filled copy per step
             if sampling and t > 0:
                 with torch.no_grad():
                     predicted = self.output(outputs[-1]).argmax(-1)  # (B,)

@@ -4,13 +4,13 @@ B batch, S source length, T target length, E embedding, H hidden, N real target 
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.config import Seq2SeqModelConfig
 from nlp_rnn.data import Batch
 from nlp_rnn.decoder import Decoder
 from nlp_rnn.encoder import Encoder, EncoderOutput
+from nlp_rnn.loss import cross_entropy_sum
 from nlp_rnn.tokenizer import PAD
 
 
@@ -33,5 +33,5 @@ class Seq2Seq(nn.Module):
         hidden = self.decoder(batch.tgt_in, self.decoder.memory(enc), self.decoder.init_state(enc), teacher_forcing)  # (B, T, H)
         real = hidden[batch.tgt_mask]  # (N, H): the output layer never sees padding
         logits = self.decoder.logits(real)  # (N, V)
-        loss = F.cross_entropy(logits.float(), batch.tgt_out[batch.tgt_mask], reduction="sum", label_smoothing=label_smoothing)
+        loss = cross_entropy_sum(logits, batch.tgt_out[batch.tgt_mask], label_smoothing)
         return loss, real.size(0)

@@ -239,6 +239,39 @@ def _format_translation(number: int, source: str, hyps: list, n_best: int, fmt: 
     return "\t".join(f"{h.text}\t{h.score:.4f}" for h in hyps)
 
 
+@app.command()
+def classify(
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify; none: read --input or standard input."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: the shipped SST-2 model)."),
+    input: Optional[Path] = typer.Option(None, "--input", help="File with one text per line."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write results here instead of standard output."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
+    fmt: str = typer.Option("text", "--format", help="text (label<TAB>probability) or jsonl (every class's probability)."),
+) -> None:
+    """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
+    from nlp_rnn.bundle import load
+    from nlp_rnn.predict import Predictor
+
+    if fmt not in ("text", "jsonl"):
+        raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
+    if batch_size < 1:
+        raise NlpRnnError(f"--batch-size must be at least 1, got {batch_size}")
+    predictor = Predictor(load(_resolve_model(model, "classification")))
+    lines = iter(texts) if texts else read_input_lines(input)
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        for number, (text, p) in enumerate(predictor.stream(lines, batch_size), 1):
+            if fmt == "jsonl":
+                row = {"line": number, "text": text, "label": p.label, "probability": round(p.probability, 6),
+                       "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                sink.write(f"{p.label}\t{p.probability:.4f}\n")
+    finally:
+        if output:
+            sink.close()
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 

@@ -293,3 +293,54 @@ def ordered_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Inference batches: sorted by length (little padding), every index exactly once."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ----------------------------------------------------------------------------- labelled text
+
+
+@dataclass(frozen=True)
+class LabeledSource:
+    """One split of a classification dataset: a table file or a Hub dataset split."""
+
+    table: Optional[str] = None
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None
+    split: str = "train"
+    text_column: str = "sentence"
+    label_column: str = "label"
+
+    def describe(self) -> str:
+        return self.table if self.table else f"{self.dataset}:{self.split}"
+
+
+def read_labeled(source: LabeledSource) -> tuple[list[str], list[str]]:
+    """Texts and labels as strings ("1" for 1). Mixed integer and string labels are refused."""
+    columns = [source.text_column, source.label_column]
+    if source.table:
+        cols = read_table(source.table, columns)
+    elif source.dataset:
+        cols = read_hub(source.dataset, source.split, columns, source.dataset_config)
+    else:
+        raise NlpRnnError("no labelled data given (a table file or a dataset name)")
+    texts = ["" if t is None else str(t) for t in cols[source.text_column]]
+    labels = cols[source.label_column]
+    numeric = [isinstance(x, int) and not isinstance(x, bool) or (isinstance(x, str) and x.strip().lstrip("-").isdigit()) for x in labels]
+    if any(numeric) and not all(numeric):
+        row = numeric.index(False) if numeric[0] else numeric.index(True)
+        line = f":{row + 2}" if source.table and _table_format(Path(source.table)) != "jsonl" else f" (row {row + 1})"
+        raise NlpRnnError(
+            f"{source.describe()}{line}: label {labels[row]!r} mixes with labels of the other kind in column "
+            f"'{source.label_column}' (use all integers or all names)"
+        )
+    for row, label in enumerate(labels):
+        if label is None or str(label).strip() == "":
+            raise NlpRnnError(f"{source.describe()} (row {row + 1}): empty label in column '{source.label_column}'")
+    return texts, [str(x).strip() for x in labels]
+
+
+def label_names(labels: Sequence[str]) -> list[str]:
+    """Sorted label names: numerically for integer labels, alphabetically otherwise."""
+    unique = set(labels)
+    if all(x.lstrip("-").isdigit() for x in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)

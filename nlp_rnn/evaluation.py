@@ -74,3 +74,33 @@ def evaluate_translation(
         "decoding": {"beam_size": opts.beam_size, "length_penalty": opts.length_penalty, "length_norm": opts.length_norm,
                      "max_len_a": opts.max_len_a, "max_len_b": opts.max_len_b, "batch_size": batch_size},
     }
+
+
+def evaluate_classifier(bundle: Bundle, data, dataset, splits, text_column, label_column, batch_size, hyps_out) -> dict:
+    from nlp_rnn.classification_task import label_ids
+    from nlp_rnn.data import LabeledSource, read_labeled
+    from nlp_rnn.metrics import classification_report
+    from nlp_rnn.predict import Predictor
+
+    predictor = Predictor(bundle)
+    columns = dict(text_column=text_column or bundle.meta["data"].get("text_column", "sentence"),
+                   label_column=label_column or bundle.meta["data"].get("label_column", "label"))
+    sources = [LabeledSource(table=str(t), **columns) for t in data]
+    sources += [LabeledSource(dataset=dataset, split=s, **columns) for s in (splits or ["test"])] if dataset else []
+    if not sources:
+        raise NlpRnnError("no test set: give --data TABLE or --dataset NAME")
+    results = []
+    for source in sources:
+        texts, labels = read_labeled(source)
+        gold = label_ids(labels, predictor.labels, source.describe())
+        started = time.perf_counter()
+        predictions = predictor.classify(texts, batch_size)
+        seconds = time.perf_counter() - started
+        predicted = [predictor.labels.index(p.label) for p in predictions]
+        if hyps_out is not None:
+            _hyps_file(Path(hyps_out), Path(source.describe()).stem, len(sources) > 1).write_text(
+                "".join(p.label + "\n" for p in predictions), encoding="utf-8")
+        report = classification_report(gold, predicted, predictor.labels)
+        results.append({"name": source.describe(), **report, "seconds": round(seconds, 2),
+                        "sentences_per_s": round(len(texts) / max(seconds, 1e-9), 1)})
+    return {"task": "classification", "model": _model_info(bundle), "sets": results}

@@ -102,10 +102,55 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+@dataclass
+class Prediction:
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+class Predictor:
+    """Sentence classification: a label and every class's probability per text."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        if bundle.task != "classification":
+            raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; classify needs a classification model")
+        self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
+        self.labels: list[str] = list(bundle.meta["labels"])
+        self.max_len = bundle.config.data.max_src_len
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer.encode_src([t.strip() for t in texts])
+        empty = sum(not s for s in ids)
+        if empty:
+            log.warning("classifying %d empty texts (the model sees only the end-of-sentence token)", empty)
+        return [s[: self.max_len - 1] + [EOS] for s in ids]
+
+    @torch.no_grad()
+    def probabilities(self, src_ids: Sequence[Sequence[int]], batch_size: int = 128) -> torch.Tensor:
+        """(N, C) class probabilities for id lists, in input order."""
+        self.model.eval()
+        out = torch.zeros(len(src_ids), len(self.labels))
+        for index in ordered_batches([len(s) for s in src_ids], batch_size):
+            logits = self.model.logits(make_batch([src_ids[i] for i in index]))
+            out[torch.tensor(index)] = torch.softmax(logits.float(), dim=-1)
+        return out
+
+    def classify(self, texts: Sequence[str], batch_size: int = 128) -> list[Prediction]:
+        if not texts:
+            return []
+        probs = self.probabilities(self.encode(texts), batch_size)
+        best = probs.argmax(dim=-1).tolist()
+        return [
+            Prediction(self.labels[b], float(p[b]), {name: float(x) for name, x in zip(self.labels, p.tolist())})
+            for b, p in zip(best, probs)
+        ]
+
+    def stream(self, lines: Iterable[str], batch_size: int = 128) -> Iterator[tuple[str, Prediction]]:
+        for chunk in chunked(lines, batch_size * 8):
+            yield from zip(chunk, self.classify(chunk, batch_size))
+
+
 def wrap(bundle: Bundle):
     """The raw-text interface for a bundle's task."""
-    if bundle.task == "translation":
-        return Translator(bundle)
-    from nlp_rnn.classifier import Predictor
-
-    return Predictor(bundle)
+    return {"translation": Translator, "classification": Predictor}[bundle.task](bundle)

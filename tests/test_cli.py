@@ -147,3 +147,8 @@ def test_console_script_pipes_stdin_without_traceback(trained: Path) -> None:
                             capture_output=True, timeout=120)
     assert result.returncode == 0 and len(result.stdout.decode().split("\n")[:-1]) == 3
     assert b"Traceback" not in result.stderr
+
+
+def test_classify_refuses_a_translation_bundle(trained: Path, capsys) -> None:
+    code, _, err = run(["classify", "--model", str(trained), "a good film"], capsys)
+    assert code == 2 and "this is a translation model; classify needs a classification model" in err

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-import click
 import typer
 
 from nlp_rnn.errors import NlpRnnError
@@ -349,18 +348,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except NlpRnnError as err:
         _err(f"error: {err}")
         return 2
-    except click.exceptions.Exit as err:
-        return err.exit_code
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _err("interrupted")
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as err:  # a bug of ours: still one line for users, the traceback with NLP_RNN_DEBUG=1
-        if os.environ.get("NLP_RNN_DEBUG"):
+    except (KeyboardInterrupt, BrokenPipeError) as err:
+        return 130 if isinstance(err, KeyboardInterrupt) else 0
+    except Exception as err:
+        # typer may vendor its own click, so its exceptions are recognised by class name.
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "ClickException" in kinds:  # usage errors: click's own one-line message
+            err.show()
+            return err.exit_code
+        if "Exit" in kinds:
+            return err.exit_code
+        if "Abort" in kinds:
+            _err("interrupted")
+            return 130
+        if os.environ.get("NLP_RNN_DEBUG"):  # a bug of ours: still one line for users
             raise
         _err(f"error: internal error ({type(err).__name__}: {err}); rerun with NLP_RNN_DEBUG=1 and report it")
         return 1

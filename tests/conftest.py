@@ -52,14 +52,16 @@ def small_config(**changes) -> Seq2SeqModelConfig:
     return Seq2SeqModelConfig(**base)
 
 
-def train_copy_model(cfg: Seq2SeqModelConfig, steps: int = 300, reverse: bool = False, seed: int = 0, lr: float = 0.005, batch: int = 256) -> Seq2Seq:
+def train_copy_model(
+    cfg: Seq2SeqModelConfig, steps: int = 300, reverse: bool = False, seed: int = 0, lr: float = 0.005, batch: int = 256, max_len: int = 6
+) -> Seq2Seq:
     """A real tiny training run on the copy (or reverse) task."""
     torch.manual_seed(seed)
     model = Seq2Seq(cfg, 4 + SYMBOLS, 4 + SYMBOLS)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for step in range(steps):
-        src, tgt = copy_examples(batch, seed * 100_000 + step, reverse)
+        src, tgt = copy_examples(batch, seed * 100_000 + step, reverse, max_len=max_len)
         loss, count = model(make_batch(src, tgt))
         optimizer.zero_grad()
         (loss / count).backward()

@@ -128,7 +128,7 @@ def test_bad_classification_inputs(sst_model, tmp_path: Path, capsys) -> None:
                          "--train", str(tmp_path / "mixed.tsv"), "--valid", str(tmp_path / "mixed.tsv")], capsys)
     assert code == 2 and "mixed.tsv:3: label 'negative' mixes with labels of the other kind" in err
     code, err = run_cli(["classify", "--model", str(run), "--text-column", "x"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 2 and "No such option: --text-column" in err and "Traceback" not in err
 
 
 def test_empty_text_is_classified_with_a_warning(sst_model, capsys, caplog) -> None:

@@ -40,11 +40,27 @@ class Translation:
     attention: Optional[torch.Tensor] = None  # (len(pieces), len(src_pieces))
 
 
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise NlpRnnError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision != "auto":
+        return precision
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
 class Translator:
-    def __init__(self, bundle: Bundle) -> None:
+    """Raw text in, raw text out. `precision` bf16 runs the model in bfloat16 (about 2x faster on
+    CPUs with native bf16, BLEU within a few tenths); fp32 is exact and bit-stable across batches."""
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != "translation":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model")
+        self.precision = resolve_precision(precision)
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
+        if self.precision == "bf16":
+            self.model = bundle.model.to(torch.bfloat16)
         self.max_src_len = bundle.config.data.max_src_len
 
     def options(self, **overrides) -> SearchOptions:

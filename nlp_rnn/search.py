@@ -64,23 +64,24 @@ def greedy(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) 
     enc = model.encode(batch.src, batch.src_len, batch.src_mask)
     memory, state = model.decoder.memory(enc), model.decoder.init_state(enc)
     limit = max_lengths(batch.src_len, opts)  # (B,)
-    size = batch.size
+    size, steps = batch.size, int(limit.max())
     active = torch.arange(size)  # rows of the original batch still decoding
     prev = torch.full((size,), BOS, dtype=torch.long)
-    tokens: list[list[int]] = [[] for _ in range(size)]
-    scores = [0.0] * size
-    weights: list[list[torch.Tensor]] = [[] for _ in range(size)]
-    for t in range(int(limit.max())):
+    tokens = torch.zeros(size, steps, dtype=torch.long)
+    lengths = torch.zeros(size, dtype=torch.long)
+    scores = torch.zeros(size)
+    weights = torch.zeros(size, steps, batch.src.size(1)) if opts.attention else None
+    for t in range(steps):
         logits, state, att = model.decoder.step(prev, memory, state)  # (b, V)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        logits = logits.float()
         if t < opts.min_length:
-            log_probs[:, EOS] = NEG_INF
-        best, prev = log_probs.max(dim=-1)  # (b,)
-        for row, sentence in enumerate(active.tolist()):
-            tokens[sentence].append(int(prev[row]))
-            scores[sentence] += float(best[row])
-            if opts.attention and att is not None:
-                weights[sentence].append(att[row])
+            logits[:, EOS] = NEG_INF
+        best, prev = logits.max(dim=-1)  # (b,) argmax of logits == argmax of log-probabilities
+        tokens[active, t] = prev
+        scores[active] += best - torch.logsumexp(logits, dim=-1)
+        lengths[active] = t + 1
+        if weights is not None and att is not None:
+            weights[active, t] = att.float()
         done = (prev == EOS) | (limit[active] <= t + 1)
         if bool(done.all()):
             break
@@ -90,10 +91,9 @@ def greedy(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) 
             memory, state = memory.select(keep), state.select(keep)
     hyps = []
     for i in range(size):
-        attention = None
-        if weights[i]:
-            attention = _trim_attention(torch.stack(weights[i]), len(tokens[i]), int(batch.src_len[i]))
-        hyps.append(Hypothesis(tokens[i], scores[i], scores[i], attention))
+        n = int(lengths[i])
+        attention = None if weights is None else _trim_attention(weights[i], n, int(batch.src_len[i]))
+        hyps.append(Hypothesis(tokens[i, :n].tolist(), float(scores[i]), float(scores[i]), attention))
     return hyps
 
 
@@ -147,18 +147,24 @@ def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOption
         limit = limit_all[active]  # (b,)
         logits, state, att = model.decoder.step(prev, memory, state)  # (b*K, V)
         vocab = logits.size(-1)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b*K, V)
+        logits = logits.float()
         if t < opts.min_length:
-            log_probs[:, EOS] = NEG_INF
+            logits[:, EOS] = NEG_INF
         if opts.no_repeat_ngram > 0:
-            log_probs.masked_fill_(_banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab), NEG_INF)
-        cand = alive_logp.unsqueeze(2) + log_probs.view(b, k, vocab)  # (b, K, V)
-        top_logp, flat = cand.view(b, k * vocab).topk(k, dim=1)  # (b, K)
-        beam, token = flat // vocab, flat % vocab  # (b, K)
+            logits.masked_fill_(_banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab), NEG_INF)
+        # The best K extensions of a sentence are among the best K of each of its rows, so only
+        # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
+        per_row = min(k, vocab)
+        row_top, row_token = logits.topk(per_row, dim=-1)  # (b*K, k')
+        row_logp = row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # (b*K, k')
+        cand = (alive_logp.view(-1, 1) + row_logp).view(b, k * per_row)  # (b, K*k')
+        top_logp, flat = cand.topk(k, dim=1)  # (b, K)
+        beam = flat // per_row  # (b, K) which alive row each candidate extends
+        token = row_token.view(b, k * per_row).gather(1, flat)  # (b, K)
         origin = (torch.arange(b).unsqueeze(1) * k + beam).view(-1)  # (b*K,) rows the candidates extend
         seq = torch.cat([alive_seq.index_select(0, origin), token.view(-1, 1)], dim=1)  # (b*K, t+1)
         if alive_att is not None:
-            alive_att = torch.cat([alive_att.index_select(0, origin), att.index_select(0, origin).unsqueeze(1)], dim=1)
+            alive_att = torch.cat([alive_att.index_select(0, origin), att.float().index_select(0, origin).unsqueeze(1)], dim=1)
         at_limit = (limit <= t + 1).unsqueeze(1)  # (b, 1) the last step ends every hypothesis
         ends = ((token == EOS) | at_limit) & (top_logp > NEG_INF)  # (b, K)
 

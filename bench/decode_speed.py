@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "multi30k-de-en"))
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: 256 greedy, 64 beam")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -38,14 +39,15 @@ def main() -> None:
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()
     refs = ref_file.read_text(encoding="utf-8").splitlines()
-    translator = Translator(load(args.model))
-    results = {"model": args.model, "sentences": len(sources), "batch_size": args.batch_size}
+    translator = Translator(load(args.model), args.precision)
+    results = {"model": args.model, "sentences": len(sources), "precision": translator.precision}
     for beam in (int(b) for b in args.beams.split(",")):
         opts = translator.options(beam_size=beam)
+        batch_size = args.batch_size or (256 if beam == 1 else 64)
         times, texts = [], []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            outputs = translator.translate(sources, opts, args.batch_size)
+            outputs = translator.translate(sources, opts, batch_size)
             times.append(time.perf_counter() - started)
             texts = [o[0].text if o else "" for o in outputs]
         whole = []
@@ -53,11 +55,12 @@ def main() -> None:
             for _ in range(args.repeats):
                 started = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", args.model, "--input", str(src_file),
-                                "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(args.batch_size)],
+                                "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(batch_size), "--precision", args.precision],
                                check=True, capture_output=True)
                 whole.append(time.perf_counter() - started)
         gen, cmd = statistics.median(times), statistics.median(whole)
         results[f"beam{beam}"] = {
+            "batch_size": batch_size,
             "generation_sentences_per_s": round(len(sources) / gen, 1),
             "whole_command_sentences_per_s": round(len(sources) / cmd, 1),
             "generation_s_runs": [round(t, 3) for t in times],

@@ -16,7 +16,7 @@ from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.tokenizer import EOS, Tokenizer
 from nlp_rnn.train import Trainer
 from nlp_rnn import bundle as bundles
-from nlp_rnn.translation_task import count_parameters
+from nlp_rnn.info import count_parameters
 
 log = logging.getLogger(__name__)
 

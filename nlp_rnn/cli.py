@@ -179,12 +179,13 @@ def _resolve_model(model: Optional[Path], task: str) -> Path:
 @app.command()
 def translate(
     texts: Optional[List[str]] = typer.Argument(None, help="Sentences to translate; none: read --input or standard input."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: the shipped de->en model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: checkpoints/multi30k-de-en, the shipped German->English Multi30k model)."),
     input: Optional[Path] = typer.Option(None, "--input", help="File with one sentence per line."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write translations here instead of standard output."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
     n_best: int = typer.Option(1, "--n-best", help="Hypotheses per sentence, with scores (at most --beam-size)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Hard cap on output pieces."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search (0: none)."),
     no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", help="Forbid repeating n-grams of this size."),
@@ -197,15 +198,18 @@ def translate(
 
     if fmt not in ("text", "jsonl"):
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
-    for name, value in (("--beam-size", beam_size), ("--n-best", n_best), ("--batch-size", batch_size), ("--max-length", max_length)):
+    for name, value in (("--beam-size", beam_size), ("--n-best", n_best), ("--max-length", max_length)):
         if value is not None and value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
-    translator = Translator(load(_resolve_model(model, "translation")))
+    if batch_size < 0:
+        raise NlpRnnError(f"--batch-size must be positive (or 0 for automatic), got {batch_size}")
+    translator = Translator(load(_resolve_model(model, "translation")), precision)
     opts = translator.options(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
                               no_repeat_ngram=no_repeat_ngram, attention=attention_plot is not None)
     if n_best > opts.beam_size:
         raise NlpRnnError(f"--n-best {n_best} needs --beam-size of at least {n_best}")
     opts = replace(opts, n_best=n_best)
+    batch_size = batch_size or (256 if opts.beam_size == 1 else 64)
     lines = iter(texts) if texts else read_input_lines(input)
     total = len(texts) if texts else _count_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
@@ -241,7 +245,7 @@ def _format_translation(number: int, source: str, hyps: list, n_best: int, fmt: 
 @app.command()
 def classify(
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify; none: read --input or standard input."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: the shipped SST-2 model)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder (default: checkpoints/sst2, the shipped SST-2 sentiment model)."),
     input: Optional[Path] = typer.Option(None, "--input", help="File with one text per line."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write results here instead of standard output."),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
@@ -300,7 +304,8 @@ def evaluate(
     label_column: Optional[str] = typer.Option(None, help="Classifier label column (default: the model's)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
     hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
 ) -> None:
@@ -316,7 +321,7 @@ def evaluate(
         from nlp_rnn.evaluation import evaluate_translation
 
         result = evaluate_translation(bundle, src, ref, data, dataset, split, src_lang, tgt_lang, beam_size, length_penalty,
-                                      batch_size, hyps)
+                                      batch_size, hyps, precision)
         _print_table(["test set", "sentences", "BLEU", "chrF", "sent/s", "seconds"],
                      [[s["name"], s["sentences"], s["bleu"], s["chrf"], s["sentences_per_s"], s["seconds"]] for s in result["sets"]])
         typer.echo(f"BLEU signature: {result['bleu_signature']}")
@@ -325,7 +330,7 @@ def evaluate(
     else:
         from nlp_rnn.evaluation import evaluate_classifier
 
-        result = evaluate_classifier(bundle, data, dataset, split, text_column, label_column, batch_size, hyps)
+        result = evaluate_classifier(bundle, data, dataset, split, text_column, label_column, batch_size or 128, hyps)
         for s in result["sets"]:
             typer.echo(f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 {100 * s['macro_f1']:.2f}%  ({s['examples']} examples)")
             _print_table(["label", "precision", "recall", "F1", "support"],
@@ -335,6 +340,31 @@ def evaluate(
     if report is not None:
         report.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         typer.echo(f"report: {report}")
+
+
+@app.command()
+def info(
+    model: Optional[Path] = typer.Argument(None, help="Bundle or training folder (default: the shipped translation model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Show a model: task, architecture, languages/labels, tokenizer, data, scores, parameters per component."""
+    from nlp_rnn.bundle import load
+    from nlp_rnn.info import describe
+
+    details = describe(load(_resolve_model(model, "translation")))
+    if as_json:
+        typer.echo(json.dumps(details, indent=2, ensure_ascii=False))
+        return
+    typer.echo(f"model:        {details['path']}")
+    typer.echo(f"task:         {details['task']}")
+    typer.echo(f"languages:    {details['languages']}" if "languages" in details else f"labels:       {', '.join(details['labels'])}")
+    typer.echo("architecture: " + ", ".join(f"{k}={v}" for k, v in details["architecture"].items()))
+    typer.echo("tokenizer:    " + ", ".join(f"{k}={v}" for k, v in details["tokenizer"].items()))
+    typer.echo(f"data:         {json.dumps(details['training_data'], ensure_ascii=False)}")
+    typer.echo(f"best:         {json.dumps(details['best_validation'])}")
+    typer.echo("parameters:")
+    for name, count in details["parameters"].items():
+        typer.echo(f"  {name:<13}{count:>12,}")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -84,7 +84,8 @@ class Cell(nn.Module):
                                            for name, size in inputs.items() if size > 0})
         self.weight_hh = nn.Parameter(torch.empty(gates, hidden).uniform_(-bound, bound))
         self.bias_ih = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
-        self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
+        # Vanilla cells keep the textbook's single bias; GRU needs both (b_hn sits inside r * (.)).
+        self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound)) if cell in ("gru", "lstm") else None
 
 
 class Decoder(nn.Module):

@@ -17,7 +17,14 @@ def rnn_module(cell: str, input_size: int, hidden: int, layers: int, dropout: fl
         return nn.GRU(input_size, hidden, **kwargs)
     if cell == "lstm":
         return nn.LSTM(input_size, hidden, **kwargs)
-    return nn.RNN(input_size, hidden, nonlinearity=cell.removeprefix("rnn_"), **kwargs)
+    rnn = nn.RNN(input_size, hidden, nonlinearity=cell.removeprefix("rnn_"), **kwargs)
+    # The textbook Elman cell has one bias, h = f(W x + U h + b); torch's second bias b_hh only
+    # duplicates b_ih. It becomes a fixed zero buffer, so parameter counts match the textbook.
+    for name in [n for n in rnn._flat_weights_names if n.startswith("bias_hh")]:
+        delattr(rnn, name)
+        rnn.register_buffer(name, torch.zeros(hidden), persistent=False)
+    rnn._init_flat_weights()
+    return rnn
 
 
 @dataclass

@@ -47,11 +47,13 @@ def translation_sets(
 
 def evaluate_translation(
     bundle: Bundle, src, ref, data, dataset, splits, src_lang, tgt_lang, beam_size, length_penalty, batch_size, hyps_out,
+    precision: str = "fp32",
 ) -> dict:
     from nlp_rnn.predict import Translator
 
-    translator = Translator(bundle)
+    translator = Translator(bundle, precision)
     opts = translator.options(beam_size=beam_size, length_penalty=length_penalty)
+    batch_size = batch_size or (256 if opts.beam_size == 1 else 64)
     sets = translation_sets(src, ref, data, dataset, splits, src_lang or bundle.meta.get("src_lang", "src"),
                             tgt_lang or bundle.meta.get("tgt_lang", "tgt"))
     results = []
@@ -72,7 +74,8 @@ def evaluate_translation(
         "task": "translation", "model": _model_info(bundle), "sets": results,
         "bleu_signature": bleu_sig, "chrf_signature": chrf_sig,
         "decoding": {"beam_size": opts.beam_size, "length_penalty": opts.length_penalty, "length_norm": opts.length_norm,
-                     "max_len_a": opts.max_len_a, "max_len_b": opts.max_len_b, "batch_size": batch_size},
+                     "max_len_a": opts.max_len_a, "max_len_b": opts.max_len_b, "batch_size": batch_size,
+                     "precision": translator.precision},
     }
 
 

@@ -16,6 +16,7 @@ from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import DataConfig, TranslationConfig
 from nlp_rnn.data import ParallelSource, TokenBatcher, make_batch, ordered_batches, read_parallel, tokenize_parallel
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.info import count_parameters
 from nlp_rnn.metrics import bleu
 from nlp_rnn.predict import search_ids
 from nlp_rnn.search import SearchOptions
@@ -47,10 +48,6 @@ def teacher_forcing_ratio(cfg: TranslationConfig, step: int) -> float:
         return t.teacher_forcing
     progress = min(step / t.teacher_forcing_decay_steps, 1.0)
     return t.teacher_forcing + (t.teacher_forcing_min - t.teacher_forcing) * progress
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def train_translation(

@@ -1,0 +1,50 @@
+"""The shipped default models: used when --model is omitted, and a clear message when they are missing."""
+
+from pathlib import Path
+
+import pytest
+
+from nlp_rnn import defaults
+from nlp_rnn.cli import main
+from nlp_rnn.metrics import bleu
+
+from conftest import ROOT
+
+SHIPPED = ROOT / "checkpoints"
+
+
+def test_missing_default_model_says_how_to_get_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(defaults, "CHECKPOINTS", tmp_path)
+    assert main(["translate", "Ein Hund."]) == 2
+    err = capsys.readouterr().err
+    assert "no --model given and the default translation model" in err and "pass --model DIR, or train one" in err
+    assert main(["classify", "good"]) == 2
+    assert "default classification model" in capsys.readouterr().err
+
+
+def test_damaged_default_model_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "multi30k-de-en").mkdir()
+    (tmp_path / "multi30k-de-en" / "meta.json").write_text("{broken")
+    monkeypatch.setattr(defaults, "CHECKPOINTS", tmp_path)
+    assert main(["translate", "Ein Hund."]) == 2
+    assert "meta.json: corrupt" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHIPPED / "multi30k-de-en" / "meta.json").is_file(), reason="no shipped translation model")
+def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path, tmp_path: Path, capsys) -> None:
+    src = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:100]
+    ref = (multi30k / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[:100]
+    (tmp_path / "in.de").write_text("\n".join(src) + "\n", encoding="utf-8")
+    assert main(["translate", "--input", str(tmp_path / "in.de"), "--beam-size", "1", "--precision", "fp32"]) == 0
+    hyps = capsys.readouterr().out.split("\n")[:-1]
+    assert len(hyps) == 100
+    assert bleu(hyps, ref)[0].score > 25
+
+
+@pytest.mark.skipif(not (SHIPPED / "sst2" / "meta.json").is_file(), reason="no shipped SST-2 model")
+def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
+    lines = (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]
+    texts, gold = [line.split("\t")[0] for line in lines], [line.split("\t")[1] for line in lines]
+    assert main(["classify", *texts]) == 0
+    predicted = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) > 0.7

@@ -11,9 +11,9 @@ import torch
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.classifier import Classifier
 from nlp_rnn.config import ClassifierConfig, DataConfig
-from nlp_rnn.data import LabeledSource, TokenBatcher, label_names, make_batch, ordered_batches, read_labeled
+from nlp_rnn.data import LabeledSource, TokenBatcher, encode_sources, label_names, make_batch, ordered_batches, read_labeled
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.tokenizer import EOS, Tokenizer
+from nlp_rnn.tokenizer import Tokenizer
 from nlp_rnn.train import Trainer
 from nlp_rnn import bundle as bundles
 from nlp_rnn.info import count_parameters
@@ -30,15 +30,6 @@ def labeled_source(data: DataConfig, split: str) -> LabeledSource:
         hub_split = data.train_split if split == "train" else data.valid_split
         return LabeledSource(dataset=data.dataset, dataset_config=data.dataset_config, split=hub_split, **common)
     raise NlpRnnError(f"no {split} data: give --{split} TABLE or --dataset NAME")
-
-
-def encode_texts(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """Ids ending in EOS (so an empty text is still one token), truncated to max_len."""
-    ids = tokenizer.encode_src(texts)
-    too_long = sum(len(s) >= max_len for s in ids)
-    if too_long:
-        log.warning("truncated %d texts longer than %d pieces", too_long, max_len - 1)
-    return [s[: max_len - 1] + [EOS] for s in ids]
 
 
 def label_ids(labels: list[str], names: list[str], where: str) -> list[int]:
@@ -65,8 +56,8 @@ def train_classifier(cfg: ClassifierConfig, out_dir: str | Path, resume: bool = 
         tokenizer = Tokenizer.load(out_dir / "last")
     else:
         tokenizer = Tokenizer.train(cfg.tokenizer, [t for t in train_texts if t.strip()])
-    x_train = encode_texts(tokenizer, train_texts, cfg.data.max_src_len)
-    x_valid = encode_texts(tokenizer, valid_texts, cfg.data.max_src_len)
+    x_train = encode_sources(tokenizer, train_texts, cfg.data.max_src_len)
+    x_valid = encode_sources(tokenizer, valid_texts, cfg.data.max_src_len)
 
     torch.manual_seed(cfg.train.seed)
     model = Classifier(cfg.model, tokenizer.src_vocab_size, len(names))

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, List, Optional

@@ -211,6 +211,15 @@ def tokenize_parallel(
     return [s + [EOS] for s in src_ids], tgt_ids
 
 
+def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Source ids ending in EOS (an empty text is still one token), truncated to max_len, one warning."""
+    ids = tokenizer.encode_src([t.strip() for t in texts])
+    too_long = sum(len(s) >= max_len for s in ids)
+    if too_long:
+        log.warning("truncated %d inputs to the model's %d source pieces", too_long, max_len)
+    return [s[: max_len - 1] + [EOS] for s in ids]
+
+
 # ----------------------------------------------------------------------------- batches
 
 

@@ -11,10 +11,9 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.data import make_batch, ordered_batches
+from nlp_rnn.data import encode_sources, make_batch, ordered_batches
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.search import Hypothesis, SearchOptions, search
-from nlp_rnn.tokenizer import EOS
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +69,7 @@ class Translator:
         return SearchOptions(**base)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer.encode_src(texts)
-        too_long = sum(len(s) >= self.max_src_len for s in ids)
-        if too_long:
-            log.warning("truncated %d inputs to the model's %d source pieces", too_long, self.max_src_len)
-        return [s[: self.max_src_len - 1] + [EOS] for s in ids]
+        return encode_sources(self.tokenizer, texts, self.max_src_len)
 
     def translate(self, texts: Sequence[str], opts: Optional[SearchOptions] = None, batch_size: int = 64) -> list[list[Translation]]:
         """n-best translations per text (an empty list for an empty text)."""
@@ -136,11 +131,10 @@ class Predictor:
         self.max_len = bundle.config.data.max_src_len
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer.encode_src([t.strip() for t in texts])
-        empty = sum(not s for s in ids)
+        empty = sum(not t.strip() for t in texts)
         if empty:
             log.warning("classifying %d empty texts (the model sees only the end-of-sentence token)", empty)
-        return [s[: self.max_len - 1] + [EOS] for s in ids]
+        return encode_sources(self.tokenizer, texts, self.max_len)
 
     @torch.no_grad()
     def probabilities(self, src_ids: Sequence[Sequence[int]], batch_size: int = 128) -> torch.Tensor:

@@ -61,7 +61,10 @@ def main() -> None:
                          "test_accuracy_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
                          "test_accuracy_min": min(accs), "test_accuracy_max": max(accs)}
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    (Path(args.output) / "sst.json").write_text(json.dumps(summary, indent=2) + "\n")
+    path = Path(args.output) / "sst.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}  # keep the other sets' results
+    merged.update(summary)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 

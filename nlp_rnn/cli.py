@@ -213,7 +213,7 @@ def translate(
     total = len(texts) if texts else _count_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     progress = None
-    if input is not None or output is not None:
+    if output is not None:  # a bar on the terminal only when the translations go to a file
         from tqdm import tqdm
 
         progress = tqdm(total=total, unit="line", file=sys.stderr, mininterval=1.0)

@@ -80,9 +80,10 @@ def main() -> None:
         rows.append((f"decoding 1,000 test sentences, {'greedy' if beam == 1 else 'beam 5'} ({dec['precision']})",
                      f"{d['generation_sentences_per_s']:.0f} sent/s generation, {d['whole_command_sentences_per_s']:.0f} sent/s whole command"))
 
-    for config, name in (("configs/reference_joeynmt.yaml", "speed_reference_fp32"), ("configs/multi30k_de_en.yaml", "speed_default_bf16")):
+    for config, name, label in (("configs/reference_joeynmt.yaml", "speed_reference_fp32", "reference config, fp32"),
+                                ("configs/multi30k_de_en.yaml", "speed_default_bf16", "default config, bf16 autocast")):
         b = train_speed(config, name, args.speed_minutes)
-        rows.append((f"training {Path(config).name} (reference architecture, {b['config'].split('_')[-1]})",
+        rows.append((f"training the reference architecture ({label}), {args.speed_minutes:g} min",
                      f"{b['train_tokens_per_s_median']:.0f} target tokens/s (median), peak RSS {b['peak_rss_mb']:.0f} MB"))
 
     if args.full:

@@ -34,7 +34,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from nlp_rnn.bundle import load
     from nlp_rnn.metrics import bleu
-    from nlp_rnn.predict import Translator
+    from nlp_rnn.translation_task import Translator
 
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()

@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from nlp_rnn.bundle import load
-    from nlp_rnn.predict import Predictor
+    from nlp_rnn.classification_task import Predictor
 
     summary = {}
     for name in args.sets.split(","):

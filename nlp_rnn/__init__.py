@@ -1,14 +1,15 @@
-"""nlp-rnn: recurrent encoder-decoder translation and sentence classification, raw text in and out."""
+"""nlp-rnn: recurrent networks for translation, classification and language modelling, raw text in and out."""
 
 __version__ = "0.1.0"
 
 
-def load(path):
-    """Loads a bundle (or a training folder's best/): a `Translator` or a `Predictor` ready for raw text."""
+def load(path, **options):
+    """Loads a bundle (or a training folder's best/) ready for raw text: a `Translator`, a `Predictor`
+    or a `Generator`, as its task says. `options` (e.g. precision="fp32") go to that interface."""
     from nlp_rnn.bundle import load as load_bundle
     from nlp_rnn.predict import wrap
 
-    return wrap(load_bundle(path))
+    return wrap(load_bundle(path), **options)
 
 
 __all__ = ["__version__", "load"]

@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nlp_rnn import __version__
-from nlp_rnn.config import ClassifierConfig, TranslationConfig, from_dict, to_dict
+from nlp_rnn.config import from_dict, to_dict
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
 
@@ -28,30 +28,12 @@ FORMAT_VERSION = 1
 META, CONFIG, WEIGHTS, TRAINER = "meta.json", "config.json", "model.safetensors", "trainer.pt"
 
 
-def _build_translation(cfg: TranslationConfig, tok: Tokenizer, meta: dict) -> nn.Module:
-    from nlp_rnn.seq2seq import Seq2Seq
-
-    return Seq2Seq(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
-
-
-def _build_classifier(cfg: ClassifierConfig, tok: Tokenizer, meta: dict) -> nn.Module:
-    from nlp_rnn.classifier import Classifier
-
-    return Classifier(cfg.model, tok.src_vocab_size, len(meta["labels"]))
-
-
-TASKS: dict[str, tuple[type, Callable[[Any, Tokenizer, dict], nn.Module]]] = {
-    "translation": (TranslationConfig, _build_translation),
-    "classification": (ClassifierConfig, _build_classifier),
-}
-
-
 @dataclass
 class Bundle:
     task: str
-    config: Any  # TranslationConfig | ClassifierConfig
+    config: Any  # the task's config dataclass
     model: nn.Module
-    tokenizer: Tokenizer
+    tokenizer: Optional[Tokenizer]  # None for tasks that read no text
     meta: dict
     path: Optional[Path] = None
 
@@ -106,7 +88,8 @@ def save(
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     (tmp / CONFIG).write_text(json.dumps(to_dict(bundle.config), indent=2), encoding="utf-8")
-    bundle.tokenizer.save(tmp)
+    if bundle.tokenizer is not None:
+        bundle.tokenizer.save(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
     _fsync_tree(tmp)
@@ -141,8 +124,12 @@ def read_meta(path: str | Path) -> dict:
         raise BundleError(
             f"{path}: bundle format version {version} is newer than this nlp-rnn supports ({FORMAT_VERSION}); upgrade nlp-rnn"
         )
-    if meta.get("task") not in TASKS:
-        raise BundleError(f"{path / META}: unknown task {meta.get('task')!r}")
+    from nlp_rnn import task as tasks
+
+    try:
+        tasks.get(meta.get("task"))
+    except NlpRnnError:
+        raise BundleError(f"{path / META}: unknown task {meta.get('task')!r} (known: {', '.join(tasks.names())})") from None
     return meta
 
 
@@ -152,13 +139,15 @@ def load(path: str | Path, task: Optional[str] = None) -> Bundle:
     meta = read_meta(path)
     if task is not None and meta["task"] != task:
         raise BundleError(f"{path}: this is a {meta['task']} model, not a {task} model")
-    config_cls, build = TASKS[meta["task"]]
+    from nlp_rnn import task as tasks
+
+    task_ = tasks.get(meta["task"])
     try:
-        config = from_dict(config_cls, _read_json(path / CONFIG))
+        config = from_dict(task_.config_cls, _read_json(path / CONFIG))
     except NlpRnnError as err:
         raise BundleError(f"{path / CONFIG}: {err}") from None
-    tokenizer = Tokenizer.load(path)
-    model = build(config, tokenizer, meta)
+    tokenizer = Tokenizer.load(path) if task_.needs_tokenizer else None
+    model = task_.build_model(config, tokenizer, meta)
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:

@@ -16,8 +16,8 @@ import typer
 from nlp_rnn.errors import NlpRnnError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Recurrent encoder-decoder translation and sentence classification.")
-train_app = typer.Typer(no_args_is_help=True, help="Train a translation model or a classifier.")
+                  help="Recurrent networks for translation, classification and language modelling.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a translation model, a classifier or a language model.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a sentencepiece tokenizer on its own.")
 app.add_typer(train_app, name="train")
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -76,17 +76,28 @@ def train_translation_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train an encoder-decoder translation model from raw parallel text."""
-    from nlp_rnn.config import TranslationConfig, load_config
-    from nlp_rnn.translation_task import train_translation, with_data_overrides
+    from nlp_rnn.config import TranslationConfig
+    from nlp_rnn.task import with_overrides
 
-    cfg = load_config(config, TranslationConfig)
-    cfg = with_data_overrides(cfg, train_src=train_src, train_tgt=train_tgt, valid_src=valid_src, valid_tgt=valid_tgt,
-                              train=train, valid=valid, dataset=dataset, src_lang=src_lang, tgt_lang=tgt_lang)
-    overrides = {k: v for k, v in dict(max_steps=max_steps, max_minutes=max_minutes, seed=seed).items() if v is not None}
-    cfg = replace(cfg, train=replace(cfg.train, **overrides))
-    summary = train_translation(cfg, output, resume=resume, tokenizer_dir=tokenizer, progress_bar=not quiet)
-    best = summary["best"] or {}
-    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best val_bleu {best.get('val_bleu', float('nan')):.2f} "
+    cfg = with_overrides(_config(config, TranslationConfig), "data", train_src=train_src, train_tgt=train_tgt, valid_src=valid_src,
+                         valid_tgt=valid_tgt, train=train, valid=valid, dataset=dataset, src_lang=src_lang, tgt_lang=tgt_lang)
+    _train("translation", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+
+
+def _config(path: Optional[Path], cls: type):
+    from nlp_rnn.config import load_config
+
+    return cls() if path is None else load_config(path, cls)
+
+
+def _train(task: str, cfg, output: Path, resume: bool, tokenizer: Optional[Path], quiet: bool, **train_overrides) -> None:
+    """Runs any task's training with the common options and prints the one-line summary."""
+    from nlp_rnn.task import train, with_overrides
+
+    summary = train(task, with_overrides(cfg, "train", **train_overrides), output, resume=resume, tokenizer_dir=tokenizer,
+                    progress_bar=not quiet)
+    best, key = summary["best"] or {}, summary["score_key"]
+    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best {key} {best.get(key, float('nan')):.4g} "
                f"at step {best.get('step')}; model: {output / 'best'}")
 
 
@@ -108,18 +119,47 @@ def train_classifier_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a sentence classifier (e.g. sentiment) from labelled text."""
-    from nlp_rnn.classification_task import train_classifier
-    from nlp_rnn.config import ClassifierConfig, load_config
+    from nlp_rnn.config import ClassifierConfig
+    from nlp_rnn.task import with_overrides
 
-    cfg = load_config(config, ClassifierConfig)
-    data = {k: v for k, v in dict(train=train, valid=valid, dataset=dataset, train_split=train_split, valid_split=valid_split,
-                                  text_column=text_column, label_column=label_column).items() if v is not None}
-    overrides = {k: v for k, v in dict(max_steps=max_steps, max_minutes=max_minutes, seed=seed).items() if v is not None}
-    cfg = replace(cfg, data=replace(cfg.data, **data), train=replace(cfg.train, **overrides))
-    summary = train_classifier(cfg, output, resume=resume, progress_bar=not quiet)
-    best = summary["best"] or {}
-    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best val_acc {best.get('val_acc', float('nan')):.4f} "
-               f"at step {best.get('step')}; model: {output / 'best'}")
+    cfg = with_overrides(_config(config, ClassifierConfig), "data", train=train, valid=valid, dataset=dataset, train_split=train_split,
+                         valid_split=valid_split, text_column=text_column, label_column=label_column)
+    _train("classification", cfg, output, resume, None, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+
+
+@train_app.command("lm")
+def train_lm_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/shakespeare_char.yaml); default: built-in."),
+    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    train: List[str] = typer.Option([], "--train", help="Training text file(s), or TSV/CSV/JSONL tables with --text-column."),
+    valid: List[str] = typer.Option([], "--valid", help="Validation file(s)."),
+    valid_fraction: Optional[float] = typer.Option(None, help="No --valid: hold out this last fraction of the training text (e.g. 0.1)."),
+    dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset (or a local dataset folder)."),
+    train_split: Optional[str] = typer.Option(None, help="Hub training split."),
+    valid_split: Optional[str] = typer.Option(None, help="Hub validation split."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of tables and Hub datasets (default: text)."),
+    condition_column: Optional[str] = typer.Option(None, help="Label column to condition generation on (sentence mode)."),
+    mode: Optional[str] = typer.Option(None, help="stream (one token stream per file, truncated BPTT) or sentence (one row = one sequence)."),
+    bptt: Optional[int] = typer.Option(None, help="Stream mode: window length of truncated backpropagation through time."),
+    streams: Optional[int] = typer.Option(None, help="Stream mode: batch rows (contiguous parts of the corpus)."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Use this trained tokenizer folder instead of training one."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop (validate and save) after this many steps in all."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (validate and save) after this much training time."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: the config's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a recurrent language model on raw text (character or subword level)."""
+    from nlp_rnn.lm_task import LMConfig
+    from nlp_rnn.task import with_overrides
+
+    cfg = _config(config, LMConfig)
+    if condition_column and mode is None:
+        mode = "sentence"
+    cfg = with_overrides(cfg, "data", train=tuple(train) or None, valid=tuple(valid) or None, valid_fraction=valid_fraction,
+                         dataset=dataset, train_split=train_split, valid_split=valid_split, text_column=text_column,
+                         condition_column=condition_column, mode=mode, bptt=bptt, streams=streams)
+    _train("language_model", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
 @tokenizer_app.command("train")
@@ -193,7 +233,7 @@ def translate(
 ) -> None:
     """Translate raw text: output line N belongs to input line N."""
     from nlp_rnn.bundle import load
-    from nlp_rnn.predict import Translator
+    from nlp_rnn.translation_task import Translator
 
     if fmt not in ("text", "jsonl"):
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
@@ -252,7 +292,7 @@ def classify(
 ) -> None:
     """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
     from nlp_rnn.bundle import load
-    from nlp_rnn.predict import Predictor
+    from nlp_rnn.classification_task import Predictor
 
     if fmt not in ("text", "jsonl"):
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
@@ -277,15 +317,69 @@ def classify(
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _print_table(headers: list[str], rows: list[list]) -> None:
-    cells = [headers] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        typer.echo("  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            typer.echo("  ".join("-" * w for w in widths))
+@app.command()
+def generate(
+    prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to continue; none: --input, standard input (one per line), or an empty prompt."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Language model bundle or training folder (default: checkpoints/shakespeare-char)."),
+    input: Optional[Path] = typer.Option(None, "--input", help="File with one prompt per line."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write samples here instead of standard output."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature; 0 is greedy (default: the model's, 1.0)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most probable tokens (0: off)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample only from the smallest set with probability >= p, in (0, 1]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same samples."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many tokens (default: 256)."),
+    stop: Optional[str] = typer.Option(None, "--stop", help="Stop when this string appears (it is not printed)."),
+    greedy: bool = typer.Option(False, "--greedy", help="The most probable token at every step."),
+    beam_size: int = typer.Option(1, "--beam-size", help="Beam search with this many beams (the best sequence)."),
+    condition: Optional[str] = typer.Option(None, "--condition", help="Conditional models: the label to generate for."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or auto."),
+    fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
+) -> None:
+    """Continue prompts with a language model: sampling, greedy or beam search. Streams to a terminal."""
+    from nlp_rnn.bundle import load
+    from nlp_rnn.lm_task import Generator
+
+    if fmt not in ("text", "jsonl"):
+        raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
+    generator = Generator(load(_resolve_model(model, "language_model")), precision)
+    generator.condition_id(condition)  # an unknown label is refused before any input is read
+    if prompts:
+        lines = list(prompts)
+    elif input is not None or (sys.stdin is not None and not sys.stdin.isatty()):
+        lines = list(read_input_lines(input))
+    else:
+        lines = []
+    lines = lines or [""]  # nothing given: continue the empty prompt
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
+    live = output is None and fmt == "text" and sys.stdout.isatty()
+    options = dict(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
+                   stop=stop, beam_size=beam_size, greedy_search=greedy, condition=condition)
+    try:
+        for number, prompt in enumerate(lines, 1):
+            for i in range(num_samples if live else 1):
+                step_seed = None if seed is None else seed + 1_000_003 * (number - 1) + i
+                if live:  # one sequence at a time, printed as it grows
+                    sink.write(prompt)
+                    sink.flush()
+                    show = lambda text: (sink.write(text), sink.flush())  # noqa: E731
+                    generator.generate([prompt], **{**options, "num_samples": 1}, seed=step_seed, on_text=show)
+                    sink.write("\n\n" if i + 1 < num_samples or number < len(lines) else "\n")
+                    continue
+                for j, s in enumerate(generator.generate([prompt], **options, seed=step_seed)[0]):
+                    if fmt == "jsonl":
+                        sink.write(json.dumps({"line": number, "sample": j + 1, "prompt": prompt, "text": s.text,
+                                               "log_prob": round(s.log_prob, 4), "tokens": len(s.tokens),
+                                               "condition": s.condition}, ensure_ascii=False) + "\n")
+                    else:
+                        last = number == len(lines) and j + 1 == num_samples
+                        sink.write(prompt + s.text + ("\n" if last else "\n\n"))
+    finally:
+        if output:
+            sink.close()
 
 
+# ----------------------------------------------------------------------------- evaluate
 
 
 @app.command()
@@ -293,14 +387,14 @@ def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder."),
     src: List[Path] = typer.Option([], "--src", help="Source file (translation); repeat with --ref for several test sets."),
     ref: List[Path] = typer.Option([], "--ref", help="Reference file, line-aligned with the --src of the same position."),
-    data: List[Path] = typer.Option([], "--data", help="TSV/CSV/JSONL test set(s): translation uses the language columns, "
-                                                        "classification --text-column/--label-column."),
+    data: List[Path] = typer.Option([], "--data", help="Test set file(s): TSV/CSV/JSONL tables (translation: the language columns, "
+                                                        "classification: --text-column/--label-column), or text files (language models)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset name."),
     split: List[str] = typer.Option([], "--split", help="Hub split(s) to evaluate (default: test)."),
     src_lang: Optional[str] = typer.Option(None, help="Source column (default: the model's source language)."),
     tgt_lang: Optional[str] = typer.Option(None, help="Target column (default: the model's target language)."),
-    text_column: Optional[str] = typer.Option(None, help="Classifier text column (default: the model's)."),
-    label_column: Optional[str] = typer.Option(None, help="Classifier label column (default: the model's)."),
+    text_column: Optional[str] = typer.Option(None, help="Text column (default: the model's)."),
+    label_column: Optional[str] = typer.Option(None, help="Label (or condition) column (default: the model's)."),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search."),
     batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
@@ -308,34 +402,20 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
     hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
 ) -> None:
-    """Score a model on whole test sets: BLEU/chrF (translation) or accuracy/F1 (classification)."""
-    from nlp_rnn.bundle import load, read_meta, resolve
+    """Score a model on whole test sets: BLEU/chrF, accuracy/F1 or perplexity, as its task says."""
+    from nlp_rnn import task as tasks
+    from nlp_rnn.bundle import load
 
-    path = resolve(_resolve_model(model, "translation" if src else "classification"))
-    task = read_meta(path)["task"]
     if beam_size is not None and beam_size < 1:
         raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
-    bundle = load(path)
-    if task == "translation":
-        from nlp_rnn.evaluation import evaluate_translation
-
-        result = evaluate_translation(bundle, src, ref, data, dataset, split, src_lang, tgt_lang, beam_size, length_penalty,
-                                      batch_size, hyps, precision)
-        _print_table(["test set", "sentences", "BLEU", "chrF", "sent/s", "seconds"],
-                     [[s["name"], s["sentences"], s["bleu"], s["chrf"], s["sentences_per_s"], s["seconds"]] for s in result["sets"]])
-        typer.echo(f"BLEU signature: {result['bleu_signature']}")
-        typer.echo(f"chrF signature: {result['chrf_signature']}")
-        typer.echo(f"decoding: {json.dumps(result['decoding'])}")
-    else:
-        from nlp_rnn.evaluation import evaluate_classifier
-
-        result = evaluate_classifier(bundle, data, dataset, split, text_column, label_column, batch_size or 128, hyps)
-        for s in result["sets"]:
-            typer.echo(f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 {100 * s['macro_f1']:.2f}%  ({s['examples']} examples)")
-            _print_table(["label", "precision", "recall", "F1", "support"],
-                         [[k, 100 * v["precision"], 100 * v["recall"], 100 * v["f1"], v["support"]] for k, v in s["per_class"].items()])
-            typer.echo("confusion matrix (rows: gold, columns: predicted):")
-            _print_table(["gold \\ pred"] + s["labels"], [[g] + row for g, row in zip(s["labels"], s["confusion_matrix"])])
+    bundle = load(_resolve_model(model, "translation" if src else "classification"))
+    task = tasks.of(bundle)
+    request = tasks.EvalRequest(src=src, ref=ref, data=data, dataset=dataset, splits=split, src_lang=src_lang, tgt_lang=tgt_lang,
+                                text_column=text_column, label_column=label_column, beam_size=beam_size,
+                                length_penalty=length_penalty, batch_size=batch_size, precision=precision, hyps=hyps)
+    result = task.evaluate(bundle, request)
+    for line in task.report(result):
+        typer.echo(line)
     if report is not None:
         report.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         typer.echo(f"report: {report}")
@@ -354,16 +434,20 @@ def info(
     if as_json:
         typer.echo(json.dumps(details, indent=2, ensure_ascii=False))
         return
+    shown = {"path", "task", "architecture", "tokenizer", "training_data", "best_validation", "parameters"}
     typer.echo(f"model:        {details['path']}")
     typer.echo(f"task:         {details['task']}")
-    typer.echo(f"languages:    {details['languages']}" if "languages" in details else f"labels:       {', '.join(details['labels'])}")
+    for key, value in details.items():  # the task's own lines: languages, labels, mode, ...
+        if key not in shown and key not in ("step", "library_version", "format_version") and value is not None:
+            typer.echo(f"{key + ':':<13} {', '.join(map(str, value)) if isinstance(value, list) else value}")
     typer.echo("architecture: " + ", ".join(f"{k}={v}" for k, v in details["architecture"].items()))
-    typer.echo("tokenizer:    " + ", ".join(f"{k}={v}" for k, v in details["tokenizer"].items()))
+    if "tokenizer" in details:
+        typer.echo("tokenizer:    " + ", ".join(f"{k}={v}" for k, v in details["tokenizer"].items()))
     typer.echo(f"data:         {json.dumps(details['training_data'], ensure_ascii=False)}")
     typer.echo(f"best:         {json.dumps(details['best_validation'])}")
     typer.echo("parameters:")
     for name, count in details["parameters"].items():
-        typer.echo(f"  {name:<13}{count:>12,}")
+        typer.echo(f"  {name:<17}{count:>12,}")
 
 
 # ----------------------------------------------------------------------------- entry point

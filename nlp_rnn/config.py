@@ -61,14 +61,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    model_type: str = "bpe"
-    vocab_size: int = 8000
+    model_type: str = "bpe"  # bpe | unigram | char (one piece per character) | word
+    vocab_size: int = 8000  # an upper bound for char: every character of the training text gets a piece
     joint: bool = True  # one model for source and target (translation only)
     character_coverage: float = 1.0
     max_sentences: int = 1_000_000  # sentences sampled to train it
+    # Byte-exact text (language-model streams): no normalisation, no whitespace folding, no dummy
+    # prefix, a piece for the newline, so that decode(encode(text)) == text.
+    byte_exact: bool = False
 
     def __post_init__(self) -> None:
-        _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram"))
+        _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram", "char", "word"))
         if self.vocab_size < 300:
             raise NlpRnnError(
                 f"config: tokenizer.vocab_size must be at least 300 (256 byte pieces + specials), got {self.vocab_size}"
@@ -203,6 +206,9 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         if value is None:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:  # tuple[str, ...]: a YAML list (or one value)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_check_type(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(items))
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -1,19 +1,19 @@
-"""Greedy and beam search, nothing else.
+"""Greedy search, beam search and sampling over any model that follows the `Generative` protocol.
 
-B batch, S source length, K beam, V vocabulary, t steps so far.
-Both searches encode each sentence once and compute its attention keys once (`Decoder.memory`);
-beam search expands that memory to K rows and reorders the decoder state with `select`.
-Sentences that are done leave the batch, so the remaining ones decode in a smaller batch.
+B batch, S source (or prompt) length, K beam, V vocabulary, t steps so far.
+A model encodes a batch once (`start`: the translation model's encoder output and attention keys,
+a language model's state after the prompt), then advances one token at a time (`step`). Memory and
+state only need `select(index)`, so beam search reorders them without knowing what they hold.
+Sequences that are done leave the batch, so the remaining ones decode in a smaller batch.
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from nlp_rnn.data import Batch
-from nlp_rnn.seq2seq import Seq2Seq
-from nlp_rnn.tokenizer import BOS, EOS
+from nlp_rnn.tokenizer import EOS
 
 NEG_INF = float("-inf")
 
@@ -40,6 +40,16 @@ class SearchOptions:
     attention: bool = False  # return attention weights
 
 
+class Generative(Protocol):
+    """What the searches need of a model."""
+
+    def start(self, batch: Batch) -> tuple[Any, Any, torch.Tensor]:
+        """-> (memory, state, first input tokens (B,)); memory and state have `select(index)`."""
+
+    def step(self, prev: torch.Tensor, memory: Any, state: Any) -> tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
+        """prev (B,) -> logits (B, V), the new state, attention weights (B, S) or None."""
+
+
 def max_lengths(src_len: torch.Tensor, opts: SearchOptions) -> torch.Tensor:
     """(B,) output budget from the source length (which counts the appended EOS)."""
     pieces = (src_len - 1).clamp(min=1).float()
@@ -59,20 +69,18 @@ def _trim_attention(weights: torch.Tensor, length: int, src_real: int) -> torch.
 
 
 @torch.no_grad()
-def greedy(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[Hypothesis]:
+def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[Hypothesis]:
     """The most probable next token at every step, for a whole batch at once."""
-    enc = model.encode(batch.src, batch.src_len, batch.src_mask)
-    memory, state = model.decoder.memory(enc), model.decoder.init_state(enc)
+    memory, state, prev = model.start(batch)
     limit = max_lengths(batch.src_len, opts)  # (B,)
     size, steps = batch.size, int(limit.max())
     active = torch.arange(size)  # rows of the original batch still decoding
-    prev = torch.full((size,), BOS, dtype=torch.long)
     tokens = torch.zeros(size, steps, dtype=torch.long)
     lengths = torch.zeros(size, dtype=torch.long)
     scores = torch.zeros(size)
     weights = torch.zeros(size, steps, batch.src.size(1)) if opts.attention else None
     for t in range(steps):
-        logits, state, att = model.decoder.step(prev, memory, state)  # (b, V)
+        logits, state, att = model.step(prev, memory, state)  # (b, V)
         logits = logits.float()
         if t < opts.min_length:
             logits[:, EOS] = NEG_INF
@@ -112,7 +120,7 @@ def _banned_ngrams(seqs: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
+def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
     """Batched beam search; per sentence the `n_best` hypotheses, best first.
 
     Alive hypotheses always fill K slots (the top K of all K*V extensions); an extension ending
@@ -121,10 +129,9 @@ def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOption
     its maximum length. With K = 1 and no length normalisation this is exactly greedy search.
     """
     k, size = opts.beam_size, batch.size
-    enc = model.encode(batch.src, batch.src_len, batch.src_mask)
+    memory, state, first = model.start(batch)
     expand = torch.arange(size).repeat_interleave(k)  # (B*K,)
-    memory = model.decoder.memory(enc).select(expand)
-    state = model.decoder.init_state(enc).select(expand)
+    memory, state, prev = memory.select(expand), state.select(expand), first.index_select(0, expand)
     limit_all = max_lengths(batch.src_len, opts)  # (B,)
     steps, src_width = int(limit_all.max()), batch.src.size(1)
 
@@ -140,12 +147,11 @@ def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOption
     alive_logp[:, 0] = 0.0  # one live start hypothesis per sentence
     alive_seq = torch.zeros(size * k, 0, dtype=torch.long)  # (b*K, t)
     alive_att = torch.zeros(size * k, 0, src_width) if opts.attention else None
-    prev = torch.full((size * k,), BOS, dtype=torch.long)
 
     for t in range(steps):
         b = active.numel()
         limit = limit_all[active]  # (b,)
-        logits, state, att = model.decoder.step(prev, memory, state)  # (b*K, V)
+        logits, state, att = model.step(prev, memory, state)  # (b*K, V)
         vocab = logits.size(-1)
         logits = logits.float()
         if t < opts.min_length:
@@ -218,9 +224,76 @@ def beam_search(model: Seq2Seq, batch: Batch, opts: SearchOptions = SearchOption
     return results
 
 
-def search(model: Seq2Seq, batch: Batch, opts: SearchOptions) -> list[list[Hypothesis]]:
+def search(model: Generative, batch: Batch, opts: SearchOptions) -> list[list[Hypothesis]]:
     """Greedy for beam size 1 (the same result, faster), beam search otherwise."""
     if opts.beam_size == 1:
         return [[h] for h in greedy(model, batch, opts)]
     return beam_search(model, batch, opts)
 
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    temperature: float = 1.0  # 0: the most probable token (greedy)
+    top_k: int = 0  # keep only the k most probable tokens (0: all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (nucleus sampling)
+    max_tokens: int = 256
+
+
+def _filter(logits: torch.Tensor, opts: SampleOptions) -> torch.Tensor:
+    """logits (b, V) scaled by the temperature, -inf outside top-k and the top-p nucleus."""
+    logits = logits / opts.temperature
+    if 0 < opts.top_k < logits.size(-1):
+        kth = logits.topk(opts.top_k, dim=-1).values[:, -1:]  # (b, 1)
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if opts.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        outside = probs.cumsum(dim=-1) - probs >= opts.top_p  # the most probable token always stays
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, NEG_INF))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model: Generative,
+    batch: Batch,
+    opts: SampleOptions = SampleOptions(),
+    generator: Optional[torch.Generator] = None,
+    on_step: Optional[Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]] = None,
+) -> list[Hypothesis]:
+    """Draws one continuation per row, token by token, until EOS or `max_tokens`.
+
+    `on_step(rows, tokens)` sees the rows of the batch still generating (b,) and the tokens they
+    just drew (b,); it may return a (b,) bool tensor of rows to stop (e.g. a stop string appeared).
+    The log-probabilities are those of the model, before temperature and filtering.
+    """
+    memory, state, prev = model.start(batch)
+    size, steps = batch.size, opts.max_tokens
+    active = torch.arange(size)
+    tokens = torch.zeros(size, steps, dtype=torch.long)
+    lengths = torch.zeros(size, dtype=torch.long)
+    scores = torch.zeros(size)
+    for t in range(steps):
+        logits, state, _ = model.step(prev, memory, state)
+        logits = logits.float()  # (b, V)
+        if opts.temperature == 0:
+            prev = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(_filter(logits, opts), dim=-1)
+            prev = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (b,)
+        tokens[active, t] = prev
+        scores[active] += logits.gather(1, prev.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        lengths[active] = t + 1
+        done = prev == EOS
+        if on_step is not None:
+            stop = on_step(active, prev)
+            if stop is not None:
+                done = done | stop
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            active, prev = active[keep], prev[keep]
+            memory, state = memory.select(keep), state.select(keep)
+    return [Hypothesis(tokens[i, : int(lengths[i])].tolist(), float(scores[i]), float(scores[i])) for i in range(size)]

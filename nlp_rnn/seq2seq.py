@@ -11,7 +11,7 @@ from nlp_rnn.data import Batch
 from nlp_rnn.decoder import Decoder
 from nlp_rnn.encoder import Encoder, EncoderOutput
 from nlp_rnn.loss import cross_entropy_sum
-from nlp_rnn.tokenizer import PAD
+from nlp_rnn.tokenizer import BOS, PAD
 
 
 class Seq2Seq(nn.Module):
@@ -26,6 +26,15 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_mask: torch.Tensor) -> EncoderOutput:
         """src (B, S) ids -> states (B, S, D*H), final (B, D*H)."""
         return self.encoder(self.embed_dropout(self.src_embed(src)), src_len, src_mask)
+
+    def start(self, batch: Batch):
+        """Search protocol: encode once -> (memory, decoder state, BOS tokens (B,))."""
+        enc = self.encode(batch.src, batch.src_len, batch.src_mask)
+        return self.decoder.memory(enc), self.decoder.init_state(enc), torch.full((batch.size,), BOS, dtype=torch.long, device=batch.src.device)
+
+    def step(self, prev: torch.Tensor, memory, state):
+        """Search protocol: prev (B,) -> logits (B, V), new state, attention weights (B, S) or None."""
+        return self.decoder.step(prev, memory, state)
 
     def forward(self, batch: Batch, teacher_forcing: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the real target tokens and their number (padding never counts)."""

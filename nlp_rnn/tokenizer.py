@@ -26,11 +26,18 @@ def _train_one(texts: Sequence[str], cfg: TokenizerConfig) -> bytes:
     rng = random.Random(0)
     sample = list(texts) if len(texts) <= cfg.max_sentences else rng.sample(list(texts), cfg.max_sentences)
     model = io.BytesIO()
+    exact = dict(normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+                 user_defined_symbols=["\n"], allow_whitespace_only_pieces=True) if cfg.byte_exact else {}
+    if cfg.model_type == "char":  # every character of the text, the specials and the 256 byte pieces
+        vocab_size = len(set("".join(sample))) + 4 + 256 + (1 if cfg.byte_exact else 0)
+    else:
+        vocab_size = cfg.vocab_size
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sample),
         model_writer=model,
         model_type=cfg.model_type,
-        vocab_size=cfg.vocab_size,
+        vocab_size=vocab_size,
+        **exact,
         character_coverage=cfg.character_coverage,
         byte_fallback=True,
         hard_vocab_limit=False,  # a small corpus gets the vocabulary it can fill
@@ -102,6 +109,15 @@ class Tokenizer:
         if (folder / SRC_FILE).is_file() and (folder / TGT_FILE).is_file():
             return cls((folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes(), where=str(folder))
         raise BundleError(f"{folder}: no sentencepiece model ({JOINT_FILE}, or {SRC_FILE} and {TGT_FILE})")
+
+    def encode_stream(self, text: str, chunk_lines: int = 2000) -> list[int]:
+        """Ids of a whole text, newlines included (needs a byte-exact tokenizer to round-trip exactly)."""
+        lines = text.splitlines(keepends=True)
+        ids: list[int] = []
+        for start in range(0, len(lines), chunk_lines):
+            for piece_ids in self.src.encode(lines[start : start + chunk_lines], out_type=int):
+                ids.extend(piece_ids)
+        return ids
 
     def encode_src(self, texts: Iterable[str]) -> list[list[int]]:
         return self.src.encode(list(texts), out_type=int)

@@ -13,16 +13,14 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TrainConfig
-from nlp_rnn.data import Batch, TokenBatcher
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.task import TrainingSetup
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -42,24 +40,14 @@ class Progress:
 
 
 class Trainer:
-    """Trains `bundle.model`; `validate()` returns metrics including `score_key` (higher is better)."""
+    """Trains `setup.bundle.model`; `setup.validate()` returns metrics including `setup.score_key`."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        bundle: Bundle,
-        batcher: TokenBatcher,
-        collate: Callable[[list[int]], Batch],
-        loss_fn: Callable[[Batch, int], tuple[torch.Tensor, int]],
-        validate: Callable[[], dict],
-        score_key: str,
-        out_dir: Path,
-        progress_bar: bool = True,
-    ) -> None:
-        self.cfg, self.bundle, self.batcher, self.collate = cfg, bundle, batcher, collate
-        self.loss_fn, self.validate, self.score_key = loss_fn, validate, score_key
+    def __init__(self, cfg: TrainConfig, setup: TrainingSetup, out_dir: Path, progress_bar: bool = True) -> None:
+        self.cfg, self.setup, self.bundle = cfg, setup, setup.bundle
+        self.batcher, self.collate, self.loss_fn, self.validate = setup.batcher, setup.collate, setup.loss_fn, setup.validate
+        self.score_key, self.sign = setup.score_key, 1.0 if setup.higher_is_better else -1.0
         self.out_dir, self.progress_bar = Path(out_dir), progress_bar
-        self.model = bundle.model
+        self.model = setup.bundle.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -76,6 +64,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
+            "task": self.setup.state_dict() if self.setup.state_dict else {},
         }
 
     def _restore(self) -> None:
@@ -89,6 +78,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
+        if self.setup.load_state_dict:
+            self.setup.load_state_dict(state.get("task", {}))
         self.state = Progress(**state["progress"])
         self._truncate_metrics(self.state.step)
         log.info("resumed from %s at step %d", last, self.state.step)
@@ -131,7 +122,7 @@ class Trainer:
         with torch.no_grad():
             metrics = self.validate()
         self.model.train()
-        score = metrics[self.score_key]
+        score = self.sign * metrics[self.score_key]  # the scheduler and best/ always maximise
         record = {"step": self.state.step, "elapsed_s": round(self._elapsed(started), 2), **metrics}
         self._write_metrics(record)
         self.state.last_validated = self.state.step

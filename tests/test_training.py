@@ -10,7 +10,7 @@ import torch
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig, TranslationConfig
-from nlp_rnn.predict import Translator
+from nlp_rnn.translation_task import Translator
 from nlp_rnn.translation_task import train_translation
 
 from conftest import small_config

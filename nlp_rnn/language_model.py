@@ -1,0 +1,164 @@
+"""A recurrent language model: embeddings -> stacked rnn_tanh/rnn_relu/gru/lstm -> output layer.
+
+B batch, T length, E embedding, H hidden, L layers, V vocabulary, C condition vector size.
+Optionally conditioned on a label (one-to-many generation): the label's learned vector
+initialises every layer's hidden state and, with `condition_input`, joins every input.
+The state is a small dataclass with `select` and `detach`, so truncated backpropagation through
+time carries it from window to window, and the searches reorder it like the decoder's.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from nlp_rnn.config import CELLS, _choice, _positive
+from nlp_rnn.data import Batch
+from nlp_rnn.encoder import rnn_module
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.loss import cross_entropy_sum
+from nlp_rnn.tokenizer import PAD
+
+
+@dataclass(frozen=True)
+class LMModelConfig:
+    cell: str = "lstm"
+    embedding_dim: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.2  # between layers and on the top layer's output
+    embedding_dropout: Optional[float] = None  # defaults to dropout
+    tie_output: bool = False  # share input embeddings and output weights (needs embedding_dim == hidden_size)
+    condition_dim: int = 64  # size of a label's vector (conditional models only)
+    condition_input: bool = False  # the label's vector also joins every input
+
+    def __post_init__(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        for name in ("embedding_dim", "hidden_size", "num_layers", "condition_dim"):
+            _positive(f"model.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_output and self.embedding_dim != self.hidden_size:
+            raise NlpRnnError(f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == hidden_size ({self.hidden_size})")
+
+
+@dataclass
+class LMState:
+    h: torch.Tensor  # (L, B, H)
+    c: Optional[torch.Tensor] = None  # (L, B, H), LSTM only
+
+    def select(self, index: torch.Tensor) -> "LMState":
+        return LMState(self.h.index_select(1, index), None if self.c is None else self.c.index_select(1, index))
+
+    def detach(self) -> "LMState":
+        """The same values without their history: gradients stop here (truncated BPTT)."""
+        return LMState(self.h.detach(), None if self.c is None else self.c.detach())
+
+    def as_hx(self):
+        return self.h if self.c is None else (self.h, self.c)
+
+
+@dataclass
+class LMMemory:
+    """Per-sequence constants of generation: the condition vectors that join every input, if any."""
+
+    condition: Optional[torch.Tensor]  # (B, C)
+
+    def select(self, index: torch.Tensor) -> "LMMemory":
+        return LMMemory(None if self.condition is None else self.condition.index_select(0, index))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: LMModelConfig, vocab_size: int, num_conditions: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
+        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.condition = nn.Embedding(num_conditions, cfg.condition_dim) if num_conditions else None
+        self.condition_init = nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.hidden_size) if num_conditions else None
+        joins = self.condition is not None and cfg.condition_input
+        self.rnn = rnn_module(cfg.cell, cfg.embedding_dim + (cfg.condition_dim if joins else 0), cfg.hidden_size,
+                              cfg.num_layers, cfg.dropout, bidirectional=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = nn.Linear(cfg.hidden_size, vocab_size)
+        if cfg.tie_output:
+            self.output.weight = self.embed.weight
+
+    @torch.no_grad()
+    def init_output_bias(self, counts: torch.Tensor) -> None:
+        """Output bias = log unigram frequencies (V,) of the training tokens, so training starts at the
+        unigram loss instead of spending its first hundreds of steps pushing down the logits of pieces
+        that never occur (the 256 byte pieces of a character model, say)."""
+        prior = (counts.float() + 0.01) / (counts.sum() + 0.01 * counts.numel())
+        self.output.bias.copy_(prior.log() - prior.log().mean())
+
+    # ------------------------------------------------------------------ state
+
+    def condition_vectors(self, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if self.condition is None:
+            return None
+        if labels is None:
+            raise NlpRnnError("this language model is conditional: give a condition (label) for every sequence")
+        return self.condition(labels)  # (B, C)
+
+    def initial_state(self, batch_size: int, condition: Optional[torch.Tensor] = None) -> LMState:
+        """Zeros, or for a conditional model tanh(W c + b) per layer (the cell state of an LSTM starts at zero)."""
+        cfg, weight = self.cfg, self.output.weight
+        if condition is None:
+            h = weight.new_zeros(cfg.num_layers, batch_size, cfg.hidden_size)  # (L, B, H)
+        else:
+            h = torch.tanh(self.condition_init(condition)).view(batch_size, cfg.num_layers, cfg.hidden_size).transpose(0, 1).contiguous()
+        return LMState(h, torch.zeros_like(h) if cfg.cell == "lstm" else None)
+
+    # ------------------------------------------------------------------ whole sequences
+
+    def _inputs(self, tokens: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.embed_dropout(self.embed(tokens))  # (B, T, E)
+        if condition is not None and self.cfg.condition_input:
+            x = torch.cat([x, condition.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)  # (B, T, E+C)
+        return x
+
+    def hidden(self, tokens: torch.Tensor, state: LMState, condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, LMState]:
+        """tokens (B, T) from `state` -> top-layer outputs (B, T, H) and the state after the last column."""
+        out, hx = self.rnn(self._inputs(tokens, condition), state.as_hx())
+        return self.dropout(out), (LMState(*hx) if isinstance(hx, tuple) else LMState(hx))
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, state: LMState, mask: Optional[torch.Tensor] = None,
+             condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int, LMState]:
+        """Summed cross-entropy of targets (B, T) given inputs (B, T), over mask (B, T) if given, and the final state.
+
+        Right padding needs no packing: a unidirectional network's outputs at real positions never see it.
+        """
+        out, state = self.hidden(inputs, state, condition)  # (B, T, H)
+        if mask is None:
+            logits, gold = self.output(out.reshape(-1, out.size(-1))), targets.reshape(-1)  # (B*T, V)
+        else:
+            logits, gold = self.output(out[mask]), targets[mask]  # (N, V): the output layer never sees padding
+        return cross_entropy_sum(logits, gold), gold.numel(), state
+
+    # ------------------------------------------------------------------ search protocol
+
+    def start(self, batch: Batch) -> tuple[LMMemory, LMState, torch.Tensor]:
+        """Prompts batch.src (B, P) (each starting with BOS), lengths batch.src_len, conditions batch.labels
+        -> memory, the state after all but the last prompt token, and that last token (B,)."""
+        condition = self.condition_vectors(batch.labels)
+        state = self.initial_state(batch.size, condition)
+        context = batch.src_len - 1  # (B,) tokens to read before generating
+        rows = torch.arange(batch.size, device=batch.src.device)
+        last = batch.src[rows, context]  # (B,)
+        if int(context.max()) > 0:
+            packed = pack_padded_sequence(self._inputs(batch.src, condition), context.clamp(min=1).cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            _, hx = self.rnn(packed, state.as_hx())
+            read = LMState(*hx) if isinstance(hx, tuple) else LMState(hx)
+            keep = (context > 0).view(1, -1, 1)  # rows whose prompt is only BOS keep the initial state
+            state = LMState(torch.where(keep, read.h, state.h), None if state.c is None else torch.where(keep, read.c, state.c))
+        return LMMemory(condition if self.cfg.condition_input else None), state, last
+
+    def step(self, prev: torch.Tensor, memory: LMMemory, state: LMState):
+        """prev (B,) -> logits (B, V), the new state, no attention."""
+        out, state = self.hidden(prev.unsqueeze(1), state, memory.condition)  # (B, 1, H)
+        return self.output(out.squeeze(1)), state, None

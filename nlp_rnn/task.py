@@ -1,0 +1,195 @@
+"""What a task is, the registry that maps a bundle's task name to it, and the set-up every task shares.
+
+A task (translation, classification, language model, ...) is one module holding one `Task` subclass:
+its config class, how it builds its model, reads its data and validates (`prepare`), how it wraps
+a loaded bundle for raw text (`wrap`), evaluates test sets (`evaluate`, `report`) and describes
+itself (`describe`, `components`). `bundle`, `info` and the CLI dispatch through `get(name)` and
+hold no per-task branches. A new task is one module that calls `register(MyTask())`; the built-in
+ones are imported on first use.
+"""
+
+import importlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from nlp_rnn import bundle as bundles
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+BUILTIN = {
+    "translation": "nlp_rnn.translation_task",
+    "classification": "nlp_rnn.classification_task",
+    "language_model": "nlp_rnn.lm_task",
+}
+_REGISTRY: dict[str, "Task"] = {}
+
+# Parameters per component for `info`, by name prefix, first match wins.
+DEFAULT_COMPONENTS = (
+    ("embeddings", ("src_embed.", "decoder.embed.", "embed.")),
+    ("attention", ("decoder.attention.", "attention.")),
+    ("output layer", ("decoder.output.", "output.")),
+    ("encoder", ("encoder.",)),
+    ("decoder", ("decoder.",)),
+)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Everything `nlp-rnn evaluate` was given; each task reads the fields that apply to it."""
+
+    src: Sequence[Path] = ()
+    ref: Sequence[Path] = ()
+    data: Sequence[Path] = ()
+    dataset: Optional[str] = None
+    splits: Sequence[str] = ()
+    src_lang: Optional[str] = None
+    tgt_lang: Optional[str] = None
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
+    beam_size: Optional[int] = None
+    length_penalty: Optional[float] = None
+    batch_size: int = 0
+    precision: str = "auto"
+    hyps: Optional[Path] = None
+
+
+@dataclass
+class TrainingSetup:
+    """What a task hands the task-agnostic `Trainer`."""
+
+    bundle: bundles.Bundle
+    batcher: Any  # .epoch(e) -> list of batch descriptions, in training order
+    collate: Callable[[Any], Any]  # batch description -> model input
+    loss_fn: Callable[[Any, int], tuple[torch.Tensor, int]]  # (batch, step) -> (summed loss, count)
+    validate: Callable[[], dict]
+    score_key: str
+    higher_is_better: bool = True
+    # Extra state saved in last/ so that a resumed run is exact (e.g. a language model's carried hidden state).
+    state_dict: Optional[Callable[[], dict]] = None
+    load_state_dict: Optional[Callable[[dict], None]] = None
+
+
+class Task:
+    """One kind of problem. Subclasses set the class attributes and implement the methods."""
+
+    name: str = ""
+    config_cls: type = object
+    needs_tokenizer: bool = True
+    default_bundle: Optional[str] = None  # folder under checkpoints/ used when --model is omitted
+    components: tuple = DEFAULT_COMPONENTS
+
+    def build_model(self, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict) -> nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice") -> TrainingSetup:
+        """Reads the data, gets the tokenizer from `tokenizer`, builds the model and everything `Trainer` needs."""
+        raise NotImplementedError
+
+    def wrap(self, bundle: bundles.Bundle, **options) -> Any:
+        """The raw-text interface of a loaded bundle (`nlp_rnn.load` returns this)."""
+        raise NotImplementedError
+
+    def evaluate(self, bundle: bundles.Bundle, request: EvalRequest) -> dict:
+        """Scores every test set in `request`; a JSON-ready report."""
+        raise NotImplementedError
+
+    def report(self, result: dict) -> list[str]:
+        """The lines `nlp-rnn evaluate` prints for `result`."""
+        raise NotImplementedError
+
+    def describe(self, bundle: bundles.Bundle) -> dict:
+        """Task-specific lines of `nlp-rnn info` (e.g. languages, labels), as {label: value}."""
+        return {}
+
+
+def register(task: Task) -> Task:
+    if not task.name:
+        raise ValueError("a task needs a name")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def get(name: str) -> Task:
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])  # the module registers itself
+    if name not in _REGISTRY:
+        raise NlpRnnError(f"unknown task {name!r} (known: {', '.join(names())})")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def of(bundle: bundles.Bundle) -> Task:
+    return get(bundle.task)
+
+
+# ----------------------------------------------------------------------------- shared set-up
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    """Where a run's tokenizer comes from: last/ when resuming, a given folder, or trained on the data."""
+
+    out_dir: Path
+    resume: bool = False
+    folder: Optional[Path] = None
+
+    def get(self, cfg, *texts: Sequence[str]) -> Tokenizer:
+        last = self.out_dir / "last"
+        if self.resume and (last / bundles.META).is_file():
+            return Tokenizer.load(last)
+        if self.folder is not None:
+            return Tokenizer.load(self.folder)
+        size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
+        log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, ", byte-exact" if cfg.byte_exact else "")
+        return Tokenizer.train(cfg, *texts)
+
+
+def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict, seed: int) -> bundles.Bundle:
+    """Seeds torch, then builds the model, so that the same seed gives the same initial weights."""
+    torch.manual_seed(seed)
+    model = task.build_model(cfg, tokenizer, meta)
+    meta = dict(meta, parameters=sum(p.numel() for p in model.parameters()))
+    log.info("model: %s parameters", f"{meta['parameters']:,}")
+    return bundles.Bundle(task.name, cfg, model, tokenizer, meta)
+
+
+def train(task_name: str, cfg: Any, out_dir: str | Path, resume: bool = False, tokenizer_dir: Optional[str | Path] = None,
+          progress_bar: bool = True) -> dict:
+    """Trains any registered task: prepare its data and model, then run the shared `Trainer`."""
+    from nlp_rnn.train import Trainer
+
+    out_dir = Path(out_dir)
+    task = get(task_name)
+    choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
+    setup = task.prepare(cfg, out_dir, choice)
+    summary = Trainer(cfg.train, setup, out_dir, progress_bar).run(resume)
+    summary["score_key"] = setup.score_key
+    return summary
+
+
+def with_overrides(cfg: Any, section: str, **values) -> Any:
+    """`cfg` with the given (not None) fields of one section replaced, e.g. CLI options over the config file."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return replace(cfg, **{section: replace(getattr(cfg, section), **given)}) if given else cfg
+
+
+def hub_or_table(data, split: str) -> dict:
+    """The train or valid split of a table file or a Hub dataset, as keyword arguments of a source."""
+    table = data.train if split == "train" else data.valid
+    if table:
+        return {"table": table}
+    if data.dataset:
+        return {"dataset": data.dataset, "dataset_config": data.dataset_config,
+                "split": data.train_split if split == "train" else data.valid_split}
+    return {}
+

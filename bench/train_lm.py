@@ -76,8 +76,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--plot", default=None, help="PNG of the learning curves")
+    parser.add_argument("--include", action="append", default=[], help="LABEL=RUN_FOLDER: another run's curve in the plot")
+    parser.add_argument("--plot-only", action="store_true", help="no training: plot the --include runs")
     args = parser.parse_args()
-    runs, finals, speeds = {}, [], []
+    runs = {label: Path(folder) for label, folder in (item.split("=", 1) for item in args.include)}
+    if args.plot_only:
+        plot(runs, Path(args.plot), args.minutes)
+        print(f"curve: {args.plot}")
+        return
+    finals, speeds = [], []
     for seed in args.seeds.split(","):
         out = Path(args.output) / f"lm_{Path(args.config).stem}_{args.minutes:g}min_seed{seed}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -90,7 +97,7 @@ def main() -> None:
         best = min(p[1] for p in points)
         finals.append(best)
         speeds.append(generation_speed(out))
-        runs[f"seed {seed}"] = out
+        runs[f"{Path(args.config).stem}, {args.minutes:g} min, seed {seed}"] = out
         print(f"seed {seed}: best validation loss/char {best:.4f} (last {points[-1][1]:.4f} at {points[-1][0]:.2f} min, step "
               f"{points[-1][2]}); whole command {wall:.2f} min; generation {speeds[-1]:,.0f} chars/s", flush=True)
         print("  curve: " + ", ".join(f"{m:.2f} min {v:.3f}" for m, v, _ in points), flush=True)

@@ -1,11 +1,11 @@
-"""nlp-rnn: recurrent networks for translation, classification and language modelling, raw text in and out."""
+"""nlp-rnn: recurrent networks for translation, classification, language modelling and forecasting."""
 
 __version__ = "0.1.0"
 
 
 def load(path, **options):
-    """Loads a bundle (or a training folder's best/) ready for raw text: a `Translator`, a `Predictor`
-    or a `Generator`, as its task says. `options` (e.g. precision="fp32") go to that interface."""
+    """Loads a bundle (or a training folder's best/) ready for use: a `Translator`, a `Predictor`,
+    a `Generator` or a forecaster's `Predictor`, as its task says. `options` (e.g. precision="fp32") go to that interface."""
     from nlp_rnn.bundle import load as load_bundle
     from nlp_rnn.predict import wrap
 

@@ -220,8 +220,12 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
     return float(value) if annotation is float else value
 
 
-def from_dict(cls: type, raw: Any, where: str = "") -> Any:
-    """Builds dataclass `cls` from nested dicts, naming the first unknown key or bad value."""
+def from_dict(cls: type, raw: Any, where: str = "", base: Any = None) -> Any:
+    """Builds dataclass `cls` from nested dicts, naming the first unknown key or bad value.
+
+    Keys not given keep their defaults — for a nested section, the parent's own default for that
+    section (e.g. a language model's byte-exact tokenizer), not the section class's plain defaults.
+    """
     if not isinstance(raw, dict):
         raise NlpRnnError(f"config: {where or 'top level'} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -231,13 +235,15 @@ def from_dict(cls: type, raw: Any, where: str = "") -> Any:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise NlpRnnError(f"config: unknown key '{key}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
+    defaults = base if base is not None else None
     for name, value in raw.items():
         path = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = from_dict(hints[name], value or {}, path)
+            defaults = defaults if defaults is not None else cls()
+            kwargs[name] = from_dict(hints[name], value or {}, path, base=getattr(defaults, name))
         else:
             kwargs[name] = _check_type(path, value, hints[name])
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def load_config(path: str | Path, cls: type) -> Any:

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- reading
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """All lines of a UTF-8 text file, without line ends. Refuses missing, empty or non-UTF-8 files."""
+def read_text(path: str | Path, binary_ok: bool = True) -> str:
+    """A whole UTF-8 text file. Refuses missing, empty or non-UTF-8 files (naming the line) and,
+    unless `binary_ok`, binary data (a NUL byte)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -36,12 +37,20 @@ def read_lines(path: str | Path) -> list[str]:
         raise NlpRnnError(f"{path}: is a folder, not a file") from None
     if not raw.strip():
         raise NlpRnnError(f"{path}: file is empty")
+    nul = -1 if binary_ok else raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise NlpRnnError(f"{path}:{line}: binary data (a NUL byte), not text")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
+        line = raw.count(b"\n", 0, err.start) + 1
         raise NlpRnnError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
-    lines = text.split("\n")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 text file, without line ends. Refuses missing, empty or non-UTF-8 files."""
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]

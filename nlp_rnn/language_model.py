@@ -39,8 +39,10 @@ class LMModelConfig:
         _choice("model.cell", self.cell, CELLS)
         for name in ("embedding_dim", "hidden_size", "num_layers", "condition_dim"):
             _positive(f"model.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise NlpRnnError(f"config: model.{name} must be in [0, 1), got {value}")
         if self.tie_output and self.embedding_dim != self.hidden_size:
             raise NlpRnnError(f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == hidden_size ({self.hidden_size})")
 

@@ -26,7 +26,7 @@ import torch
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TokenizerConfig, TrainConfig, _choice, _positive
-from nlp_rnn.data import TokenBatcher, label_names, make_batch, ordered_batches, pad, read_hub, read_table
+from nlp_rnn.data import TokenBatcher, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import model_info, table
 from nlp_rnn.language_model import LanguageModel, LMModelConfig, LMState
@@ -84,28 +84,6 @@ class LMConfig:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_text(path: str | Path) -> str:
-    """A whole UTF-8 text file. Refuses missing, empty, binary (NUL bytes) or non-UTF-8 files, naming the line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise NlpRnnError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise NlpRnnError(f"{path}: is a folder, not a file") from None
-    if not raw.strip():
-        raise NlpRnnError(f"{path}: file is empty")
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
-        raise NlpRnnError(f"{path}:{line}: binary data (a NUL byte), not text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise NlpRnnError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
-
-
 @dataclass
 class Corpus:
     """One split: documents (stream mode: each a token stream) or rows (sentence mode), with conditions."""
@@ -146,7 +124,7 @@ def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool)
             else:
                 if data.condition_column:
                     raise NlpRnnError(f"{path}: --condition-column needs a table (TSV/CSV/JSONL), not a plain text file")
-                text = read_text(path)
+                text = read_text(path, binary_ok=False)
                 texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()] if sentence else [text]
     if sentence:
         keep = [i for i, t in enumerate(texts) if t.strip()]
@@ -332,6 +310,21 @@ class Generator:
             raise NlpRnnError(f"--condition: unknown label {condition!r} (known: {', '.join(self.conditions)})")
         return self.conditions.index(condition)
 
+    def options(self, temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                max_tokens: Optional[int] = None) -> SampleOptions:
+        """Sampling options: the given ones over the model's defaults (its config's `decode` section)."""
+        d = self.defaults
+        return SampleOptions(temperature=d.temperature if temperature is None else temperature,
+                             top_k=d.top_k if top_k is None else top_k, top_p=d.top_p if top_p is None else top_p,
+                             max_tokens=d.max_tokens if max_tokens is None else max_tokens)
+
+    def check(self, num_samples: int = 1, temperature: Optional[float] = None, top_k: Optional[int] = None,
+              top_p: Optional[float] = None, max_tokens: Optional[int] = None, beam_size: int = 1, condition: Optional[str] = None,
+              **_) -> None:
+        """Refuses bad options, one line naming the option, before anything is generated."""
+        check_sampling(self.options(temperature, top_k, top_p, max_tokens), beam_size, num_samples)
+        self.condition_id(condition)
+
     def encode(self, prompt: str) -> list[int]:
         return [BOS] + (self.tokenizer.encode_stream(prompt) if prompt else [])
 
@@ -351,10 +344,7 @@ class Generator:
         on_text: Optional[Callable[[str], None]] = None,
     ) -> list[list[Sample]]:
         """`num_samples` continuations per prompt. `on_text` receives the text of the first sequence as it grows."""
-        d = self.defaults
-        opts = SampleOptions(temperature=d.temperature if temperature is None else temperature,
-                             top_k=d.top_k if top_k is None else top_k, top_p=d.top_p if top_p is None else top_p,
-                             max_tokens=d.max_tokens if max_tokens is None else max_tokens)
+        opts = self.options(temperature, top_k, top_p, max_tokens)
         check_sampling(opts, beam_size, num_samples)
         label = self.condition_id(condition)
         prompt_ids = [self.encode(p) for p in prompts for _ in range(num_samples)]
@@ -408,9 +398,15 @@ class _Watcher:
         return done
 
     def _show(self, text: str, final: bool) -> None:
-        """Sends the new part of row 0's text; holds back a trailing partial character (byte pieces)."""
+        """Sends the new part of row 0's text; holds back a trailing partial character (byte pieces)
+        and any tail that may be the start of the stop string."""
         self.live = True
         ready = text if final else text.rstrip("\ufffd")
+        if not final and self.stop:
+            for size in range(min(len(self.stop) - 1, len(ready)), 0, -1):
+                if self.stop.startswith(ready[-size:]):
+                    ready = ready[:-size]
+                    break
         if ready.startswith(self.shown) and len(ready) > len(self.shown):
             self.on_text(ready[len(self.shown):])
             self.shown = ready
@@ -458,6 +454,8 @@ class LanguageModelTask(tasks.Task):
             raise NlpRnnError("no validation data: give --valid FILE, or --valid-fraction 0.1 to hold out the end of --train")
         log.info("data: %s characters for training (%s), %s for validation", f"{sum(map(len, train.texts)):,}", train.name,
                  f"{valid.characters:,}")
+        if data.mode == "stream" and not cfg.tokenizer.byte_exact:
+            raise NlpRnnError("config: data.mode stream needs tokenizer.byte_exact: true (newlines and spaces kept exactly)")
         tok = tokenizer.get(cfg.tokenizer, [line for t in train.texts for line in t.split("\n") if line])
         names = label_names(train.conditions) if train.conditions is not None else []
         meta = {"mode": data.mode, "conditions": names or None,
@@ -466,7 +464,7 @@ class LanguageModelTask(tasks.Task):
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
         if data.mode == "stream":
             train_ids = stream_ids(tok, train)
-            bundle.model.init_output_bias(torch.bincount(train_ids, minlength=tok.src_vocab_size))
+            bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
             return self._stream_setup(cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters)
         return self._sentence_setup(cfg, bundle, train, valid, names)
 
@@ -558,8 +556,8 @@ class LanguageModelTask(tasks.Task):
 
     def report(self, result: dict) -> list[str]:
         return table(["test set", "tokens", "characters", "loss/token", "perplexity", "loss/char", "bits/char", "seconds"],
-                     [[s["name"], s["tokens"], s["characters"], s["loss"], s["perplexity"], s["loss_per_char"], s["bits_per_char"],
-                       s["seconds"]] for s in result["sets"]])
+                     [[s["name"], s["tokens"], s["characters"], f"{s['loss']:.4f}", f"{s['perplexity']:.3f}",
+                       f"{s['loss_per_char']:.4f}", f"{s['bits_per_char']:.4f}", s["seconds"]] for s in result["sets"]])
 
     def describe(self, bundle: Bundle) -> dict:
         extra = {"mode": bundle.meta.get("mode")}

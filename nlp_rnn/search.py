@@ -231,7 +231,6 @@ def search(model: Generative, batch: Batch, opts: SearchOptions) -> list[list[Hy
     return beam_search(model, batch, opts)
 
 
-
 @dataclass(frozen=True)
 class SampleOptions:
     temperature: float = 1.0  # 0: the most probable token (greedy)

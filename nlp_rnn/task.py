@@ -27,6 +27,7 @@ BUILTIN = {
     "translation": "nlp_rnn.translation_task",
     "classification": "nlp_rnn.classification_task",
     "language_model": "nlp_rnn.lm_task",
+    "forecasting": "nlp_rnn.forecast_task",
 }
 _REGISTRY: dict[str, "Task"] = {}
 
@@ -58,6 +59,7 @@ class EvalRequest:
     batch_size: int = 0
     precision: str = "auto"
     hyps: Optional[Path] = None
+    plot: Optional[Path] = None  # a picture of the results, where the task draws one
 
 
 @dataclass

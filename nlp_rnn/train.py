@@ -73,6 +73,8 @@ class Trainer:
             raise NlpRnnError(f"{self.out_dir}: nothing to resume (no last/ bundle); run without --resume")
         saved = bundles.load(last, task=self.bundle.task)
         self.model.load_state_dict(saved.model.state_dict())
+        if saved.meta.get("best") is not None:
+            self.bundle.meta["best"] = saved.meta["best"]
         state = bundles.load_trainer_state(last)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -174,6 +176,8 @@ class Trainer:
                     self._finish(started)
                     return "max_epochs"
                 batches = self.batcher.epoch(st.epoch)
+                if not batches:
+                    raise NlpRnnError("the training data makes no batch (too few examples for the batch settings)")
                 while st.batch_in_epoch < len(batches):
                     if self._budget_spent(started) or self._stop_requested:
                         self._finish(started)

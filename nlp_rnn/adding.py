@@ -80,8 +80,8 @@ def gradient_norms(rnn: nn.RNNBase, cell: str, x: torch.Tensor, loss_of_last: Ca
     batch, hidden = x.size(0), rnn.hidden_size
     w_ih, w_hh, b_ih = rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0
     b_hh = getattr(rnn, "bias_hh_l0", None)
-    h = torch.zeros(batch, hidden) if h0 is None else h0
-    c = torch.zeros(batch, hidden) if cell == "lstm" else None
+    h = x.new_zeros(batch, hidden) if h0 is None else h0
+    c = x.new_zeros(batch, hidden) if cell == "lstm" else None
     states = []
     for x_t in x.unbind(1):
         h, c = cell_update(cell, nn.functional.linear(x_t, w_ih, b_ih), nn.functional.linear(h, w_hh, b_hh), h, c)

@@ -380,9 +380,10 @@ def demo_adding(
             best = chosen[(name, longest)]  # the learning rate of the best mean, its best seed
             model, seed = min(zip(trained[(name, longest, best.lr)], best.mses), key=lambda pair: pair[1])[0]
             torch.manual_seed(seed)
-            fresh = adding.AddingModel(name, hidden)
-            norms[name] = (adding.gradient_norms(fresh.rnn, name, x, adding.mse_loss_of_last(fresh, y)),
-                           adding.gradient_norms(model.rnn, name, x, adding.mse_loss_of_last(model, y)))
+            fresh = adding.AddingModel(name, hidden).double()  # float64: tiny gradients stay visible
+            model = model.double()
+            norms[name] = (adding.gradient_norms(fresh.rnn, name, x.double(), adding.mse_loss_of_last(fresh, y.double())),
+                           adding.gradient_norms(model.rnn, name, x.double(), adding.mse_loss_of_last(model, y.double())))
         adding.plot_gradients(norms, longest, gradients)
         typer.echo(f"gradients: {gradients}")
     if report is not None:
@@ -573,9 +574,10 @@ def demo_adding(
             best = chosen[(name, longest)]  # the learning rate of the best mean, its best seed
             model, seed = min(zip(trained[(name, longest, best.lr)], best.mses), key=lambda pair: pair[1])[0]
             torch.manual_seed(seed)
-            fresh = adding.AddingModel(name, hidden)
-            norms[name] = (adding.gradient_norms(fresh.rnn, name, x, adding.mse_loss_of_last(fresh, y)),
-                           adding.gradient_norms(model.rnn, name, x, adding.mse_loss_of_last(model, y)))
+            fresh = adding.AddingModel(name, hidden).double()  # float64: tiny gradients stay visible
+            model = model.double()
+            norms[name] = (adding.gradient_norms(fresh.rnn, name, x.double(), adding.mse_loss_of_last(fresh, y.double())),
+                           adding.gradient_norms(model.rnn, name, x.double(), adding.mse_loss_of_last(model, y.double())))
         adding.plot_gradients(norms, longest, gradients)
         typer.echo(f"gradients: {gradients}")
     if report is not None:

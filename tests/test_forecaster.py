@@ -175,3 +175,14 @@ def test_gradient_norms_are_exact_for_a_scaled_identity_recurrence() -> None:
     norms = adding.gradient_norms(rnn, "rnn_tanh", x, lambda h: h.sum(), h0=torch.zeros(1, hidden, dtype=torch.double))
     expected = torch.tensor([a ** (length - t) * math.sqrt(hidden) for t in range(1, length + 1)], dtype=torch.double)
     torch.testing.assert_close(norms, expected)
+
+
+def test_demo_adding_command_reports_every_cell_and_draws_the_gradients(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "adding", "--cell", "rnn_tanh", "--cell", "lstm", "--length", "6", "--lr", "0.01", "--seeds", "1",
+                 "--steps", "20", "--hidden", "8", "--gradients", str(tmp_path / "g.png"), "--report", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "rnn_tanh  T=6" in out and "lstm      T=6" in out and (tmp_path / "g.png").stat().st_size > 5000
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert [(r["cell"], r["length"], len(r["mse"])) for r in runs] == [("rnn_tanh", 6, 1), ("lstm", 6, 1)]
+    assert main(["demo", "adding", "--cell", "transformer"]) == 2
+    assert "--cell must be one of" in capsys.readouterr().err

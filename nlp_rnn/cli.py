@@ -325,6 +325,9 @@ def classify(
             sink.close()
 
 
+# ----------------------------------------------------------------------------- forecasting, generation, demos
+
+
 @demo_app.command("adding")
 def demo_adding(
     cell: List[str] = typer.Option(["rnn_tanh", "gru", "lstm"], "--cell", help="Cells to compare (repeat the option)."),
@@ -391,9 +394,6 @@ def demo_adding(
                 for r in results]
         report.write_text(json.dumps({"steps": steps, "hidden": hidden, "seeds": seeds, "runs": rows}, indent=2) + "\n")
         typer.echo(f"report: {report}")
-
-
-# ----------------------------------------------------------------------------- evaluate
 
 
 @train_app.command("forecaster")
@@ -514,199 +514,6 @@ def generate(
                     sink.write("\n" if last else "\n\n")
                 else:
                     sink.write(prompt + s.text + ("\n" if last else "\n\n"))
-    finally:
-        if output:
-            sink.close()
-
-
-@demo_app.command("adding")
-def demo_adding(
-    cell: List[str] = typer.Option(["rnn_tanh", "gru", "lstm"], "--cell", help="Cells to compare (repeat the option)."),
-    length: List[int] = typer.Option([50, 100, 200], "--length", help="Sequence lengths T (repeat the option)."),
-    lr: List[float] = typer.Option([0.001, 0.003, 0.01], "--lr", help="Learning-rate grid, the same for every cell."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per setting."),
-    steps: int = typer.Option(1500, "--steps", help="Training steps per run (batches of 64)."),
-    hidden: int = typer.Option(32, "--hidden", help="Hidden units, the same for every cell."),
-    gradients: Optional[Path] = typer.Option(None, "--gradients", help="PNG of ||dL/dh_t|| against t, at initialisation and "
-                                                                       "after training, for the longest T."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Every run's MSE as JSON."),
-) -> None:
-    """The adding problem: which cells learn a sum of two marked values as T grows (MSE; a constant gives 1/6)."""
-    import torch
-    from tqdm import tqdm
-
-    from nlp_rnn import adding
-    from nlp_rnn.config import CELLS
-
-    for name in cell:
-        if name not in CELLS:
-            raise NlpRnnError(f"--cell must be one of {', '.join(CELLS)}, got {name!r}")
-    for name, values in (("--length", length), ("--lr", lr)):
-        if any(v <= 0 for v in values):
-            raise NlpRnnError(f"{name} values must be positive")
-    if min(length) < 2 or seeds < 1 or steps < 1 or hidden < 1:
-        raise NlpRnnError("--length must be at least 2; --seeds, --steps and --hidden at least 1")
-    if gradients is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise NlpRnnError("--gradients needs matplotlib: pip install 'nlp-rnn[plot]'") from None
-    results, trained = [], {}
-    bar = tqdm(total=len(cell) * len(length) * len(lr) * seeds, unit="run", file=sys.stderr)
-    for name in cell:
-        for t in length:
-            for rate in lr:
-                runs = []
-                for seed in range(1, seeds + 1):
-                    runs.append(adding.train_adding(name, t, rate, steps, seed, hidden))
-                    bar.update(1)
-                results.append(adding.AddingResult(name, t, rate, [mse for _, mse in runs]))
-                trained[(name, t, rate)] = [(model, seed) for (model, _), seed in zip(runs, range(1, seeds + 1))]
-    bar.close()
-    for line in adding.describe_lengths(results):
-        typer.echo(line)
-    if gradients is not None:
-        longest = max(length)
-        x, y = adding.adding_batch(64, longest, torch.Generator().manual_seed(12345))
-        norms = {}
-        chosen = {(r.cell, r.length): r for r in adding.best_per_setting(results)}
-        for name in cell:
-            best = chosen[(name, longest)]  # the learning rate of the best mean, its best seed
-            model, seed = min(zip(trained[(name, longest, best.lr)], best.mses), key=lambda pair: pair[1])[0]
-            torch.manual_seed(seed)
-            fresh = adding.AddingModel(name, hidden).double()  # float64: tiny gradients stay visible
-            model = model.double()
-            norms[name] = (adding.gradient_norms(fresh.rnn, name, x.double(), adding.mse_loss_of_last(fresh, y.double())),
-                           adding.gradient_norms(model.rnn, name, x.double(), adding.mse_loss_of_last(model, y.double())))
-        adding.plot_gradients(norms, longest, gradients)
-        typer.echo(f"gradients: {gradients}")
-    if report is not None:
-        rows = [{"cell": r.cell, "length": r.length, "lr": r.lr, "mse": r.mses, "mean": r.mean, "sd": r.sd, "solved": r.solved}
-                for r in results]
-        report.write_text(json.dumps({"steps": steps, "hidden": hidden, "seeds": seeds, "runs": rows}, indent=2) + "\n")
-        typer.echo(f"report: {report}")
-
-
-# ----------------------------------------------------------------------------- evaluate
-
-
-@train_app.command("forecaster")
-def train_forecaster_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/nyse.yaml); default: built-in."),
-    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
-    data: Optional[str] = typer.Option(None, "--data", help="CSV/TSV/JSONL/Parquet, one row per time step, in time order."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset holding the series."),
-    target: Optional[str] = typer.Option(None, "--target", help="Column to forecast."),
-    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated input columns (default: the target)."),
-    categorical: Optional[str] = typer.Option(None, "--categorical", help="Comma-separated columns of the predicted row (one-hot)."),
-    lags: Optional[int] = typer.Option(None, "--lags", help="Window length L: rows t-L .. t-1 predict row t."),
-    split_column: Optional[str] = typer.Option(None, "--split-column", help="TRUE/FALSE column: the training period."),
-    date_column: Optional[str] = typer.Option(None, "--date-column", help="ISO date column (with --test-from)."),
-    test_from: Optional[str] = typer.Option(None, "--test-from", help="First date of the test period."),
-    max_steps: Optional[int] = MAX_STEPS_OPT,
-    max_minutes: Optional[float] = MAX_MINUTES_OPT,
-    seed: Optional[int] = SEED_OPT,
-    resume: bool = RESUME_OPT,
-    quiet: bool = QUIET_OPT,
-) -> None:
-    """Train a recurrent forecaster on numeric columns (e.g. NYSE trading volume)."""
-    from nlp_rnn.forecast_task import ForecastConfig
-    from nlp_rnn.task import with_overrides
-
-    split = lambda text: tuple(c.strip() for c in text.split(",") if c.strip()) if text is not None else None  # noqa: E731
-    cfg = with_overrides(_config(config, ForecastConfig), "data", data=data, dataset=dataset, target=target, features=split(features),
-                         categorical=split(categorical), lags=lags, split_column=split_column, date_column=date_column,
-                         test_from=test_from)
-    _train("forecasting", cfg, output, resume, None, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
-
-
-@app.command()
-def forecast(
-    model: Path = typer.Option(..., "--model", help="Forecaster bundle or training folder."),
-    data: Path = typer.Option(..., "--data", help="The series: the bundle's columns, one row per time step."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the CSV here instead of standard output."),
-) -> None:
-    """Forecast every row of a series from its previous rows, and the step after the last row (CSV out)."""
-    import csv
-
-    from nlp_rnn.bundle import load
-    from nlp_rnn.forecast_task import Predictor
-
-    predictor = Predictor(load(model))
-    series = predictor.read(str(data))
-    predicted, next_value = predictor.predict(series)
-    lags, target = predictor.cfg.data.lags, predictor.cfg.data.target
-    log.info("the first %d rows have no %d earlier rows: their forecast is empty", lags, lags)
-    sink = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-    try:
-        writer = csv.writer(sink)
-        writer.writerow(["row"] + (["date"] if series.dates else []) + [target, "forecast"])
-        for i in range(series.rows):
-            value = "" if i < lags else f"{float(predicted[i]):.6g}"
-            writer.writerow([i + 1] + ([series.dates[i]] if series.dates else []) + [f"{float(series.numbers[target][i]):.6g}", value])
-        writer.writerow(["next"] + ([""] if series.dates else []) + ["", f"{next_value:.6g}"])
-    finally:
-        if output:
-            sink.close()
-
-
-@app.command()
-def generate(
-    prompts: Optional[List[str]] = typer.Argument(None, help="Prompts to continue; none: --input, standard input (one per line), or an empty prompt."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Language model bundle or training folder (default: checkpoints/shakespeare-char)."),
-    input: Optional[Path] = typer.Option(None, "--input", help="File with one prompt per line."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write samples here instead of standard output."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature; 0 is greedy (default: the model's, 1.0)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most probable tokens (0: off)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample only from the smallest set with probability >= p, in (0, 1]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same samples."),
-    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many tokens (default: 256)."),
-    stop: Optional[str] = typer.Option(None, "--stop", help="Stop when this string appears (it is not printed)."),
-    greedy: bool = typer.Option(False, "--greedy", help="The most probable token at every step."),
-    beam_size: int = typer.Option(1, "--beam-size", help="Beam search with this many beams (the best sequence)."),
-    condition: Optional[str] = typer.Option(None, "--condition", help="Conditional models: the label to generate for."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or auto."),
-    fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
-) -> None:
-    """Continue prompts with a language model: sampling, greedy or beam search. Streams to a terminal."""
-    from nlp_rnn.bundle import load
-    from nlp_rnn.lm_task import Generator
-
-    if fmt not in ("text", "jsonl"):
-        raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
-    generator = Generator(load(_resolve_model(model, "language_model")), precision)
-    generator.condition_id(condition)  # an unknown label is refused before any input is read
-    if prompts:
-        lines = list(prompts)
-    elif input is not None or (sys.stdin is not None and not sys.stdin.isatty()):
-        lines = list(read_input_lines(input))
-    else:
-        lines = []
-    lines = lines or [""]  # nothing given: continue the empty prompt
-    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
-    live = output is None and fmt == "text" and sys.stdout.isatty()
-    options = dict(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
-                   stop=stop, beam_size=beam_size, greedy_search=greedy, condition=condition)
-    try:
-        for number, prompt in enumerate(lines, 1):
-            for i in range(num_samples if live else 1):
-                step_seed = None if seed is None else seed + 1_000_003 * (number - 1) + i
-                if live:  # one sequence at a time, printed as it grows
-                    sink.write(prompt)
-                    sink.flush()
-                    show = lambda text: (sink.write(text), sink.flush())  # noqa: E731
-                    generator.generate([prompt], **{**options, "num_samples": 1}, seed=step_seed, on_text=show)
-                    sink.write("\n\n" if i + 1 < num_samples or number < len(lines) else "\n")
-                    continue
-                for j, s in enumerate(generator.generate([prompt], **options, seed=step_seed)[0]):
-                    if fmt == "jsonl":
-                        sink.write(json.dumps({"line": number, "sample": j + 1, "prompt": prompt, "text": s.text,
-                                               "log_prob": round(s.log_prob, 4), "tokens": len(s.tokens),
-                                               "condition": s.condition}, ensure_ascii=False) + "\n")
-                    else:
-                        last = number == len(lines) and j + 1 == num_samples
-                        sink.write(prompt + s.text + ("\n" if last else "\n\n"))
     finally:
         if output:
             sink.close()

@@ -15,7 +15,8 @@ from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.classifier import Classifier
 from nlp_rnn.config import ClassifierConfig, DataConfig
-from nlp_rnn.data import LabeledSource, TokenBatcher, encode_sources, label_names, make_batch, ordered_batches, read_labeled
+from nlp_rnn.data import (LabeledSource, TokenBatcher, encode_sources, label_ids, label_names, make_batch, ordered_batches,
+                          read_labeled)
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import hyps_file, model_info, table
 from nlp_rnn.metrics import classification_report
@@ -29,14 +30,6 @@ def labeled_source(data: DataConfig, split: str) -> LabeledSource:
     if not where:
         raise NlpRnnError(f"no {split} data: give --{split} TABLE or --dataset NAME")
     return LabeledSource(**where, text_column=data.text_column, label_column=data.label_column)
-
-
-def label_ids(labels: list[str], names: list[str], where: str) -> list[int]:
-    index = {name: i for i, name in enumerate(names)}
-    for row, label in enumerate(labels):
-        if label not in index:
-            raise NlpRnnError(f"{where} (row {row + 1}): label {label!r} was never seen in training (known: {', '.join(names)})")
-    return [index[label] for label in labels]
 
 
 # ----------------------------------------------------------------------------- raw text in, label out

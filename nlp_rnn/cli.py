@@ -33,6 +33,10 @@ MAX_MINUTES_OPT = typer.Option(None, "--max-minutes", help="Stop (validate and s
 SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: the config's).")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped.")
 QUIET_OPT = typer.Option(False, "--quiet", help="No progress bar.")
+OUTPUT_OPT = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl.")
+DATASET_OPT = typer.Option(None, "--dataset", help="Hugging Face Hub dataset (or a local dataset folder).")
+TRAIN_SPLIT_OPT = typer.Option(None, "--train-split", help="Hub training split.")
+VALID_SPLIT_OPT = typer.Option(None, "--valid-split", help="Hub validation split.")
 
 
 def _err(message: str) -> None:
@@ -69,7 +73,7 @@ def _count_lines(path: Optional[Path]) -> Optional[int]:
 @train_app.command("translation")
 def train_translation_cmd(
     config: Path = typer.Option(..., "--config", help="YAML config (see configs/)."),
-    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    output: Path = OUTPUT_OPT,
     train_src: Optional[str] = typer.Option(None, help="Training source file (one sentence per line)."),
     train_tgt: Optional[str] = typer.Option(None, help="Training target file, line-aligned with --train-src."),
     valid_src: Optional[str] = typer.Option(None, help="Validation source file."),
@@ -115,12 +119,12 @@ def _train(task: str, cfg, output: Path, resume: bool, tokenizer: Optional[Path]
 @train_app.command("classifier")
 def train_classifier_cmd(
     config: Path = typer.Option(..., "--config", help="YAML config (see configs/sst2.yaml)."),
-    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    output: Path = OUTPUT_OPT,
     train: Optional[str] = typer.Option(None, "--train", help="Training TSV/CSV/JSONL."),
     valid: Optional[str] = typer.Option(None, "--valid", help="Validation TSV/CSV/JSONL."),
     dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset, e.g. stanfordnlp/sst2."),
-    train_split: Optional[str] = typer.Option(None, help="Hub training split."),
-    valid_split: Optional[str] = typer.Option(None, help="Hub validation split."),
+    train_split: Optional[str] = TRAIN_SPLIT_OPT,
+    valid_split: Optional[str] = VALID_SPLIT_OPT,
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the config's, 'sentence')."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the config's, 'label')."),
     max_steps: Optional[int] = MAX_STEPS_OPT,
@@ -141,13 +145,13 @@ def train_classifier_cmd(
 @train_app.command("lm")
 def train_lm_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/shakespeare_char.yaml); default: built-in."),
-    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    output: Path = OUTPUT_OPT,
     train: List[str] = typer.Option([], "--train", help="Training text file(s), or TSV/CSV/JSONL tables with --text-column."),
     valid: List[str] = typer.Option([], "--valid", help="Validation file(s)."),
     valid_fraction: Optional[float] = typer.Option(None, help="No --valid: hold out this last fraction of the training text (e.g. 0.1)."),
-    dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset (or a local dataset folder)."),
-    train_split: Optional[str] = typer.Option(None, help="Hub training split."),
-    valid_split: Optional[str] = typer.Option(None, help="Hub validation split."),
+    dataset: Optional[str] = DATASET_OPT,
+    train_split: Optional[str] = TRAIN_SPLIT_OPT,
+    valid_split: Optional[str] = VALID_SPLIT_OPT,
     text_column: Optional[str] = typer.Option(None, help="Text column of tables and Hub datasets (default: text)."),
     condition_column: Optional[str] = typer.Option(None, help="Label column to condition generation on (sentence mode)."),
     mode: Optional[str] = typer.Option(None, help="stream (one token stream per file, truncated BPTT) or sentence (one row = one sequence)."),
@@ -399,7 +403,7 @@ def demo_adding(
 @train_app.command("forecaster")
 def train_forecaster_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/nyse.yaml); default: built-in."),
-    output: Path = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl."),
+    output: Path = OUTPUT_OPT,
     data: Optional[str] = typer.Option(None, "--data", help="CSV/TSV/JSONL/Parquet, one row per time step, in time order."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset holding the series."),
     target: Optional[str] = typer.Option(None, "--target", help="Column to forecast."),

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- reading
 
 
-def read_text(path: str | Path, binary_ok: bool = True) -> str:
+def read_text(path: str | Path, allow_nul: bool = True) -> str:
     """A whole UTF-8 text file. Refuses missing, empty or non-UTF-8 files (naming the line) and,
-    unless `binary_ok`, binary data (a NUL byte)."""
+    unless `allow_nul`, binary data (a NUL byte)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -37,7 +37,7 @@ def read_text(path: str | Path, binary_ok: bool = True) -> str:
         raise NlpRnnError(f"{path}: is a folder, not a file") from None
     if not raw.strip():
         raise NlpRnnError(f"{path}: file is empty")
-    nul = -1 if binary_ok else raw.find(b"\0")
+    nul = -1 if allow_nul else raw.find(b"\0")
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1
         raise NlpRnnError(f"{path}:{line}: binary data (a NUL byte), not text")
@@ -184,7 +184,7 @@ def _cache_name(cache_dir: Path, *parts: bytes) -> str:
     return str(cache_dir / f"tok-{digest.hexdigest()[:16]}.arrow")
 
 
-def _truncate(seqs: list[list[int]], limit: int, where: str) -> list[list[int]]:
+def truncate(seqs: list[list[int]], limit: int, where: str) -> list[list[int]]:
     too_long = sum(len(s) > limit for s in seqs)
     if too_long:
         log.warning("%s: truncated %d sentences longer than %d pieces", where, too_long, limit)
@@ -215,8 +215,8 @@ def tokenize_parallel(
         text = "\n".join(src).encode() + b"\0" + "\n".join(tgt).encode()
         cache = _cache_name(cache_dir, text, tokenizer.src_blob, tokenizer.tgt_blob or b"")
     ds = ds.map(encode, batched=True, batch_size=2000, remove_columns=["src", "tgt"], cache_file_name=cache, load_from_cache_file=True)
-    src_ids = _truncate(ds["src_ids"], max_src_len - 1, f"{where} (source)")
-    tgt_ids = _truncate(ds["tgt_ids"], max_tgt_len - 1, f"{where} (target)")
+    src_ids = truncate(ds["src_ids"], max_src_len - 1, f"{where} (source)")
+    tgt_ids = truncate(ds["tgt_ids"], max_tgt_len - 1, f"{where} (target)")
     return [s + [EOS] for s in src_ids], tgt_ids
 
 
@@ -362,3 +362,12 @@ def label_names(labels: Sequence[str]) -> list[str]:
     if all(x.lstrip("-").isdigit() for x in unique):
         return sorted(unique, key=int)
     return sorted(unique)
+
+
+def label_ids(labels: Sequence[str], names: Sequence[str], where: str) -> list[int]:
+    """Index of each label in `names`; a label never seen in training is refused with the known ones listed."""
+    index = {name: i for i, name in enumerate(names)}
+    for row, label in enumerate(labels):
+        if label not in index:
+            raise NlpRnnError(f"{where} (row {row + 1}): label {label!r} was never seen in training (known: {', '.join(names)})")
+    return [index[label] for label in labels]

@@ -26,7 +26,8 @@ import torch
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TokenizerConfig, TrainConfig, _choice, _positive
-from nlp_rnn.data import TokenBatcher, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text
+from nlp_rnn.data import (TokenBatcher, label_ids, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text,
+                          truncate)
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import model_info, table
 from nlp_rnn.language_model import LanguageModel, LMModelConfig, LMState
@@ -124,7 +125,7 @@ def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool)
             else:
                 if data.condition_column:
                     raise NlpRnnError(f"{path}: --condition-column needs a table (TSV/CSV/JSONL), not a plain text file")
-                text = read_text(path, binary_ok=False)
+                text = read_text(path, allow_nul=False)
                 texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()] if sentence else [text]
     if sentence:
         keep = [i for i, t in enumerate(texts) if t.strip()]
@@ -164,11 +165,7 @@ def stream_ids(tokenizer: Tokenizer, corpus: Corpus) -> torch.Tensor:
 
 def sentence_ids(tokenizer: Tokenizer, corpus: Corpus, max_len: int) -> list[list[int]]:
     """BOS pieces EOS per row, at most max_len + 2 ids (longer rows truncated, with one warning)."""
-    pieces = tokenizer.encode_src(corpus.texts)
-    long = sum(len(p) > max_len for p in pieces)
-    if long:
-        log.warning("%s: truncated %d rows longer than %d pieces", corpus.name, long, max_len)
-    return [[BOS] + p[:max_len] + [EOS] for p in pieces]
+    return [[BOS] + p + [EOS] for p in truncate(tokenizer.encode_src(corpus.texts), max_len, corpus.name)]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -567,13 +564,7 @@ class LanguageModelTask(tasks.Task):
 
 
 def condition_ids(corpus: Corpus, names: list[str]) -> Optional[list[int]]:
-    if corpus.conditions is None:
-        return None
-    index = {n: i for i, n in enumerate(names)}
-    for row, label in enumerate(corpus.conditions):
-        if label not in index:
-            raise NlpRnnError(f"{corpus.name} (row {row + 1}): label {label!r} was never seen in training (known: {', '.join(names)})")
-    return [index[c] for c in corpus.conditions]
+    return None if corpus.conditions is None else label_ids(corpus.conditions, names, corpus.name)
 
 
 TASK = tasks.register(LanguageModelTask())

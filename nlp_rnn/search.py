@@ -68,6 +68,14 @@ def _trim_attention(weights: torch.Tensor, length: int, src_real: int) -> torch.
     return weights[:length, :src_real].clone()
 
 
+def _without_done(done: torch.Tensor, active: torch.Tensor, prev: torch.Tensor, memory: Any, state: Any):
+    """Rows that are done (b,) leave the batch: the others' row ids, last tokens, memory and state."""
+    if not bool(done.any()):
+        return active, prev, memory, state
+    keep = (~done).nonzero().squeeze(1)
+    return active[keep], prev[keep], memory.select(keep), state.select(keep)
+
+
 @torch.no_grad()
 def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[Hypothesis]:
     """The most probable next token at every step, for a whole batch at once."""
@@ -93,10 +101,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         done = (prev == EOS) | (limit[active] <= t + 1)
         if bool(done.all()):
             break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            active, prev = active[keep], prev[keep]
-            memory, state = memory.select(keep), state.select(keep)
+        active, prev, memory, state = _without_done(done, active, prev, memory, state)
     hyps = []
     for i in range(size):
         n = int(lengths[i])
@@ -291,8 +296,5 @@ def sample(
                 done = done | stop
         if bool(done.all()):
             break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            active, prev = active[keep], prev[keep]
-            memory, state = memory.select(keep), state.select(keep)
+        active, prev, memory, state = _without_done(done, active, prev, memory, state)
     return [Hypothesis(tokens[i, : int(lengths[i])].tolist(), float(scores[i]), float(scores[i])) for i in range(size)]

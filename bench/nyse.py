@@ -40,7 +40,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--data", str(NYSE), "--report",
                         str(report)], check=True, stdout=subprocess.DEVNULL)
         models = json.loads(report.read_text())["sets"][0]["models"]
-        val_mse.append(json.loads((out / "best" / "meta.json").read_text())["best"]["val_mse"])
+        meta = json.loads((out / "best" / "meta.json").read_text())
+        val_mse.append((meta["refit"]["selection"] if "refit" in meta else meta["best"])["val_mse"])  # a refit: phase 1's
         name = next(k for k in models if k.startswith("nlp-rnn"))
         model_r2.append(models[name]["r2"])
         baselines = {k: v["r2"] for k, v in models.items() if k != name}

@@ -413,6 +413,9 @@ def train_forecaster_cmd(
     split_column: Optional[str] = typer.Option(None, "--split-column", help="TRUE/FALSE column: the training period."),
     date_column: Optional[str] = typer.Option(None, "--date-column", help="ISO date column (with --test-from)."),
     test_from: Optional[str] = typer.Option(None, "--test-from", help="First date of the test period."),
+    valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help="Last part of the training period that validates."),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After early stopping, train again on the whole "
+                                         "training period for the epochs and learning rates chosen (first run kept in selection/)."),
     max_steps: Optional[int] = MAX_STEPS_OPT,
     max_minutes: Optional[float] = MAX_MINUTES_OPT,
     seed: Optional[int] = SEED_OPT,
@@ -426,7 +429,7 @@ def train_forecaster_cmd(
     split = lambda text: tuple(c.strip() for c in text.split(",") if c.strip()) if text is not None else None  # noqa: E731
     cfg = with_overrides(_config(config, ForecastConfig), "data", data=data, dataset=dataset, target=target, features=split(features),
                          categorical=split(categorical), lags=lags, split_column=split_column, date_column=date_column,
-                         test_from=test_from)
+                         test_from=test_from, valid_fraction=valid_fraction, refit=refit)
     _train("forecasting", cfg, output, resume, None, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 

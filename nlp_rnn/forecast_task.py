@@ -4,16 +4,20 @@ The input of row t is the window of rows t-L .. t-1 (all feature columns, standa
 statistics of the training period only); the categorical values of row t itself (e.g. its weekday)
 join the head. A split rule — a boolean column, or a date column and the first test date — separates
 the training period from the test period; test rows' windows may reach back into training rows.
-The last `valid_fraction` of the training period validates for early stopping. Evaluation scores
+The last `valid_fraction` of the training period validates for early stopping; with `refit`, a
+second run then trains the same initial model on the whole training period for the number of epochs
+and the learning rates the first run's best model had (the first run is kept in `selection/`), so
+the shipped model has seen the most recent training rows. Evaluation scores
 the test period with R², MSE and MAE beside baselines fitted in the same run: yesterday's value, a
 linear AR(L) model on the same lagged features, and AR(L) with the categorical columns.
 """
 
+import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -46,6 +50,7 @@ class ForecastDataConfig:
     date_column: Optional[str] = None  # ... or ISO dates (sorted) with test_from, the first test date
     test_from: Optional[str] = None
     valid_fraction: float = 0.2  # the last part of the training period validates (early stopping)
+    refit: bool = False  # then train again on the whole training period for the epochs early stopping chose
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -303,6 +308,23 @@ class Predictor:
 
 # ----------------------------------------------------------------------------- the task
 
+SELECTION, SELECTED = "selection", "refit.json"
+
+
+class RefitSchedule:
+    """Phase 2 of a refit: phase 1's best step count and learning rates, scaled from its epochs to the longer ones."""
+
+    def __init__(self, plan: dict, phase1_epoch_steps: int, epoch_steps: int) -> None:
+        self.scale = epoch_steps / phase1_epoch_steps
+        self.steps = max(1, round(plan["best"]["step"] * self.scale))
+        self.lrs = sorted(tuple(pair) for pair in plan["lrs"])  # (phase-1 step k, the lr its steps up to k used)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of (0-based) `step`: that of the same point of phase 1's epochs."""
+        phase1_step = step / self.scale + 1
+        return next((lr for k, lr in self.lrs if k >= phase1_step), self.lrs[-1][1])
+
+
 
 class ForecastTask(tasks.Task):
     name = "forecasting"
@@ -314,7 +336,33 @@ class ForecastTask(tasks.Task):
         categories = sum(len(v) for v in meta["categories"].values())
         return Forecaster(cfg.model, len(cfg.data.inputs), cfg.data.lags, categories)
 
-    def prepare(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice) -> tasks.TrainingSetup:
+    def fit(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice, resume: bool, progress_bar: bool) -> dict:
+        if not cfg.data.refit:
+            return super().fit(cfg, out_dir, tokenizer, resume, progress_bar)
+        from nlp_rnn.train import METRICS, Trainer
+
+        selection = out_dir / SELECTION
+        if not (selection / SELECTED).is_file():
+            if (out_dir / "last").is_dir() and not resume:
+                raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
+            log.info("refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection)
+            setup = self.prepare(cfg, selection, tokenizer)
+            summary = Trainer(cfg.train, setup, selection, progress_bar).run(resume and (selection / "last").is_dir())
+            if not summary["best"]:
+                raise NlpRnnError(f"{selection}: the selection run validated no model to refit")
+            lrs = [(r["step"], r["lr"]) for r in map(json.loads, (selection / METRICS).read_text().splitlines()) if "lr" in r]
+            plan = {"best": summary["best"], "lrs": lrs or [(summary["best"]["step"], cfg.train.lr)]}
+            (selection / SELECTED).write_text(json.dumps(plan))
+        plan = json.loads((selection / SELECTED).read_text())
+        log.info("refit, phase 2 of 2: the whole training period, as long as the best model of phase 1 trained")
+        setup = self.prepare(cfg, out_dir, tokenizer, refit=plan)
+        summary = Trainer(replace(cfg.train, max_steps=setup.bundle.meta["refit"]["steps"], max_epochs=0, max_minutes=0),
+                          setup, out_dir, progress_bar).run(resume and (out_dir / "last").is_dir())
+        return dict(summary, score_key=setup.score_key)
+
+    def prepare(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice,
+                refit: Optional[dict] = None) -> tasks.TrainingSetup:
+        """The training set-up; with `refit` (phase 1's best record and learning rates), the whole training period."""
         d = cfg.data
         series = read_series(d, d.data)
         if series.rows <= d.lags:
@@ -334,11 +382,19 @@ class ForecastTask(tasks.Task):
         if fit.numel() < 1 or valid.numel() < 2:
             raise NlpRnnError(f"{series.name}: data.valid_fraction {d.valid_fraction} leaves {fit.numel()} training and "
                               f"{valid.numel()} validation rows; need at least 1 and 2")
+        schedule = None
+        if refit is not None:
+            schedule = RefitSchedule(refit, math.ceil(fit.numel() / d.batch_size), math.ceil(train_idx.numel() / d.batch_size))
+            fit, valid = train_idx, train_idx[:0]
         meta = {"target": d.target, "features": list(d.inputs), "categorical": list(d.categorical), "categories": known,
                 "lags": d.lags, "stats": stats, "split": {"column": d.split_column, "date_column": d.date_column,
                                                            "test_from": d.test_from},
                 "data": {"train": series.name, "training_rows": int(fit.numel()), "validation_rows": int(valid.numel()),
                          "test_rows": int((~period).sum())}}
+        if schedule is not None:
+            meta["refit"] = {"selection": refit["best"], "steps": schedule.steps}
+            log.info("refit: %d steps on %d rows (phase 1's best: step %d of %d-row epochs, val_mse %.4g)", schedule.steps,
+                     fit.numel(), refit["best"]["step"], cut, refit["best"]["val_mse"])
         bundle = tasks.new_bundle(self, cfg, None, meta, cfg.train.seed)
         model: Forecaster = bundle.model
         if cfg.model.linear_skip and cfg.model.start_linear:
@@ -359,10 +415,15 @@ class ForecastTask(tasks.Task):
             return ((predicted - win.target[index]) ** 2).sum(), index.numel()
 
         def validate() -> dict:
-            predicted = model(win.windows[valid], win.onehot[valid])
-            y = win.target[valid]
-            return {"val_mse": float(((predicted - y) ** 2).mean()), "val_r2": r2(y, predicted)}
+            rows, name = (valid, "val") if schedule is None else (fit, "train")  # a refit has no unseen rows
+            predicted = model(win.windows[rows], win.onehot[rows])
+            y = win.target[rows]
+            return {f"{name}_mse": float(((predicted - y) ** 2).mean()), f"{name}_r2": r2(y, predicted)}
 
+        if schedule is not None:
+            return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: torch.tensor(index), loss_fn=loss_fn,
+                                       validate=validate, score_key="train_mse", higher_is_better=False, select=False,
+                                       lr_at=schedule.lr_at)
         return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: torch.tensor(index), loss_fn=loss_fn,
                                    validate=validate, score_key="val_mse", higher_is_better=False)
 
@@ -431,7 +492,7 @@ def plot_forecast(series: Series, rows: torch.Tensor, actual: torch.Tensor, pred
         ticks = x[:: max(1, len(x) // 8)]
         ax.set_xticks(ticks, [series.dates[i] for i in ticks], rotation=20)
     ax.set_ylabel(target)
-    ax.set_title(f"{series.name}: test period, R² {r2(actual, predicted):.3f}")
+    ax.set_title(f"{Path(series.name).name}: test period, R² {r2(actual, predicted):.3f}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

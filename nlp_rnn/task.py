@@ -76,6 +76,10 @@ class TrainingSetup:
     # Extra state saved in last/ so that a resumed run is exact (e.g. a language model's carried hidden state).
     state_dict: Optional[Callable[[], dict]] = None
     load_state_dict: Optional[Callable[[dict], None]] = None
+    # False: no selection by score (no early stopping or plateau schedule); best/ is the latest model,
+    # as when a model is refitted on its validation rows for a step count chosen before.
+    select: bool = True
+    lr_at: Optional[Callable[[int], float]] = None  # step -> learning rate, replacing the plateau schedule
 
 
 class Task:
@@ -93,6 +97,13 @@ class Task:
     def prepare(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice") -> TrainingSetup:
         """Reads the data, gets the tokenizer from `tokenizer`, builds the model and everything `Trainer` needs."""
         raise NotImplementedError
+
+    def fit(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice", resume: bool, progress_bar: bool) -> dict:
+        """Trains: `prepare`, then the shared `Trainer`. A task may train in several phases (e.g. a refit)."""
+        from nlp_rnn.train import Trainer
+
+        setup = self.prepare(cfg, out_dir, tokenizer)
+        return dict(Trainer(cfg.train, setup, out_dir, progress_bar).run(resume), score_key=setup.score_key)
 
     def wrap(self, bundle: bundles.Bundle, **options) -> Any:
         """The raw-text interface of a loaded bundle (`nlp_rnn.load` returns this)."""
@@ -167,16 +178,10 @@ def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict,
 
 def train(task_name: str, cfg: Any, out_dir: str | Path, resume: bool = False, tokenizer_dir: Optional[str | Path] = None,
           progress_bar: bool = True) -> dict:
-    """Trains any registered task: prepare its data and model, then run the shared `Trainer`."""
-    from nlp_rnn.train import Trainer
-
+    """Trains any registered task (`Task.fit`: its data and model, then the shared `Trainer`)."""
     out_dir = Path(out_dir)
-    task = get(task_name)
     choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
-    setup = task.prepare(cfg, out_dir, choice)
-    summary = Trainer(cfg.train, setup, out_dir, progress_bar).run(resume)
-    summary["score_key"] = setup.score_key
-    return summary
+    return get(task_name).fit(cfg, out_dir, choice, resume, progress_bar)
 
 
 def with_overrides(cfg: Any, section: str, **values) -> Any:

@@ -128,10 +128,11 @@ class Trainer:
         record = {"step": self.state.step, "elapsed_s": round(self._elapsed(started), 2), **metrics}
         self._write_metrics(record)
         self.state.last_validated = self.state.step
-        if scheduled:
+        select = self.setup.select  # False: no early stopping or plateau schedule, the latest model is kept
+        if scheduled and select and self.setup.lr_at is None:
             self.scheduler.step(score)
-        if score > self.state.best_score:
-            self.state.best_score = score
+        if score > self.state.best_score or not select:
+            self.state.best_score = score if select else self.state.best_score
             self.state.bad_validations = 0 if scheduled else self.state.bad_validations
             self.bundle.meta["best"] = record
             self._save("best")
@@ -189,6 +190,9 @@ class Trainer:
                     loss = loss_sum / count
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if self.setup.lr_at is not None:
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = self.setup.lr_at(st.step)
                     if cfg.clip_norm > 0:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
                     self.optimizer.step()

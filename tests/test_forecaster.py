@@ -4,6 +4,8 @@ import csv
 import json
 import math
 import random
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,42 @@ def test_statistics_use_the_training_period_and_forecasts_never_look_ahead(tmp_p
     reloaded = Predictor(load(tmp_path / "run" / "best"))  # the bundle round-trips its predictions
     again, _ = reloaded.predict(reloaded.read(str(tmp_path / "ar.csv")))
     assert torch.equal(again.nan_to_num(), original.nan_to_num())
+
+
+def test_refit_trains_on_the_whole_training_period_as_long_as_early_stopping_chose(tmp_path: Path) -> None:
+    simulate_ar(tmp_path / "ar.csv", 1000, [0.6], seed=4)  # 700 training rows, 4 lags: 556 fit + 140 validation rows
+    cfg = ar_config(tmp_path / "ar.csv", 4, max_steps=120, validate_every=10, log_every=10, lr_patience=0, lr_factor=0.5)
+    cfg = replace(cfg, data=replace(cfg.data, refit=True, batch_size=64))
+    summary = train("forecasting", cfg, tmp_path / "run", progress_bar=False)
+    plan = json.loads((tmp_path / "run" / "selection" / "refit.json").read_text())
+    chosen = plan["best"]["step"]  # phase 1 epochs have ceil(556/64) = 9 steps, phase 2 ceil(696/64) = 11
+    meta = load(tmp_path / "run").meta
+    assert meta["refit"]["steps"] == round(chosen * 11 / 9) == summary["step"] and meta["data"]["training_rows"] == 696
+    assert meta["refit"]["selection"]["val_mse"] == pytest.approx(summary_best_val(tmp_path / "run" / "selection"))
+    phase1 = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run" / "selection") if "lr" in r}
+    phase2 = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r}
+    assert len(set(phase1.values())) > 1, "the plateau schedule should have lowered the learning rate in phase 1"
+    # Step k of phase 2 used the rate of the same point of phase 1's epochs.
+    for step, lr in phase2.items():
+        assert lr == next(rate for k, rate in sorted(phase1.items()) if k >= (step - 1) * 9 / 11 + 1)
+    # The refit keeps its last model as best/; resuming after phase 1 repeats nothing of it and gives the same model.
+    assert load(tmp_path / "run" / "best").meta["step"] == summary["step"]
+    predictor = Predictor(load(tmp_path / "run"))
+    before, _ = predictor.predict(predictor.read(str(tmp_path / "ar.csv")))
+    shutil.rmtree(tmp_path / "run" / "last"), shutil.rmtree(tmp_path / "run" / "best"), (tmp_path / "run" / "metrics.jsonl").unlink()
+    again = train("forecasting", cfg, tmp_path / "run", resume=True, progress_bar=False)
+    assert again["step"] == summary["step"] and json.loads((tmp_path / "run" / "selection" / "refit.json").read_text()) == plan
+    predictor = Predictor(load(tmp_path / "run"))
+    after, _ = predictor.predict(predictor.read(str(tmp_path / "ar.csv")))
+    assert torch.equal(before.nan_to_num(), after.nan_to_num())
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary_best_val(run: Path) -> float:
+    return min(r["val_mse"] for r in read_metrics(run) if "val_mse" in r)
 
 
 @pytest.mark.skipif(not NYSE.is_file(), reason="no NYSE data")

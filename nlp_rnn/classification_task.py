@@ -7,13 +7,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from nlp_rnn import embeddings
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.classifier import Classifier
+from nlp_rnn.classifier import build, embeddings_of
 from nlp_rnn.config import ClassifierConfig, DataConfig
 from nlp_rnn.data import (LabeledSource, TokenBatcher, encode_sources, label_ids, label_names, make_batch, ordered_batches,
                           read_labeled)
@@ -37,9 +38,36 @@ def labeled_source(data: DataConfig, split: str) -> LabeledSource:
 
 @dataclass
 class Prediction:
-    label: str
+    label: str  # the label's name (data.label_names), else its value in the training data
     probability: float
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # by name
+    label_id: int | str = 0  # the label's value in the training data: an integer where it is one, else its index
+
+
+def display_names(values: Sequence[str], names: Optional[dict[str, str]], where: str) -> list[str]:
+    """The name of each data label (in `values` order) from the config's `data.label_names`."""
+    if not names:
+        return list(values)
+    unnamed = [v for v in values if v not in names]
+    if unnamed:
+        raise NlpRnnError(f"{where}: data label {unnamed[0]!r} has no name in data.label_names (named: {', '.join(names)})")
+    absent = [k for k in names if k not in values]
+    if absent:
+        raise NlpRnnError(f"data.label_names: label {absent[0]!r} does not occur in {where} (labels: {', '.join(values)})")
+    shown = [names[v] for v in values]
+    if len(set(shown)) < len(shown):
+        raise NlpRnnError(f"data.label_names: two labels share a name ({', '.join(shown)})")
+    return shown
+
+
+def gold_ids(labels: Sequence[str], values: Sequence[str], names: Sequence[str], where: str) -> list[int]:
+    """Class index of each gold label, given either as the training data's value or as its name."""
+    index = {**{n: i for i, n in enumerate(names)}, **{v: i for i, v in enumerate(values)}}
+    for row, label in enumerate(labels):
+        if label not in index:
+            known = ", ".join(values if list(values) == list(names) else [f"{v} ({n})" for v, n in zip(values, names)])
+            raise NlpRnnError(f"{where} (row {row + 1}): label {label!r} was never seen in training (known: {known})")
+    return [index[label] for label in labels]
 
 
 class Predictor:
@@ -49,7 +77,9 @@ class Predictor:
         if bundle.task != "classification":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; classify needs a classification model")
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
-        self.labels: list[str] = list(bundle.meta["labels"])
+        self.labels: list[str] = list(bundle.meta["labels"])  # names
+        self.values: list[str] = list(bundle.meta.get("label_values", self.labels))  # as in the training data
+        self.ids = [int(v) if v.lstrip("-").isdigit() else i for i, v in enumerate(self.values)]
         self.max_len = bundle.config.data.max_src_len
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -74,7 +104,7 @@ class Predictor:
         probs = self.probabilities(self.encode(texts), batch_size)
         best = probs.argmax(dim=-1).tolist()
         return [
-            Prediction(self.labels[b], float(p[b]), {name: float(x) for name, x in zip(self.labels, p.tolist())})
+            Prediction(self.labels[b], float(p[b]), {name: float(x) for name, x in zip(self.labels, p.tolist())}, self.ids[b])
             for b, p in zip(best, probs)
         ]
 
@@ -91,27 +121,30 @@ class ClassificationTask(tasks.Task):
     config_cls = ClassifierConfig
     default_bundle = "sst2"
 
-    def build_model(self, cfg: ClassifierConfig, tokenizer, meta: dict) -> Classifier:
-        return Classifier(cfg.model, tokenizer.src_vocab_size, len(meta["labels"]))
+    def build_model(self, cfg: ClassifierConfig, tokenizer, meta: dict) -> torch.nn.Module:
+        return build(cfg.model, tokenizer.src_vocab_size, len(meta["labels"]))
 
     def prepare(self, cfg: ClassifierConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice) -> tasks.TrainingSetup:
         train_spec, valid_spec = labeled_source(cfg.data, "train"), labeled_source(cfg.data, "valid")
         train_texts, train_labels = read_labeled(train_spec)
         valid_texts, valid_labels = read_labeled(valid_spec)
-        names = label_names(train_labels)
-        if len(names) < 2:
-            raise NlpRnnError(f"{train_spec.describe()}: column '{cfg.data.label_column}' has only one label ({names[0]!r})")
-        y_train = label_ids(train_labels, names, train_spec.describe())
-        y_valid = label_ids(valid_labels, names, valid_spec.describe())
-        log.info("data: %d training, %d validation examples; labels: %s", len(train_texts), len(valid_texts), ", ".join(names))
+        values = label_names(train_labels)
+        if len(values) < 2:
+            raise NlpRnnError(f"{train_spec.describe()}: column '{cfg.data.label_column}' has only one label ({values[0]!r})")
+        names = display_names(values, cfg.data.label_names, train_spec.describe())
+        y_train = label_ids(train_labels, values, train_spec.describe())
+        y_valid = gold_ids(valid_labels, values, names, valid_spec.describe())
+        log.info("data: %d training, %d validation examples; labels: %s", len(train_texts), len(valid_texts),
+                 ", ".join(v if v == n else f"{v} ({n})" for v, n in zip(values, names)))
         tok = tokenizer.get(cfg.tokenizer, [t for t in train_texts if t.strip()])
         x_train = encode_sources(tok, train_texts, cfg.data.max_src_len)
         x_valid = encode_sources(tok, valid_texts, cfg.data.max_src_len)
-        meta = {"labels": names,
+        meta = {"labels": names, "label_values": values,
                 "data": {"train": train_spec.describe(), "valid": valid_spec.describe(), "train_examples": len(train_texts),
                          "text_column": cfg.data.text_column, "label_column": cfg.data.label_column}}
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
         model = bundle.model
+        embeddings.apply(cfg.model, model, tok, bundle.meta, tokenizer.resume, [("pretrained_embeddings", embeddings_of(model), "src")])
         batcher = TokenBatcher([len(x) for x in x_train], cfg.train.batch_tokens, cfg.train.max_batch_sentences, cfg.train.seed)
 
         def validate() -> dict:
@@ -143,7 +176,7 @@ class ClassificationTask(tasks.Task):
         results = []
         for source in sources:
             texts, labels = read_labeled(source)
-            gold = label_ids(labels, predictor.labels, source.describe())
+            gold = gold_ids(labels, predictor.values, predictor.labels, source.describe())
             started = time.perf_counter()
             predictions = predictor.classify(texts, request.batch_size or 128)
             seconds = time.perf_counter() - started
@@ -167,7 +200,12 @@ class ClassificationTask(tasks.Task):
         return lines
 
     def describe(self, bundle: Bundle) -> dict:
-        return {"labels": bundle.meta.get("labels", [])}
+        names, values = bundle.meta.get("labels", []), bundle.meta.get("label_values", bundle.meta.get("labels", []))
+        info = {"labels": [n if n == v else f"{v} {n}" for v, n in zip(values, names)]}
+        if bundle.meta.get("embeddings"):
+            info["pretrained embeddings"] = [f"{e['file']}: {e['covered']:,} of {e['words']:,} words ({100 * e['coverage']:.1f}%)"
+                                             f"{', frozen' if e['frozen'] else ''}" for e in bundle.meta["embeddings"].values()]
+        return info
 
 
 TASK = tasks.register(ClassificationTask())

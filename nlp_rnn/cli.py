@@ -28,6 +28,9 @@ log = logging.getLogger("nlp_rnn")
 
 # Options every `train` command shares (typer reads an option's settings from its default value).
 TOKENIZER_OPT = typer.Option(None, "--tokenizer", help="Use this trained tokenizer folder instead of training one.")
+PRETRAINED_OPT = typer.Option(None, "--pretrained-embeddings", help="Word vectors (word2vec/GloVe/fastText text format, .txt/.vec, "
+                              ".gz too) for the embeddings; pair with a word tokenizer (tokenizer.model_type: word).")
+FREEZE_OPT = typer.Option(None, "--freeze-embeddings/--no-freeze-embeddings", help="Keep the embeddings fixed during training.")
 MAX_STEPS_OPT = typer.Option(None, "--max-steps", help="Stop (validate and save) after this many steps in all.")
 MAX_MINUTES_OPT = typer.Option(None, "--max-minutes", help="Stop (validate and save) after this much training time.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: the config's).")
@@ -83,6 +86,10 @@ def train_translation_cmd(
     dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset, e.g. bentrevett/multi30k."),
     src_lang: Optional[str] = typer.Option(None, help="Source language / column name."),
     tgt_lang: Optional[str] = typer.Option(None, help="Target language / column name."),
+    pretrained_src_embeddings: Optional[str] = typer.Option(None, help="Word vectors (word2vec/GloVe/fastText text, .gz too) "
+                                                             "for the source embeddings."),
+    pretrained_tgt_embeddings: Optional[str] = typer.Option(None, help="Word vectors for the target embeddings."),
+    freeze_embeddings: Optional[bool] = FREEZE_OPT,
     tokenizer: Optional[Path] = TOKENIZER_OPT,
     max_steps: Optional[int] = MAX_STEPS_OPT,
     max_minutes: Optional[float] = MAX_MINUTES_OPT,
@@ -96,6 +103,8 @@ def train_translation_cmd(
 
     cfg = with_overrides(_config(config, TranslationConfig), "data", train_src=train_src, train_tgt=train_tgt, valid_src=valid_src,
                          valid_tgt=valid_tgt, train=train, valid=valid, dataset=dataset, src_lang=src_lang, tgt_lang=tgt_lang)
+    cfg = with_overrides(cfg, "model", pretrained_src_embeddings=pretrained_src_embeddings,
+                         pretrained_tgt_embeddings=pretrained_tgt_embeddings, freeze_embeddings=freeze_embeddings)
     _train("translation", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
@@ -127,6 +136,11 @@ def train_classifier_cmd(
     valid_split: Optional[str] = VALID_SPLIT_OPT,
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the config's, 'sentence')."),
     label_column: Optional[str] = typer.Option(None, help="Label column (default: the config's, 'label')."),
+    label_names: Optional[str] = typer.Option(None, "--label-names", help="Names the labels are shown as, e.g. "
+                                              "'0=negative,1=positive' (config: data.label_names)."),
+    pretrained_embeddings: Optional[str] = PRETRAINED_OPT,
+    freeze_embeddings: Optional[bool] = FREEZE_OPT,
+    tokenizer: Optional[Path] = TOKENIZER_OPT,
     max_steps: Optional[int] = MAX_STEPS_OPT,
     max_minutes: Optional[float] = MAX_MINUTES_OPT,
     seed: Optional[int] = SEED_OPT,
@@ -138,8 +152,20 @@ def train_classifier_cmd(
     from nlp_rnn.task import with_overrides
 
     cfg = with_overrides(_config(config, ClassifierConfig), "data", train=train, valid=valid, dataset=dataset, train_split=train_split,
-                         valid_split=valid_split, text_column=text_column, label_column=label_column)
-    _train("classification", cfg, output, resume, None, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+                         valid_split=valid_split, text_column=text_column, label_column=label_column,
+                         label_names=_mapping(label_names, "--label-names"))
+    cfg = with_overrides(cfg, "model", pretrained_embeddings=pretrained_embeddings, freeze_embeddings=freeze_embeddings)
+    _train("classification", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+
+
+def _mapping(text: Optional[str], option: str) -> Optional[dict[str, str]]:
+    """'0=negative,1=positive' -> {'0': 'negative', '1': 'positive'}."""
+    if text is None:
+        return None
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise NlpRnnError(f"{option} must look like 0=negative,1=positive, got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 @train_app.command("lm")
@@ -183,7 +209,7 @@ def tokenizer_train_cmd(
     src: List[Path] = typer.Option(..., "--src", help="Source-side text file(s), one sentence per line."),
     tgt: List[Path] = typer.Option([], "--tgt", help="Target-side text file(s); omit for a one-sided tokenizer."),
     vocab_size: int = typer.Option(8000, help="Number of pieces."),
-    model_type: str = typer.Option("bpe", help="bpe or unigram."),
+    model_type: str = typer.Option("bpe", help="bpe, unigram, word (one piece per word) or char."),
     joint: bool = typer.Option(True, "--joint/--separate", help="One model for both sides, or one per side."),
 ) -> None:
     """Train a sentencepiece tokenizer (byte fallback, fixed pad/unk/bos/eos ids)."""
@@ -319,7 +345,7 @@ def classify(
     try:
         for number, (text, p) in enumerate(predictor.stream(lines, batch_size), 1):
             if fmt == "jsonl":
-                row = {"line": number, "text": text, "label": p.label, "probability": round(p.probability, 6),
+                row = {"line": number, "text": text, "label": p.label, "label_id": p.label_id, "probability": round(p.probability, 6),
                        "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             else:

@@ -51,6 +51,8 @@ class DataConfig:
     tgt_lang: str = "tgt"
     text_column: str = "sentence"
     label_column: str = "label"
+    # classification: the name each label of the data is shown as, e.g. {0: negative, 1: positive}
+    label_names: Optional[dict[str, str]] = None
     max_src_len: int = 100
     max_tgt_len: int = 100
 
@@ -94,6 +96,10 @@ class Seq2SeqModelConfig:
     tie_output: bool = False  # share target embedding and output weights
     dropout: float = 0.3
     embedding_dropout: Optional[float] = None  # defaults to dropout
+    # word vectors in word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz) for the embeddings
+    pretrained_src_embeddings: Optional[str] = None
+    pretrained_tgt_embeddings: Optional[str] = None
+    freeze_embeddings: bool = False
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -123,6 +129,10 @@ class ClassifierModelConfig:
     pooling: str = "max"  # last | mean | max | attention
     dropout: float = 0.5
     embedding_dropout: Optional[float] = None
+    pretrained_embeddings: Optional[str] = None  # word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz)
+    freeze_embeddings: bool = False
+    word_dropout: float = 0.0  # training only: each input token becomes <unk> with this probability
+    members: int = 1  # >1: an ensemble of this many classifiers trained side by side, probabilities averaged
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -131,6 +141,9 @@ class ClassifierModelConfig:
             _positive(f"model.{name}", getattr(self, name))
         if not 0 <= self.dropout < 1:
             raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+        _positive("model.members", self.members)
+        if not 0 <= self.word_dropout < 1:
+            raise NlpRnnError(f"config: model.word_dropout must be in [0, 1), got {self.word_dropout}")
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,13 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         if value is None:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is dict:  # dict[str, str]: a YAML mapping; keys may be numbers (0: negative)
+        if not isinstance(value, dict):
+            raise NlpRnnError(f"config: {where} must be a mapping, got {value!r}")
+        for key, item in value.items():
+            if not isinstance(key, (str, int)) or isinstance(key, bool) or not isinstance(item, (str, int)) or isinstance(item, bool):
+                raise NlpRnnError(f"config: {where} must map labels to names, got {key!r}: {item!r}")
+        return {str(k): str(v) for k, v in value.items()}
     if typing.get_origin(annotation) is tuple:  # tuple[str, ...]: a YAML list (or one value)
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_check_type(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(items))

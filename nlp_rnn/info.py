@@ -1,6 +1,8 @@
 """What a bundle holds: task, architecture, tokenizer, data, scores, parameters per component (shared
 weights counted once), and the task's own lines (languages, labels, ...)."""
 
+import re
+
 from torch import nn
 
 from nlp_rnn import task as tasks
@@ -16,6 +18,7 @@ def parameter_breakdown(model: nn.Module, components=tasks.DEFAULT_COMPONENTS) -
     """Parameters per component, by name prefix (first match wins); anything unmatched is 'other'."""
     counts = {name: 0 for name, _ in components}
     for name, param in model.named_parameters():  # tied weights appear once, under their first name
+        name = re.sub(r"^members\.\d+\.", "", name)  # an ensemble's members count under their components
         component = next((c for c, prefixes in components if name.startswith(prefixes)), "other")
         counts[component] = counts.get(component, 0) + param.numel()
     counts["total"] = count_parameters(model)

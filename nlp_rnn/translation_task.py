@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from nlp_rnn import embeddings
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import DataConfig, TranslationConfig
@@ -153,6 +154,8 @@ class TranslationTask(tasks.Task):
         meta = {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang,
                 "data": {"train": train_spec.describe(), "valid": valid_spec.describe(), "train_pairs": len(train_src)}}
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        embeddings.apply(cfg.model, bundle.model, tok, bundle.meta, tokenizer.resume,
+                         [("pretrained_src_embeddings", ["src_embed"], "src"), ("pretrained_tgt_embeddings", ["decoder.embed"], "tgt")])
         model = bundle.model
         batcher = TokenBatcher([len(s) + len(t) + 1 for s, t in zip(src_ids, tgt_ids)], cfg.train.batch_tokens,
                                cfg.train.max_batch_sentences, cfg.train.seed)

@@ -97,7 +97,7 @@ def test_frozen_embeddings_stay_while_the_rest_learns_and_coverage_is_in_the_bun
     assert moving["step"] == 20
     assert load(tmp_path / "moving" / "last").model.embed.weight[row].tolist() != pytest.approx(vector(words[10], 8))
     assert main(["info", str(tmp_path / "frozen")]) == 0
-    assert re.search(r"vec\.txt: \d+ of \d+ words \(\d+\.\d%\), frozen", capsys.readouterr().out)
+    assert re.search(r"vec\.txt: [\d,]+ of [\d,]+ words \(\d+\.\d%\), frozen", capsys.readouterr().out)
 
 
 def test_label_names_reach_classify_evaluate_and_survive_the_bundle(tmp_path: Path, capsys) -> None:
@@ -205,3 +205,21 @@ def test_translation_takes_source_and_target_vectors_from_separate_files(tmp_pat
     assert model.decoder.embed.weight[tok.tgt.piece_to_id("\u2581sleeps")].tolist() == pytest.approx(vector("sleeps", 6))
     assert meta["embeddings"]["pretrained_src_embeddings"]["covered"] == 2
     assert meta["embeddings"]["pretrained_tgt_embeddings"]["covered"] == 3
+
+
+def test_every_shipped_config_loads_as_the_config_of_one_task() -> None:
+    from nlp_rnn import task as tasks
+    from nlp_rnn.config import load_config
+    from nlp_rnn.errors import NlpRnnError
+
+    classes = [tasks.get(name).config_cls for name in tasks.names()]
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        loaded = []
+        for cls in classes:
+            try:
+                loaded.append(load_config(path, cls))
+            except NlpRnnError:
+                pass
+        assert loaded, f"{path.name} loads as no task's config"
+    names = load_config(ROOT / "configs" / "sst5.yaml", ClassifierConfig).data.label_names
+    assert list(names.values()) == ["very negative", "negative", "neutral", "positive", "very positive"]

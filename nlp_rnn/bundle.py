@@ -86,6 +86,8 @@ def save(
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
     meta = dict(bundle.meta, format=FORMAT, format_version=FORMAT_VERSION, task=bundle.task, library_version=__version__)
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if half:
+        meta["weights_dtype"] = "float16"  # loaded back into the model's float32 parameters
     (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     (tmp / CONFIG).write_text(json.dumps(to_dict(bundle.config), indent=2), encoding="utf-8")
     if bundle.tokenizer is not None:

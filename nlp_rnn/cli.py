@@ -329,7 +329,7 @@ def classify(
     input: Optional[Path] = typer.Option(None, "--input", help="File with one text per line."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write results here instead of standard output."),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
-    fmt: str = typer.Option("text", "--format", help="text (label<TAB>probability) or jsonl (every class's probability)."),
+    fmt: str = typer.Option("text", "--format", help="text (label name<TAB>probability) or jsonl (label name, label_id and every class's probability)."),
 ) -> None:
     """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
     from nlp_rnn.bundle import load

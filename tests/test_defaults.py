@@ -1,5 +1,6 @@
 """The shipped default models: used when --model is omitted, and a clear message when they are missing."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path,
 def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
     lines = (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]
     texts, gold = [line.split("\t")[0] for line in lines], [line.split("\t")[1] for line in lines]
-    assert main(["classify", "--", *texts]) == 0  # "--": some PTB texts start with "-lrb-"
-    predicted = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
-    assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) > 0.7
+    assert main(["classify", "--format", "jsonl", "--", *texts]) == 0  # "--": some PTB texts start with "-lrb-"
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["label"] for r in rows} == {"negative", "positive"}  # names; the data's 0/1 are label_id
+    assert sum(str(r["label_id"]) == g for r, g in zip(rows, gold)) / len(gold) > 0.7

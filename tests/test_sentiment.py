@@ -158,6 +158,7 @@ def test_the_shipped_sst2_model_scores_the_readme_figure(capsys, tmp_path: Path)
                  str(tmp_path / "r.json")]) == 0
     accuracy = 100 * json.loads((tmp_path / "r.json").read_text())["sets"][0]["accuracy"]
     assert accuracy == pytest.approx(float(figure.group(1)), abs=0.1)
+    capsys.readouterr()
     assert main(["classify", "--model", str(ROOT / "checkpoints" / "sst2"), "a gorgeous , witty , seductive movie ."]) == 0
     assert capsys.readouterr().out.split("\t")[0] == "positive"
 

@@ -12,6 +12,7 @@ the test period with R², MSE and MAE beside baselines fitted in the same run: y
 linear AR(L) model on the same lagged features, and AR(L) with the categorical columns.
 """
 
+import bisect
 import json
 import logging
 import math
@@ -317,12 +318,13 @@ class RefitSchedule:
     def __init__(self, plan: dict, phase1_epoch_steps: int, epoch_steps: int) -> None:
         self.scale = epoch_steps / phase1_epoch_steps
         self.steps = max(1, round(plan["best"]["step"] * self.scale))
-        self.lrs = sorted(tuple(pair) for pair in plan["lrs"])  # (phase-1 step k, the lr its steps up to k used)
+        pairs = sorted(tuple(pair) for pair in plan["lrs"])  # (phase-1 step k, the lr its steps up to k used)
+        self.steps_logged, self.lrs = [k for k, _ in pairs], [lr for _, lr in pairs]
 
     def lr_at(self, step: int) -> float:
         """The learning rate of (0-based) `step`: that of the same point of phase 1's epochs."""
-        phase1_step = step / self.scale + 1
-        return next((lr for k, lr in self.lrs if k >= phase1_step), self.lrs[-1][1])
+        i = bisect.bisect_left(self.steps_logged, step / self.scale + 1)  # the first record at or after that step
+        return self.lrs[min(i, len(self.lrs) - 1)]
 
 
 
@@ -420,12 +422,9 @@ class ForecastTask(tasks.Task):
             y = win.target[rows]
             return {f"{name}_mse": float(((predicted - y) ** 2).mean()), f"{name}_r2": r2(y, predicted)}
 
-        if schedule is not None:
-            return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: torch.tensor(index), loss_fn=loss_fn,
-                                       validate=validate, score_key="train_mse", higher_is_better=False, select=False,
-                                       lr_at=schedule.lr_at)
         return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: torch.tensor(index), loss_fn=loss_fn,
-                                   validate=validate, score_key="val_mse", higher_is_better=False)
+                                   validate=validate, score_key="val_mse" if schedule is None else "train_mse",
+                                   higher_is_better=False, select=schedule is None, lr_at=schedule and schedule.lr_at)
 
     def wrap(self, bundle: Bundle, **_) -> Predictor:
         return Predictor(bundle)

@@ -5,9 +5,11 @@ read with `torch.load(weights_only=True)`. Bundles are written to a temporary fo
 into place, so a crash mid-save never leaves a half-written bundle where a good one was.
 """
 
+import errno
 import json
 import os
 import shutil
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +52,26 @@ def resolve(path: str | Path) -> Path:
     raise BundleError(f"{path}: not a model bundle (no {META}) nor a training folder with best/{META}")
 
 
-def _state_without_aliases(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Tied parameters appear once (safetensors refuses shared storage)."""
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tied parameter once (safetensors refuses shared storage)."""
     seen, state = set(), {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape)
-        if key not in seen:
-            seen.add(key)
-            state[name] = tensor.detach().contiguous()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            state[name] = tensor.detach()
     return state
+
+
+def _state_without_aliases(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a bundle stores: the unique tensors, on the CPU wherever the model is."""
+    return {name: tensor.cpu().contiguous() for name, tensor in _unique_state(model).items()}
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -73,10 +86,32 @@ def save(
     trainer_state: Optional[dict] = None,
     half: bool = False,
 ) -> Path:
-    """Writes the bundle atomically (temporary folder + rename). `half` stores weights as fp16."""
+    """Writes the bundle atomically (temporary folder + rename). `half` stores weights as fp16.
+
+    A failed write (a full disk, say) removes the temporary folder and leaves any bundle already at
+    `folder` as it was.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    try:
+        _write(tmp, bundle, trainer_state, half)
+    except (OSError, SafetensorError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous bundle is intact" if (folder / META).is_file() else "nothing was saved"
+        if _is_disk_full(err):
+            raise NlpRnnError(f"no space left on device while saving {folder}; {kept}") from None
+        raise NlpRnnError(f"cannot save {folder} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); {kept}") from None
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -95,13 +130,6 @@ def save(
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
     _fsync_tree(tmp)
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
-    return folder
 
 
 def _read_json(path: Path) -> dict:
@@ -135,12 +163,48 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load(path: str | Path, task: Optional[str] = None) -> Bundle:
-    """Rebuilds exactly what was trained; refuses corrupt, truncated, foreign or mismatched bundles."""
+def read_header(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's JSON header, without reading the tensors."""
+    try:
+        with open(file, "rb") as handle:
+            raw = handle.read(8)
+            size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 0 < size <= min(100_000_000, file.stat().st_size - 8):
+                raise BundleError(f"{file}: corrupt or truncated (bad safetensors header)")
+            header = json.loads(handle.read(size))
+    except FileNotFoundError:
+        raise BundleError(f"{file}: missing from the bundle") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{file}: corrupt or truncated (bad safetensors header)") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"{file}: corrupt or truncated (bad safetensors header)")
+    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def _check_weights(path: Path, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuses weights that do not fit the model the config describes, naming both."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise BundleError(f"{path / WEIGHTS}: weights do not match {path / CONFIG} ({what})")
+    for name, shape in found.items():
+        if tuple(shape) != tuple(expected[name]):
+            raise BundleError(f"{path / WEIGHTS}: {name} has shape {tuple(shape)}, but {path / CONFIG} describes "
+                              f"{tuple(expected[name])}")
+
+
+def load(path: str | Path, task: Optional[str] = None, device: str | torch.device = "cpu") -> Bundle:
+    """Rebuilds exactly what was trained, on `device`; refuses corrupt, truncated, foreign or mismatched bundles.
+
+    The config is checked against the tensor shapes in the weights' header on a model built on the
+    meta device (no memory), so a config that asks for a huge model is refused, not allocated.
+    """
     path = resolve(path)
     meta = read_meta(path)
     if task is not None and meta["task"] != task:
         raise BundleError(f"{path}: this is a {meta['task']} model, not a {task} model")
+    from nlp_rnn import devices
     from nlp_rnn import task as tasks
 
     task_ = tasks.get(meta["task"])
@@ -149,25 +213,21 @@ def load(path: str | Path, task: Optional[str] = None) -> Bundle:
     except NlpRnnError as err:
         raise BundleError(f"{path / CONFIG}: {err}") from None
     tokenizer = Tokenizer.load(path) if task_.needs_tokenizer else None
-    model = task_.build_model(config, tokenizer, meta)
+    found = read_header(path / WEIGHTS)
+    with torch.device("meta"):
+        skeleton = task_.build_model(config, tokenizer, meta)
+    _check_weights(path, found, {k: tuple(v.shape) for k, v in _unique_state(skeleton).items()})
     try:
         state = load_file(str(path / WEIGHTS))
-    except FileNotFoundError:
-        raise BundleError(f"{path / WEIGHTS}: missing from the bundle") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise BundleError(f"{path / WEIGHTS}: corrupt or truncated ({str(err).splitlines()[0][:120]})") from None
-    expected = _state_without_aliases(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise BundleError(f"{path / WEIGHTS}: weights do not match the config ({what})")
     for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise BundleError(f"{path / WEIGHTS}: {name} has shape {tuple(tensor.shape)}, config needs {tuple(expected[name].shape)}")
         if not torch.isfinite(tensor.float()).all():
             raise BundleError(f"{path / WEIGHTS}: {name} holds NaN or infinite values")
+    model = task_.build_model(config, tokenizer, meta)
+    expected = _unique_state(model)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+    model.to(devices.resolve(device) if isinstance(device, str) else device)
     model.eval()
     return Bundle(meta["task"], config, model, tokenizer, meta, path)
 

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from nlp_rnn import embeddings
+from nlp_rnn import devices, embeddings
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.classifier import build, embeddings_of
@@ -92,10 +92,11 @@ class Predictor:
     def probabilities(self, src_ids: Sequence[Sequence[int]], batch_size: int = 128) -> torch.Tensor:
         """(N, C) class probabilities for id lists, in input order."""
         self.model.eval()
-        out = torch.zeros(len(src_ids), len(self.labels))
+        device = devices.of(self.model)
+        out = torch.zeros(len(src_ids), len(self.labels), device="cpu")
         for index in ordered_batches([len(s) for s in src_ids], batch_size):
-            logits = self.model.logits(make_batch([src_ids[i] for i in index]))
-            out[torch.tensor(index)] = torch.softmax(logits.float(), dim=-1)
+            logits = self.model.logits(devices.move(make_batch([src_ids[i] for i in index]), device))
+            out[torch.tensor(index, device="cpu")] = torch.softmax(logits.float(), dim=-1).cpu()
         return out
 
     def classify(self, texts: Sequence[str], batch_size: int = 128) -> list[Prediction]:

@@ -45,7 +45,7 @@ class Classifier(nn.Module):
     def encode(self, batch: Batch) -> EncoderOutput:
         src = batch.src
         if self.training and self.cfg.word_dropout > 0:  # whole words unknown: the model cannot lean on any one
-            src = src.masked_fill((torch.rand(src.shape) < self.cfg.word_dropout) & batch.src_mask, UNK)
+            src = src.masked_fill((torch.rand(src.shape, device=src.device) < self.cfg.word_dropout) & batch.src_mask, UNK)
         return self.encoder(self.embed_dropout(self.embed(src)), batch.src_len, batch.src_mask)
 
     def logits(self, batch: Batch) -> torch.Tensor:

@@ -36,6 +36,7 @@ MAX_MINUTES_OPT = typer.Option(None, "--max-minutes", help="Stop (validate and s
 SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: the config's).")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped.")
 QUIET_OPT = typer.Option(False, "--quiet", help="No progress bar.")
+DEVICE_OPT = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
 OUTPUT_OPT = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl.")
 DATASET_OPT = typer.Option(None, "--dataset", help="Hugging Face Hub dataset (or a local dataset folder).")
 TRAIN_SPLIT_OPT = typer.Option(None, "--train-split", help="Hub training split.")
@@ -96,6 +97,7 @@ def train_translation_cmd(
     seed: Optional[int] = SEED_OPT,
     resume: bool = RESUME_OPT,
     quiet: bool = QUIET_OPT,
+    device: str = DEVICE_OPT,
 ) -> None:
     """Train an encoder-decoder translation model from raw parallel text."""
     from nlp_rnn.config import TranslationConfig
@@ -105,7 +107,7 @@ def train_translation_cmd(
                          valid_tgt=valid_tgt, train=train, valid=valid, dataset=dataset, src_lang=src_lang, tgt_lang=tgt_lang)
     cfg = with_overrides(cfg, "model", pretrained_src_embeddings=pretrained_src_embeddings,
                          pretrained_tgt_embeddings=pretrained_tgt_embeddings, freeze_embeddings=freeze_embeddings)
-    _train("translation", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    _train("translation", cfg, output, resume, tokenizer, quiet, device, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
 def _config(path: Optional[Path], cls: type):
@@ -114,12 +116,15 @@ def _config(path: Optional[Path], cls: type):
     return cls() if path is None else load_config(path, cls)
 
 
-def _train(task: str, cfg, output: Path, resume: bool, tokenizer: Optional[Path], quiet: bool, **train_overrides) -> None:
-    """Runs any task's training with the common options and prints the one-line summary."""
+def _train(task: str, cfg, output: Path, resume: bool, tokenizer: Optional[Path], quiet: bool, device: str,
+           **train_overrides) -> None:
+    """Runs any task's training with the common options and prints the one-line summary (process 0 only under torchrun)."""
     from nlp_rnn.task import train, with_overrides
 
     summary = train(task, with_overrides(cfg, "train", **train_overrides), output, resume=resume, tokenizer_dir=tokenizer,
-                    progress_bar=not quiet)
+                    progress_bar=not quiet, device=device)
+    if summary.get("rank", 0) != 0:
+        return
     best, key = summary["best"] or {}, summary["score_key"]
     typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best {key} {best.get(key, float('nan')):.4g} "
                f"at step {best.get('step')}; model: {output / 'best'}")
@@ -146,6 +151,7 @@ def train_classifier_cmd(
     seed: Optional[int] = SEED_OPT,
     resume: bool = RESUME_OPT,
     quiet: bool = QUIET_OPT,
+    device: str = DEVICE_OPT,
 ) -> None:
     """Train a sentence classifier (e.g. sentiment) from labelled text."""
     from nlp_rnn.config import ClassifierConfig
@@ -155,7 +161,7 @@ def train_classifier_cmd(
                          valid_split=valid_split, text_column=text_column, label_column=label_column,
                          label_names=_mapping(label_names, "--label-names"))
     cfg = with_overrides(cfg, "model", pretrained_embeddings=pretrained_embeddings, freeze_embeddings=freeze_embeddings)
-    _train("classification", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    _train("classification", cfg, output, resume, tokenizer, quiet, device, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
 def _mapping(text: Optional[str], option: str) -> Optional[dict[str, str]]:
@@ -189,6 +195,7 @@ def train_lm_cmd(
     seed: Optional[int] = SEED_OPT,
     resume: bool = RESUME_OPT,
     quiet: bool = QUIET_OPT,
+    device: str = DEVICE_OPT,
 ) -> None:
     """Train a recurrent language model on raw text (character or subword level)."""
     from nlp_rnn.lm_task import LMConfig
@@ -200,7 +207,7 @@ def train_lm_cmd(
     cfg = with_overrides(cfg, "data", train=tuple(train) or None, valid=tuple(valid) or None, valid_fraction=valid_fraction,
                          dataset=dataset, train_split=train_split, valid_split=valid_split, text_column=text_column,
                          condition_column=condition_column, mode=mode, bptt=bptt, streams=streams)
-    _train("language_model", cfg, output, resume, tokenizer, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    _train("language_model", cfg, output, resume, tokenizer, quiet, device, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
 @tokenizer_app.command("train")
@@ -271,6 +278,7 @@ def translate(
     no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", help="Forbid repeating n-grams of this size."),
     fmt: str = typer.Option("text", "--format", help="text or jsonl."),
     attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="PNG heatmap of the first sentence's attention."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Translate raw text: output line N belongs to input line N."""
     from nlp_rnn.bundle import load
@@ -283,7 +291,7 @@ def translate(
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
     if batch_size < 0:
         raise NlpRnnError(f"--batch-size must be positive (or 0 for automatic), got {batch_size}")
-    translator = Translator(load(_resolve_model(model, "translation")), precision)
+    translator = Translator(load(_resolve_model(model, "translation"), device=device), precision)
     opts = translator.options(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
                               no_repeat_ngram=no_repeat_ngram, attention=attention_plot is not None)
     if n_best > opts.beam_size:
@@ -330,6 +338,7 @@ def classify(
     output: Optional[Path] = typer.Option(None, "--output", help="Write results here instead of standard output."),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
     fmt: str = typer.Option("text", "--format", help="text (label name<TAB>probability) or jsonl (label name, label_id and every class's probability)."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
     from nlp_rnn.bundle import load
@@ -339,7 +348,7 @@ def classify(
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
     if batch_size < 1:
         raise NlpRnnError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(load(_resolve_model(model, "classification")))
+    predictor = Predictor(load(_resolve_model(model, "classification"), device=device))
     lines = iter(texts) if texts else read_input_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
@@ -447,6 +456,7 @@ def train_forecaster_cmd(
     seed: Optional[int] = SEED_OPT,
     resume: bool = RESUME_OPT,
     quiet: bool = QUIET_OPT,
+    device: str = DEVICE_OPT,
 ) -> None:
     """Train a recurrent forecaster on numeric columns (e.g. NYSE trading volume)."""
     from nlp_rnn.forecast_task import ForecastConfig
@@ -456,7 +466,7 @@ def train_forecaster_cmd(
     cfg = with_overrides(_config(config, ForecastConfig), "data", data=data, dataset=dataset, target=target, features=split(features),
                          categorical=split(categorical), lags=lags, split_column=split_column, date_column=date_column,
                          test_from=test_from, valid_fraction=valid_fraction, refit=refit)
-    _train("forecasting", cfg, output, resume, None, quiet, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    _train("forecasting", cfg, output, resume, None, quiet, device, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
 
 
 @app.command()
@@ -464,6 +474,7 @@ def forecast(
     model: Path = typer.Option(..., "--model", help="Forecaster bundle or training folder."),
     data: Path = typer.Option(..., "--data", help="The series: the bundle's columns, one row per time step."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the CSV here instead of standard output."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Forecast every row of a series from its previous rows, and the step after the last row (CSV out)."""
     import csv
@@ -471,7 +482,7 @@ def forecast(
     from nlp_rnn.bundle import load
     from nlp_rnn.forecast_task import Predictor
 
-    predictor = Predictor(load(model))
+    predictor = Predictor(load(model, device=device))
     series = predictor.read(str(data))
     predicted, next_value = predictor.predict(series)
     lags, target = predictor.cfg.data.lags, predictor.cfg.data.target
@@ -507,6 +518,7 @@ def generate(
     condition: Optional[str] = typer.Option(None, "--condition", help="Conditional models: the label to generate for."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or auto."),
     fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Continue prompts with a language model: sampling, greedy or beam search. Streams to a terminal."""
     from nlp_rnn.bundle import load
@@ -514,7 +526,7 @@ def generate(
 
     if fmt not in ("text", "jsonl"):
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
-    generator = Generator(load(_resolve_model(model, "language_model")), precision)
+    generator = Generator(load(_resolve_model(model, "language_model"), device=device), precision)
     generator.condition_id(condition)  # an unknown label is refused before any input is read
     if prompts:
         lines = list(prompts)
@@ -575,6 +587,7 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
     hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Score a model on whole test sets: BLEU/chrF, accuracy/F1, perplexity or R², as its task says."""
     from nlp_rnn import task as tasks
@@ -582,7 +595,7 @@ def evaluate(
 
     if beam_size is not None and beam_size < 1:
         raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
-    bundle = load(_resolve_model(model, "translation" if src else "classification"))
+    bundle = load(_resolve_model(model, "translation" if src else "classification"), device=device)
     task = tasks.of(bundle)
     request = tasks.EvalRequest(src=src, ref=ref, data=data, dataset=dataset, splits=split, src_lang=src_lang, tgt_lang=tgt_lang,
                                 text_column=text_column, label_column=label_column, beam_size=beam_size,

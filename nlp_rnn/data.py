@@ -254,13 +254,14 @@ class Batch:
 
 
 def pad(seqs: Sequence[Sequence[int]], min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, L) ids padded with PAD, (B,) lengths, (B, L) mask."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    """(B, L) ids padded with PAD, (B,) lengths, (B, L) mask; on the CPU (`devices.move` takes them further)."""
+    cpu = torch.device("cpu")
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=cpu)
     width = max(int(lengths.max()), min_len)
-    ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    ids = torch.full((len(seqs), width), PAD, dtype=torch.long, device=cpu)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    mask = torch.arange(width)[None, :] < lengths[:, None]  # (B, L)
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long, device=cpu)
+    mask = torch.arange(width, device=cpu)[None, :] < lengths[:, None]  # (B, L)
     return ids, lengths, mask
 
 
@@ -273,7 +274,7 @@ def make_batch(
         batch.tgt_in, _, _ = pad([[BOS] + list(t) for t in tgt])
         batch.tgt_out, _, batch.tgt_mask = pad([list(t) + [EOS] for t in tgt])
     if labels is not None:
-        batch.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        batch.labels = torch.as_tensor(list(labels), dtype=torch.long, device="cpu")
     return batch
 
 
@@ -281,6 +282,7 @@ class TokenBatcher:
     """Groups examples of similar length into batches of at most `batch_tokens` padded tokens.
 
     The order is a pure function of (seed, epoch), so a resumed run replays the same batches.
+    In multi-process training every process builds the same order and takes its `shard` of each batch.
     """
 
     def __init__(self, lengths: Sequence[int], batch_tokens: int, max_sentences: int, seed: int) -> None:
@@ -305,6 +307,24 @@ class TokenBatcher:
             batches.append(current)
         rng.shuffle(batches)
         return batches
+
+    def shard(self, index: list[int], rank: int, world: int) -> list[int]:
+        """Process `rank`'s part of a batch: `world` contiguous parts of about equal tokens (some may be empty)."""
+        return split_by_weight(index, [self.lengths[i] for i in index], rank, world)
+
+
+def split_by_weight(items: list, weights: Sequence[float], rank: int, world: int) -> list:
+    """Part `rank` of `world` contiguous parts of `items` whose weights sum to about equal shares.
+
+    Item i goes to the part its weight's midpoint falls in, so parts differ by at most one item's weight.
+    """
+    total = float(sum(weights)) or 1.0
+    out, before = [], 0.0
+    for item, weight in zip(items, weights):
+        if min(int((before + weight / 2) / total * world), world - 1) == rank:
+            out.append(item)
+        before += weight
+    return out
 
 
 def ordered_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -24,10 +24,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from nlp_rnn import devices, distributed
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TrainConfig, _positive
-from nlp_rnn.data import read_hub, read_table
+from nlp_rnn.data import read_hub, read_table, split_by_weight
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import model_info, table
 from nlp_rnn.forecaster import ForecastModelConfig, Forecaster
@@ -300,7 +301,7 @@ class Predictor:
         extended = Series(series.name, {c: torch.cat([v, v[-1:]]) for c, v in series.numbers.items()},
                           {c: v + [NEXT] for c, v in series.categories.items()}, None, None)
         win = make_windows(extended, d.inputs, d.target, lags, stats, self.meta["categories"])
-        z = self.model(win.windows, win.onehot).double()
+        z = self.model(*devices.move((win.windows, win.onehot), devices.of(self.model))).double().cpu()
         y = z * stats[d.target][1] + stats[d.target][0]
         out = torch.full((series.rows,), float("nan"), dtype=torch.float64)
         out[lags:] = y[:-1]
@@ -338,9 +339,10 @@ class ForecastTask(tasks.Task):
         categories = sum(len(v) for v in meta["categories"].values())
         return Forecaster(cfg.model, len(cfg.data.inputs), cfg.data.lags, categories)
 
-    def fit(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice, resume: bool, progress_bar: bool) -> dict:
+    def fit(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice, resume: bool, progress_bar: bool,
+            device: torch.device) -> dict:
         if not cfg.data.refit:
-            return super().fit(cfg, out_dir, tokenizer, resume, progress_bar)
+            return super().fit(cfg, out_dir, tokenizer, resume, progress_bar, device)
         from nlp_rnn.train import METRICS, Trainer
 
         selection = out_dir / SELECTION
@@ -349,17 +351,19 @@ class ForecastTask(tasks.Task):
                 raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
             log.info("refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection)
             setup = self.prepare(cfg, selection, tokenizer)
-            summary = Trainer(cfg.train, setup, selection, progress_bar).run(resume and (selection / "last").is_dir())
+            summary = Trainer(cfg.train, setup, selection, progress_bar, device).run(resume and (selection / "last").is_dir())
             if not summary["best"]:
                 raise NlpRnnError(f"{selection}: the selection run validated no model to refit")
             lrs = [(r["step"], r["lr"]) for r in map(json.loads, (selection / METRICS).read_text().splitlines()) if "lr" in r]
             plan = {"best": summary["best"], "lrs": lrs or [(summary["best"]["step"], cfg.train.lr)]}
-            (selection / SELECTED).write_text(json.dumps(plan))
+            if distributed.is_main():
+                (selection / SELECTED).write_text(json.dumps(plan))
+            distributed.barrier()
         plan = json.loads((selection / SELECTED).read_text())
         log.info("refit, phase 2 of 2: the whole training period, as long as the best model of phase 1 trained")
         setup = self.prepare(cfg, out_dir, tokenizer, refit=plan)
         summary = Trainer(replace(cfg.train, max_steps=setup.bundle.meta["refit"]["steps"], max_epochs=0, max_minutes=0),
-                          setup, out_dir, progress_bar).run(resume and (out_dir / "last").is_dir())
+                          setup, out_dir, progress_bar, device).run(resume and (out_dir / "last").is_dir())
         return dict(summary, score_key=setup.score_key)
 
     def prepare(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice,
@@ -412,17 +416,25 @@ class ForecastTask(tasks.Task):
                 random.Random(seed * 100_003 + epoch).shuffle(order)
                 return [order[i : i + size] for i in range(0, len(order), size)]
 
-        def loss_fn(index: torch.Tensor, step: int):
-            predicted = model(win.windows[index], win.onehot[index])
-            return ((predicted - win.target[index]) ** 2).sum(), index.numel()
+            def shard(self, index: list[int], rank: int, world: int) -> list[int]:
+                return split_by_weight(index, [1] * len(index), rank, world)
+
+        def collate(index: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            rows = torch.tensor(index, device="cpu")
+            return win.windows[rows], win.onehot[rows], win.target[rows]
+
+        def loss_fn(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int):
+            windows, onehot, target = batch
+            predicted = model(windows, onehot)
+            return ((predicted - target) ** 2).sum(), target.numel()
 
         def validate() -> dict:
             rows, name = (valid, "val") if schedule is None else (fit, "train")  # a refit has no unseen rows
-            predicted = model(win.windows[rows], win.onehot[rows])
+            predicted = model(*devices.move((win.windows[rows], win.onehot[rows]), devices.of(model))).cpu()
             y = win.target[rows]
             return {f"{name}_mse": float(((predicted - y) ** 2).mean()), f"{name}_r2": r2(y, predicted)}
 
-        return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: torch.tensor(index), loss_fn=loss_fn,
+        return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=collate, loss_fn=loss_fn,
                                    validate=validate, score_key="val_mse" if schedule is None else "train_mse",
                                    higher_is_better=False, select=schedule is None, lr_at=schedule and schedule.lr_at)
 

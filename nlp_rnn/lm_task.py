@@ -23,10 +23,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from nlp_rnn import devices
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TokenizerConfig, TrainConfig, _choice, _positive
-from nlp_rnn.data import (TokenBatcher, label_ids, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text,
+from nlp_rnn.data import (TokenBatcher, split_by_weight, label_ids, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text,
                           truncate)
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import model_info, table
@@ -207,10 +208,16 @@ class StreamBatcher:
         length = self._matrix(epoch).size(1) - 1
         return [(epoch, k) for k in range(math.ceil(length / self.bptt))]
 
-    def window(self, where: tuple[int, int]) -> Window:
-        epoch, k = where
+    def shard(self, where: tuple[int, int], rank: int, world: int) -> tuple[int, int, int, int]:
+        """Process `rank`'s rows of a window: always the same rows, so each process carries its own rows' state."""
+        rows = split_by_weight(list(range(self.rows)), [1] * self.rows, rank, world)
+        return (*where, rows[0], rows[-1] + 1) if rows else (*where, 0, 0)
+
+    def window(self, where: tuple) -> Window:
+        epoch, k = where[:2]
+        start, stop = where[2:] if len(where) == 4 else (0, self.rows)
         data = self._matrix(epoch)
-        chunk = data[:, k * self.bptt : (k + 1) * self.bptt + 1]  # (rows, T+1)
+        chunk = data[start:stop, k * self.bptt : (k + 1) * self.bptt + 1]  # (rows, T+1)
         return Window(chunk[:, :-1], chunk[:, 1:], k == 0)
 
 
@@ -227,7 +234,7 @@ class Sequences:
 def make_sequences(seqs: Sequence[Sequence[int]], conditions: Optional[Sequence[int]]) -> Sequences:
     inputs, _, _ = pad([s[:-1] for s in seqs])
     targets, _, mask = pad([s[1:] for s in seqs])
-    return Sequences(inputs, targets, mask, None if conditions is None else torch.tensor(list(conditions), dtype=torch.long))
+    return Sequences(inputs, targets, mask, None if conditions is None else torch.tensor(list(conditions), dtype=torch.long, device="cpu"))
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -244,7 +251,8 @@ def stream_nll(model: LanguageModel, ids: torch.Tensor, rows: int = 32, window: 
     pad_to = rows * width - inputs.numel()
     x = torch.cat([inputs, inputs.new_zeros(pad_to)]).view(rows, width)
     y = torch.cat([targets, targets.new_zeros(pad_to)]).view(rows, width)
-    mask = (torch.arange(rows * width) < inputs.numel()).view(rows, width)
+    mask = (torch.arange(rows * width, device=inputs.device) < inputs.numel()).view(rows, width)
+    x, y, mask = devices.move((x, y, mask), devices.of(model))
     state, total = model.initial_state(rows), 0.0
     for start in range(0, width, window):
         cols = slice(start, start + window)
@@ -259,6 +267,7 @@ def sequences_nll(model: LanguageModel, seqs: list[list[int]], conditions: Optio
     total, count = 0.0, 0
     for index in ordered_batches([len(s) for s in seqs], batch_size):
         batch = make_sequences([seqs[i] for i in index], None if conditions is None else [conditions[i] for i in index])
+        batch = devices.move(batch, devices.of(model))
         cond = model.condition_vectors(batch.conditions)
         loss, n, _ = model.loss(batch.inputs, batch.targets, model.initial_state(len(index), cond), batch.mask, cond)
         total, count = total + float(loss), count + n
@@ -290,7 +299,7 @@ class Generator:
         if bundle.task != LanguageModelTask.name:
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; generate needs a language model")
         self.bundle, self.model, self.tokenizer = bundle, bundle.model.eval(), bundle.tokenizer
-        self.precision = resolve_precision(precision)
+        self.precision = resolve_precision(precision, devices.of(bundle.model))
         if self.precision == "bf16":
             self.model = bundle.model.to(torch.bfloat16)
         self.conditions: list[str] = list(bundle.meta.get("conditions") or [])
@@ -347,13 +356,13 @@ class Generator:
         prompt_ids = [self.encode(p) for p in prompts for _ in range(num_samples)]
         if not prompt_ids:
             return []
-        batch = make_batch(prompt_ids, labels=None if label is None else [label] * len(prompt_ids))
+        batch = devices.move(make_batch(prompt_ids, labels=None if label is None else [label] * len(prompt_ids)), devices.of(self.model))
         watcher = _Watcher(self.tokenizer, len(prompt_ids), stop, on_text)
         if beam_size > 1 or greedy_search:
             search_opts = SearchOptions(beam_size=beam_size, max_len_a=0.0, max_len_b=opts.max_tokens, max_length=opts.max_tokens)
             found = greedy(self.model, batch, search_opts) if beam_size == 1 else [h[0] for h in beam_search(self.model, batch, search_opts)]
         else:
-            gen = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+            gen = torch.Generator(devices.of(self.model)).manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
             found = sample(self.model, batch, opts, gen, watcher.step)
         out = [[] for _ in prompts]
         for row, hyp in enumerate(found):
@@ -381,7 +390,7 @@ class _Watcher:
     def step(self, rows: torch.Tensor, new: torch.Tensor) -> Optional[torch.Tensor]:
         if self.stop is None and self.on_text is None:
             return None
-        done = torch.zeros(rows.numel(), dtype=torch.bool)
+        done = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
         for j, (row, token) in enumerate(zip(rows.tolist(), new.tolist())):
             self.tokens[row].append(token)
             if self.stop is None and row != 0:

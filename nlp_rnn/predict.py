@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from nlp_rnn import devices
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.data import make_batch, ordered_batches
 from nlp_rnn.errors import NlpRnnError
@@ -21,19 +22,22 @@ def search_ids(model, src_ids: Sequence[Sequence[int]], opts: SearchOptions, bat
     """n-best hypotheses for each source id list (each ending in EOS), in input order."""
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     model.eval()
+    device = devices.of(model)
     for index in ordered_batches([len(s) for s in src_ids], batch_size):
-        batch = make_batch([src_ids[i] for i in index])
+        batch = devices.move(make_batch([src_ids[i] for i in index]), device)
         for i, hyps in zip(index, search(model, batch, opts)):
             results[i] = hyps
     return results
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto`: bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32."""
+def resolve_precision(precision: str, device: torch.device = torch.device("cpu")) -> str:
+    """`auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32."""
     if precision not in ("auto", "fp32", "bf16"):
         raise NlpRnnError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     if precision != "auto":
         return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16" if native else "fp32"
 

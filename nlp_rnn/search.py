@@ -80,13 +80,14 @@ def _without_done(done: torch.Tensor, active: torch.Tensor, prev: torch.Tensor, 
 def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[Hypothesis]:
     """The most probable next token at every step, for a whole batch at once."""
     memory, state, prev = model.start(batch)
-    limit = max_lengths(batch.src_len, opts)  # (B,)
+    dev = prev.device
+    limit = max_lengths(batch.src_len, opts).to(dev)  # (B,)
     size, steps = batch.size, int(limit.max())
-    active = torch.arange(size)  # rows of the original batch still decoding
-    tokens = torch.zeros(size, steps, dtype=torch.long)
-    lengths = torch.zeros(size, dtype=torch.long)
-    scores = torch.zeros(size)
-    weights = torch.zeros(size, steps, batch.src.size(1)) if opts.attention else None
+    active = torch.arange(size, device=dev)  # rows of the original batch still decoding
+    tokens = torch.zeros(size, steps, dtype=torch.long, device=dev)
+    lengths = torch.zeros(size, dtype=torch.long, device=dev)
+    scores = torch.zeros(size, device=dev)
+    weights = torch.zeros(size, steps, batch.src.size(1), device=dev) if opts.attention else None
     for t in range(steps):
         logits, state, att = model.step(prev, memory, state)  # (b, V)
         logits = logits.float()
@@ -102,18 +103,20 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         if bool(done.all()):
             break
         active, prev, memory, state = _without_done(done, active, prev, memory, state)
+    tokens, lengths, scores, src_len = tokens.tolist(), lengths.tolist(), scores.tolist(), batch.src_len.tolist()
+    weights = None if weights is None else weights.cpu()
     hyps = []
     for i in range(size):
-        n = int(lengths[i])
-        attention = None if weights is None else _trim_attention(weights[i], n, int(batch.src_len[i]))
-        hyps.append(Hypothesis(tokens[i, :n].tolist(), float(scores[i]), float(scores[i]), attention))
+        n = lengths[i]
+        attention = None if weights is None else _trim_attention(weights[i], n, src_len[i])
+        hyps.append(Hypothesis(tokens[i][:n], scores[i], scores[i], attention))
     return hyps
 
 
 def _banned_ngrams(seqs: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
     """seqs (R, t) -> (R, V) True where the next token would repeat an n-gram already in the row."""
     rows, length = seqs.shape
-    banned = torch.zeros(rows, vocab, dtype=torch.bool)
+    banned = torch.zeros(rows, vocab, dtype=torch.bool, device=seqs.device)
     if n <= 0 or length < n:
         return banned
     windows = seqs.unfold(1, n, 1)  # (R, t-n+1, n)
@@ -135,23 +138,25 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
     """
     k, size = opts.beam_size, batch.size
     memory, state, first = model.start(batch)
-    expand = torch.arange(size).repeat_interleave(k)  # (B*K,)
+    dev = first.device
+    expand = torch.arange(size, device=dev).repeat_interleave(k)  # (B*K,)
     memory, state, prev = memory.select(expand), state.select(expand), first.index_select(0, expand)
-    limit_all = max_lengths(batch.src_len, opts)  # (B,)
+    limit_all = max_lengths(batch.src_len, opts).to(dev)  # (B,)
     steps, src_width = int(limit_all.max()), batch.src.size(1)
 
     # Finished hypotheses of every sentence in the original batch.
-    fin_seq = torch.zeros(size, k, steps, dtype=torch.long)
-    fin_len = torch.ones(size, k, dtype=torch.long)
-    fin_score = torch.full((size, k), NEG_INF)
-    fin_logp = torch.full((size, k), NEG_INF)
-    fin_att = torch.zeros(size, k, steps, src_width) if opts.attention else None
+    fin_seq = torch.zeros(size, k, steps, dtype=torch.long, device=dev)
+    fin_len = torch.ones(size, k, dtype=torch.long, device=dev)
+    fin_score = torch.full((size, k), NEG_INF, device=dev)
+    fin_logp = torch.full((size, k), NEG_INF, device=dev)
+    fin_att = torch.zeros(size, k, steps, src_width, device=dev) if opts.attention else None
 
-    active = torch.arange(size)  # sentences still searching
-    alive_logp = torch.full((size, k), NEG_INF)
+    active = torch.arange(size, device=dev)  # sentences still searching
+    alive_logp = torch.full((size, k), NEG_INF, device=dev)
     alive_logp[:, 0] = 0.0  # one live start hypothesis per sentence
-    alive_seq = torch.zeros(size * k, 0, dtype=torch.long)  # (b*K, t)
-    alive_att = torch.zeros(size * k, 0, src_width) if opts.attention else None
+    alive_seq = torch.zeros(size * k, 0, dtype=torch.long, device=dev)  # (b*K, t)
+    alive_att = torch.zeros(size * k, 0, src_width, device=dev) if opts.attention else None
+    beam_rows = torch.arange(k, device=dev)
 
     for t in range(steps):
         b = active.numel()
@@ -172,7 +177,7 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         top_logp, flat = cand.topk(k, dim=1)  # (b, K)
         beam = flat // per_row  # (b, K) which alive row each candidate extends
         token = row_token.view(b, k * per_row).gather(1, flat)  # (b, K)
-        origin = (torch.arange(b).unsqueeze(1) * k + beam).view(-1)  # (b*K,) rows the candidates extend
+        origin = (torch.arange(b, device=dev).unsqueeze(1) * k + beam).view(-1)  # (b*K,) rows the candidates extend
         seq = torch.cat([alive_seq.index_select(0, origin), token.view(-1, 1)], dim=1)  # (b*K, t+1)
         if alive_att is not None:
             alive_att = torch.cat([alive_att.index_select(0, origin), att.float().index_select(0, origin).unsqueeze(1)], dim=1)
@@ -180,12 +185,12 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         ends = ((token == EOS) | at_limit) & (top_logp > NEG_INF)  # (b, K)
 
         # Merge the candidates that end here into the finished set (top K by normalised score).
-        length = torch.full((b, k), t + 1, dtype=torch.long)
+        length = torch.full((b, k), t + 1, dtype=torch.long, device=dev)
         new_score = _normalise(top_logp, length, opts).masked_fill(~ends, NEG_INF)
         old = fin_score[active]  # (b, K)
         pool_score = torch.cat([old, new_score], dim=1)  # (b, 2K)
         best_score, pick = pool_score.topk(k, dim=1)  # (b, K)
-        padded = torch.zeros(b, k, steps, dtype=torch.long)
+        padded = torch.zeros(b, k, steps, dtype=torch.long, device=dev)
         padded[:, :, : t + 1] = seq.view(b, k, t + 1)
         pool_seq = torch.cat([fin_seq[active], padded], dim=1)  # (b, 2K, T)
         fin_seq[active] = pool_seq.gather(1, pick.unsqueeze(2).expand(-1, -1, steps))
@@ -193,7 +198,7 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         fin_logp[active] = torch.cat([fin_logp[active], top_logp.masked_fill(~ends, NEG_INF)], dim=1).gather(1, pick)
         fin_score[active] = best_score
         if fin_att is not None:
-            new_att = torch.zeros(b, k, steps, src_width)
+            new_att = torch.zeros(b, k, steps, src_width, device=dev)
             new_att[:, :, : t + 1] = alive_att.view(b, k, t + 1, src_width)
             pool_att = torch.cat([fin_att[active], new_att], dim=1)  # (b, 2K, T, S)
             fin_att[active] = pool_att.gather(1, pick.view(b, k, 1, 1).expand(-1, -1, steps, src_width))
@@ -209,22 +214,26 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         alive_seq, prev = seq, token.view(-1)
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)  # (b',)
-            rows = (keep.unsqueeze(1) * k + torch.arange(k)).view(-1)  # (b'*K,)
+            rows = (keep.unsqueeze(1) * k + beam_rows).view(-1)  # (b'*K,)
             active, alive_logp = active[keep], alive_logp[keep]
             memory, state = memory.select(rows), state.select(rows)
             alive_seq, prev = alive_seq[rows], prev[rows]
             if alive_att is not None:
                 alive_att = alive_att[rows]
 
+    keep = min(opts.n_best, k)
+    fin_seq, fin_len, fin_logp = fin_seq[:, :keep].tolist(), fin_len[:, :keep].tolist(), fin_logp[:, :keep].tolist()
+    fin_score, src_len = fin_score[:, :keep].tolist(), batch.src_len.tolist()
+    fin_att = None if fin_att is None else fin_att[:, :keep].cpu()
     results = []
     for i in range(size):
         hyps = []
-        for j in range(min(opts.n_best, k)):
-            if fin_score[i, j] == NEG_INF:
+        for j in range(keep):
+            if fin_score[i][j] == NEG_INF:
                 continue
-            n = int(fin_len[i, j])
-            attention = None if fin_att is None else _trim_attention(fin_att[i, j], n, int(batch.src_len[i]))
-            hyps.append(Hypothesis(fin_seq[i, j, :n].tolist(), float(fin_score[i, j]), float(fin_logp[i, j]), attention))
+            n = fin_len[i][j]
+            attention = None if fin_att is None else _trim_attention(fin_att[i, j], n, src_len[i])
+            hyps.append(Hypothesis(fin_seq[i][j][:n], fin_score[i][j], fin_logp[i][j], attention))
         results.append(hyps)
     return results
 
@@ -273,11 +282,12 @@ def sample(
     The log-probabilities are those of the model, before temperature and filtering.
     """
     memory, state, prev = model.start(batch)
+    dev = prev.device
     size, steps = batch.size, opts.max_tokens
-    active = torch.arange(size)
-    tokens = torch.zeros(size, steps, dtype=torch.long)
-    lengths = torch.zeros(size, dtype=torch.long)
-    scores = torch.zeros(size)
+    active = torch.arange(size, device=dev)
+    tokens = torch.zeros(size, steps, dtype=torch.long, device=dev)
+    lengths = torch.zeros(size, dtype=torch.long, device=dev)
+    scores = torch.zeros(size, device=dev)
     for t in range(steps):
         logits, state, _ = model.step(prev, memory, state)
         logits = logits.float()  # (b, V)
@@ -297,4 +307,5 @@ def sample(
         if bool(done.all()):
             break
         active, prev, memory, state = _without_done(done, active, prev, memory, state)
-    return [Hypothesis(tokens[i, : int(lengths[i])].tolist(), float(scores[i]), float(scores[i])) for i in range(size)]
+    tokens, lengths, scores = tokens.tolist(), lengths.tolist(), scores.tolist()
+    return [Hypothesis(tokens[i][: lengths[i]], scores[i], scores[i]) for i in range(size)]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nlp_rnn import bundle as bundles
+from nlp_rnn import devices, distributed
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
 
@@ -98,12 +99,13 @@ class Task:
         """Reads the data, gets the tokenizer from `tokenizer`, builds the model and everything `Trainer` needs."""
         raise NotImplementedError
 
-    def fit(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice", resume: bool, progress_bar: bool) -> dict:
+    def fit(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice", resume: bool, progress_bar: bool,
+            device: torch.device) -> dict:
         """Trains: `prepare`, then the shared `Trainer`. A task may train in several phases (e.g. a refit)."""
         from nlp_rnn.train import Trainer
 
         setup = self.prepare(cfg, out_dir, tokenizer)
-        return dict(Trainer(cfg.train, setup, out_dir, progress_bar).run(resume), score_key=setup.score_key)
+        return dict(Trainer(cfg.train, setup, out_dir, progress_bar, device).run(resume), score_key=setup.score_key)
 
     def wrap(self, bundle: bundles.Bundle, **options) -> Any:
         """The raw-text interface of a loaded bundle (`nlp_rnn.load` returns this)."""
@@ -162,9 +164,13 @@ class TokenizerChoice:
             return Tokenizer.load(last)
         if self.folder is not None:
             return Tokenizer.load(self.folder)
-        size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
-        log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, ", byte-exact" if cfg.byte_exact else "")
-        return Tokenizer.train(cfg, *texts)
+        tokenizer = None
+        if distributed.is_main():  # in multi-process training, process 0 trains it and hands it to the others
+            size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
+            log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, ", byte-exact" if cfg.byte_exact else "")
+            tokenizer = Tokenizer.train(cfg, *texts)
+        blobs = distributed.broadcast(None if tokenizer is None else (tokenizer.src_blob, tokenizer.tgt_blob))
+        return tokenizer or Tokenizer(*blobs)
 
 
 def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict, seed: int) -> bundles.Bundle:
@@ -177,11 +183,27 @@ def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict,
 
 
 def train(task_name: str, cfg: Any, out_dir: str | Path, resume: bool = False, tokenizer_dir: Optional[str | Path] = None,
-          progress_bar: bool = True) -> dict:
-    """Trains any registered task (`Task.fit`: its data and model, then the shared `Trainer`)."""
+          progress_bar: bool = True, device: str = "auto") -> dict:
+    """Trains any registered task (`Task.fit`: its data and model, then the shared `Trainer`).
+
+    On `device` (auto: CUDA when present); under torchrun, in every process of the group. The
+    run folder is locked for the whole run, so a second training cannot write into it.
+    """
+    from nlp_rnn.train import RunLock
+
     out_dir = Path(out_dir)
-    choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
-    return get(task_name).fit(cfg, out_dir, choice, resume, progress_bar)
+    task = get(task_name)
+    where = devices.resolve(device)
+    distributed.init(where)
+    lock = RunLock(out_dir)
+    try:
+        if distributed.is_main():
+            lock.acquire()
+        choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
+        return dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
+    finally:
+        lock.release()
+        distributed.finish()
 
 
 def with_overrides(cfg: Any, section: str, **values) -> Any:

@@ -3,21 +3,29 @@
 The task supplies the batches, a loss function and a validation function; this file knows
 nothing about translation or classification. Resuming restores model, optimizer, scheduler,
 RNG and data-order state, so a resumed run takes exactly the steps the uninterrupted run would.
+The model trains on any device (`devices`); under torchrun, on several processes (`distributed`):
+each takes its share of every batch, process 0 validates and writes, and all stay in step.
+A run folder has one owner at a time (`RunLock`).
 """
 
+import errno
+import fcntl
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 from nlp_rnn import bundle as bundles
+from nlp_rnn import devices, distributed
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.task import TrainingSetup
@@ -39,15 +47,71 @@ class Progress:
     last_validated: int = -1
 
 
+class RunLock:
+    """Exclusive ownership of a run folder while a training writes into it.
+
+    An advisory `flock` on `FOLDER/.lock`: the kernel releases it when the owner exits or is killed,
+    so a stale lock never blocks the next run; the file names the owner's pid and host for the message.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self._handle = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise NlpRnnError(f"{self.path.parent}: a training that is still running owns this folder ({owner}); "
+                              f"wait for it to end or stop it, or use another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class Trainer:
     """Trains `setup.bundle.model`; `setup.validate()` returns metrics including `setup.score_key`."""
 
-    def __init__(self, cfg: TrainConfig, setup: TrainingSetup, out_dir: Path, progress_bar: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, setup: TrainingSetup, out_dir: Path, progress_bar: bool = True,
+                 device: Optional[torch.device] = None) -> None:
         self.cfg, self.setup, self.bundle = cfg, setup, setup.bundle
         self.batcher, self.collate, self.loss_fn, self.validate = setup.batcher, setup.collate, setup.loss_fn, setup.validate
         self.score_key, self.sign = setup.score_key, 1.0 if setup.higher_is_better else -1.0
-        self.out_dir, self.progress_bar = Path(out_dir), progress_bar
-        self.model = setup.bundle.model
+        self.out_dir = Path(out_dir)
+        self.device = device or torch.device("cpu")
+        self.rank, self.world = distributed.rank(), distributed.world()
+        self.main = self.rank == 0
+        self.progress_bar = progress_bar and self.main
+        self.model = setup.bundle.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.world > 1 and not hasattr(self.batcher, "shard"):
+            raise NlpRnnError(f"{self.bundle.task}: this task's batches cannot be split across processes; train it in one")
+        self.amp = cfg.precision == "bf16"
+        self.scaler = devices.grad_scaler(self.device, self.amp)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -57,33 +121,51 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def _trainer_state(self) -> dict:
+    def _rank_state(self) -> dict:
+        """What differs between processes: random-number states and the task's carried state."""
+        state = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                 "task": devices.move(self.setup.state_dict(), torch.device("cpu")) if self.setup.state_dict else {}}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _trainer_state(self, ranks: list[dict]) -> dict:
         return {
             "progress": vars(self.state).copy(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "task": self.setup.state_dict() if self.setup.state_dict else {},
+            "scaler": self.scaler.state_dict(),
+            "world_size": self.world,
+            "ranks": ranks,
         }
 
     def _restore(self) -> None:
         last = self.out_dir / "last"
         if not (last / bundles.META).is_file():
             raise NlpRnnError(f"{self.out_dir}: nothing to resume (no last/ bundle); run without --resume")
+        state = bundles.load_trainer_state(last)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world:
+            raise NlpRnnError(f"{last}: saved by a run of {saved_world} process(es), resumed with {self.world}; resume with "
+                              f"the same number (torchrun --nproc-per-node), or start a new run from {last} with --output elsewhere")
         saved = bundles.load(last, task=self.bundle.task)
         self.model.load_state_dict(saved.model.state_dict())
         if saved.meta.get("best") is not None:
             self.bundle.meta["best"] = saved.meta["best"]
-        state = bundles.load_trainer_state(last)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        mine = state["ranks"][self.rank] if "ranks" in state else state  # bundles of nlp-rnn 0.x kept one process's state
+        torch.set_rng_state(mine["torch_rng"])
+        random.setstate(mine["python_rng"])
+        if "cuda_rng" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
         if self.setup.load_state_dict:
-            self.setup.load_state_dict(state.get("task", {}))
+            self.setup.load_state_dict(devices.move(mine.get("task", {}), self.device))
         self.state = Progress(**state["progress"])
-        self._truncate_metrics(self.state.step)
+        if self.main:
+            self._truncate_metrics(self.state.step)
         log.info("resumed from %s at step %d", last, self.state.step)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -94,13 +176,18 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in kept))
 
     def _write_metrics(self, record: dict) -> None:
+        if not self.main:
+            return
         with open(self.out_dir / METRICS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _save(self, which: str) -> None:
+        """Process 0 writes; for last/ every process hands it its own state first (so all must call this)."""
+        ranks = distributed.gather(self._rank_state()) if which == "last" else None
+        if not self.main:
+            return
         self.bundle.meta["step"] = self.state.step
-        trainer_state = self._trainer_state() if which == "last" else None
-        bundles.save(self.out_dir / which, self.bundle, trainer_state)
+        bundles.save(self.out_dir / which, self.bundle, self._trainer_state(ranks) if which == "last" else None)
 
     # ------------------------------------------------------------------ loop
 
@@ -118,8 +205,20 @@ class Trainer:
 
         Only scheduled validations (every `validate_every` steps) drive the learning-rate schedule
         and early stopping, so an extra one at the end of a budget does not change what a resumed
-        run does next.
+        run does next. Process 0 validates; the others receive its decisions.
         """
+        metrics = self._validate_main(started, scheduled) if self.main else None
+        lr, st = self.optimizer.param_groups[0]["lr"], self.state
+        metrics, lr, st.best_score, st.bad_validations = distributed.broadcast((metrics, lr, st.best_score, st.bad_validations))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        st.last_validated = st.step
+        st.elapsed_s = self._elapsed(started)
+        self._save("last")
+        log.info("step %d: %s", st.step, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        return st.bad_validations >= self.cfg.patience
+
+    def _validate_main(self, started: float, scheduled: bool) -> dict:
         self.model.eval()
         with torch.no_grad():
             metrics = self.validate()
@@ -127,7 +226,6 @@ class Trainer:
         score = self.sign * metrics[self.score_key]  # the scheduler and best/ always maximise
         record = {"step": self.state.step, "elapsed_s": round(self._elapsed(started), 2), **metrics}
         self._write_metrics(record)
-        self.state.last_validated = self.state.step
         select = self.setup.select  # False: no early stopping or plateau schedule, the latest model is kept
         if scheduled and select and self.setup.lr_at is None:
             self.scheduler.step(score)
@@ -138,10 +236,7 @@ class Trainer:
             self._save("best")
         elif scheduled:
             self.state.bad_validations += 1
-        self.state.elapsed_s = self._elapsed(started)
-        self._save("last")
-        log.info("step %d: %s", self.state.step, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        return self.state.bad_validations >= self.cfg.patience
+        return metrics
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:
@@ -151,10 +246,14 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (self.out_dir / "last" / bundles.META).exists():
+            raise NlpRnnError(f"{self.out_dir}: already holds a training run; use --resume, or another --output")
         if resume:
             self._restore()
-        elif (self.out_dir / "last" / bundles.META).exists():
-            raise NlpRnnError(f"{self.out_dir}: already holds a training run; use --resume, or another --output")
+        distributed.barrier()  # every process has read last/ before process 0 writes it again
+        distributed.broadcast_parameters(self.model)
+        if self.world > 1 and not resume:
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)  # each process its own dropout masks
         if self.cfg.num_threads > 0:
             torch.set_num_threads(self.cfg.num_threads)
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -162,7 +261,37 @@ class Trainer:
             reason = self._loop()
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+        distributed.barrier()  # nobody reads best/ before process 0 has written it
         return {"stopped": reason, "step": self.state.step, "best": self.bundle.meta.get("best"), "elapsed_s": self.state.elapsed_s}
+
+    def _stop(self, started: float) -> bool:
+        """The budget is spent or a stop was asked for, on any process (so all stop at the same step)."""
+        return distributed.any_true(self._budget_spent(started) or self._stop_requested, self.device)
+
+    def _step(self, description) -> tuple[float, int]:
+        """One update from one batch (this process's share of it); returns the batch's summed loss and count."""
+        if self.world > 1:
+            description = self.batcher.shard(description, self.rank, self.world)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, count = None, 0
+        if self.world == 1 or len(description):
+            batch = devices.move(self.collate(description), self.device)
+            with devices.autocast(self.device, self.amp):
+                loss_sum, count = self.loss_fn(batch, self.state.step)
+        local = float(loss_sum.detach()) if loss_sum is not None else 0.0
+        total_loss, total_count = distributed.sum_floats([local, count], self.device)
+        if loss_sum is not None:
+            self.scaler.scale(loss_sum / max(total_count, 1)).backward()  # every share over the whole batch's count
+        distributed.sum_gradients(self.params)
+        if self.setup.lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.setup.lr_at(self.state.step)
+        if self.cfg.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total_loss, int(total_count)
 
     def _loop(self) -> str:
         cfg, st = self.cfg, self.state
@@ -170,7 +299,6 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=cfg.max_steps or None, initial=st.step, disable=not self.progress_bar, unit="step", dynamic_ncols=True, mininterval=1.0)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
-        amp = cfg.precision == "bf16"
         try:
             while True:
                 if cfg.max_epochs and st.epoch >= cfg.max_epochs:
@@ -180,24 +308,13 @@ class Trainer:
                 if not batches:
                     raise NlpRnnError("the training data makes no batch (too few examples for the batch settings)")
                 while st.batch_in_epoch < len(batches):
-                    if self._budget_spent(started) or self._stop_requested:
+                    if self._stop(started):
                         self._finish(started)
-                        return "interrupted" if self._stop_requested else "budget"
-                    batch = self.collate(batches[st.batch_in_epoch])
+                        return "interrupted" if distributed.any_true(self._stop_requested, self.device) else "budget"
+                    loss_sum, count = self._step(batches[st.batch_in_epoch])
                     st.batch_in_epoch += 1
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                        loss_sum, count = self.loss_fn(batch, st.step)
-                    loss = loss_sum / count
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if self.setup.lr_at is not None:
-                        for group in self.optimizer.param_groups:
-                            group["lr"] = self.setup.lr_at(st.step)
-                    if cfg.clip_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-                    self.optimizer.step()
                     st.step += 1
-                    window_loss += float(loss_sum.detach())
+                    window_loss += loss_sum
                     window_tokens += count
                     bar.update(1)
                     if st.step % cfg.log_every == 0:

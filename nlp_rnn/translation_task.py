@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from nlp_rnn import embeddings
+from nlp_rnn import devices, embeddings
 from nlp_rnn import task as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import DataConfig, TranslationConfig
@@ -69,7 +69,7 @@ class Translator:
     def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != "translation":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model")
-        self.precision = resolve_precision(precision)
+        self.precision = resolve_precision(precision, devices.of(bundle.model))
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
         if self.precision == "bf16":
             self.model = bundle.model.to(torch.bfloat16)

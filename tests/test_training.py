@@ -104,13 +104,28 @@ def test_a_failed_save_leaves_the_previous_bundle_intact(multi30k: Path, tmp_pat
     before = (out / "best" / bundles.WEIGHTS).read_bytes()
     saved = bundles.load(out / "best")
 
+    from safetensors import SafetensorError
+
+    from nlp_rnn.errors import NlpRnnError
+
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError("permission denied")
 
     monkeypatch.setattr(saved.tokenizer, "save", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(NlpRnnError, match="cannot save .*permission denied.*the previous bundle is intact"):
         bundles.save(out / "best", saved)
     assert (out / "best" / bundles.WEIGHTS).read_bytes() == before
+    monkeypatch.undo()
+
+    def disk_full(*args, **kwargs):  # what safetensors raises when the disk fills during the write
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+
+    monkeypatch.setattr(bundles, "save_file", disk_full)
+    with pytest.raises(NlpRnnError) as err:
+        bundles.save(out / "best", saved)
+    assert str(err.value) == f"no space left on device while saving {out / 'best'}; the previous bundle is intact"
+    assert (out / "best" / bundles.WEIGHTS).read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".best")) == []  # no temporary folder left behind
     bundles.load(out / "best")
 
 

@@ -642,7 +642,9 @@ def info(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only process 0 reports progress; errors name their process
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s" if rank == 0 else f"[process {rank}] %(message)s", stream=sys.stderr)
     logging.getLogger("datasets").setLevel(logging.WARNING)
     try:
         app(args=argv, standalone_mode=False, prog_name="nlp-rnn")

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=0, help="0: 256 greedy, 64 beam")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()
     refs = ref_file.read_text(encoding="utf-8").splitlines()
-    translator = Translator(load(args.model), args.precision)
+    translator = Translator(load(args.model, device=args.device), args.precision)
     results = {"model": args.model, "sentences": len(sources), "precision": translator.precision}
     for beam in (int(b) for b in args.beams.split(",")):
         opts = translator.options(beam_size=beam)
@@ -55,7 +56,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 started = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", args.model, "--input", str(src_file),
-                                "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(batch_size), "--precision", args.precision],
+                                "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(batch_size), "--precision", args.precision,
+                                "--device", args.device],
                                check=True, capture_output=True)
                 whole.append(time.perf_counter() - started)
         gen, cmd = statistics.median(times), statistics.median(whole)

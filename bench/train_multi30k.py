@@ -2,6 +2,8 @@
 
     python bench/train_multi30k.py --config configs/multi30k_de_en.yaml --minutes 30
     python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3   # speed only
+    python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3 --skip-test --processes 2  # torchrun
+    python bench/train_multi30k.py --minutes 10 --device cuda                                # on a GPU
 
 Reports: training target tokens/s (median over the logged windows, first two skipped as warm-up),
 peak RSS of the training process, the validation BLEU curve against wall time, and test BLEU/chrF
@@ -10,6 +12,7 @@ on test_2016_flickr, greedy and beam 5 (sacrebleu, detokenised, default signatur
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -21,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
-def run(cmd: list[str]) -> None:
+def run(cmd: list[str], env: dict | None = None) -> None:
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
 
 
 def main() -> None:
@@ -34,18 +37,28 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="training folder (default: bench/results/<config name>)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--skip-test", action="store_true", help="speed only: no test-set decoding")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="train with torchrun on this many processes (GPUs, or CPU processes with --device cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     args = parser.parse_args()
     out = Path(args.output or ROOT / "bench" / "results" / Path(args.config).stem)
     if out.exists():
         sys.exit(f"{out} exists: remove it or pick another --output")
     data = Path(args.data)
-    cmd = [sys.executable, "-m", "nlp_rnn", "train", "translation", "--config", args.config, "--output", str(out), "--quiet",
+    launcher = [sys.executable, "-m", "nlp_rnn"]
+    if args.processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes), "-m", "nlp_rnn"]
+    cmd = [*launcher, "train", "translation", "--config", args.config, "--output", str(out), "--quiet", "--device", args.device,
            "--train-src", str(data / "train.de"), "--train-tgt", str(data / "train.en"),
            "--valid-src", str(data / "val.de"), "--valid-tgt", str(data / "val.en"), "--max-minutes", str(args.minutes)]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
+    env = None
+    if args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     started = time.monotonic()
-    run(cmd)
+    run(cmd, env)
     wall = time.monotonic() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -53,6 +66,8 @@ def main() -> None:
     curve = [(r["elapsed_s"], r["step"], r["val_bleu"]) for r in lines if "val_bleu" in r]
     result = {
         "config": args.config,
+        "device": args.device,
+        "processes": args.processes,
         "train_wall_s": round(wall, 1),
         "train_tokens_per_s_median": statistics.median(speed) if speed else None,
         "train_tokens_per_s_windows": len(speed),
@@ -62,7 +77,8 @@ def main() -> None:
     if not args.skip_test:
         for beam in (1, 5):
             report = out / f"test_beam{beam}.json"
-            run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--src", str(data / "test_2016_flickr.de"),
+            run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--device", args.device,
+                 "--src", str(data / "test_2016_flickr.de"),
                  "--ref", str(data / "test_2016_flickr.en"), "--beam-size", str(beam), "--report", str(report)])
             test = json.loads(report.read_text())
             result[f"test_bleu_beam{beam}"] = test["sets"][0]["bleu"]

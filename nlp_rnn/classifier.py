@@ -14,6 +14,7 @@ from torch import nn
 
 from nlp_rnn.config import ClassifierModelConfig
 from nlp_rnn.data import Batch
+from nlp_rnn.dropout import Dropout
 from nlp_rnn.encoder import Encoder, EncoderOutput
 from nlp_rnn.tokenizer import PAD, UNK
 
@@ -23,11 +24,11 @@ class Classifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
-        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
         self.encoder = Encoder(cfg.cell, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, cfg.dropout)
         size = self.encoder.output_size
         self.attention = nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, 1, bias=False)) if cfg.pooling == "attention" else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(size, num_classes)
 
     def pool(self, enc: EncoderOutput) -> torch.Tensor:

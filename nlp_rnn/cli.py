@@ -610,6 +610,40 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    model: List[str] = typer.Option([], "--model", help="NAME=PATH of a model to serve (repeat; default: the shipped "
+                                    "translation, sentiment and language models)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most texts run as one batch."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a request waits for others to batch with."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
+    max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
+    device: str = DEVICE_OPT,
+) -> None:
+    """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET /health, /models, /docs."""
+    from nlp_rnn.defaults import default_model
+    from nlp_rnn.serve import Limits
+    from nlp_rnn.serve import serve as run_server
+
+    specs = []
+    for item in model:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise NlpRnnError(f"--model must be NAME=PATH, got {item!r}")
+        specs.append((name.strip(), Path(path.strip())))
+    if not specs:
+        for task in ("translation", "classification", "language_model"):
+            path = default_model(task)
+            specs.append((path.name, path))
+    for name, value in (("--port", port), ("--max-batch", max_batch), ("--max-texts", max_texts), ("--max-chars", max_chars)):
+        if value < (0 if name == "--port" else 1):
+            raise NlpRnnError(f"{name} must be at least 1, got {value}")
+    run_server(specs, host, port, device, precision, max_batch, max_wait_ms, Limits(max_texts=max_texts, max_chars=max_chars))
+
+
+@app.command()
 def info(
     model: Optional[Path] = typer.Argument(None, help="Bundle or training folder (default: the shipped translation model)."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),

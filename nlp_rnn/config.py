@@ -168,7 +168,7 @@ class TrainConfig:
     max_steps: int = 0  # 0: unlimited
     max_minutes: float = 0.0  # 0: unlimited
     max_epochs: int = 0  # 0: unlimited
-    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products)
+    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products) | auto (bf16 where the CPU or GPU has it natively)
     num_threads: int = 0  # 0: torch's default
 
     def __post_init__(self) -> None:
@@ -176,7 +176,7 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _positive("train.validate_every", self.validate_every)
         _positive("train.log_every", self.log_every)
-        _choice("train.precision", self.precision, ("fp32", "bf16"))
+        _choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
         for name in ("teacher_forcing", "teacher_forcing_min"):
             if not 0 <= getattr(self, name) <= 1:
                 raise NlpRnnError(f"config: train.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -18,6 +18,7 @@ from torch import nn
 
 from nlp_rnn.attention import build_attention
 from nlp_rnn.config import Seq2SeqModelConfig
+from nlp_rnn.dropout import Dropout
 from nlp_rnn.encoder import EncoderOutput
 from nlp_rnn.tokenizer import PAD
 
@@ -94,8 +95,8 @@ class Decoder(nn.Module):
         self.cfg = cfg
         size, emb = cfg.decoder_hidden, cfg.embedding_dim
         self.embed = nn.Embedding(vocab_size, emb, padding_idx=PAD)
-        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.has_attention = cfg.attention != "none"
         first = {
             "emb": emb,

@@ -12,6 +12,7 @@ process died) becomes one clear error instead of a hang.
 import datetime
 import logging
 import os
+import re
 from typing import Any, Callable, Iterable
 
 import torch
@@ -72,8 +73,9 @@ def _collective(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RuntimeError as err:  # DistBackendError and gloo's connection errors are RuntimeErrors
-        raise NlpRnnError(f"process {rank()}: lost the other training processes ({str(err).splitlines()[0][:160]}); "
-                          f"one of them stopped, see its error") from None
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0])[:120]  # without gloo's source location
+        raise NlpRnnError(f"process {rank()}: lost the other training processes ({reason}); one of them stopped, "
+                          f"see its error") from None
 
 
 def sum_floats(values: Iterable[float], device: torch.device) -> list[float]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nlp_rnn.config import CELLS, _choice, _positive
+from nlp_rnn.dropout import Dropout
 from nlp_rnn.encoder import rnn_module
 from nlp_rnn.errors import NlpRnnError
 
@@ -38,7 +39,7 @@ class Forecaster(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rnn = rnn_module(cfg.cell, features, cfg.hidden_size, cfg.num_layers, cfg.dropout, bidirectional=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         head_in = cfg.hidden_size + categories + (features * lags if cfg.linear_skip else 0)
         self.head = nn.Linear(head_in, 1)
 

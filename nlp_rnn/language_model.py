@@ -17,9 +17,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from nlp_rnn.config import CELLS, _choice, _positive
 from nlp_rnn.data import Batch
+from nlp_rnn.dropout import Dropout
 from nlp_rnn.encoder import rnn_module
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.loss import cross_entropy_sum
+from nlp_rnn.loss import linear_cross_entropy_sum
 from nlp_rnn.tokenizer import PAD
 
 
@@ -78,13 +79,13 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
-        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
         self.condition = nn.Embedding(num_conditions, cfg.condition_dim) if num_conditions else None
         self.condition_init = nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.hidden_size) if num_conditions else None
         joins = self.condition is not None and cfg.condition_input
         self.rnn = rnn_module(cfg.cell, cfg.embedding_dim + (cfg.condition_dim if joins else 0), cfg.hidden_size,
                               cfg.num_layers, cfg.dropout, bidirectional=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(cfg.hidden_size, vocab_size)
         if cfg.tie_output:
             self.output.weight = self.embed.weight
@@ -136,10 +137,10 @@ class LanguageModel(nn.Module):
         """
         out, state = self.hidden(inputs, state, condition)  # (B, T, H)
         if mask is None:
-            logits, gold = self.output(out.reshape(-1, out.size(-1))), targets.reshape(-1)  # (B*T, V)
+            real, gold = out.reshape(-1, out.size(-1)), targets.reshape(-1)  # (B*T, H)
         else:
-            logits, gold = self.output(out[mask]), targets[mask]  # (N, V): the output layer never sees padding
-        return cross_entropy_sum(logits, gold), gold.numel(), state
+            real, gold = out[mask], targets[mask]  # (N, H): the output layer never sees padding
+        return linear_cross_entropy_sum(real, self.output.weight, self.output.bias, gold), gold.numel(), state
 
     # ------------------------------------------------------------------ search protocol
 

@@ -1,13 +1,20 @@
-"""Cross-entropy over a large vocabulary with a hand-written, chunked backward.
+"""Cross-entropy over a large vocabulary with a hand-written, chunked backward, and the output layer fused into it.
 
 torch's log_softmax + nll_loss makes about eight passes over the (N, V) logits in training (casts,
 log-softmax, a zero-filled one-hot gradient, the softmax backward), each over a matrix far larger
-than the cache. This works through row chunks that fit in cache: logsumexp forward, then one fused
-`softmax - target` gradient per chunk in backward. Label smoothing spreads `smoothing` of the
-target mass uniformly over the vocabulary, as torch does.
+than the cache. `cross_entropy_sum` works through row chunks that fit in cache: logsumexp forward,
+then one fused `softmax - target` gradient per chunk in backward. `linear_cross_entropy_sum` goes
+further and never makes the (N, V) logits at all: per chunk of rows it computes the logits, the
+loss and, in training, the gradients of the hidden states and the output weights while the chunk
+is still in cache (backward only scales them), so the largest tensors of a step are never written
+to memory. Label smoothing spreads `smoothing` of the target mass uniformly over the vocabulary, as
+torch does.
 """
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 
 CHUNK_ROWS = 256
 
@@ -52,3 +59,64 @@ class _CrossEntropy(torch.autograd.Function):
 def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Summed cross-entropy of logits (N, V) against target ids (N,); equals torch's with reduction='sum'."""
     return _CrossEntropy.apply(logits, target, smoothing)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, smoothing: float, want_grad: bool, dtype: torch.dtype):
+        rows, vocab = hidden.size(0), weight.size(0)
+        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32 (fp64 stays fp64)
+        h, w = hidden.to(dtype), weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        loss = torch.empty(rows, dtype=acc, device=hidden.device)
+        grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if want_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=hidden.device) if want_grad else None
+        grad_b = torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
+        for start in range(0, rows, LINEAR_CHUNK_ROWS):
+            stop = min(start + LINEAR_CHUNK_ROWS, rows)
+            logits = F.linear(h[start:stop], w, b).to(acc)  # (C, V), in cache
+            gold = target[start:stop]
+            lse = torch.logsumexp(logits, dim=-1)  # (C,)
+            part = lse - logits.gather(1, gold.unsqueeze(1)).squeeze(1)
+            if smoothing > 0:
+                part = (1 - smoothing) * part + smoothing * (lse - logits.mean(dim=-1))
+            loss[start:stop] = part
+            if want_grad:
+                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # (C, V) softmax, in place
+                probs[torch.arange(stop - start, device=probs.device), gold] -= 1.0 - smoothing
+                if smoothing > 0:
+                    probs.sub_(smoothing / vocab)
+                g = probs.to(dtype)
+                grad_h[start:stop] = g @ w  # (C, H)
+                if dtype == acc:
+                    grad_w.addmm_(g.t(), h[start:stop])  # (V, H), accumulated in place
+                else:
+                    grad_w += (g.t() @ h[start:stop]).to(acc)
+                if grad_b is not None:
+                    grad_b += probs.sum(dim=0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return loss.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        dh, dw, db = ctx.dtypes
+        scale = lambda g, dtype: None if g is None else (g * grad).to(dtype)  # noqa: E731
+        return scale(grad_h, dh), scale(grad_w, dw), scale(grad_b, db), None, None, None, None
+
+
+LINEAR_CHUNK_ROWS = 256
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
+                             smoothing: float = 0.0) -> torch.Tensor:
+    """Summed cross-entropy of `F.linear(hidden, weight, bias)` (N, V) against target ids (N,), without making
+    the logits: equals `cross_entropy_sum(F.linear(hidden, weight, bias), target, smoothing)`.
+
+    Under autocast the products run in its 16-bit type, the softmax and the sums in fp32.
+    """
+    want = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, want, dtype)

@@ -9,8 +9,9 @@ from torch import nn
 from nlp_rnn.config import Seq2SeqModelConfig
 from nlp_rnn.data import Batch
 from nlp_rnn.decoder import Decoder
+from nlp_rnn.dropout import Dropout
 from nlp_rnn.encoder import Encoder, EncoderOutput
-from nlp_rnn.loss import cross_entropy_sum
+from nlp_rnn.loss import linear_cross_entropy_sum
 from nlp_rnn.tokenizer import BOS, PAD
 
 
@@ -19,7 +20,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.src_embed = nn.Embedding(src_vocab, cfg.embedding_dim, padding_idx=PAD)
-        self.embed_dropout = nn.Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
         self.encoder = Encoder(cfg.cell, cfg.embedding_dim, cfg.encoder_hidden, cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
         self.decoder = Decoder(cfg, tgt_vocab, self.encoder.output_size)
 
@@ -41,6 +42,6 @@ class Seq2Seq(nn.Module):
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
         hidden = self.decoder(batch.tgt_in, self.decoder.memory(enc), self.decoder.init_state(enc), teacher_forcing)  # (B, T, H)
         real = hidden[batch.tgt_mask]  # (N, H): the output layer never sees padding
-        logits = self.decoder.logits(real)  # (N, V)
-        loss = cross_entropy_sum(logits, batch.tgt_out[batch.tgt_mask], label_smoothing)
+        output = self.decoder.output  # fused with the loss: the (N, V) logits are never stored
+        loss = linear_cross_entropy_sum(real, output.weight, output.bias, batch.tgt_out[batch.tgt_mask], label_smoothing)
         return loss, real.size(0)

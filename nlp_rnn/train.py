@@ -28,6 +28,7 @@ from nlp_rnn import bundle as bundles
 from nlp_rnn import devices, distributed
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.predict import resolve_precision
 from nlp_rnn.task import TrainingSetup
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1 and not hasattr(self.batcher, "shard"):
             raise NlpRnnError(f"{self.bundle.task}: this task's batches cannot be split across processes; train it in one")
-        self.amp = cfg.precision == "bf16"
+        self.amp = resolve_precision(cfg.precision, self.device) == "bf16"
+        if cfg.precision == "auto":
+            log.info("precision auto: %s on %s", "bf16 autocast" if self.amp else "fp32 (no native bf16 here)", self.device)
         self.scaler = devices.grad_scaler(self.device, self.amp)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -20,3 +20,24 @@ def test_matches_torch_cross_entropy(smoothing: float) -> None:
     (b * 0.7).backward()
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(mine.grad, ref.grad)
+
+
+@pytest.mark.parametrize("smoothing,bias", [(0.0, True), (0.1, False)])
+def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(smoothing: float, bias: bool) -> None:
+    from nlp_rnn import loss as losses
+
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(700, 24, dtype=torch.float64), torch.randn(101, 24, dtype=torch.float64)
+    b = torch.randn(101, dtype=torch.float64) if bias else None
+    target = torch.randint(0, 101, (700,))
+    mine = [t.clone().requires_grad_() for t in (hidden, weight) + ((b,) if bias else ())]
+    ref = [t.clone().requires_grad_() for t in (hidden, weight) + ((b,) if bias else ())]
+    a = losses.linear_cross_entropy_sum(mine[0], mine[1], mine[2] if bias else None, target, smoothing)  # 3 chunks of rows
+    r = F.cross_entropy(F.linear(*ref), target, reduction="sum", label_smoothing=smoothing)
+    (a * 0.7).backward()
+    (r * 0.7).backward()
+    torch.testing.assert_close(a, r)
+    for x, y in zip(mine, ref):
+        torch.testing.assert_close(x.grad, y.grad)
+    with torch.no_grad():  # no gradient work without autograd
+        torch.testing.assert_close(losses.linear_cross_entropy_sum(hidden, weight, b, target, smoothing), r.detach())

@@ -37,6 +37,7 @@ SEED_OPT = typer.Option(None, "--seed", help="Random seed (default: the config's
 RESUME_OPT = typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped.")
 QUIET_OPT = typer.Option(False, "--quiet", help="No progress bar.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
+ENGINE_OPT = typer.Option("torch", "--engine", help="torch, or onnxruntime with --model an exported folder (nlp-rnn export).")
 OUTPUT_OPT = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl.")
 DATASET_OPT = typer.Option(None, "--dataset", help="Hugging Face Hub dataset (or a local dataset folder).")
 TRAIN_SPLIT_OPT = typer.Option(None, "--train-split", help="Hub training split.")
@@ -279,9 +280,10 @@ def translate(
     fmt: str = typer.Option("text", "--format", help="text or jsonl."),
     attention_plot: Optional[Path] = typer.Option(None, "--attention-plot", help="PNG heatmap of the first sentence's attention."),
     device: str = DEVICE_OPT,
+    engine: str = ENGINE_OPT,
 ) -> None:
     """Translate raw text: output line N belongs to input line N."""
-    from nlp_rnn.bundle import load
+    from nlp_rnn.export import load_for
     from nlp_rnn.translation_task import Translator
 
     if fmt not in ("text", "jsonl"):
@@ -291,7 +293,7 @@ def translate(
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
     if batch_size < 0:
         raise NlpRnnError(f"--batch-size must be positive (or 0 for automatic), got {batch_size}")
-    translator = Translator(load(_resolve_model(model, "translation"), device=device), precision)
+    translator = Translator(load_for(engine, _resolve_model(model, "translation"), device), precision if engine == "torch" else "fp32")
     opts = translator.options(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
                               no_repeat_ngram=no_repeat_ngram, attention=attention_plot is not None)
     if n_best > opts.beam_size:
@@ -339,16 +341,17 @@ def classify(
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
     fmt: str = typer.Option("text", "--format", help="text (label name<TAB>probability) or jsonl (label name, label_id and every class's probability)."),
     device: str = DEVICE_OPT,
+    engine: str = ENGINE_OPT,
 ) -> None:
     """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
-    from nlp_rnn.bundle import load
     from nlp_rnn.classification_task import Predictor
+    from nlp_rnn.export import load_for
 
     if fmt not in ("text", "jsonl"):
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
     if batch_size < 1:
         raise NlpRnnError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(load(_resolve_model(model, "classification"), device=device))
+    predictor = Predictor(load_for(engine, _resolve_model(model, "classification"), device))
     lines = iter(texts) if texts else read_input_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
@@ -588,18 +591,20 @@ def evaluate(
     hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."),
     device: str = DEVICE_OPT,
+    engine: str = ENGINE_OPT,
 ) -> None:
     """Score a model on whole test sets: BLEU/chrF, accuracy/F1, perplexity or R², as its task says."""
     from nlp_rnn import task as tasks
-    from nlp_rnn.bundle import load
+    from nlp_rnn.export import load_for
 
     if beam_size is not None and beam_size < 1:
         raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
-    bundle = load(_resolve_model(model, "translation" if src else "classification"), device=device)
+    bundle = load_for(engine, _resolve_model(model, "translation" if src else "classification"), device)
     task = tasks.of(bundle)
     request = tasks.EvalRequest(src=src, ref=ref, data=data, dataset=dataset, splits=split, src_lang=src_lang, tgt_lang=tgt_lang,
                                 text_column=text_column, label_column=label_column, beam_size=beam_size,
-                                length_penalty=length_penalty, batch_size=batch_size, precision=precision, hyps=hyps,
+                                length_penalty=length_penalty, batch_size=batch_size,
+                                precision=precision if engine == "torch" else "fp32", hyps=hyps,
                                 plot=plot)
     result = task.evaluate(bundle, request)
     for line in task.report(result):
@@ -607,6 +612,23 @@ def evaluate(
     if report is not None:
         report.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         typer.echo(f"report: {report}")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Bundle or training folder (translation model or classifier)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (the only format)."),
+    output: Path = typer.Option(..., "--output", help="Folder for the graphs, tokenizer, config and manifest."),
+) -> None:
+    """Export a model to ONNX: encoder and one decoder step (or the classifier), dynamic batch and length axes."""
+    from nlp_rnn.bundle import load
+    from nlp_rnn.export import export as export_model
+
+    if fmt != "onnx":
+        raise NlpRnnError(f"--format must be onnx, got {fmt!r}")
+    folder = export_model(load(model, device="cpu"), output)
+    typer.echo(f"exported {model} to {folder} ({', '.join(sorted(p.name for p in folder.glob('*.onnx')))}); "
+               f"run it with --engine onnxruntime --model {folder}")
 
 
 @app.command()

@@ -1,0 +1,308 @@
+"""ONNX export of translation models and classifiers, and ONNX Runtime models that the same searches drive.
+
+`export(bundle, folder)` writes, for a translation model, `encoder.onnx` (source ids and lengths ->
+the decoder's memory and first state) and `decoder_step.onnx` (one step: previous tokens and state
+-> logits, new state, attention weights); for a classifier, `classifier.onnx` (ids and lengths ->
+logits). Batch and length axes are dynamic. Packed sequences do not export, so the exported
+encoder masks by length instead: each direction of each layer is a plain one-layer network, and
+the backward direction reads each sentence reversed within its own length (a gather), so padding
+never reaches a real position — the same states as packing. The folder also holds the
+tokenizer, `config.json`, and `manifest.json` (the graphs, their inputs and the bundle's meta).
+
+`load_exported(folder)` returns a bundle whose model runs those graphs on ONNX Runtime and follows
+the `start`/`step` protocol (or `logits` for classifiers), so `Translator`, `Predictor`, greedy
+and beam search and `evaluate` work unchanged (`--engine onnxruntime`).
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlp_rnn import bundle as bundles
+from nlp_rnn.config import from_dict, to_dict
+from nlp_rnn.decoder import DecoderState, Memory
+from nlp_rnn.encoder import Encoder, EncoderOutput
+from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.tokenizer import BOS, Tokenizer
+
+log = logging.getLogger(__name__)
+FORMAT = "nlp-rnn-onnx"
+MANIFEST = "manifest.json"
+OPSET = 18
+
+
+# ----------------------------------------------------------------------------- graphs
+
+
+def _single_layer(rnn: nn.RNNBase, layer: int, reverse: bool) -> nn.RNNBase:
+    """One direction of one layer of a fused torch stack, as its own one-layer network (same weights)."""
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    kind = type(rnn)
+    input_size = rnn.input_size if layer == 0 else rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    extra = {"nonlinearity": rnn.nonlinearity} if kind is nn.RNN else {}
+    single = kind(input_size, rnn.hidden_size, batch_first=True, **extra)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(single, f"{name}_l0").copy_(getattr(rnn, f"{name}{suffix}"))
+    return single.eval()
+
+
+class MaskedEncoder(nn.Module):
+    """`Encoder` without packing: per layer and direction a one-layer network; the backward one reads
+    every sentence reversed within its length. Same outputs as the packed encoder (tested)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        rnn = encoder.rnn
+        self.directions, self.output_size = encoder.directions, encoder.output_size
+        self.layers = nn.ModuleList(nn.ModuleList(_single_layer(rnn, layer, d == 1) for d in range(encoder.directions))
+                                    for layer in range(rnn.num_layers))
+
+    def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
+        steps = torch.arange(embedded.size(1), device=embedded.device).unsqueeze(0)  # (1, S)
+        last = (lengths - 1).unsqueeze(1)  # (B, 1)
+        flip = torch.where(steps <= last, last - steps, steps)  # (B, S) reverse within the length; padding stays
+        x = embedded
+        for layer in self.layers:
+            outs = []
+            for d, rnn in enumerate(layer):
+                inp = x if d == 0 else x.gather(1, flip.unsqueeze(2).expand(-1, -1, x.size(2)))
+                out, _ = rnn(inp)  # (B, S, H)
+                outs.append(out if d == 0 else out.gather(1, flip.unsqueeze(2).expand(-1, -1, out.size(2))))
+            x = torch.cat(outs, dim=2)
+        states = x * mask.unsqueeze(2).to(x.dtype)  # (B, S, D*H), zeros at padding as after packing
+        hidden = self.output_size // self.directions
+        forward_last = states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)  # (B, H)
+        final = forward_last if self.directions == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
+        return EncoderOutput(states=states, final=final, mask=mask)
+
+
+def _mask(src_len: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=src_len.device).unsqueeze(0) < src_len.unsqueeze(1)
+
+
+class EncoderGraph(nn.Module):
+    """src (B, S), src_len (B,) -> values, keys (or context and its gates), mask, h (L, B, H), c, feed."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.encoder = model, MaskedEncoder(model.encoder)
+        self.attention = model.decoder.has_attention
+        self.lstm = model.cfg.cell == "lstm"
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor):
+        mask = _mask(src_len, src.size(1))
+        enc = self.encoder(self.model.src_embed(src), src_len, mask)
+        memory, state = self.model.decoder.memory(enc), self.model.decoder.init_state(enc)
+        h = torch.stack(state.h)  # (L, B, H)
+        c = torch.stack(state.c) if self.lstm else torch.zeros_like(h)  # GRU/vanilla: zeros that pass through
+        if self.attention:
+            return memory.values, memory.keys, mask, h, c, state.feed
+        return memory.values, memory.static_gates, memory.context, mask, h, c, state.feed
+
+
+class StepGraph(nn.Module):
+    """One decoder step: prev (B,), the memory and the state -> logits (B, V), h, c, feed, attention (B, S)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+        self.attention = model.decoder.has_attention
+        self.lstm = model.cfg.cell == "lstm"
+
+    def forward(self, prev, values, second, third, h, c, feed):
+        """attention: second = keys (B, S, A), third = mask (B, S); without: second = static gates (B, G), third = context."""
+        if self.attention:
+            memory = Memory(values, third, second, None, None)
+        else:
+            memory = Memory(values, None, None, third, second)
+        state = DecoderState(tuple(h.unbind(0)), tuple(c.unbind(0)) if self.lstm else None, feed)
+        logits, new, weights = self.decoder.step(prev, memory, state)
+        if weights is None:
+            weights = torch.zeros(values.shape[:2], dtype=logits.dtype, device=logits.device)
+        new_c = torch.stack(new.c) if self.lstm else c + 0  # a copy: an output must not be an input
+        return logits, torch.stack(new.h), new_c, new.feed, weights
+
+
+class ClassifierGraph(nn.Module):
+    """src (B, S), src_len (B,) -> logits (B, C) (an ensemble: the log of its members' mean probabilities)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        members = list(model.members) if hasattr(model, "members") else [model]
+        self.encoders = nn.ModuleList(MaskedEncoder(m.encoder) for m in members)
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor):
+        mask = _mask(src_len, src.size(1))
+        members = list(self.model.members) if hasattr(self.model, "members") else [self.model]
+        logits = [m.output(m.pool(enc(m.embed(src), src_len, mask))) for m, enc in zip(members, self.encoders)]
+        if len(logits) == 1:
+            return logits[0]
+        log_probs = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise NlpRnnError('ONNX export needs onnx and onnxscript: pip install -e ".[onnx]"') from None
+    batch, length = torch.export.Dim("batch", min=1, max=100_000), torch.export.Dim("length", min=1, max=100_000)
+    axes = {"B": batch, "S": length}
+    shapes = tuple({axis: axes[name] for axis, name in dynamic.get(i, {}).items()} or None for i in range(len(inputs)))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for name in ("torch.onnx", "onnx_ir", "onnxscript"):  # the exporter's passes log every step at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
+        program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes,
+                                    opset_version=OPSET, verbose=False, external_data=False)
+    program.save(str(path), external_data=False)
+
+
+def export(bundle: bundles.Bundle, folder: str | Path) -> Path:
+    """Writes the ONNX graphs, tokenizer, config and manifest of a translation model or classifier to `folder`."""
+    folder = Path(folder)
+    if bundle.task not in ("translation", "classification"):
+        raise NlpRnnError(f"{bundle.path}: ONNX export covers translation models and classifiers, not {bundle.task} models")
+    model = bundle.model.float().cpu().eval()
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    src = torch.tensor([[5, 6, 7, 2], [8, 2, 0, 0], [9, 10, 2, 0]])
+    src_len = torch.tensor([4, 2, 3])
+    graphs: dict = {}
+    if bundle.task == "translation":
+        attention = model.decoder.has_attention
+        enc = EncoderGraph(model).eval()
+        second, third = ("keys", "mask") if attention else ("static_gates", "context")
+        enc_out = ["values", "keys", "mask", "h", "c", "feed"] if attention else ["values", "static_gates", "context", "mask", "h", "c", "feed"]
+        _onnx_export(enc, (src, src_len), tmp / "encoder.onnx", ["src", "src_len"], enc_out, {0: {0: "B", 1: "S"}, 1: {0: "B"}})
+        out = dict(zip(enc_out, enc(src, src_len)))
+        step_in = ["prev", "values", second, third, "h", "c", "feed"]
+        step_out = ["logits", "h_out", "c_out", "feed_out", "attention"]
+        dyn = {0: {0: "B"}, 1: {0: "B", 1: "S"}, 2: {0: "B", 1: "S"} if attention else {0: "B"},
+               3: {0: "B", 1: "S"} if attention else {0: "B"}, 4: {1: "B"}, 5: {1: "B"}, 6: {0: "B"}}
+        prev = torch.full((3,), BOS, dtype=torch.long)
+        _onnx_export(StepGraph(model).eval(), (prev, *(out[name] for name in step_in[1:])), tmp / "decoder_step.onnx", step_in,
+                     step_out, dyn)
+        graphs = {"encoder": {"file": "encoder.onnx", "inputs": ["src", "src_len"], "outputs": enc_out},
+                  "decoder_step": {"file": "decoder_step.onnx", "inputs": step_in, "outputs": step_out}}
+    else:
+        _onnx_export(ClassifierGraph(model).eval(), (src, src_len), tmp / "classifier.onnx", ["src", "src_len"], ["logits"],
+                     {0: {0: "B", 1: "S"}, 1: {0: "B"}})
+        graphs = {"classifier": {"file": "classifier.onnx", "inputs": ["src", "src_len"], "outputs": ["logits"]}}
+    bundle.tokenizer.save(tmp)
+    (tmp / bundles.CONFIG).write_text(json.dumps(to_dict(bundle.config), indent=2), encoding="utf-8")
+    manifest = {"format": FORMAT, "format_version": 1, "task": bundle.task, "opset": OPSET, "graphs": graphs,
+                "cell": getattr(model.cfg, "cell", None), "meta": bundle.meta, "source": str(bundle.path)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+
+def _session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise NlpRnnError('--engine onnxruntime needs onnxruntime: pip install -e ".[onnx]"') from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for missing or corrupt graphs
+        raise BundleError(f"{path}: not a loadable ONNX graph ({str(err).splitlines()[0][:160]})") from None
+
+
+def _np(t: torch.Tensor):
+    return t.detach().cpu().contiguous().numpy()
+
+
+class OrtSeq2Seq(nn.Module):
+    """A translation model on ONNX Runtime with the search protocol (`start`, `step`)."""
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        super().__init__()
+        graphs = manifest["graphs"]
+        self.encoder = _session(folder / graphs["encoder"]["file"])
+        self.decoder = _session(folder / graphs["decoder_step"]["file"])
+        self.enc_out = [o.name for o in self.encoder.get_outputs()]
+        self.step_in = [i.name for i in self.decoder.get_inputs()]
+        self.step_out = [o.name for o in self.decoder.get_outputs()]
+        self.attention = "keys" in self.enc_out
+
+    def start(self, batch):
+        out = dict(zip(self.enc_out, (torch.from_numpy(x) for x in self.encoder.run(None, {"src": _np(batch.src),
+                                                                                          "src_len": _np(batch.src_len)}))))
+        if self.attention:
+            memory = Memory(out["values"], out["mask"], out["keys"], None, None)
+        else:
+            memory = Memory(out["values"], out["mask"], None, out["context"], out["static_gates"])
+        state = DecoderState(tuple(out["h"].unbind(0)), tuple(out["c"].unbind(0)), out["feed"])  # c: zeros unless LSTM
+        return memory, state, torch.full((batch.size,), BOS, dtype=torch.long)
+
+    def step(self, prev: torch.Tensor, memory: Memory, state: DecoderState):
+        feeds = {"prev": prev, "values": memory.values, "keys": memory.keys, "mask": memory.mask, "context": memory.context,
+                 "static_gates": memory.static_gates, "h": torch.stack(state.h), "c": torch.stack(state.c), "feed": state.feed}
+        outs = dict(zip(self.step_out, (torch.from_numpy(x) for x in self.decoder.run(None, {k: _np(feeds[k]) for k in self.step_in}))))
+        new = DecoderState(tuple(outs["h_out"].unbind(0)), tuple(outs["c_out"].unbind(0)), outs["feed_out"])
+        return outs["logits"], new, outs["attention"] if self.attention else None
+
+
+class OrtClassifier(nn.Module):
+    """A classifier on ONNX Runtime: `logits(batch)` as the PyTorch classifier."""
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        super().__init__()
+        self.session = _session(folder / manifest["graphs"]["classifier"]["file"])
+
+    def logits(self, batch) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"src": _np(batch.src), "src_len": _np(batch.src_len)})[0])
+
+
+def load_exported(folder: str | Path) -> bundles.Bundle:
+    """An exported folder as a bundle whose model runs on ONNX Runtime."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        if (folder / bundles.META).is_file() or (folder / "best" / bundles.META).is_file():
+            raise BundleError(f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)")
+        raise BundleError(f"{folder}: not an exported model (no {MANIFEST})")
+    manifest = bundles._read_json(path)
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not an nlp-rnn ONNX export (format {manifest.get('format')!r})")
+    from nlp_rnn import task as tasks
+
+    task = tasks.get(manifest["task"])
+    config = from_dict(task.config_cls, bundles._read_json(folder / bundles.CONFIG))
+    model = OrtSeq2Seq(folder, manifest) if manifest["task"] == "translation" else OrtClassifier(folder, manifest)
+    return bundles.Bundle(manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder)
+
+
+def load_for(engine: str, path: Optional[Path], device: str = "cpu"):
+    """The bundle for `--engine torch|onnxruntime`."""
+    if engine == "onnxruntime":
+        if device not in ("auto", "cpu"):
+            raise NlpRnnError("--engine onnxruntime runs on the CPU here; leave out --device")
+        return load_exported(path)
+    if engine != "torch":
+        raise NlpRnnError(f"--engine must be torch or onnxruntime, got {engine!r}")
+    return bundles.load(path, device=device)

@@ -21,7 +21,7 @@ from nlp_rnn.data import (LabeledSource, TokenBatcher, encode_sources, label_ids
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import hyps_file, model_info, table
 from nlp_rnn.metrics import classification_report
-from nlp_rnn.predict import chunked
+from nlp_rnn.predict import chunked, resolve_precision, with_precision
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,11 @@ def gold_ids(labels: Sequence[str], values: Sequence[str], names: Sequence[str],
 class Predictor:
     """Sentence classification: a label and every class's probability per text."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != "classification":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; classify needs a classification model")
-        self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
+        self.precision = resolve_precision(precision, devices.of(bundle.model))
+        self.bundle, self.model, self.tokenizer = bundle, with_precision(bundle.model, self.precision), bundle.tokenizer
         self.labels: list[str] = list(bundle.meta["labels"])  # names
         self.values: list[str] = list(bundle.meta.get("label_values", self.labels))  # as in the training data
         self.ids = [int(v) if v.lstrip("-").isdigit() else i for i, v in enumerate(self.values)]
@@ -162,11 +163,11 @@ class ClassificationTask(tasks.Task):
             collate=lambda index: make_batch([x_train[i] for i in index], labels=[y_train[i] for i in index]),
             loss_fn=lambda batch, step: model(batch), validate=validate, score_key="val_acc")
 
-    def wrap(self, bundle: Bundle, **_) -> Predictor:
-        return Predictor(bundle)
+    def wrap(self, bundle: Bundle, precision: str = "fp32", **_) -> Predictor:
+        return Predictor(bundle, precision)
 
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
-        predictor = Predictor(bundle)
+        predictor = Predictor(bundle, request.precision)
         columns = dict(text_column=request.text_column or bundle.meta["data"].get("text_column", "sentence"),
                        label_column=request.label_column or bundle.meta["data"].get("label_column", "label"))
         sources = [LabeledSource(table=str(t), **columns) for t in request.data]

@@ -273,7 +273,7 @@ def translate(
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
     n_best: int = typer.Option(1, "--n-best", help="Hypotheses per sentence, with scores (at most --beam-size)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Hard cap on output pieces."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search (0: none)."),
     no_repeat_ngram: Optional[int] = typer.Option(None, "--no-repeat-ngram", help="Forbid repeating n-grams of this size."),
@@ -340,6 +340,7 @@ def classify(
     output: Optional[Path] = typer.Option(None, "--output", help="Write results here instead of standard output."),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
     fmt: str = typer.Option("text", "--format", help="text (label name<TAB>probability) or jsonl (label name, label_id and every class's probability)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, int8 (CPU, faster) or auto."),
     device: str = DEVICE_OPT,
     engine: str = ENGINE_OPT,
 ) -> None:
@@ -351,7 +352,7 @@ def classify(
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
     if batch_size < 1:
         raise NlpRnnError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(load_for(engine, _resolve_model(model, "classification"), device))
+    predictor = Predictor(load_for(engine, _resolve_model(model, "classification"), device), precision if engine == "torch" else "fp32")
     lines = iter(texts) if texts else read_input_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
@@ -519,7 +520,7 @@ def generate(
     greedy: bool = typer.Option(False, "--greedy", help="The most probable token at every step."),
     beam_size: int = typer.Option(1, "--beam-size", help="Beam search with this many beams (the best sequence)."),
     condition: Optional[str] = typer.Option(None, "--condition", help="Conditional models: the label to generate for."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or auto."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, int8 (CPU) or auto."),
     fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
     device: str = DEVICE_OPT,
 ) -> None:
@@ -586,7 +587,7 @@ def evaluate(
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search."),
     batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
     hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."),
@@ -637,7 +638,7 @@ def serve(
                                     "translation, sentiment and language models)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact) or bf16."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most texts run as one batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a request waits for others to batch with."),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),

@@ -87,6 +87,20 @@ class Cell(nn.Module):
         self.bias_ih = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
         # Vanilla cells keep the textbook's single bias; GRU needs both (b_hn sits inside r * (.)).
         self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound)) if cell in ("gru", "lstm") else None
+        self.int8: Optional[dict] = None  # name -> int8 product, set by `int8.quantize` for inference
+
+    def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x's share of the gates through input part `name` (or `hh`, the recurrent weights), with that part's bias."""
+        if self.int8 is not None:
+            return self.int8[name](x)
+        weight, bias = self.weights(name)
+        return F.linear(x, weight, bias)
+
+    def weights(self, name: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The weight and bias of input part `name`: `emb`/`below` carry the input bias, `hh` the recurrent one."""
+        if name == "hh":
+            return self.weight_hh, self.bias_hh
+        return self.weight_in[name], self.bias_ih if name in ("emb", "below") else None
 
 
 class Decoder(nn.Module):
@@ -116,7 +130,7 @@ class Decoder(nn.Module):
     def memory(self, enc: EncoderOutput) -> Memory:
         if self.has_attention:
             return Memory(enc.states, enc.mask, self.attention.keys(enc.states), None, None)
-        static = F.linear(enc.final, self.cells[0].weight_in["ctx"])  # (B, G)
+        static = self.cells[0].project("ctx", enc.final)  # (B, G)
         return Memory(enc.states, enc.mask, None, enc.final, static)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
@@ -135,7 +149,7 @@ class Decoder(nn.Module):
         """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G)."""
         cell0 = self.cells[0]
         embedded = self.embed_dropout(self.embed(tokens))  # (B, T, E)
-        gates = F.linear(embedded, cell0.weight_in["emb"], cell0.bias_ih)  # (B, T, G)
+        gates = cell0.project("emb", embedded)  # (B, T, G)
         if memory.static_gates is not None:
             gates = gates + memory.static_gates.unsqueeze(1)
         return gates
@@ -148,10 +162,10 @@ class Decoder(nn.Module):
             if i == 0:
                 gi = pre
                 if self.cfg.input_feeding:
-                    gi = pre + F.linear(state.feed, cell.weight_in["feed"])  # (B, G)
+                    gi = pre + cell.project("feed", state.feed)  # (B, G)
             else:
-                gi = F.linear(self.dropout(x), cell.weight_in["below"], cell.bias_ih)
-            gh = F.linear(h, cell.weight_hh, cell.bias_hh)  # (B, G)
+                gi = cell.project("below", self.dropout(x))
+            gh = cell.project("hh", h)  # (B, G)
             x, c = cell_update(self.cfg.cell, gi, gh, h, c)
             hs.append(x)
             cs.append(c)

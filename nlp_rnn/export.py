@@ -166,7 +166,8 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
     shapes = tuple({axis: axes[name] for axis, name in dynamic.get(i, {}).items()} or None for i in range(len(inputs)))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        for name in ("torch.onnx", "onnx_ir", "onnxscript"):  # the exporter's passes log every step at INFO
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
+        for name in ("onnx_ir", "onnxscript"):  # the exporter's passes log every step at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
         program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes,
                                     opset_version=OPSET, verbose=False, external_data=False)

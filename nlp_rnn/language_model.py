@@ -109,7 +109,7 @@ class LanguageModel(nn.Module):
 
     def initial_state(self, batch_size: int, condition: Optional[torch.Tensor] = None) -> LMState:
         """Zeros, or for a conditional model tanh(W c + b) per layer (the cell state of an LSTM starts at zero)."""
-        cfg, weight = self.cfg, self.output.weight
+        cfg, weight = self.cfg, self.embed.weight
         if condition is None:
             h = weight.new_zeros(cfg.num_layers, batch_size, cfg.hidden_size)  # (L, B, H)
         else:

@@ -31,15 +31,29 @@ def search_ids(model, src_ids: Sequence[Sequence[int]], opts: SearchOptions, bat
 
 
 def resolve_precision(precision: str, device: torch.device = torch.device("cpu")) -> str:
-    """`auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise NlpRnnError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    """`auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32.
+    int8 is never chosen automatically (opt-in: a small loss of accuracy for speed)."""
+    if precision not in ("auto", "fp32", "bf16", "int8"):
+        raise NlpRnnError(f"--precision must be auto, fp32, bf16 or int8, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise NlpRnnError("--precision int8 runs on the CPU (fbgemm kernels); use --device cpu, or bf16 on a GPU")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bf16" if native else "fp32"
+
+
+def with_precision(model, precision: str):
+    """The model to run at a resolved precision: itself (fp32), a bf16 copy's weights in place, or an int8 copy."""
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        from nlp_rnn.int8 import quantize
+
+        return quantize(model)
+    return model
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

@@ -119,7 +119,7 @@ def load_models(specs: list[tuple[str, Path]], device: str, precision: str) -> d
         if bundle.task == "translation":
             interface = Translator(bundle, precision)
         elif bundle.task == "classification":
-            interface = Predictor(bundle)
+            interface = Predictor(bundle, precision)
         elif bundle.task == "language_model":
             interface = Generator(bundle, "fp32" if precision == "auto" else precision)
         else:

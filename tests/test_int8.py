@@ -1,0 +1,67 @@
+"""`--precision int8`: int8 products close to fp32, the int8 recurrent layers close to torch's, and the
+shipped models keep their quality (BLEU within 0.5 of fp32, sentiment labels agreeing on at least 99 %)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlp_rnn.bundle import load
+from nlp_rnn.classification_task import Predictor
+from nlp_rnn.data import make_batch
+from nlp_rnn.encoder import Encoder
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.int8 import Int8Encoder, Int8Linear, Int8Stack
+from nlp_rnn.metrics import bleu
+from nlp_rnn.predict import resolve_precision
+from nlp_rnn.search import SearchOptions
+from nlp_rnn.translation_task import Translator
+
+from conftest import ROOT
+
+CHECKPOINTS = ROOT / "checkpoints"
+
+
+def test_int8_products_are_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    x, w, b = torch.randn(50, 64), torch.randn(96, 64) * 0.1, torch.randn(96)
+    exact = F.linear(x, w, b)
+    approx = Int8Linear(w, b)(x.view(5, 10, 64)).view(50, 96)
+    assert (approx - exact).norm() / exact.norm() < 0.02
+
+
+@pytest.mark.parametrize("cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_tanh", 1, False)])
+def test_int8_recurrent_layers_follow_torch_and_ignore_padding(cell: str, layers: int, bidirectional: bool) -> None:
+    torch.manual_seed(1)
+    encoder = Encoder(cell, 16, 32, layers, bidirectional, dropout=0.0).eval()
+    batch = make_batch([[5] * n for n in (9, 4, 1, 6)])
+    embedded = torch.randn(4, 9, 16)
+    exact, approx = encoder(embedded, batch.src_len, batch.src_mask), Int8Encoder(encoder)(embedded, batch.src_len, batch.src_mask)
+    assert (approx.states - exact.states).norm() / exact.states.norm() < 0.05
+    assert (approx.final - exact.final).norm() / exact.final.norm() < 0.05
+    assert torch.equal(approx.states[~batch.src_mask], torch.zeros_like(approx.states[~batch.src_mask]))
+    if not bidirectional:  # a language model's stack: same call convention, state carried in and out
+        h0 = torch.randn(layers, 4, 32)
+        out, h = encoder.rnn(embedded, h0)
+        out8, h8 = Int8Stack(encoder.rnn)(embedded, h0)
+        assert (out8 - out).norm() / out.norm() < 0.05 and (h8 - h).norm() / h.norm() < 0.05
+
+
+def test_int8_keeps_the_shipped_models_quality(multi30k: Path, sst2: Path) -> None:
+    sources = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:300]
+    refs = (multi30k / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[:300]
+    bundle = load(CHECKPOINTS / "multi30k-de-en")
+    scores = {}
+    for precision in ("fp32", "int8"):
+        translator = Translator(bundle, precision)
+        out = translator.translate(sources, SearchOptions(beam_size=1), 128)
+        scores[precision] = bleu([o[0].text for o in out], refs)[0].score
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.5, scores
+    texts = [line.split("\t")[0] for line in (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    classifier = load(CHECKPOINTS / "sst2")
+    fp32, int8 = Predictor(classifier, "fp32").classify(texts), Predictor(classifier, "int8").classify(texts)
+    agree = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(texts)
+    assert agree >= 0.99, agree
+    with pytest.raises(NlpRnnError, match="--precision int8 runs on the CPU"):
+        resolve_precision("int8", torch.device("cuda"))

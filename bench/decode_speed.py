@@ -1,6 +1,9 @@
 """Decoding speed and BLEU on the 1,000 sentences of test_2016_flickr (de->en), greedy and beam 5.
 
     python bench/decode_speed.py --model checkpoints/multi30k-de-en [--repeats 3] [--batch-size 128]
+    python bench/decode_speed.py --precision int8                      # int8 products (fbgemm)
+    nlp-rnn export checkpoints/multi30k-de-en --format onnx --output exported/de-en
+    python bench/decode_speed.py --engine onnxruntime --model exported/de-en --precision fp32
 
 "generation" times `Translator.translate` over all sentences (tokenising, search, detokenising)
 after the model is loaded; "whole command" times `nlp-rnn translate --input F --output F` as a
@@ -28,20 +31,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0: 256 greedy, 64 beam")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--engine", default="torch", help="torch, or onnxruntime with --model an exported folder")
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from nlp_rnn.bundle import load
+    from nlp_rnn.export import load_for
     from nlp_rnn.metrics import bleu
     from nlp_rnn.translation_task import Translator
 
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()
     refs = ref_file.read_text(encoding="utf-8").splitlines()
-    translator = Translator(load(args.model, device=args.device), args.precision)
-    results = {"model": args.model, "sentences": len(sources), "precision": translator.precision}
+    translator = Translator(load_for(args.engine, Path(args.model), args.device), args.precision)
+    results = {"model": args.model, "sentences": len(sources), "precision": translator.precision, "engine": args.engine}
     for beam in (int(b) for b in args.beams.split(",")):
         opts = translator.options(beam_size=beam)
         batch_size = args.batch_size or (256 if beam == 1 else 64)
@@ -57,7 +61,7 @@ def main() -> None:
                 started = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", args.model, "--input", str(src_file),
                                 "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(batch_size), "--precision", args.precision,
-                                "--device", args.device],
+                                "--device", args.device, "--engine", args.engine],
                                check=True, capture_output=True)
                 whole.append(time.perf_counter() - started)
         gen, cmd = statistics.median(times), statistics.median(whole)

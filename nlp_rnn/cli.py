@@ -639,8 +639,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Most texts run as one batch."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a request waits for others to batch with."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most texts in one forward pass (requests waiting while the "
+                                  "model is busy run together next, up to 4 times this, sorted by length)."),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="How long an idle server waits for more requests to batch with."),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
     device: str = DEVICE_OPT,

@@ -1,9 +1,10 @@
 """`nlp-rnn serve`: an HTTP JSON API (FastAPI on uvicorn) over loaded models, with dynamic batching.
 
-Each model loads once, at start-up. Requests for the same model and search settings that arrive
-within `max_wait_ms` of each other are translated or classified as one batch (up to `max_batch`
-texts), on one worker thread, so concurrent clients share the batch throughput of `nlp-rnn
-translate`; the answer for a text is the same alone or batched (fp32 search is batch-independent).
+Each model loads once, at start-up. Requests run on one worker thread; the requests for a model
+that arrive while it is busy are translated or classified together in its next run (sorted by
+length into batches of at most `max_batch` texts), so concurrent clients share the batch
+throughput of `nlp-rnn translate` and an idle server answers at once; the answer for a text is the
+same alone or batched (fp32 search is batch-independent).
 Generation runs one request at a time (a seed must give the same samples whatever else arrives).
 Every bad request — a body that is too large, not UTF-8 or not JSON, a wrong field, too many or
 too long texts, an unknown model, a beam size out of range — is a 4xx with `{"error": one line}`;
@@ -53,51 +54,59 @@ class RequestError(Exception):
 
 
 class BatchQueue:
-    """Gathers requests for one (model, settings) key for a few milliseconds and runs them as one batch.
+    """Gathers the requests for one model and runs them in batches, one run at a time.
 
-    `run(texts, key)` is called on the worker thread with every gathered text and returns one result per text.
+    While a run is busy, new requests wait and are taken together by the next run (up to `gather`
+    texts, those with the same settings), so batches grow with the load and an idle server starts
+    at once; `max_wait_s` > 0 also holds an idle server back that long for more requests.
+    `run(texts, key)` is called on the worker thread and returns one result per text.
     """
 
-    def __init__(self, run: Callable[[list[str], tuple], list], executor: ThreadPoolExecutor, max_batch: int, max_wait_s: float):
-        self.run, self.executor, self.max_batch, self.max_wait_s = run, executor, max_batch, max_wait_s
-        self.pending: dict[tuple, list[tuple[list[str], asyncio.Future]]] = {}
+    def __init__(self, run: Callable[[list[str], tuple], list], executor: ThreadPoolExecutor, gather: int, max_wait_s: float):
+        self.run, self.executor, self.gather, self.max_wait_s = run, executor, gather, max_wait_s
+        self.pending: list[tuple[list[str], tuple, asyncio.Future]] = []
+        self.busy = False
         self.tasks: set[asyncio.Task] = set()
 
     async def submit(self, texts: list[str], key: tuple) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        waiting = self.pending.setdefault(key, [])
-        waiting.append((texts, future))
-        if len(waiting) == 1:  # the first request of a batch starts its clock
-            task = loop.create_task(self._flush_later(key))
+        self.pending.append((texts, key, future))
+        if not self.busy:
+            self.busy = True
+            task = loop.create_task(self._drain())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        elif sum(len(t) for t, _ in waiting) >= self.max_batch:
-            self._flush(key)
         return await future
 
-    async def _flush_later(self, key: tuple) -> None:
-        await asyncio.sleep(self.max_wait_s)
-        self._flush(key)
+    async def _drain(self) -> None:
+        try:
+            if self.max_wait_s > 0:
+                await asyncio.sleep(self.max_wait_s)
+            while self.pending:
+                key, batch, rest, size = self.pending[0][1], [], [], 0
+                for item in self.pending:  # the oldest request's settings; others of the same settings join it
+                    if item[1] == key and (size == 0 or size + len(item[0]) <= self.gather):
+                        batch.append(item)
+                        size += len(item[0])
+                    else:
+                        rest.append(item)
+                self.pending = rest
+                await self._run(batch, key)
+        finally:
+            self.busy = False
 
-    def _flush(self, key: tuple) -> None:
-        batch = self.pending.pop(key, [])
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch, key))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, batch: list[tuple[list[str], asyncio.Future]], key: tuple) -> None:
-        texts = [t for texts, _ in batch for t in texts]
+    async def _run(self, batch: list[tuple[list[str], tuple, asyncio.Future]], key: tuple) -> None:
+        texts = [t for texts, _, _ in batch for t in texts]
         try:
             results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, texts, key)
         except Exception as err:  # a failure answers every request of the batch, and the server goes on
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(err)
             return
         start = 0
-        for texts_, future in batch:
+        for texts_, _, future in batch:
             if not future.done():
                 future.set_result(results[start : start + len(texts_)])
             start += len(texts_)
@@ -136,7 +145,7 @@ def _one_line(errors: list[dict]) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: int = 64, max_wait_ms: float = 5.0):
+def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: int = 64, max_wait_ms: float = 0.0):
     """The FastAPI application: POST /translate, /classify, /generate; GET /health, /models; /docs."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -194,7 +203,7 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
     def run_classify(model: Served) -> Callable[[list[str], tuple], list]:
         return lambda texts, key: model.interface.classify(texts, max_batch)
 
-    queues = {name: BatchQueue(run_translate(m) if m.task == "translation" else run_classify(m), executor, max_batch,
+    queues = {name: BatchQueue(run_translate(m) if m.task == "translation" else run_classify(m), executor, 4 * max_batch,
                                max_wait_ms / 1000) for name, m in served.items() if m.task != "language_model"}
 
     app = FastAPI(title="nlp-rnn", version=__version__, description="Translation, classification and generation with recurrent "
@@ -289,7 +298,7 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
 
 
 def serve(specs: list[tuple[str, Path]], host: str, port: int, device: str = "auto", precision: str = "auto",
-          max_batch: int = 64, max_wait_ms: float = 5.0, limits: Limits = Limits()) -> None:
+          max_batch: int = 64, max_wait_ms: float = 0.0, limits: Limits = Limits()) -> None:
     """Loads the models and serves until interrupted (Ctrl-C or SIGTERM end it cleanly)."""
     try:
         import uvicorn

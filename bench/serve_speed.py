@@ -1,0 +1,102 @@
+"""`nlp-rnn serve` under load: 1, 8 and 32 concurrent clients sending 8-sentence greedy requests.
+
+    python bench/serve_speed.py [--model checkpoints/multi30k-de-en] [--precision fp32] [--clients 1,8,32]
+
+Starts the server in its own process on a free port, sends the 1,000 sentences of test_2016_flickr
+as 8-sentence requests from N client threads, and reports requests/s, sentences/s and the p50/p99
+latency of a request; also the latency of one-sentence requests from one client, and "batch mode":
+`Translator.translate` over the same sentences in one process at the server's maximum batch.
+"""
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def post(url: str, body: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        answer = json.loads(response.read())
+    return time.perf_counter() - started, answer
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "checkpoints" / "multi30k-de-en"))
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--request-size", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    sentences = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "nlp_rnn", "serve", "--model", f"m={args.model}", "--port", str(port),
+                               "--precision", args.precision, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                               "--device", "cpu"], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results: dict = {"model": args.model, "precision": args.precision, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        for text in sentences[:5]:  # warm-up
+            post(base + "/translate", {"texts": [text], "beam_size": 1})
+        single = [post(base + "/translate", {"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]
+        results["one_sentence_latency_ms"] = {"p50": round(1000 * statistics.median(single), 1), "p99": round(1000 * percentile(single, 0.99), 1)}
+        print("one sentence:", results["one_sentence_latency_ms"], flush=True)
+        requests = [sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)]
+        for clients in (int(c) for c in args.clients.split(",")):
+            started = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                latencies = [t for t, _ in pool.map(lambda texts: post(base + "/translate", {"texts": texts, "beam_size": 1}), requests)]
+            wall = time.perf_counter() - started
+            results[f"clients_{clients}"] = {"requests_per_s": round(len(requests) / wall, 1), "sentences_per_s": round(len(sentences) / wall, 1),
+                                             "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
+                                             "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1)}
+            print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    from nlp_rnn.bundle import load
+    from nlp_rnn.translation_task import Translator
+
+    translator = Translator(load(args.model, device="cpu"), args.precision)
+    opts = translator.options(beam_size=1)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        translator.translate(sentences, opts, args.max_batch)
+        times.append(time.perf_counter() - started)
+    results["batch_mode_sentences_per_s"] = round(len(sentences) / statistics.median(times), 1)
+    for key in [k for k in results if k.startswith("clients_")]:
+        results[key]["of_batch_mode"] = round(results[key]["sentences_per_s"] / results["batch_mode_sentences_per_s"], 3)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Reproduce every figure in the README's results table, and print that table.
 
-    python bench/run_all.py            # ~15 min: shipped models' scores, decoding speed, 3-minute training-speed runs
+    python bench/run_all.py            # ~25 min: shipped models' scores, decoding (fp32/bf16 auto, int8) and server speed, 3-minute training-speed runs
     python bench/run_all.py --full     # adds the 30-minute Multi30k training run and SST-2/SST-5 over 3 seeds (~2 h)
 
 Without --full, the long-run rows are read from bench/results/ when an earlier --full run (or the
@@ -73,15 +73,23 @@ def main() -> None:
     r = evaluate(sst2_model, ["--data", str(DATA / "sst" / "sst2" / "test.tsv")], "shipped_sst2")
     rows.append(("shipped SST-2 model, test accuracy", f"{100 * r['sets'][0]['accuracy']:.2f} %"))
 
-    python("bench/decode_speed.py", "--model", mt, "--json", str(RESULTS / "decode_speed.json"))
-    dec = json.loads((RESULTS / "decode_speed.json").read_text())
-    for beam in (1, 5):
-        d = dec[f"beam{beam}"]
-        rows.append((f"decoding 1,000 test sentences, {'greedy' if beam == 1 else 'beam 5'} ({dec['precision']})",
-                     f"{d['generation_sentences_per_s']:.0f} sent/s generation, {d['whole_command_sentences_per_s']:.0f} sent/s whole command"))
+    for precision in ("auto", "int8"):
+        name = "decode_speed.json" if precision == "auto" else f"decode_speed_{precision}.json"
+        python("bench/decode_speed.py", "--model", mt, "--precision", precision, "--json", str(RESULTS / name))
+        dec = json.loads((RESULTS / name).read_text())
+        for beam in (1, 5):
+            d = dec[f"beam{beam}"]
+            rows.append((f"decoding 1,000 test sentences, {'greedy' if beam == 1 else 'beam 5'} ({dec['precision']})",
+                         f"{d['generation_sentences_per_s']:.0f} sent/s generation, {d['whole_command_sentences_per_s']:.0f} "
+                         f"sent/s whole command, BLEU {d['bleu']:.2f}"))
+    python("bench/serve_speed.py", "--model", mt, "--precision", "int8", "--json", str(RESULTS / "serve_int8.json"))
+    srv = json.loads((RESULTS / "serve_int8.json").read_text())
+    rows.append(("nlp-rnn serve (int8), one-sentence greedy request", f"p50 {srv['one_sentence_latency_ms']['p50']:.1f} ms"))
+    rows.append(("nlp-rnn serve (int8), 32 clients × 8-sentence requests",
+                 f"{srv['clients_32']['sentences_per_s']:.0f} sent/s = {100 * srv['clients_32']['of_batch_mode']:.1f} % of batch mode"))
 
     for config, name, label in (("configs/reference_joeynmt.yaml", "speed_reference_fp32", "reference config, fp32"),
-                                ("configs/multi30k_de_en.yaml", "speed_default_bf16", "default config, bf16 autocast")):
+                                ("configs/multi30k_de_en.yaml", "speed_default_auto", "default config, precision auto")):
         b = train_speed(config, name, args.speed_minutes)
         rows.append((f"training the reference architecture ({label}), {args.speed_minutes:g} min",
                      f"{b['train_tokens_per_s_median']:.0f} target tokens/s (median), peak RSS {b['peak_rss_mb']:.0f} MB"))

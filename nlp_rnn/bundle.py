@@ -132,7 +132,7 @@ def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool)
     _fsync_tree(tmp)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -146,7 +146,7 @@ def _read_json(path: Path) -> dict:
 
 def read_meta(path: str | Path) -> dict:
     path = resolve(path)
-    meta = _read_json(path / META)
+    meta = read_json(path / META)
     if meta.get("format") != FORMAT:
         raise BundleError(f"{path / META}: not an nlp-rnn bundle (format {meta.get('format')!r})")
     version = meta.get("format_version")
@@ -209,7 +209,7 @@ def load(path: str | Path, task: Optional[str] = None, device: str | torch.devic
 
     task_ = tasks.get(meta["task"])
     try:
-        config = from_dict(task_.config_cls, _read_json(path / CONFIG))
+        config = from_dict(task_.config_cls, read_json(path / CONFIG))
     except NlpRnnError as err:
         raise BundleError(f"{path / CONFIG}: {err}") from None
     tokenizer = Tokenizer.load(path) if task_.needs_tokenizer else None

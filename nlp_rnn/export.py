@@ -287,13 +287,13 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
         if (folder / bundles.META).is_file() or (folder / "best" / bundles.META).is_file():
             raise BundleError(f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)")
         raise BundleError(f"{folder}: not an exported model (no {MANIFEST})")
-    manifest = bundles._read_json(path)
+    manifest = bundles.read_json(path)
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not an nlp-rnn ONNX export (format {manifest.get('format')!r})")
     from nlp_rnn import task as tasks
 
     task = tasks.get(manifest["task"])
-    config = from_dict(task.config_cls, bundles._read_json(folder / bundles.CONFIG))
+    config = from_dict(task.config_cls, bundles.read_json(folder / bundles.CONFIG))
     model = OrtSeq2Seq(folder, manifest) if manifest["task"] == "translation" else OrtClassifier(folder, manifest)
     return bundles.Bundle(manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder)
 

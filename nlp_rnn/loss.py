@@ -107,6 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 LINEAR_CHUNK_ROWS = 256
+FUSE_ABOVE = 1 << 22  # logits elements (16 MB in fp32): smaller ones fit in cache and are cheaper made whole
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
@@ -116,6 +117,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: O
 
     Under autocast the products run in its 16-bit type, the softmax and the sums in fp32.
     """
+    if hidden.size(0) * weight.size(0) <= FUSE_ABOVE:  # small (a tiny vocabulary): fewer, larger operations win
+        return cross_entropy_sum(F.linear(hidden, weight, bias), target, smoothing)
     want = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
     dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
     with torch.autocast(hidden.device.type, enabled=False):

@@ -12,7 +12,6 @@ the server keeps serving.
 """
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -23,9 +23,10 @@ def test_matches_torch_cross_entropy(smoothing: float) -> None:
 
 
 @pytest.mark.parametrize("smoothing,bias", [(0.0, True), (0.1, False)])
-def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(smoothing: float, bias: bool) -> None:
+def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(smoothing: float, bias: bool, monkeypatch) -> None:
     from nlp_rnn import loss as losses
 
+    monkeypatch.setattr(losses, "FUSE_ABOVE", 0)  # the fused path even for this small problem
     torch.manual_seed(1)
     hidden, weight = torch.randn(700, 24, dtype=torch.float64), torch.randn(101, 24, dtype=torch.float64)
     b = torch.randn(101, dtype=torch.float64) if bias else None

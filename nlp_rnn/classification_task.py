@@ -152,7 +152,7 @@ class ClassificationTask(tasks.Task):
         def validate() -> dict:
             total, correct = 0.0, 0
             for index in ordered_batches([len(x) for x in x_valid], 256):
-                batch = make_batch([x_valid[i] for i in index], labels=[y_valid[i] for i in index])
+                batch = devices.move(make_batch([x_valid[i] for i in index], labels=[y_valid[i] for i in index]), devices.of(model))
                 logits = model.logits(batch)
                 total += float(torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum"))
                 correct += int((logits.argmax(-1) == batch.labels).sum())

@@ -52,6 +52,8 @@ def init(device: torch.device) -> None:
     if not dist.is_available():
         raise NlpRnnError("this torch build has no torch.distributed; run a single process")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on this process's GPU
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 1800)))
     try:
         dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)

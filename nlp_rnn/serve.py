@@ -228,8 +228,10 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
     async def body_limits(request: Request, call_next):
         if request.method == "POST":
             declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_body:
+            if declared is not None and declared.isdigit() and int(declared) > 64 * limits.max_body:
                 return JSONResponse({"error": f"body: {int(declared):,} bytes; at most {limits.max_body:,}"}, status_code=413)
+            # Read the whole body even when it is too large: answering before the client has sent it
+            # would reset the connection under it (the client sees a broken pipe, not the 413).
             body = await request.body()  # starlette keeps it for the endpoint
             if len(body) > limits.max_body:
                 return JSONResponse({"error": f"body: {len(body):,} bytes; at most {limits.max_body:,}"}, status_code=413)

@@ -163,7 +163,8 @@ class TranslationTask(tasks.Task):
         def validate() -> dict:
             total, count = 0.0, 0
             for index in ordered_batches([len(s) for s in val_src_ids], 128):
-                loss, n = model(make_batch([val_src_ids[i] for i in index], [val_tgt_ids[i] for i in index]))
+                batch = make_batch([val_src_ids[i] for i in index], [val_tgt_ids[i] for i in index])
+                loss, n = model(devices.move(batch, devices.of(model)))
                 total, count = total + float(loss), count + n
             hyps = search_ids(model, val_src_ids, search_opts, cfg.decode.batch_size)
             texts = tok.decode_tgt([h[0].tokens for h in hyps])

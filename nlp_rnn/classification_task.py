@@ -21,7 +21,7 @@ from nlp_rnn.data import (LabeledSource, TokenBatcher, encode_sources, label_ids
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import hyps_file, model_info, table
 from nlp_rnn.metrics import classification_report
-from nlp_rnn.predict import chunked, resolve_precision, with_precision
+from nlp_rnn.predict import chunked, precision_for, with_precision
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Predictor:
     def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != "classification":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; classify needs a classification model")
-        self.precision = resolve_precision(precision, devices.of(bundle.model))
+        self.precision = precision_for(bundle.model, precision)
         self.bundle, self.model, self.tokenizer = bundle, with_precision(bundle.model, self.precision), bundle.tokenizer
         self.labels: list[str] = list(bundle.meta["labels"])  # names
         self.values: list[str] = list(bundle.meta.get("label_values", self.labels))  # as in the training data

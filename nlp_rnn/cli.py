@@ -293,7 +293,7 @@ def translate(
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
     if batch_size < 0:
         raise NlpRnnError(f"--batch-size must be positive (or 0 for automatic), got {batch_size}")
-    translator = Translator(load_for(engine, _resolve_model(model, "translation"), device), precision if engine == "torch" else "fp32")
+    translator = Translator(load_for(engine, _resolve_model(model, "translation"), device), precision)
     opts = translator.options(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty,
                               no_repeat_ngram=no_repeat_ngram, attention=attention_plot is not None)
     if n_best > opts.beam_size:
@@ -352,7 +352,7 @@ def classify(
         raise NlpRnnError(f"--format must be text or jsonl, got {fmt!r}")
     if batch_size < 1:
         raise NlpRnnError(f"--batch-size must be at least 1, got {batch_size}")
-    predictor = Predictor(load_for(engine, _resolve_model(model, "classification"), device), precision if engine == "torch" else "fp32")
+    predictor = Predictor(load_for(engine, _resolve_model(model, "classification"), device), precision)
     lines = iter(texts) if texts else read_input_lines(input)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
@@ -604,8 +604,7 @@ def evaluate(
     task = tasks.of(bundle)
     request = tasks.EvalRequest(src=src, ref=ref, data=data, dataset=dataset, splits=split, src_lang=src_lang, tgt_lang=tgt_lang,
                                 text_column=text_column, label_column=label_column, beam_size=beam_size,
-                                length_penalty=length_penalty, batch_size=batch_size,
-                                precision=precision if engine == "torch" else "fp32", hyps=hyps,
+                                length_penalty=length_penalty, batch_size=batch_size, precision=precision, hyps=hyps,
                                 plot=plot)
     result = task.evaluate(bundle, request)
     for line in task.report(result):

@@ -4,6 +4,7 @@ B batch, S source length, E embedding, H hidden per direction, D directions, L l
 """
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,3 +56,29 @@ class Encoder(nn.Module):
         top = h_n[-self.directions :]  # (D, B, H): packing makes these the last real states
         final = top.transpose(0, 1).reshape(embedded.size(0), self.output_size)  # (B, D*H)
         return EncoderOutput(states=states, final=final, mask=mask)
+
+
+def masked_stack(embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, layers: Sequence[Sequence[nn.Module]],
+                 run: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> EncoderOutput:
+    """The packed encoder's outputs without packing, for graphs and kernels that cannot pack (ONNX, int8).
+
+    `layers[l][d]` is direction d of layer l, and `run(module, x)` its outputs (B, S, H) over padded
+    x. The backward direction reads every sentence reversed within its own length (a gather), so
+    padding, which stays at the end, never reaches a real position in either direction.
+    """
+    steps = torch.arange(embedded.size(1), device=embedded.device).unsqueeze(0)  # (1, S)
+    last = (lengths - 1).unsqueeze(1)  # (B, 1)
+    flip = torch.where(steps <= last, last - steps, steps).unsqueeze(2)  # (B, S, 1) reverse within the length
+    x = embedded
+    for layer in layers:
+        outs = []
+        for d, module in enumerate(layer):
+            inp = x if d == 0 else x.gather(1, flip.expand(-1, -1, x.size(2)))
+            out = run(module, inp)
+            outs.append(out if d == 0 else out.gather(1, flip.expand(-1, -1, out.size(2))))
+        x = torch.cat(outs, dim=2)
+    states = x * mask.unsqueeze(2).to(x.dtype)  # (B, S, D*H), zeros at padding as after packing
+    hidden = states.size(2) // len(layers[0])
+    forward_last = states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)  # (B, H)
+    final = forward_last if len(layers[0]) == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
+    return EncoderOutput(states=states, final=final, mask=mask)

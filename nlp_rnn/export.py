@@ -30,7 +30,7 @@ from torch import nn
 from nlp_rnn import bundle as bundles
 from nlp_rnn.config import from_dict, to_dict
 from nlp_rnn.decoder import DecoderState, Memory
-from nlp_rnn.encoder import Encoder, EncoderOutput
+from nlp_rnn.encoder import Encoder, EncoderOutput, masked_stack
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import BOS, Tokenizer
 
@@ -63,27 +63,11 @@ class MaskedEncoder(nn.Module):
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         rnn = encoder.rnn
-        self.directions, self.output_size = encoder.directions, encoder.output_size
         self.layers = nn.ModuleList(nn.ModuleList(_single_layer(rnn, layer, d == 1) for d in range(encoder.directions))
                                     for layer in range(rnn.num_layers))
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        steps = torch.arange(embedded.size(1), device=embedded.device).unsqueeze(0)  # (1, S)
-        last = (lengths - 1).unsqueeze(1)  # (B, 1)
-        flip = torch.where(steps <= last, last - steps, steps)  # (B, S) reverse within the length; padding stays
-        x = embedded
-        for layer in self.layers:
-            outs = []
-            for d, rnn in enumerate(layer):
-                inp = x if d == 0 else x.gather(1, flip.unsqueeze(2).expand(-1, -1, x.size(2)))
-                out, _ = rnn(inp)  # (B, S, H)
-                outs.append(out if d == 0 else out.gather(1, flip.unsqueeze(2).expand(-1, -1, out.size(2))))
-            x = torch.cat(outs, dim=2)
-        states = x * mask.unsqueeze(2).to(x.dtype)  # (B, S, D*H), zeros at padding as after packing
-        hidden = self.output_size // self.directions
-        forward_last = states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)  # (B, H)
-        final = forward_last if self.directions == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
-        return EncoderOutput(states=states, final=final, mask=mask)
+        return masked_stack(embedded, lengths, mask, self.layers, lambda rnn, x: rnn(x)[0])
 
 
 def _mask(src_len: torch.Tensor, width: int) -> torch.Tensor:
@@ -183,6 +167,19 @@ def export(bundle: bundles.Bundle, folder: str | Path) -> Path:
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_export(bundle, model, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def _write_export(bundle: bundles.Bundle, model: nn.Module, tmp: Path) -> None:
+    """The graphs (traced on a small padded batch), tokenizer, config and manifest, into `tmp`."""
     src = torch.tensor([[5, 6, 7, 2], [8, 2, 0, 0], [9, 10, 2, 0]])
     src_len = torch.tensor([4, 2, 3])
     graphs: dict = {}
@@ -211,10 +208,6 @@ def export(bundle: bundles.Bundle, folder: str | Path) -> Path:
     manifest = {"format": FORMAT, "format_version": 1, "task": bundle.task, "opset": OPSET, "graphs": graphs,
                 "cell": getattr(model.cfg, "cell", None), "meta": bundle.meta, "source": str(bundle.path)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -239,6 +232,8 @@ def _np(t: torch.Tensor):
 
 class OrtSeq2Seq(nn.Module):
     """A translation model on ONNX Runtime with the search protocol (`start`, `step`)."""
+
+    fixed_precision = "fp32"
 
     def __init__(self, folder: Path, manifest: dict) -> None:
         super().__init__()
@@ -270,6 +265,8 @@ class OrtSeq2Seq(nn.Module):
 
 class OrtClassifier(nn.Module):
     """A classifier on ONNX Runtime: `logits(batch)` as the PyTorch classifier."""
+
+    fixed_precision = "fp32"
 
     def __init__(self, folder: Path, manifest: dict) -> None:
         super().__init__()

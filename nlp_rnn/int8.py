@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from nlp_rnn.decoder import cell_update
-from nlp_rnn.encoder import EncoderOutput
+from nlp_rnn.encoder import EncoderOutput, masked_stack
 from nlp_rnn.errors import NlpRnnError
 
 
@@ -64,8 +64,14 @@ class Int8Layer(nn.Module):
         self.ih = Int8Linear(getattr(rnn, f"weight_ih{suffix}"), getattr(rnn, f"bias_ih{suffix}"))
         self.hh = Int8Linear(getattr(rnn, f"weight_hh{suffix}"), getattr(rnn, f"bias_hh{suffix}"))
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor], lengths: Optional[torch.Tensor] = None):
-        """x (B, S, I) from state h, c (B, H) -> outputs (B, S, H) and the state after each row's last real step."""
+    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None,
+                lengths: Optional[torch.Tensor] = None):
+        """x (B, S, I) from state h, c (B, H) (default zeros) -> outputs (B, S, H) and the state after each row's
+        last real step (`lengths`; without, the last column)."""
+        if h is None:
+            h = x.new_zeros(x.size(0), self.hidden)
+        if c is None and self.cell == "lstm":
+            c = torch.zeros_like(h)
         gates = self.ih(x)  # (B, S, G)
         outs = []
         for t in range(x.size(1)):
@@ -86,28 +92,11 @@ class Int8Encoder(nn.Module):
     def __init__(self, encoder) -> None:
         super().__init__()
         rnn, cell = encoder.rnn, _cell_name(encoder.rnn)
-        self.directions, self.output_size, self.lstm = encoder.directions, encoder.output_size, encoder.is_lstm
         self.layers = nn.ModuleList(nn.ModuleList(Int8Layer(cell, rnn, f"_l{layer}" + ("_reverse" if d else ""))
                                                   for d in range(encoder.directions)) for layer in range(rnn.num_layers))
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        batch, hidden = embedded.size(0), self.output_size // self.directions
-        steps = torch.arange(embedded.size(1), device=embedded.device).unsqueeze(0)
-        last = (lengths - 1).unsqueeze(1)
-        flip = torch.where(steps <= last, last - steps, steps).unsqueeze(2)  # (B, S, 1)
-        x = embedded.float()
-        for layer in self.layers:
-            outs = []
-            for d, run in enumerate(layer):
-                zeros = x.new_zeros(batch, hidden)
-                inp = x if d == 0 else x.gather(1, flip.expand(-1, -1, x.size(2)))
-                out, _, _ = run(inp, zeros, zeros.clone() if self.lstm else None)
-                outs.append(out if d == 0 else out.gather(1, flip.expand(-1, -1, out.size(2))))
-            x = torch.cat(outs, dim=2)
-        states = x * mask.unsqueeze(2).to(x.dtype)
-        forward_last = states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)
-        final = forward_last if self.directions == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
-        return EncoderOutput(states=states, final=final, mask=mask)
+        return masked_stack(embedded.float(), lengths, mask, self.layers, lambda layer, x: layer(x)[0])
 
 
 class Int8Stack(nn.Module):

@@ -32,7 +32,7 @@ from nlp_rnn.data import (TokenBatcher, split_by_weight, label_ids, label_names,
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import model_info, table
 from nlp_rnn.language_model import LanguageModel, LMModelConfig, LMState
-from nlp_rnn.predict import resolve_precision, with_precision
+from nlp_rnn.predict import precision_for, with_precision
 from nlp_rnn.search import Hypothesis, SampleOptions, SearchOptions, beam_search, greedy, sample
 from nlp_rnn.tokenizer import BOS, EOS, Tokenizer
 
@@ -299,7 +299,7 @@ class Generator:
         if bundle.task != LanguageModelTask.name:
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; generate needs a language model")
         self.bundle, self.model, self.tokenizer = bundle, bundle.model.eval(), bundle.tokenizer
-        self.precision = resolve_precision(precision, devices.of(bundle.model))
+        self.precision = precision_for(bundle.model, precision)
         self.model = with_precision(self.model, self.precision)
         self.conditions: list[str] = list(bundle.meta.get("conditions") or [])
         self.defaults: GenerateConfig = bundle.config.decode

@@ -45,6 +45,16 @@ def resolve_precision(precision: str, device: torch.device = torch.device("cpu")
     return "bf16" if native else "fp32"
 
 
+def precision_for(model, precision: str) -> str:
+    """`resolve_precision` for this model: a model fixed to one precision (ONNX Runtime: fp32) refuses the others."""
+    fixed = getattr(model, "fixed_precision", None)
+    if fixed is None:
+        return resolve_precision(precision, devices.of(model))
+    if precision not in ("auto", fixed):
+        raise NlpRnnError(f"--precision {precision}: this model runs in {fixed} only (--engine onnxruntime)")
+    return fixed
+
+
 def with_precision(model, precision: str):
     """The model to run at a resolved precision: itself (fp32), a bf16 copy's weights in place, or an int8 copy."""
     if precision == "bf16":

@@ -87,12 +87,6 @@ class RunLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
 
 class Trainer:
     """Trains `setup.bundle.model`; `setup.validate()` returns metrics including `setup.score_key`."""

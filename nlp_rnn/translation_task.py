@@ -22,7 +22,7 @@ from nlp_rnn.data import (ParallelSource, TokenBatcher, encode_sources, make_bat
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.evaluation import hyps_file, model_info, table
 from nlp_rnn.metrics import bleu, chrf
-from nlp_rnn.predict import chunked, resolve_precision, search_ids, with_precision
+from nlp_rnn.predict import chunked, precision_for, search_ids, with_precision
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.seq2seq import Seq2Seq
 
@@ -69,7 +69,7 @@ class Translator:
     def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != "translation":
             raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model")
-        self.precision = resolve_precision(precision, devices.of(bundle.model))
+        self.precision = precision_for(bundle.model, precision)
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
         self.model = with_precision(bundle.model, self.precision)
         self.max_src_len = bundle.config.data.max_src_len

@@ -37,9 +37,9 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from nlp_rnn.export import load_for
-    from nlp_rnn.metrics import bleu
-    from nlp_rnn.translation_task import Translator
+    from nlp_rnn.deploy.onnx import load_for
+    from nlp_rnn.tasks.metrics import bleu
+    from nlp_rnn.tasks.translation import Translator
 
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()

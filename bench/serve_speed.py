@@ -80,8 +80,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    from nlp_rnn.bundle import load
-    from nlp_rnn.translation_task import Translator
+    from nlp_rnn.tasks.base import load
+    from nlp_rnn.tasks.translation import Translator
 
     translator = Translator(load(args.model, device="cpu"), args.precision)
     opts = translator.options(beam_size=1)

@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from nlp_rnn.bundle import load
-    from nlp_rnn.classification_task import Predictor
+    from nlp_rnn.tasks.base import load
+    from nlp_rnn.tasks.classification import Predictor
 
     summary = {}
     for setting in args.settings.split(","):

@@ -1,16 +1,16 @@
 """nlp-rnn: recurrent networks for translation, classification, language modelling and forecasting."""
 
-__version__ = "0.1.0"
+from nlp_rnn.version import __version__
 
 
 def load(path, device="auto", **options):
     """Loads a bundle (or a training folder's best/) ready for use on `device` (auto: a CUDA GPU when there
     is one, cpu, cuda, cuda:N): a `Translator`, a `Predictor`, a `Generator` or a forecaster's `Predictor`,
     as its task says. `options` (e.g. precision="fp32") go to that interface."""
-    from nlp_rnn.bundle import load as load_bundle
-    from nlp_rnn.predict import wrap
+    from nlp_rnn.tasks import base as tasks
 
-    return wrap(load_bundle(path, device=device), **options)
+    bundle = tasks.load(path, device=device)
+    return tasks.of(bundle).wrap(bundle, **options)
 
 
 __all__ = ["__version__", "load"]

@@ -13,14 +13,15 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nlp_rnn import __version__
+from nlp_rnn.version import __version__
+from nlp_rnn import devices
 from nlp_rnn.config import from_dict, to_dict
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
@@ -145,6 +146,7 @@ def read_json(path: Path) -> dict:
 
 
 def read_meta(path: str | Path) -> dict:
+    """A bundle's meta.json, checked to be an nlp-rnn bundle of a format version this library reads."""
     path = resolve(path)
     meta = read_json(path / META)
     if meta.get("format") != FORMAT:
@@ -154,12 +156,6 @@ def read_meta(path: str | Path) -> dict:
         raise BundleError(
             f"{path}: bundle format version {version} is newer than this nlp-rnn supports ({FORMAT_VERSION}); upgrade nlp-rnn"
         )
-    from nlp_rnn import task as tasks
-
-    try:
-        tasks.get(meta.get("task"))
-    except NlpRnnError:
-        raise BundleError(f"{path / META}: unknown task {meta.get('task')!r} (known: {', '.join(tasks.names())})") from None
     return meta
 
 
@@ -194,29 +190,20 @@ def _check_weights(path: Path, found: dict[str, tuple[int, ...]], expected: dict
                               f"{tuple(expected[name])}")
 
 
-def load(path: str | Path, task: Optional[str] = None, device: str | torch.device = "cpu") -> Bundle:
-    """Rebuilds exactly what was trained, on `device`; refuses corrupt, truncated, foreign or mismatched bundles.
+class ModelBuilder(Protocol):
+    """What rebuilding a bundle's model needs from its task (a registered `Task` is one)."""
 
-    The config is checked against the tensor shapes in the weights' header on a model built on the
-    meta device (no memory), so a config that asks for a huge model is refused, not allocated.
-    """
-    path = resolve(path)
-    meta = read_meta(path)
-    if task is not None and meta["task"] != task:
-        raise BundleError(f"{path}: this is a {meta['task']} model, not a {task} model")
-    from nlp_rnn import devices
-    from nlp_rnn import task as tasks
+    config_cls: type
+    needs_tokenizer: bool
 
-    task_ = tasks.get(meta["task"])
-    try:
-        config = from_dict(task_.config_cls, read_json(path / CONFIG))
-    except NlpRnnError as err:
-        raise BundleError(f"{path / CONFIG}: {err}") from None
-    tokenizer = Tokenizer.load(path) if task_.needs_tokenizer else None
-    found = read_header(path / WEIGHTS)
-    with torch.device("meta"):
-        skeleton = task_.build_model(config, tokenizer, meta)
-    _check_weights(path, found, {k: tuple(v.shape) for k, v in _unique_state(skeleton).items()})
+    def build_model(self, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict) -> nn.Module: ...
+
+
+def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The bundle's weights, checked against `model` (shapes from the header first, then every value
+    finite) and cast to the model's dtypes."""
+    expected = _unique_state(model)
+    _check_weights(path, read_header(path / WEIGHTS), {k: tuple(v.shape) for k, v in expected.items()})
     try:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:
@@ -224,12 +211,48 @@ def load(path: str | Path, task: Optional[str] = None, device: str | torch.devic
     for name, tensor in state.items():
         if not torch.isfinite(tensor.float()).all():
             raise BundleError(f"{path / WEIGHTS}: {name} holds NaN or infinite values")
-    model = task_.build_model(config, tokenizer, meta)
-    expected = _unique_state(model)
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+    return {k: v.to(expected[k].dtype) for k, v in state.items()}
+
+
+def load(path: str | Path, builder_of: Callable[[str], ModelBuilder], task: Optional[str] = None,
+         device: str | torch.device = "cpu") -> Bundle:
+    """Rebuilds exactly what was trained, on `device`; refuses corrupt, truncated, foreign or mismatched bundles.
+
+    `builder_of(task_name)` gives the model's builder (the task registry's `get`). The config is
+    checked against the tensor shapes in the weights' header on a model built on the meta device (no
+    memory), so a config that asks for a huge model is refused, not allocated.
+    """
+    path = resolve(path)
+    meta = read_meta(path)
+    if task is not None and meta["task"] != task:
+        raise BundleError(f"{path}: this is a {meta['task']} model, not a {task} model")
+    try:
+        builder = builder_of(meta.get("task"))
+    except NlpRnnError as err:
+        raise BundleError(f"{path / META}: {err}") from None
+    try:
+        config = from_dict(builder.config_cls, read_json(path / CONFIG))
+    except NlpRnnError as err:
+        raise BundleError(f"{path / CONFIG}: {err}") from None
+    tokenizer = Tokenizer.load(path) if builder.needs_tokenizer else None
+    with torch.device("meta"):
+        skeleton = builder.build_model(config, tokenizer, meta)
+    _check_weights(path, read_header(path / WEIGHTS), {k: tuple(v.shape) for k, v in _unique_state(skeleton).items()})
+    model = builder.build_model(config, tokenizer, meta)
+    model.load_state_dict(read_weights(path, model), strict=False)
     model.to(devices.resolve(device) if isinstance(device, str) else device)
     model.eval()
     return Bundle(meta["task"], config, model, tokenizer, meta, path)
+
+
+def load_weights_into(path: str | Path, model: nn.Module, task: str) -> dict:
+    """Loads a saved bundle's weights into `model` (the same architecture, e.g. to resume); its meta."""
+    path = resolve(path)
+    meta = read_meta(path)
+    if meta["task"] != task:
+        raise BundleError(f"{path}: this is a {meta['task']} model, not a {task} model")
+    model.load_state_dict(read_weights(path, model), strict=False)
+    return meta
 
 
 def load_trainer_state(path: str | Path) -> dict:

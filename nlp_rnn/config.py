@@ -1,13 +1,13 @@
 """Frozen config dataclasses and a loader that rejects unknown keys and wrong types.
 
-A YAML file maps onto `TranslationConfig` or `ClassifierConfig`; CLI options override a few
+A YAML file maps onto a task's config (e.g. `TranslationConfig`, in its task module); CLI options override a few
 fields with `dataclasses.replace`. Bundles store the same structure as JSON.
 """
 
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,8 +16,6 @@ import yaml
 from nlp_rnn.errors import NlpRnnError
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
-ATTENTIONS = ("none", "bahdanau", "luong", "luong_dot")
-POOLINGS = ("last", "mean", "max", "attention")
 
 
 def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
@@ -81,72 +79,6 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
-class Seq2SeqModelConfig:
-    cell: str = "gru"
-    embedding_dim: int = 256
-    encoder_hidden: int = 256
-    encoder_layers: int = 1
-    bidirectional: bool = True
-    decoder_hidden: int = 512
-    decoder_layers: int = 1
-    attention: str = "bahdanau"  # none | bahdanau | luong (general) | luong_dot
-    attention_dim: int = 512  # additive attention's inner size
-    input_feeding: bool = True
-    bridge: bool = True  # initialise the decoder from the encoder's final state (else zeros)
-    tie_output: bool = False  # share target embedding and output weights
-    dropout: float = 0.3
-    embedding_dropout: Optional[float] = None  # defaults to dropout
-    # word vectors in word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz) for the embeddings
-    pretrained_src_embeddings: Optional[str] = None
-    pretrained_tgt_embeddings: Optional[str] = None
-    freeze_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        _choice("model.cell", self.cell, CELLS)
-        _choice("model.attention", self.attention, ATTENTIONS)
-        for name in ("embedding_dim", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers", "attention_dim"):
-            _positive(f"model.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
-        enc_out = self.encoder_hidden * (2 if self.bidirectional else 1)
-        if self.attention == "luong_dot" and enc_out != self.decoder_hidden:
-            raise NlpRnnError(
-                f"config: model.attention luong_dot needs decoder_hidden ({self.decoder_hidden}) == encoder output size ({enc_out})"
-            )
-        if self.tie_output and self.embedding_dim != self.decoder_hidden:
-            raise NlpRnnError(
-                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == decoder_hidden ({self.decoder_hidden})"
-            )
-
-
-@dataclass(frozen=True)
-class ClassifierModelConfig:
-    cell: str = "lstm"
-    embedding_dim: int = 256
-    hidden_size: int = 256
-    num_layers: int = 1
-    bidirectional: bool = True
-    pooling: str = "max"  # last | mean | max | attention
-    dropout: float = 0.5
-    embedding_dropout: Optional[float] = None
-    pretrained_embeddings: Optional[str] = None  # word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz)
-    freeze_embeddings: bool = False
-    word_dropout: float = 0.0  # training only: each input token becomes <unk> with this probability
-    members: int = 1  # >1: an ensemble of this many classifiers trained side by side, probabilities averaged
-
-    def __post_init__(self) -> None:
-        _choice("model.cell", self.cell, CELLS)
-        _choice("model.pooling", self.pooling, POOLINGS)
-        for name in ("embedding_dim", "hidden_size", "num_layers"):
-            _positive(f"model.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
-        _positive("model.members", self.members)
-        if not 0 <= self.word_dropout < 1:
-            raise NlpRnnError(f"config: model.word_dropout must be in [0, 1), got {self.word_dropout}")
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
     batch_tokens: int = 4096  # padded source+target tokens per batch (token budget)
@@ -182,35 +114,6 @@ class TrainConfig:
                 raise NlpRnnError(f"config: train.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise NlpRnnError(f"config: train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    beam_size: int = 1
-    max_len_a: float = 1.5  # maximum output length = a * source length + b
-    max_len_b: int = 10
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        _positive("decode.beam_size", self.beam_size)
-        _positive("decode.batch_size", self.batch_size)
-
-
-@dataclass(frozen=True)
-class TranslationConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: Seq2SeqModelConfig = field(default_factory=Seq2SeqModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(vocab_size=8000, model_type="unigram"))
-    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_tokens=2048, validate_every=100, patience=6))
 
 
 def _check_type(where: str, value: Any, annotation: Any) -> Any:

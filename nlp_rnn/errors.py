@@ -7,3 +7,7 @@ class NlpRnnError(Exception):
 
 class BundleError(NlpRnnError):
     """A model bundle that is missing, damaged, foreign or from an incompatible version."""
+
+
+class InvalidRequest(NlpRnnError):
+    """A request whose fields are each valid but do not fit together (HTTP 422)."""

@@ -19,7 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm import tqdm
@@ -28,11 +28,30 @@ from nlp_rnn import bundle as bundles
 from nlp_rnn import devices, distributed
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.predict import resolve_precision
-from nlp_rnn.task import TrainingSetup
+from nlp_rnn.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainingSetup:
+    """What a task hands the task-agnostic `Trainer`."""
+
+    bundle: bundles.Bundle
+    batcher: Any  # .epoch(e) -> list of batch descriptions, in training order
+    collate: Callable[[Any], Any]  # batch description -> model input
+    loss_fn: Callable[[Any, int], tuple[torch.Tensor, int]]  # (batch, step) -> (summed loss, count)
+    validate: Callable[[], dict]
+    score_key: str
+    higher_is_better: bool = True
+    # Extra state saved in last/ so that a resumed run is exact (e.g. a language model's carried hidden state).
+    state_dict: Optional[Callable[[], dict]] = None
+    load_state_dict: Optional[Callable[[dict], None]] = None
+    # False: no selection by score (no early stopping or plateau schedule); best/ is the latest model,
+    # as when a model is refitted on its validation rows for a step count chosen before.
+    select: bool = True
+    lr_at: Optional[Callable[[int], float]] = None  # step -> learning rate, replacing the plateau schedule
 
 
 @dataclass
@@ -145,10 +164,9 @@ class Trainer:
         if saved_world != self.world:
             raise NlpRnnError(f"{last}: saved by a run of {saved_world} process(es), resumed with {self.world}; resume with "
                               f"the same number (torchrun --nproc-per-node), or start a new run from {last} with --output elsewhere")
-        saved = bundles.load(last, task=self.bundle.task)
-        self.model.load_state_dict(saved.model.state_dict())
-        if saved.meta.get("best") is not None:
-            self.bundle.meta["best"] = saved.meta["best"]
+        saved = bundles.load_weights_into(last, self.model, self.bundle.task)
+        if saved.get("best") is not None:
+            self.bundle.meta["best"] = saved["best"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):

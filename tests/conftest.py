@@ -2,13 +2,14 @@
 
 import random
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 import torch
 
-from nlp_rnn.config import Seq2SeqModelConfig
+from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.data import make_batch
-from nlp_rnn.seq2seq import Seq2Seq
+from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.tokenizer import EOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +54,11 @@ def small_config(**changes) -> Seq2SeqModelConfig:
 
 
 def train_copy_model(
-    cfg: Seq2SeqModelConfig, steps: int = 300, reverse: bool = False, seed: int = 0, lr: float = 0.005, batch: int = 256, max_len: int = 6
+    cfg: Seq2SeqModelConfig, steps: int = 300, reverse: bool = False, seed: int = 0, lr: float = 0.005, batch: int = 256,
+    max_len: int = 6, until: Optional[Callable[[Seq2Seq], bool]] = None, check_every: int = 50,
 ) -> Seq2Seq:
-    """A real tiny training run on the copy (or reverse) task."""
+    """A real tiny training run on the copy (or reverse) task: `steps` updates, or fewer when `until(model)`
+    holds at one of the checks every `check_every` steps (the model is in eval mode while checked)."""
     torch.manual_seed(seed)
     model = Seq2Seq(cfg, 4 + SYMBOLS, 4 + SYMBOLS)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -67,6 +70,11 @@ def train_copy_model(
         (loss / count).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
+        if until is not None and (step + 1) % check_every == 0:
+            done = until(model.eval())
+            model.train()
+            if done:
+                break
     return model.eval()
 
 

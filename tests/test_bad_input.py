@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.config import TranslationConfig, load_config
+from nlp_rnn.tasks.base import load as load_bundle
+from nlp_rnn.config import load_config
+from nlp_rnn.tasks.translation import TranslationConfig
 from nlp_rnn.data import ParallelSource, read_parallel, read_table, tokenize_parallel
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
@@ -111,7 +113,7 @@ def saved_bundle(tmp_path: Path) -> Path:
     import torch
 
     from nlp_rnn.bundle import Bundle
-    from nlp_rnn.seq2seq import Seq2Seq
+    from nlp_rnn.nn.seq2seq import Seq2Seq
 
     from conftest import small_config
 
@@ -123,20 +125,20 @@ def saved_bundle(tmp_path: Path) -> Path:
 
 
 def test_corrupt_truncated_and_foreign_bundles_are_refused(saved_bundle: Path) -> None:
-    bundles.load(saved_bundle)
+    load_bundle(saved_bundle)
     weights = saved_bundle / bundles.WEIGHTS
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])
     with pytest.raises(BundleError) as err:
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
     assert "model.safetensors: corrupt or truncated" in one_line(err)
     weights.write_bytes(b"PK\x03\x04 a pickled torch file, not safetensors")
     with pytest.raises(BundleError, match="corrupt or truncated"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
     weights.write_bytes(good)
     (saved_bundle / "sentencepiece.model").write_bytes(b"garbage")
     with pytest.raises(BundleError, match="not a sentencepiece model"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
 
 
 def test_foreign_meta_newer_version_and_mismatched_config(saved_bundle: Path) -> None:
@@ -144,17 +146,17 @@ def test_foreign_meta_newer_version_and_mismatched_config(saved_bundle: Path) ->
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps(dict(meta, format="something-else")))
     with pytest.raises(BundleError, match="not an nlp-rnn bundle"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
     meta_file.write_text(json.dumps(dict(meta, format_version=99)))
     with pytest.raises(BundleError, match="format version 99 is newer than this nlp-rnn supports \\(1\\)"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
     meta_file.write_text(json.dumps(meta))
     config_file = saved_bundle / bundles.CONFIG
     config = json.loads(config_file.read_text())
     config["model"]["decoder_hidden"] = 32
     config_file.write_text(json.dumps(config))
     with pytest.raises(BundleError, match="weights do not match|has shape"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)
     meta_file.write_text("{not json")
     with pytest.raises(BundleError, match="meta.json: corrupt"):
-        bundles.load(saved_bundle)
+        load_bundle(saved_bundle)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nlp_rnn.data import TokenBatcher, make_batch, ordered_batches
-from nlp_rnn.seq2seq import Seq2Seq
+from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.tokenizer import EOS
 
 from conftest import copy_examples, small_config

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nlp_rnn.decoder import Cell, cell_update
+from nlp_rnn.nn.decoder import Cell, cell_update
 
 
 @pytest.mark.parametrize("cell, reference", [("gru", nn.GRUCell), ("lstm", nn.LSTMCell), ("rnn_tanh", nn.RNNCell),

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlp_rnn.classifier import Classifier
+from nlp_rnn.nn.classifier import Classifier
 from nlp_rnn.cli import main
-from nlp_rnn.config import ClassifierModelConfig
+from nlp_rnn.nn.classifier import ClassifierModelConfig
 from nlp_rnn.data import make_batch
 
 TINY = """

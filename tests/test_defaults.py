@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from nlp_rnn import defaults
+from nlp_rnn.tasks import defaults
 from nlp_rnn.cli import main
-from nlp_rnn.metrics import bleu
+from nlp_rnn.tasks.metrics import bleu
 
 from conftest import ROOT
 

@@ -19,12 +19,14 @@ import yaml
 from safetensors.torch import load_file
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.classifier import Classifier
-from nlp_rnn.config import ClassifierModelConfig, to_dict
+from nlp_rnn.tasks.base import load as load_bundle
+from nlp_rnn.nn.classifier import Classifier
+from nlp_rnn.config import to_dict
+from nlp_rnn.nn.classifier import ClassifierModelConfig
 from nlp_rnn.data import make_batch
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.search import SearchOptions, beam_search, greedy
-from nlp_rnn.task import train
+from nlp_rnn.tasks.base import train
 from nlp_rnn.train import RunLock
 
 from conftest import ROOT, copy_examples
@@ -64,7 +66,7 @@ def test_two_processes_make_the_update_one_process_makes_and_only_process_0_writ
     done = torchrun(cfg, tmp_path / "two")
     one, two = load_file(str(tmp_path / "one/last/model.safetensors")), load_file(str(tmp_path / "two/last/model.safetensors"))
     assert one.keys() == two.keys()
-    moved = max(float((one[k] - bundles.load(tmp_path / "one/best").model.state_dict()[k]).abs().max()) for k in one)
+    moved = max(float((one[k] - load_bundle(tmp_path / "one/best").model.state_dict()[k]).abs().max()) for k in one)
     assert moved > 1e-3  # the steps after the best model changed the weights: the comparison below means something
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-5, msg=name)
@@ -156,11 +158,11 @@ def test_searches_classification_and_the_loss_create_every_tensor_on_the_model_d
 
 
 def test_a_model_trained_on_the_test_device_loads_anywhere_and_translates_the_same(multi30k: Path, tmp_path: Path) -> None:
-    from nlp_rnn.translation_task import Translator
+    from nlp_rnn.tasks.translation import Translator
 
     data = write_slice(multi30k, tmp_path / "data", n=100)
     train("translation", tiny_config(data, max_steps=2, validate_every=2), tmp_path / "run", progress_bar=False, device=DEVICE)
-    here, cpu = bundles.load(tmp_path / "run/best", device=DEVICE), bundles.load(tmp_path / "run/best", device="cpu")
+    here, cpu = load_bundle(tmp_path / "run/best", device=DEVICE), load_bundle(tmp_path / "run/best", device="cpu")
     assert next(here.model.parameters()).device.type == torch.device(DEVICE).type
     sentences = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:8]
     for beam in (1, 3):
@@ -171,14 +173,14 @@ def test_a_model_trained_on_the_test_device_loads_anywhere_and_translates_the_sa
 
 def test_a_config_that_does_not_fit_the_weights_is_refused_before_anything_is_allocated(tmp_path: Path) -> None:
     src = tmp_path / "bundle"
-    shipped = bundles.load(ROOT / "checkpoints" / "multi30k-de-en")
+    shipped = load_bundle(ROOT / "checkpoints" / "multi30k-de-en")
     bundles.save(src, shipped)
     config = json.loads((src / bundles.CONFIG).read_text())
     config["model"]["decoder_hidden"] = 4_000_000
     (src / bundles.CONFIG).write_text(json.dumps(config))
     started = time.monotonic()
     with pytest.raises(BundleError) as err:
-        bundles.load(src)
+        load_bundle(src)
     assert time.monotonic() - started < 10
     message = str(err.value)
     assert "\n" not in message and f"{src / bundles.WEIGHTS}: " in message and f"but {src / bundles.CONFIG} describes" in message

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlp_rnn.bundle import load
-from nlp_rnn.classification_task import Predictor
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.classification import Predictor
 from nlp_rnn.data import make_batch
-from nlp_rnn.encoder import Encoder
-from nlp_rnn.export import MaskedEncoder, export, load_exported
+from nlp_rnn.nn.encoder import Encoder
+from nlp_rnn.deploy.onnx import MaskedEncoder, export, load_exported
 from nlp_rnn.search import SearchOptions
-from nlp_rnn.translation_task import Translator
+from nlp_rnn.tasks.translation import Translator
 
 from conftest import ROOT
 

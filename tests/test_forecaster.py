@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlp_rnn import adding
-from nlp_rnn.bundle import load
+from nlp_rnn.demos import adding
+from nlp_rnn.tasks.base import load
 from nlp_rnn.cli import main
 from nlp_rnn.config import TrainConfig
-from nlp_rnn.forecast_task import (ForecastConfig, ForecastDataConfig, Predictor, baselines, fit_linear, lagged_design,
+from nlp_rnn.tasks.forecasting import (ForecastConfig, ForecastDataConfig, Predictor, baselines, fit_linear, lagged_design,
                                    read_series, statistics)
-from nlp_rnn.forecaster import ForecastModelConfig
-from nlp_rnn.task import train
+from nlp_rnn.nn.forecaster import ForecastModelConfig
+from nlp_rnn.tasks.base import train
 
 from conftest import SHARED
 

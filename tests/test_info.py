@@ -8,11 +8,13 @@ import torch
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.classifier import Classifier
+from nlp_rnn.nn.classifier import Classifier
 from nlp_rnn.cli import main
-from nlp_rnn.config import ClassifierConfig, ClassifierModelConfig, TokenizerConfig
+from nlp_rnn.config import TokenizerConfig
+from nlp_rnn.nn.classifier import ClassifierModelConfig
+from nlp_rnn.tasks.classification import ClassifierConfig
 from nlp_rnn.data import make_batch
-from nlp_rnn.info import parameter_breakdown
+from nlp_rnn.tasks.info import parameter_breakdown
 from nlp_rnn.tokenizer import Tokenizer
 
 
@@ -43,8 +45,8 @@ def test_vanilla_rnn_count_is_the_textbook_formula(d: int, h: int, classes: int,
 
 
 def test_info_of_a_translation_model_adds_up(tmp_path: Path, capsys) -> None:
-    from nlp_rnn.config import TranslationConfig
-    from nlp_rnn.seq2seq import Seq2Seq
+    from nlp_rnn.tasks.translation import TranslationConfig
+    from nlp_rnn.nn.seq2seq import Seq2Seq
 
     from conftest import small_config
 

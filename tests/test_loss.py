@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlp_rnn.loss import cross_entropy_sum
+from nlp_rnn.nn.loss import cross_entropy_sum
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -24,7 +24,7 @@ def test_matches_torch_cross_entropy(smoothing: float) -> None:
 
 @pytest.mark.parametrize("smoothing,bias", [(0.0, True), (0.1, False)])
 def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(smoothing: float, bias: bool, monkeypatch) -> None:
-    from nlp_rnn import loss as losses
+    from nlp_rnn.nn import loss as losses
 
     monkeypatch.setattr(losses, "FUSE_ABOVE", 0)  # the fused path even for this small problem
     torch.manual_seed(1)

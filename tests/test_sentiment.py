@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlp_rnn.bundle import load
+from nlp_rnn.tasks.base import load
 from nlp_rnn.cli import main
-from nlp_rnn.config import ClassifierConfig, ClassifierModelConfig, DataConfig, TokenizerConfig, TrainConfig
+from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
+from nlp_rnn.nn.classifier import ClassifierModelConfig
+from nlp_rnn.tasks.classification import ClassifierConfig
 from nlp_rnn.embeddings import load_into, read_vectors
-from nlp_rnn.task import train
+from nlp_rnn.tasks.base import train
 
 from conftest import SHARED
 
@@ -152,7 +154,7 @@ def test_bad_embeddings_and_label_names_are_one_line_errors(tmp_path: Path, caps
 
 
 def test_the_shipped_sst2_model_scores_the_readme_figure(capsys, tmp_path: Path) -> None:
-    figure = re.search(r"shipped `checkpoints/sst2` scores \*\*(\d+\.\d+) %\*\* on SST-2 test", (ROOT / "README.md").read_text())
+    figure = re.search(r"shipped `checkpoints/sst2` scores \*\*(\d+\.\d+) %\*\* on SST-2 test", (ROOT / "docs" / "results.md").read_text())
     assert figure, "the README states the shipped model's test accuracy"
     assert main(["evaluate", "--model", str(ROOT / "checkpoints" / "sst2"), "--data", str(SST2 / "test.tsv"), "--report",
                  str(tmp_path / "r.json")]) == 0
@@ -164,7 +166,7 @@ def test_the_shipped_sst2_model_scores_the_readme_figure(capsys, tmp_path: Path)
 
 
 def test_an_ensemble_predicts_the_mean_of_its_members_probabilities_and_trains_each_as_alone() -> None:
-    from nlp_rnn.classifier import Classifier, build
+    from nlp_rnn.nn.classifier import Classifier, build
     from nlp_rnn.data import make_batch
 
     torch.manual_seed(0)
@@ -188,8 +190,8 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities_and_trains_e
 
 def test_translation_takes_source_and_target_vectors_from_separate_files(tmp_path: Path) -> None:
     from nlp_rnn import embeddings
-    from nlp_rnn.config import Seq2SeqModelConfig
-    from nlp_rnn.seq2seq import Seq2Seq
+    from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
+    from nlp_rnn.nn.seq2seq import Seq2Seq
     from nlp_rnn.tokenizer import Tokenizer
 
     src = ["ein hund läuft", "eine katze schläft", "der hund schläft"] * 20
@@ -209,7 +211,7 @@ def test_translation_takes_source_and_target_vectors_from_separate_files(tmp_pat
 
 
 def test_every_shipped_config_loads_as_the_config_of_one_task() -> None:
-    from nlp_rnn import task as tasks
+    from nlp_rnn.tasks import base as tasks
     from nlp_rnn.config import load_config
     from nlp_rnn.errors import NlpRnnError
 

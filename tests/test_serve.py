@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from nlp_rnn.bundle import load
-from nlp_rnn.classification_task import Predictor
-from nlp_rnn.serve import Limits, create_app, load_models
-from nlp_rnn.translation_task import Translator
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.classification import Predictor
+from nlp_rnn.deploy.serve import Limits, create_app, load_models
+from nlp_rnn.tasks.translation import Translator
 
 from conftest import ROOT
 

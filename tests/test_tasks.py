@@ -13,7 +13,7 @@ from torch import nn
 
 import nlp_rnn
 from nlp_rnn import bundle as bundles
-from nlp_rnn import task as tasks
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.cli import main
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig, TranslationConfig
-from nlp_rnn.translation_task import Translator
-from nlp_rnn.translation_task import train_translation
+from nlp_rnn.tasks.base import load as load_bundle
+from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
+from nlp_rnn.tasks.translation import TranslationConfig
+from nlp_rnn.tasks.translation import Translator
+from nlp_rnn.tasks.translation import train_translation
 
 from conftest import small_config
 
@@ -71,17 +73,17 @@ def test_output_folder_bundles_metrics_and_round_trip(multi30k: Path, tmp_path: 
 
     meta = bundles.read_meta(out)  # a training folder means its best/
     assert meta["task"] == "translation" and meta["src_lang"] == "de" and meta["best"]["val_bleu"] >= 0
-    last = bundles.load(out / "last")
-    assert last.meta["step"] == 6 and bundles.load(out).meta["step"] == meta["step"]
+    last = load_bundle(out / "last")
+    assert last.meta["step"] == 6 and load_bundle(out).meta["step"] == meta["step"]
 
 
 def test_bundle_reproduces_the_trained_model_exactly(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data", n=200)
     out = tmp_path / "run"
     train_translation(tiny_config(data, max_steps=4), out, progress_bar=False)
-    original = bundles.load(out / "best")
+    original = load_bundle(out / "best")
     bundles.save(tmp_path / "copy", original)
-    copy = bundles.load(tmp_path / "copy")
+    copy = load_bundle(tmp_path / "copy")
     for (name, a), (_, b) in zip(original.model.state_dict().items(), copy.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert copy.config == original.config
@@ -102,7 +104,7 @@ def test_a_failed_save_leaves_the_previous_bundle_intact(multi30k: Path, tmp_pat
     out = tmp_path / "run"
     train_translation(tiny_config(data, max_steps=4), out, progress_bar=False)
     before = (out / "best" / bundles.WEIGHTS).read_bytes()
-    saved = bundles.load(out / "best")
+    saved = load_bundle(out / "best")
 
     from safetensors import SafetensorError
 
@@ -126,7 +128,7 @@ def test_a_failed_save_leaves_the_previous_bundle_intact(multi30k: Path, tmp_pat
     assert str(err.value) == f"no space left on device while saving {out / 'best'}; the previous bundle is intact"
     assert (out / "best" / bundles.WEIGHTS).read_bytes() == before
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".best")) == []  # no temporary folder left behind
-    bundles.load(out / "best")
+    load_bundle(out / "best")
 
 
 def test_existing_run_is_not_overwritten_without_resume(multi30k: Path, tmp_path: Path) -> None:

@@ -8,15 +8,21 @@ step by step with the library's own cells and keeps ∂L/∂h_t for every t: a f
 expose the gradient of its intermediate states.
 """
 
+import json
 import statistics
+import sys
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+import typer
 from torch import nn
 
-from nlp_rnn.decoder import cell_update
-from nlp_rnn.encoder import rnn_module
+from nlp_rnn.config import CELLS
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.decoder import cell_update
+from nlp_rnn.nn.encoder import rnn_module
 
 BASELINE_MSE = 1 / 6
 
@@ -159,3 +165,84 @@ def describe_lengths(results: Sequence[AddingResult]) -> list[str]:
                      f"({r.solved}/{len(r.mses)} seeds below 0.05; constant predictor {BASELINE_MSE:.4f}) — {verdict}")
     return lines
 
+
+# ----------------------------------------------------------------------------- the experiment and its command
+
+
+def run_grid(cells: Sequence[str], lengths: Sequence[int], lrs: Sequence[float], seeds: int, steps: int,
+             hidden: int) -> tuple[list[AddingResult], dict]:
+    """Every cell x length x learning rate x seed; the results and the trained models by setting."""
+    from tqdm import tqdm
+
+    results, trained = [], {}
+    bar = tqdm(total=len(cells) * len(lengths) * len(lrs) * seeds, unit="run", file=sys.stderr)
+    for name in cells:
+        for t in lengths:
+            for rate in lrs:
+                runs = []
+                for seed in range(1, seeds + 1):
+                    runs.append(train_adding(name, t, rate, steps, seed, hidden))
+                    bar.update(1)
+                results.append(AddingResult(name, t, rate, [mse for _, mse in runs]))
+                trained[(name, t, rate)] = [(model, seed) for (model, _), seed in zip(runs, range(1, seeds + 1))]
+    bar.close()
+    return results, trained
+
+
+def plot_best_gradients(results: list[AddingResult], trained: dict, cells: Sequence[str], length: int, hidden: int,
+                        path: Path) -> None:
+    """||dL/dh_t|| at initialisation and after training, for each cell's best model at `length`, drawn to `path`."""
+    x, y = adding_batch(64, length, torch.Generator().manual_seed(12345))
+    norms = {}
+    chosen = {(r.cell, r.length): r for r in best_per_setting(results)}
+    for name in cells:
+        best = chosen[(name, length)]  # the learning rate of the best mean, its best seed
+        model, seed = min(zip(trained[(name, length, best.lr)], best.mses), key=lambda pair: pair[1])[0]
+        torch.manual_seed(seed)
+        fresh = AddingModel(name, hidden).double()  # float64: tiny gradients stay visible
+        model = model.double()
+        norms[name] = (gradient_norms(fresh.rnn, name, x.double(), mse_loss_of_last(fresh, y.double())),
+                       gradient_norms(model.rnn, name, x.double(), mse_loss_of_last(model, y.double())))
+    plot_gradients(norms, length, path)
+
+
+def write_report(results: list[AddingResult], steps: int, hidden: int, seeds: int, path: Path) -> None:
+    rows = [{"cell": r.cell, "length": r.length, "lr": r.lr, "mse": r.mses, "mean": r.mean, "sd": r.sd, "solved": r.solved}
+            for r in results]
+    path.write_text(json.dumps({"steps": steps, "hidden": hidden, "seeds": seeds, "runs": rows}, indent=2) + "\n")
+
+
+def command(
+    cell: list[str] = typer.Option(["rnn_tanh", "gru", "lstm"], "--cell", help="Cells to compare (repeat the option)."),
+    length: list[int] = typer.Option([50, 100, 200], "--length", help="Sequence lengths T (repeat the option)."),
+    lr: list[float] = typer.Option([0.001, 0.003, 0.01], "--lr", help="Learning-rate grid, the same for every cell."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per setting."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps per run (batches of 64)."),
+    hidden: int = typer.Option(32, "--hidden", help="Hidden units, the same for every cell."),
+    gradients: Optional[Path] = typer.Option(None, "--gradients", help="PNG of ||dL/dh_t|| against t, at initialisation "
+                                             "and after training, for the longest T."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Every run's MSE as JSON."),
+) -> None:
+    """The adding problem: which cells learn a sum of two marked values as T grows (MSE; a constant gives 1/6)."""
+    for name in cell:
+        if name not in CELLS:
+            raise NlpRnnError(f"--cell must be one of {', '.join(CELLS)}, got {name!r}")
+    for name, values in (("--length", length), ("--lr", lr)):
+        if any(v <= 0 for v in values):
+            raise NlpRnnError(f"{name} values must be positive")
+    if min(length) < 2 or seeds < 1 or steps < 1 or hidden < 1:
+        raise NlpRnnError("--length must be at least 2; --seeds, --steps and --hidden at least 1")
+    if gradients is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise NlpRnnError("--gradients needs matplotlib: pip install 'nlp-rnn[plot]'") from None
+    results, trained = run_grid(cell, length, lr, seeds, steps, hidden)
+    for line in describe_lengths(results):
+        typer.echo(line)
+    if gradients is not None:
+        plot_best_gradients(results, trained, cell, max(length), hidden, gradients)
+        typer.echo(f"gradients: {gradients}")
+    if report is not None:
+        write_report(results, steps, hidden, seeds, report)
+        typer.echo(f"report: {report}")

@@ -20,15 +20,16 @@ from torch import nn
 from nlp_rnn import bundle as bundles
 from nlp_rnn import devices, distributed
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.train import RunLock, Trainer, TrainingSetup  # TrainingSetup: part of the task contract
 from nlp_rnn.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 BUILTIN = {
-    "translation": "nlp_rnn.translation_task",
-    "classification": "nlp_rnn.classification_task",
-    "language_model": "nlp_rnn.lm_task",
-    "forecasting": "nlp_rnn.forecast_task",
+    "translation": "nlp_rnn.tasks.translation",
+    "classification": "nlp_rnn.tasks.classification",
+    "language_model": "nlp_rnn.tasks.language_model",
+    "forecasting": "nlp_rnn.tasks.forecasting",
 }
 _REGISTRY: dict[str, "Task"] = {}
 
@@ -63,34 +64,76 @@ class EvalRequest:
     plot: Optional[Path] = None  # a picture of the results, where the task draws one
 
 
-@dataclass
-class TrainingSetup:
-    """What a task hands the task-agnostic `Trainer`."""
+@dataclass(frozen=True)
+class Endpoint:
+    """An HTTP endpoint a task offers to `nlp-rnn serve`: POST /PATH with {"texts": [...], "model": NAME, ...}.
 
-    bundle: bundles.Bundle
-    batcher: Any  # .epoch(e) -> list of batch descriptions, in training order
-    collate: Callable[[Any], Any]  # batch description -> model input
-    loss_fn: Callable[[Any, int], tuple[torch.Tensor, int]]  # (batch, step) -> (summed loss, count)
-    validate: Callable[[], dict]
-    score_key: str
-    higher_is_better: bool = True
-    # Extra state saved in last/ so that a resumed run is exact (e.g. a language model's carried hidden state).
-    state_dict: Optional[Callable[[], dict]] = None
-    load_state_dict: Optional[Callable[[dict], None]] = None
-    # False: no selection by score (no early stopping or plateau schedule); best/ is the latest model,
-    # as when a model is refitted on its validation rows for a step count chosen before.
-    select: bool = True
-    lr_at: Optional[Callable[[int], float]] = None  # step -> learning rate, replacing the plateau schedule
+    `fields` are the request's own fields beyond `texts` and `model` (name -> (type, pydantic Field)).
+    `run(interface, texts, request)` runs on the server's worker thread and returns one result per
+    text; `answer(results, request)` is the response body (the server adds "model"). With a
+    `batch_key`, requests with equal keys that arrive while the model is busy run together;
+    without, one request at a time (e.g. seeded sampling). `check(interface, request)` refuses a
+    request before it waits (raise `InvalidRequest`).
+    """
+
+    path: str
+    summary: str
+    fields: dict
+    run: Callable[[Any, list, Any], list]
+    answer: Callable[[list, Any], dict]
+    check: Optional[Callable[[Any, Any], None]] = None
+    batch_key: Optional[Callable[[Any], tuple]] = None
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """`nlp-rnn train NAME`: the task's own options (a function typer reads, returning config overrides per
+    section, e.g. {"data": {"train": ...}}); the CLI adds --config, --output and the shared training options."""
+
+    name: str
+    options: Callable[..., dict]
+    config_required: bool = True
+    example_config: str = ""
 
 
 class Task:
-    """One kind of problem. Subclasses set the class attributes and implement the methods."""
+    """One kind of problem. Subclasses set the class attributes and implement the methods.
+
+    Besides training and the Python interface, a task declares what it offers the delivery channels,
+    which find it through the registry: `train_command` and `commands` (the CLI), `endpoint`
+    (the HTTP server), `export_onnx` / `onnx_model` (ONNX) and its model's `int8_` (int8).
+    """
 
     name: str = ""
     config_cls: type = object
     needs_tokenizer: bool = True
     default_bundle: Optional[str] = None  # folder under checkpoints/ used when --model is omitted
+    plural: str = ""  # how messages name its models, e.g. "classifiers" (default: "NAME models")
     components: tuple = DEFAULT_COMPONENTS
+    train_command: Optional[TrainCommand] = None
+
+    def commands(self) -> list[Callable]:
+        """Top-level CLI commands (typer-annotated functions; the command's name is the function's)."""
+        return []
+
+    def endpoint(self, limits: Any) -> Optional[Endpoint]:
+        """The HTTP endpoint, or None when the task is not served. `limits`: the server's `Limits`."""
+        return None
+
+    def serving(self, bundle: bundles.Bundle, precision: str) -> Any:
+        """The interface the server runs requests on."""
+        return self.wrap(bundle, precision=precision)
+
+    def models_name(self) -> str:
+        return self.plural or f"{self.name} models"
+
+    def export_onnx(self, model: nn.Module, folder: Path) -> dict:
+        """Writes the model's ONNX graphs into `folder`; {graph name: {file, inputs, outputs}}."""
+        raise NlpRnnError(f"ONNX export does not cover {self.name} models")
+
+    def onnx_model(self, folder: Path, manifest: dict) -> nn.Module:
+        """A model that runs the exported graphs of `folder` on ONNX Runtime, with the PyTorch model's protocol."""
+        raise NlpRnnError(f"{folder}: {self.name} models have no ONNX Runtime engine")
 
     def build_model(self, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict) -> nn.Module:
         raise NotImplementedError
@@ -102,12 +145,10 @@ class Task:
     def fit(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice", resume: bool, progress_bar: bool,
             device: torch.device) -> dict:
         """Trains: `prepare`, then the shared `Trainer`. A task may train in several phases (e.g. a refit)."""
-        from nlp_rnn.train import Trainer
-
         setup = self.prepare(cfg, out_dir, tokenizer)
         return dict(Trainer(cfg.train, setup, out_dir, progress_bar, device).run(resume), score_key=setup.score_key)
 
-    def wrap(self, bundle: bundles.Bundle, **options) -> Any:
+    def wrap(self, bundle: bundles.Bundle, precision: str = "fp32") -> Any:
         """The raw-text interface of a loaded bundle (`nlp_rnn.load` returns this)."""
         raise NotImplementedError
 
@@ -135,16 +176,39 @@ def get(name: str) -> Task:
     if name not in _REGISTRY and name in BUILTIN:
         importlib.import_module(BUILTIN[name])  # the module registers itself
     if name not in _REGISTRY:
+        for plugin in _plugins():
+            if plugin.name == name:
+                plugin.load()  # the module registers itself
+    if name not in _REGISTRY:
         raise NlpRnnError(f"unknown task {name!r} (known: {', '.join(names())})")
     return _REGISTRY[name]
 
 
 def names() -> list[str]:
-    return sorted(set(BUILTIN) | set(_REGISTRY))
+    """The built-in tasks first (translation, classification, language model, forecasting), then the others by name."""
+    others = (set(_REGISTRY) | {ep.name for ep in _plugins()}) - set(BUILTIN)
+    return list(BUILTIN) + sorted(others)
+
+
+def _plugins() -> list:
+    """Tasks of other installed packages: entry points in the group `nlp_rnn.tasks` (NAME = module)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group="nlp_rnn.tasks"))
+
+
+def all_tasks() -> list[Task]:
+    """Every task: the built-in ones, the installed plug-ins and those registered at run time, by name."""
+    return [get(name) for name in names()]
 
 
 def of(bundle: bundles.Bundle) -> Task:
     return get(bundle.task)
+
+
+def load(path: str | Path, task: Optional[str] = None, device: str | torch.device = "cpu") -> bundles.Bundle:
+    """A bundle (or a training folder's best/) with its model rebuilt by its task, on `device`."""
+    return bundles.load(path, get, task, device)
 
 
 # ----------------------------------------------------------------------------- shared set-up
@@ -189,8 +253,6 @@ def train(task_name: str, cfg: Any, out_dir: str | Path, resume: bool = False, t
     On `device` (auto: CUDA when present); under torchrun, in every process of the group. The
     run folder is locked for the whole run, so a second training cannot write into it.
     """
-    from nlp_rnn.train import RunLock
-
     out_dir = Path(out_dir)
     task = get(task_name)
     where = devices.resolve(device)

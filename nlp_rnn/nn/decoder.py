@@ -10,16 +10,16 @@ real target positions only). The per-step loop holds the recurrent cells and the
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_rnn.attention import build_attention
-from nlp_rnn.config import Seq2SeqModelConfig
-from nlp_rnn.dropout import Dropout
-from nlp_rnn.encoder import EncoderOutput
+from nlp_rnn.nn.attention import build_attention
+from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
+from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.encoder import EncoderOutput
 from nlp_rnn.tokenizer import PAD
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
@@ -104,6 +104,15 @@ class Cell(nn.Module):
 
 
 class Decoder(nn.Module):
+    def quantize_(self, linear: Callable[[torch.Tensor, Optional[torch.Tensor]], nn.Module]) -> None:
+        """Runs every matrix product through `linear(weight, bias)` (int8 kernels), for inference only."""
+        for cell in self.cells:
+            cell.int8 = {name: linear(*cell.weights(name)) for name in [*cell.weight_in.keys(), "hh"]}
+        if self.attention is not None:
+            self.attention.quantize_(linear)
+        self.combine, self.bridge, self.output = (None if m is None else linear(m.weight, m.bias)
+                                                  for m in (self.combine, self.bridge, self.output))
+
     def __init__(self, cfg: Seq2SeqModelConfig, vocab_size: int, encoder_size: int) -> None:
         super().__init__()
         self.cfg = cfg

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from nlp_rnn.decoder import cell_update
-from nlp_rnn.encoder import EncoderOutput, masked_stack
+from nlp_rnn.nn.decoder import cell_update
+from nlp_rnn.nn.encoder import EncoderOutput, masked_stack
 from nlp_rnn.errors import NlpRnnError
 
 
@@ -49,10 +49,6 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1)).float().contiguous()
         return torch.ops.quantized.linear_dynamic(flat, self.packed, True).view(*x.shape[:-1], self.out_features)
-
-
-def _linear(module: Optional[nn.Linear]) -> Optional[Int8Linear]:
-    return None if module is None else Int8Linear(module.weight, module.bias)
 
 
 class Int8Layer(nn.Module):
@@ -131,38 +127,15 @@ def _cell_name(rnn: nn.RNNBase) -> str:
     return "rnn_tanh" if rnn.nonlinearity == "tanh" else "rnn_relu"
 
 
-def _attention(attention: nn.Module) -> None:
-    for name in ("key_layer", "query_layer"):
-        if getattr(attention, name, None) is not None:
-            setattr(attention, name, _linear(getattr(attention, name)))
-
-
 def quantize(model: nn.Module) -> nn.Module:
-    """An int8 copy of a translation model, classifier (or ensemble) or language model, for inference on the CPU."""
-    from nlp_rnn.classifier import Classifier, ClassifierEnsemble
-    from nlp_rnn.language_model import LanguageModel
-    from nlp_rnn.seq2seq import Seq2Seq
-
-    model = copy.deepcopy(model).float().cpu().eval()
-    if isinstance(model, Seq2Seq):
-        model.encoder = Int8Encoder(model.encoder)
-        dec = model.decoder
-        for cell in dec.cells:
-            cell.int8 = {name: Int8Linear(*cell.weights(name)) for name in [*cell.weight_in.keys(), "hh"]}
-        if dec.attention is not None:
-            _attention(dec.attention)
-        dec.combine, dec.bridge = _linear(dec.combine), _linear(dec.bridge)
-        dec.output = _linear(dec.output)
-    elif isinstance(model, (Classifier, ClassifierEnsemble)):
-        for member in (model.members if isinstance(model, ClassifierEnsemble) else [model]):
-            member.encoder = Int8Encoder(member.encoder)
-            member.output = _linear(member.output)
-            if member.attention is not None:
-                member.attention[0], member.attention[2] = _linear(member.attention[0]), _linear(member.attention[2])
-    elif isinstance(model, LanguageModel):
-        model.rnn = Int8Stack(model.rnn)
-        model.condition_init = _linear(model.condition_init)
-        model.output = _linear(model.output)
-    else:
+    """An int8 copy of a model for inference on the CPU: the model converts its own parts (`int8_`)."""
+    if not callable(getattr(model, "int8_", None)):
         raise NlpRnnError(f"--precision int8 does not cover {type(model).__name__} models")
+    model = copy.deepcopy(model).float().cpu().eval()
+    model.int8_()
     return model
+
+
+def int8_linear(module: Optional[nn.Linear]) -> Optional[Int8Linear]:
+    """An int8 copy of a linear layer (None stays None)."""
+    return None if module is None else Int8Linear(module.weight, module.bias)

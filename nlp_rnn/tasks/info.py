@@ -5,7 +5,7 @@ import re
 
 from torch import nn
 
-from nlp_rnn import task as tasks
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import to_dict
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from nlp_rnn.config import CELLS, _choice, _positive
-from nlp_rnn.dropout import Dropout
-from nlp_rnn.encoder import rnn_module
+from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.encoder import rnn_module
 from nlp_rnn.errors import NlpRnnError
 
 

@@ -3,27 +3,40 @@
 Reuses the data readers, tokenizer, encoder, training loop and bundles of translation.
 """
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
+import typer
 
-from nlp_rnn import devices, embeddings
-from nlp_rnn import task as tasks
+from nlp_rnn import devices, embeddings, options, textio
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.classifier import build, embeddings_of
-from nlp_rnn.config import ClassifierConfig, DataConfig
+from nlp_rnn.nn.classifier import ClassifierModelConfig, build, embeddings_of
+from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
 from nlp_rnn.data import (LabeledSource, TokenBatcher, encode_sources, label_ids, label_names, make_batch, ordered_batches,
                           read_labeled)
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.evaluation import hyps_file, model_info, table
-from nlp_rnn.metrics import classification_report
-from nlp_rnn.predict import chunked, precision_for, with_precision
+from nlp_rnn.nn import exported
+from nlp_rnn.tasks.defaults import default_model
+from nlp_rnn.tasks.engines import load_for
+from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
+from nlp_rnn.tasks.metrics import classification_report
+from nlp_rnn.tasks.predict import chunked, precision_for, with_precision
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(vocab_size=8000, model_type="unigram"))
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_tokens=2048, validate_every=100, patience=6))
 
 
 def labeled_source(data: DataConfig, split: str) -> LabeledSource:
@@ -115,6 +128,68 @@ class Predictor:
             yield from zip(chunk, self.classify(chunk, batch_size))
 
 
+# ----------------------------------------------------------------------------- command line
+
+
+def train_options(
+    train: Optional[str] = typer.Option(None, "--train", help="Training TSV/CSV/JSONL."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Validation TSV/CSV/JSONL."),
+    dataset: Optional[str] = typer.Option(None, help="Hugging Face Hub dataset, e.g. stanfordnlp/sst2."),
+    train_split: Optional[str] = options.TRAIN_SPLIT,
+    valid_split: Optional[str] = options.VALID_SPLIT,
+    text_column: Optional[str] = typer.Option(None, help="Text column (default: the config's, 'sentence')."),
+    label_column: Optional[str] = typer.Option(None, help="Label column (default: the config's, 'label')."),
+    label_names: Optional[str] = typer.Option(None, "--label-names", help="Names the labels are shown as, e.g. "
+                                              "'0=negative,1=positive' (config: data.label_names)."),
+    pretrained_embeddings: Optional[str] = options.PRETRAINED,
+    freeze_embeddings: Optional[bool] = options.FREEZE,
+) -> dict:
+    """Train a sentence classifier (e.g. sentiment) from labelled text."""
+    return {"data": dict(train=train, valid=valid, dataset=dataset, train_split=train_split, valid_split=valid_split,
+                         text_column=text_column, label_column=label_column,
+                         label_names=options.mapping(label_names, "--label-names")),
+            "model": dict(pretrained_embeddings=pretrained_embeddings, freeze_embeddings=freeze_embeddings)}
+
+
+def classify(
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify; none: read --input or standard input."),
+    model: Optional[Path] = options.model("checkpoints/sst2, the shipped SST-2 sentiment model"),
+    input: Optional[Path] = options.input_file(),
+    output: Optional[Path] = options.output(),
+    batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),
+    fmt: str = typer.Option("text", "--format", help="text (label name<TAB>probability) or jsonl (label name, label_id and "
+                            "every class's probability)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, int8 (CPU, faster) or auto."),
+    device: str = options.DEVICE,
+    engine: str = options.ENGINE,
+) -> None:
+    """Classify raw text (e.g. sentiment): output line N belongs to input line N."""
+    textio.check_format(fmt)
+    textio.check_at_least(1, batch_size=batch_size)
+    predictor = Predictor(load_for(engine, model or default_model(ClassificationTask.name), device), precision)
+    with textio.output_file(output) as sink:
+        for number, (text, p) in enumerate(predictor.stream(textio.texts_or_input(texts, input), batch_size), 1):
+            if fmt == "jsonl":
+                row = {"line": number, "text": text, "label": p.label, "label_id": p.label_id,
+                       "probability": round(p.probability, 6),
+                       "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                sink.write(f"{p.label}\t{p.probability:.4f}\n")
+
+
+def endpoint(limits) -> tasks.Endpoint:
+    """POST /classify: {"texts": [...]}."""
+
+    def answer(results: list, req) -> dict:
+        return {"predictions": [{"label": p.label, "label_id": p.label_id, "probability": p.probability,
+                                 "probabilities": p.probabilities} for p in results]}
+
+    return tasks.Endpoint("classify", "Classify texts: the label's name, its id in the training data and every class's "
+                          "probability.", {}, lambda predictor, texts, req: predictor.classify(texts, limits.max_batch),
+                          answer, batch_key=lambda req: ())
+
+
 # ----------------------------------------------------------------------------- the task
 
 
@@ -122,6 +197,14 @@ class ClassificationTask(tasks.Task):
     name = "classification"
     config_cls = ClassifierConfig
     default_bundle = "sst2"
+    plural = "classifiers"
+    train_command = tasks.TrainCommand("classifier", train_options, example_config="configs/sst2.yaml")
+
+    def commands(self) -> list:
+        return [classify]
+
+    def endpoint(self, limits) -> tasks.Endpoint:
+        return endpoint(limits)
 
     def build_model(self, cfg: ClassifierConfig, tokenizer, meta: dict) -> torch.nn.Module:
         return build(cfg.model, tokenizer.src_vocab_size, len(meta["labels"]))
@@ -163,8 +246,14 @@ class ClassificationTask(tasks.Task):
             collate=lambda index: make_batch([x_train[i] for i in index], labels=[y_train[i] for i in index]),
             loss_fn=lambda batch, step: model(batch), validate=validate, score_key="val_acc")
 
-    def wrap(self, bundle: Bundle, precision: str = "fp32", **_) -> Predictor:
+    def wrap(self, bundle: Bundle, precision: str = "fp32") -> Predictor:
         return Predictor(bundle, precision)
+
+    def export_onnx(self, model: torch.nn.Module, folder: Path) -> dict:
+        return exported.export_classifier(model, folder)
+
+    def onnx_model(self, folder: Path, manifest: dict) -> torch.nn.Module:
+        return exported.OrtClassifier(folder, manifest)
 
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
         predictor = Predictor(bundle, request.precision)

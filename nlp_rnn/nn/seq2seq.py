@@ -6,12 +6,13 @@ B batch, S source length, T target length, E embedding, H hidden, N real target 
 import torch
 from torch import nn
 
-from nlp_rnn.config import Seq2SeqModelConfig
+from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.data import Batch
-from nlp_rnn.decoder import Decoder
-from nlp_rnn.dropout import Dropout
-from nlp_rnn.encoder import Encoder, EncoderOutput
-from nlp_rnn.loss import linear_cross_entropy_sum
+from nlp_rnn.nn.decoder import Decoder
+from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.encoder import Encoder, EncoderOutput
+from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear
+from nlp_rnn.nn.loss import linear_cross_entropy_sum
 from nlp_rnn.tokenizer import BOS, PAD
 
 
@@ -36,6 +37,11 @@ class Seq2Seq(nn.Module):
     def step(self, prev: torch.Tensor, memory, state):
         """Search protocol: prev (B,) -> logits (B, V), new state, attention weights (B, S) or None."""
         return self.decoder.step(prev, memory, state)
+
+    def int8_(self) -> None:
+        """Every matrix product of encoder and decoder in int8 (`nn.int8`), in place; for inference on the CPU."""
+        self.encoder = Int8Encoder(self.encoder)
+        self.decoder.quantize_(Int8Linear)
 
     def forward(self, batch: Batch, teacher_forcing: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the real target tokens and their number (padding never counts)."""

@@ -7,16 +7,50 @@ a softmax over real tokens. `model.members: k` trains k classifiers side by side
 """
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_rnn.config import ClassifierModelConfig
+from nlp_rnn.config import CELLS, _choice, _positive
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.data import Batch
-from nlp_rnn.dropout import Dropout
-from nlp_rnn.encoder import Encoder, EncoderOutput
+from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.encoder import Encoder, EncoderOutput
+from nlp_rnn.nn.int8 import Int8Encoder, int8_linear
 from nlp_rnn.tokenizer import PAD, UNK
+
+
+POOLINGS = ("last", "mean", "max", "attention")
+
+
+@dataclass(frozen=True)
+class ClassifierModelConfig:
+    cell: str = "lstm"
+    embedding_dim: int = 256
+    hidden_size: int = 256
+    num_layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "max"  # last | mean | max | attention
+    dropout: float = 0.5
+    embedding_dropout: Optional[float] = None
+    pretrained_embeddings: Optional[str] = None  # word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz)
+    freeze_embeddings: bool = False
+    word_dropout: float = 0.0  # training only: each input token becomes <unk> with this probability
+    members: int = 1  # >1: an ensemble of this many classifiers trained side by side, probabilities averaged
+
+    def __post_init__(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        _choice("model.pooling", self.pooling, POOLINGS)
+        for name in ("embedding_dim", "hidden_size", "num_layers"):
+            _positive(f"model.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")
+        _positive("model.members", self.members)
+        if not 0 <= self.word_dropout < 1:
+            raise NlpRnnError(f"config: model.word_dropout must be in [0, 1), got {self.word_dropout}")
 
 
 class Classifier(nn.Module):
@@ -49,6 +83,13 @@ class Classifier(nn.Module):
             src = src.masked_fill((torch.rand(src.shape, device=src.device) < self.cfg.word_dropout) & batch.src_mask, UNK)
         return self.encoder(self.embed_dropout(self.embed(src)), batch.src_len, batch.src_mask)
 
+    def int8_(self) -> None:
+        """Encoder, attention pooling and output layer in int8 (`nn.int8`), in place; for inference on the CPU."""
+        self.encoder = Int8Encoder(self.encoder)
+        self.output = int8_linear(self.output)
+        if self.attention is not None:
+            self.attention[0], self.attention[2] = int8_linear(self.attention[0]), int8_linear(self.attention[2])
+
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.output(self.dropout(self.pool(self.encode(batch))))  # (B, C)
 
@@ -65,6 +106,10 @@ class ClassifierEnsemble(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.members = nn.ModuleList(Classifier(cfg, vocab_size, num_classes) for _ in range(cfg.members))
+
+    def int8_(self) -> None:
+        for member in self.members:
+            member.int8_()
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Log of the members' mean probabilities (B, C): a softmax of it gives that mean."""

@@ -4,11 +4,20 @@ B batch, S source length, Dv encoder output size (D*H), Hq query (decoder) size,
 Keys are projected once per source sentence by `keys()` and passed to every step.
 """
 
+from typing import Callable, Optional
+
 import torch
 from torch import nn
 
 
 class Attention(nn.Module):
+    def quantize_(self, linear: Callable[[torch.Tensor, Optional[torch.Tensor]], nn.Module]) -> None:
+        """Runs the key and query products through `linear(weight, bias)` (int8 kernels), for inference."""
+        for name in ("key_layer", "query_layer"):
+            layer = getattr(self, name, None)
+            if layer is not None:
+                setattr(self, name, linear(layer.weight, layer.bias))
+
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         """values (B, S, Dv) -> keys (B, S, A), computed once per sentence."""
         raise NotImplementedError

@@ -16,10 +16,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from nlp_rnn.config import CELLS, _choice, _positive
 from nlp_rnn.data import Batch
-from nlp_rnn.dropout import Dropout
-from nlp_rnn.encoder import rnn_module
+from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.encoder import rnn_module
+from nlp_rnn.nn.int8 import Int8Stack, int8_linear
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.loss import linear_cross_entropy_sum
+from nlp_rnn.nn.loss import linear_cross_entropy_sum
 from nlp_rnn.tokenizer import PAD
 
 
@@ -88,6 +89,12 @@ class LanguageModel(nn.Module):
         self.output = nn.Linear(cfg.hidden_size, vocab_size)
         if cfg.tie_output:
             self.output.weight = self.embed.weight
+
+    def int8_(self) -> None:
+        """The recurrent stack and the linear layers in int8 (`nn.int8`), in place; for inference on the CPU."""
+        self.rnn = Int8Stack(self.rnn)
+        self.condition_init = int8_linear(self.condition_init)
+        self.output = int8_linear(self.output)
 
     @torch.no_grad()
     def init_output_bias(self, counts: torch.Tensor) -> None:

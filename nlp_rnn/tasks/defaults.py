@@ -3,10 +3,10 @@
 import os
 from pathlib import Path
 
-from nlp_rnn import task as tasks
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.errors import NlpRnnError
 
-CHECKPOINTS = Path(os.environ.get("NLP_RNN_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+CHECKPOINTS = Path(os.environ.get("NLP_RNN_CHECKPOINTS", Path(__file__).resolve().parents[2] / "checkpoints"))
 
 
 def default_model(task: str) -> Path:
@@ -18,3 +18,13 @@ def default_model(task: str) -> Path:
             f"or train one (see README: nlp-rnn train ...) and set NLP_RNN_CHECKPOINTS"
         )
     return path
+
+
+def for_evaluation(src_given: bool) -> Path:
+    """`evaluate` without --model: the shipped translation model for --src/--ref, else the shipped classifier."""
+    return default_model("translation" if src_given else "classification")
+
+
+def for_info() -> Path:
+    """`info` without a model: the shipped translation model."""
+    return default_model("translation")

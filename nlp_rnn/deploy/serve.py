@@ -15,16 +15,17 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.errors import InvalidRequest, NlpRnnError
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.defaults import default_model
+from nlp_rnn.tasks.info import describe
+from nlp_rnn.version import __version__
 
 log = logging.getLogger(__name__)
-
-TASK_OF_ENDPOINT = {"translate": "translation", "classify": "classification", "generate": "language_model"}
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -33,6 +34,7 @@ class Limits:
     max_body: int = 1_000_000  # bytes per request body
     max_beam: int = 16
     max_tokens: int = 1024  # generate
+    max_batch: int = 64  # texts in one forward pass
 
 
 @dataclass
@@ -58,19 +60,20 @@ class BatchQueue:
     While a run is busy, new requests wait and are taken together by the next run (up to `gather`
     texts, those with the same settings), so batches grow with the load and an idle server starts
     at once; `max_wait_s` > 0 also holds an idle server back that long for more requests.
-    `run(texts, key)` is called on the worker thread and returns one result per text.
+    `run(texts, request)` is called on the worker thread with the batch's first request (all of a batch
+    share its settings) and returns one result per text.
     """
 
-    def __init__(self, run: Callable[[list[str], tuple], list], executor: ThreadPoolExecutor, gather: int, max_wait_s: float):
+    def __init__(self, run: Callable[[list[str], Any], list], executor: ThreadPoolExecutor, gather: int, max_wait_s: float):
         self.run, self.executor, self.gather, self.max_wait_s = run, executor, gather, max_wait_s
-        self.pending: list[tuple[list[str], tuple, asyncio.Future]] = []
+        self.pending: list[tuple[list[str], tuple, asyncio.Future, Any]] = []
         self.busy = False
         self.tasks: set[asyncio.Task] = set()
 
-    async def submit(self, texts: list[str], key: tuple) -> list:
+    async def submit(self, texts: list[str], key: tuple, request: Any = None) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append((texts, key, future))
+        self.pending.append((texts, key, future, request))
         if not self.busy:
             self.busy = True
             task = loop.create_task(self._drain())
@@ -95,47 +98,47 @@ class BatchQueue:
         finally:
             self.busy = False
 
-    async def _run(self, batch: list[tuple[list[str], tuple, asyncio.Future]], key: tuple) -> None:
-        texts = [t for texts, _, _ in batch for t in texts]
+    async def _run(self, batch: list[tuple[list[str], tuple, asyncio.Future, Any]], key: tuple) -> None:
+        texts = [t for texts, _, _, _ in batch for t in texts]
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, texts, key)
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, texts, batch[0][3])
         except Exception as err:  # a failure answers every request of the batch, and the server goes on
-            for _, _, future in batch:
+            for _, _, future, _ in batch:
                 if not future.done():
                     future.set_exception(err)
             return
         start = 0
-        for texts_, _, future in batch:
+        for texts_, _, future, _ in batch:
             if not future.done():
                 future.set_result(results[start : start + len(texts_)])
             start += len(texts_)
 
 
 def load_models(specs: list[tuple[str, Path]], device: str, precision: str) -> dict[str, Served]:
-    """Loads each NAME=PATH once; its task decides the interface."""
-    from nlp_rnn.bundle import load
-    from nlp_rnn.classification_task import Predictor
-    from nlp_rnn.info import describe
-    from nlp_rnn.lm_task import Generator
-    from nlp_rnn.translation_task import Translator
-
+    """Loads each NAME=PATH once; its task decides the interface, and whether it is served at all."""
     served = {}
     for name, path in specs:
         if name in served:
             raise NlpRnnError(f"--model {name}=...: the name {name!r} is given twice")
-        bundle = load(path, device=device)
-        if bundle.task == "translation":
-            interface = Translator(bundle, precision)
-        elif bundle.task == "classification":
-            interface = Predictor(bundle, precision)
-        elif bundle.task == "language_model":
-            interface = Generator(bundle, "fp32" if precision == "auto" else precision)
-        else:
-            raise NlpRnnError(f"{path}: {bundle.task} models are not served (translation, classification, language_model)")
+        bundle = tasks.load(path, device=device)
+        task = tasks.of(bundle)
+        if task.endpoint(Limits()) is None:
+            offered = ", ".join(t.name for t in _served_tasks())
+            raise NlpRnnError(f"{path}: {bundle.task} models are not served ({offered})")
         details = {k: v for k, v in describe(bundle).items() if k not in ("path", "task") and isinstance(v, (str, int, float, list))}
-        served[name] = Served(name, Path(bundle.path), bundle.task, interface, details)
+        served[name] = Served(name, Path(bundle.path), bundle.task, task.serving(bundle, precision), details)
         log.info("serving %s (%s) from %s", name, bundle.task, bundle.path)
     return served
+
+
+def _served_tasks() -> list[tasks.Task]:
+    return [task for task in tasks.all_tasks() if task.endpoint(Limits()) is not None]
+
+
+def default_specs(limits: Limits) -> list[tuple[str, Path]]:
+    """The shipped model of every task that has an endpoint and a default model."""
+    paths = [default_model(task.name) for task in _served_tasks() if task.default_bundle]
+    return [(path.name, path) for path in paths]
 
 
 def _one_line(errors: list[dict]) -> str:
@@ -144,69 +147,83 @@ def _one_line(errors: list[dict]) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: int = 64, max_wait_ms: float = 0.0):
-    """The FastAPI application: POST /translate, /classify, /generate; GET /health, /models; /docs."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, StrictStr
+def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: Optional[int] = None,
+               max_wait_ms: float = 0.0):
+    """The FastAPI application: POST /PATH of every served task's endpoint; GET /health, /models; /docs."""
+    from fastapi import FastAPI
 
-    from nlp_rnn import __version__
-
+    if max_batch is not None:
+        limits = replace(limits, max_batch=max_batch)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlp-rnn-model")  # one batch at a time: torch uses every core
-    started = time.time()
+    app = FastAPI(title="nlp-rnn", version=__version__, description="Translation, classification and generation with "
+                  "recurrent networks. Requests for the same model arriving within a few milliseconds are batched together.")
+    _add_error_handlers(app, limits)
+    _add_status_routes(app, served, time.time())
+    endpoints = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
+    for endpoint in {e.path: e for e in endpoints.values()}.values():
+        owners = {task for task, e in endpoints.items() if e.path == endpoint.path}
+        models = {name: m for name, m in served.items() if m.task in owners}
+        queues = {name: BatchQueue(_runner(endpoint, m), executor, 4 * limits.max_batch, max_wait_ms / 1000)
+                  for name, m in models.items()} if endpoint.batch_key else {}
+        _add_endpoint(app, endpoint, served, owners, queues, executor, limits)
+    app.state.executor = executor
+    return app
+
+
+def _runner(endpoint: tasks.Endpoint, model: Served) -> Callable[[list[str], Any], list]:
+    return lambda texts, request: endpoint.run(model.interface, texts, request)
+
+
+def _add_endpoint(app, endpoint: tasks.Endpoint, served: dict[str, Served], owners: set[str], queues: dict,
+                  executor: ThreadPoolExecutor, limits: Limits) -> None:
+    """POST /PATH: the request model made from the endpoint's fields; batched through `queues` or run alone."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
     class TextsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         texts: list[StrictStr] = Field(min_length=1, max_length=limits.max_texts, description="The texts (at least one).")
         model: Optional[StrictStr] = Field(None, description="A served model's name (default: the one model of this task).")
 
-    class TranslateRequest(TextsRequest):
-        beam_size: Optional[int] = Field(None, ge=1, le=limits.max_beam, description="1: greedy (default: the model's).")
-        n_best: int = Field(1, ge=1, le=limits.max_beam, description="Hypotheses per text (at most beam_size).")
+    request_model = create_model(f"{endpoint.path.title()}Request", __base__=TextsRequest, **endpoint.fields)
+    kind = " or ".join(sorted(owners))
 
-    class GenerateRequest(TextsRequest):
-        max_tokens: Optional[int] = Field(None, ge=1, le=limits.max_tokens)
-        temperature: Optional[float] = Field(None, ge=0)
-        top_k: Optional[int] = Field(None, ge=0)
-        top_p: Optional[float] = Field(None, gt=0, le=1)
-        seed: Optional[int] = None
-        beam_size: int = Field(1, ge=1, le=limits.max_beam)
-
-    def pick(endpoint: str, name: Optional[str]) -> Served:
-        task = TASK_OF_ENDPOINT[endpoint]
-        of_task = [s for s in served.values() if s.task == task]
-        if name is None:
-            if len(of_task) != 1:
-                names = ", ".join(s.name for s in of_task) or "none"
-                raise RequestError(400 if of_task else 404, f"model: name one of the {task} models ({names})")
-            return of_task[0]
-        if name not in served:
-            raise RequestError(404, f"model: unknown model {name!r} (served: {', '.join(served)})")
-        if served[name].task != task:
-            raise RequestError(400, f"model: {name!r} is a {served[name].task} model; /{endpoint} needs a {task} model")
-        return served[name]
-
-    def check_texts(texts: list[str]) -> None:
-        for i, text in enumerate(texts):
+    async def handle(req: request_model) -> dict:
+        model = _pick(served, owners, kind, endpoint.path, req.model)
+        for i, text in enumerate(req.texts):
             if len(text) > limits.max_chars:
                 raise RequestError(413, f"texts.{i}: {len(text):,} characters; at most {limits.max_chars:,} per text")
+        if endpoint.check is not None:
+            endpoint.check(model.interface, req)
+        if model.name in queues:
+            results = await queues[model.name].submit(list(req.texts), endpoint.batch_key(req), req)
+        else:
+            run = lambda: endpoint.run(model.interface, list(req.texts), req)  # noqa: E731
+            results = await asyncio.get_running_loop().run_in_executor(executor, run)
+        return {"model": model.name, **endpoint.answer(results, req)}
 
-    def run_translate(model: Served) -> Callable[[list[str], tuple], list]:
-        def run(texts: list[str], key: tuple) -> list:
-            beam, n_best = key[1], key[2]
-            opts = model.interface.options(beam_size=beam, n_best=n_best)
-            return model.interface.translate(texts, opts, max_batch)
-        return run
+    handle.__doc__ = endpoint.summary
+    app.post(f"/{endpoint.path}", name=endpoint.path, description=endpoint.summary)(handle)
 
-    def run_classify(model: Served) -> Callable[[list[str], tuple], list]:
-        return lambda texts, key: model.interface.classify(texts, max_batch)
 
-    queues = {name: BatchQueue(run_translate(m) if m.task == "translation" else run_classify(m), executor, 4 * max_batch,
-                               max_wait_ms / 1000) for name, m in served.items() if m.task != "language_model"}
+def _pick(served: dict[str, Served], owners: set[str], kind: str, path: str, name: Optional[str]) -> Served:
+    of_task = [s for s in served.values() if s.task in owners]
+    if name is None:
+        if len(of_task) != 1:
+            names = ", ".join(s.name for s in of_task) or "none"
+            raise RequestError(400 if of_task else 404, f"model: name one of the {kind} models ({names})")
+        return of_task[0]
+    if name not in served:
+        raise RequestError(404, f"model: unknown model {name!r} (served: {', '.join(served)})")
+    if served[name].task not in owners:
+        raise RequestError(400, f"model: {name!r} is a {served[name].task} model; /{path} needs a {kind} model")
+    return served[name]
 
-    app = FastAPI(title="nlp-rnn", version=__version__, description="Translation, classification and generation with recurrent "
-                  "networks. Requests for the same model arriving within a few milliseconds are batched together.")
+
+def _add_error_handlers(app, limits: Limits) -> None:
+    """Every bad request is a 4xx with {"error": one line}."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError):
@@ -222,7 +239,8 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
 
     @app.exception_handler(NlpRnnError)
     async def user_error(request: Request, err: NlpRnnError):
-        return JSONResponse({"error": str(err).splitlines()[0]}, status_code=400)
+        status = 422 if isinstance(err, InvalidRequest) else 400
+        return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status)
 
     @app.middleware("http")
     async def body_limits(request: Request, call_next):
@@ -242,6 +260,8 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
                                     status_code=400)
         return await call_next(request)
 
+
+def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
     @app.get("/health")
     async def health() -> dict:
         """Liveness: the models are loaded and requests are served."""
@@ -252,59 +272,14 @@ def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: 
         """The served models: name, task, folder and what `nlp-rnn info` says of them."""
         return {"models": [{"name": m.name, "task": m.task, "path": str(m.path), **m.info} for m in served.values()]}
 
-    @app.post("/translate")
-    async def translate(req: TranslateRequest) -> dict:
-        """Translate texts; `n_best` > 1 also returns the other hypotheses with their scores."""
-        model = pick("translate", req.model)
-        check_texts(req.texts)
-        beam = req.beam_size or model.interface.options().beam_size
-        if req.n_best > beam:
-            raise RequestError(422, f"n_best: {req.n_best} needs beam_size of at least {req.n_best} (got {beam})")
-        results = await queues[model.name].submit(list(req.texts), ("translate", beam, req.n_best))
-        out = []
-        for hyps in results:
-            best = {"text": hyps[0].text, "score": hyps[0].score} if hyps else {"text": "", "score": 0.0}
-            if req.n_best > 1:
-                best["n_best"] = [{"text": h.text, "score": h.score} for h in hyps[: req.n_best]]
-            out.append(best)
-        return {"model": model.name, "translations": out}
-
-    @app.post("/classify")
-    async def classify(req: TextsRequest) -> dict:
-        """Classify texts: the label's name, its id in the training data and every class's probability."""
-        model = pick("classify", req.model)
-        check_texts(req.texts)
-        results = await queues[model.name].submit(list(req.texts), ("classify",))
-        return {"model": model.name, "predictions": [{"label": p.label, "label_id": p.label_id, "probability": p.probability,
-                                                        "probabilities": p.probabilities} for p in results]}
-
-    @app.post("/generate")
-    async def generate(req: GenerateRequest) -> dict:
-        """Continue prompts with a language model (sampling, or beam search with beam_size > 1); one request at a time."""
-        model = pick("generate", req.model)
-        check_texts(req.texts)
-        generator = model.interface
-        generator.check(1, req.temperature, req.top_k, req.top_p, req.max_tokens, req.beam_size)
-
-        def run() -> list:
-            return generator.generate(list(req.texts), temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                                      max_tokens=req.max_tokens, seed=req.seed, beam_size=req.beam_size)
-
-        samples = await asyncio.get_running_loop().run_in_executor(executor, run)
-        return {"model": model.name, "generations": [{"prompt": s[0].prompt, "text": s[0].text, "log_prob": s[0].log_prob}
-                                                       for s in samples]}
-
-    app.state.executor = executor
-    return app
-
 
 def serve(specs: list[tuple[str, Path]], host: str, port: int, device: str = "auto", precision: str = "auto",
-          max_batch: int = 64, max_wait_ms: float = 0.0, limits: Limits = Limits()) -> None:
+          max_wait_ms: float = 0.0, limits: Limits = Limits()) -> None:
     """Loads the models and serves until interrupted (Ctrl-C or SIGTERM end it cleanly)."""
     try:
         import uvicorn
     except ImportError:
         raise NlpRnnError('nlp-rnn serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    app = create_app(load_models(specs, device, precision), limits, max_batch, max_wait_ms)
+    app = create_app(load_models(specs, device, precision), limits, max_wait_ms=max_wait_ms)
     log.info("listening on http://%s:%d (API docs: /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,43 @@
+"""The engines a model runs on: PyTorch (a bundle) or ONNX Runtime (an exported folder, `nlp-rnn export`)."""
+
+from pathlib import Path
+from typing import Optional
+
+from nlp_rnn import bundle as bundles
+from nlp_rnn import onnxrt
+from nlp_rnn.config import from_dict
+from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tokenizer import Tokenizer
+
+
+def load_exported(folder: str | Path) -> bundles.Bundle:
+    """An exported folder as a bundle whose model runs on ONNX Runtime."""
+    folder = Path(folder)
+    path = folder / onnxrt.MANIFEST
+    if not path.is_file():
+        if (folder / bundles.META).is_file() or (folder / "best" / bundles.META).is_file():
+            raise BundleError(f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)")
+        raise BundleError(f"{folder}: not an exported model (no {onnxrt.MANIFEST})")
+    manifest = bundles.read_json(path)
+    if manifest.get("format") != onnxrt.FORMAT:
+        raise BundleError(f"{path}: not an nlp-rnn ONNX export (format {manifest.get('format')!r})")
+
+    try:
+        task = tasks.get(manifest.get("task"))
+    except NlpRnnError as err:
+        raise BundleError(f"{path}: {err}") from None
+    config = from_dict(task.config_cls, bundles.read_json(folder / bundles.CONFIG))
+    model = task.onnx_model(folder, manifest)
+    return bundles.Bundle(manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder)
+
+
+def load_for(engine: str, path: Optional[Path], device: str = "cpu"):
+    """The bundle for `--engine torch|onnxruntime`."""
+    if engine == "onnxruntime":
+        if device not in ("auto", "cpu"):
+            raise NlpRnnError("--engine onnxruntime runs on the CPU here; leave out --device")
+        return load_exported(path)
+    if engine != "torch":
+        raise NlpRnnError(f"--engine must be torch or onnxruntime, got {engine!r}")
+    return tasks.load(path, device=device)

@@ -125,12 +125,30 @@ def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool)
     if half:
         meta["weights_dtype"] = "float16"  # loaded back into the model's float32 parameters
     (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    (tmp / CONFIG).write_text(json.dumps(to_dict(bundle.config), indent=2), encoding="utf-8")
+    (tmp / CONFIG).write_text(json.dumps(portable(to_dict(bundle.config)), indent=2), encoding="utf-8")
     if bundle.tokenizer is not None:
         bundle.tokenizer.save(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
     _fsync_tree(tmp)
+
+
+def portable(config: dict) -> dict:
+    """The config with the absolute paths of its `data` section made relative to the working directory,
+    so that a bundle names its data as the user would from where they trained, never a machine's own
+    folders (Hub names and relative paths stay as they are)."""
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value)
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        return value
+
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return config
+    return dict(config, data={key: relative(value) for key, value in data.items()})
 
 
 def read_json(path: Path) -> dict:

@@ -115,7 +115,7 @@ def saved_bundle(tmp_path: Path) -> Path:
     from nlp_rnn.bundle import Bundle
     from nlp_rnn.nn.seq2seq import Seq2Seq
 
-    from conftest import small_config
+    from helpers import small_config
 
     torch.manual_seed(0)
     tok = Tokenizer.train(TokenizerConfig(vocab_size=300, model_type="unigram"), ["ein hund", "a dog"] * 50)

@@ -7,7 +7,7 @@ from nlp_rnn.data import TokenBatcher, make_batch, ordered_batches
 from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.tokenizer import EOS
 
-from conftest import copy_examples, small_config
+from helpers import copy_examples, small_config
 
 
 @pytest.fixture(params=["gru", "lstm", "rnn_tanh"])

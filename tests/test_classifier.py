@@ -63,6 +63,7 @@ def sst_model(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
     return folder / "run", paths
 
 
+@pytest.mark.slow
 def test_training_on_real_sst2_learns_beyond_the_majority_class(sst_model) -> None:
     run, paths = sst_model
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

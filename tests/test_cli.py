@@ -10,7 +10,7 @@ import pytest
 
 from nlp_rnn.cli import main
 
-from test_training import write_slice
+from helpers import write_slice
 
 TINY_CONFIG = """
 data: {src_lang: de, tgt_lang: en, max_src_len: 60, max_tgt_len: 60}
@@ -41,6 +41,7 @@ def trained(multi30k: Path, tmp_path_factory) -> Path:
     return folder / "run"
 
 
+@pytest.mark.slow
 def test_train_writes_a_usable_training_folder(trained: Path) -> None:
     assert (trained / "best" / "meta.json").is_file() and (trained / "last" / "trainer.pt").is_file()
     steps = [json.loads(line)["step"] for line in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -142,6 +143,7 @@ def test_train_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert code == 2 and "unknown key 'model.layers'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_console_script_pipes_stdin_without_traceback(trained: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", str(trained)], input=b"Ein Hund.\n\nEine Katze.\n",
                             capture_output=True, timeout=120)

@@ -1,15 +1,15 @@
 """The shipped default models: used when --model is omitted, and a clear message when they are missing."""
 
 import json
+import re
 from pathlib import Path
 
-import pytest
 
 from nlp_rnn.tasks import defaults
 from nlp_rnn.cli import main
 from nlp_rnn.tasks.metrics import bleu
 
-from conftest import ROOT
+from helpers import CHECKPOINTS, ROOT
 
 SHIPPED = ROOT / "checkpoints"
 
@@ -31,7 +31,6 @@ def test_damaged_default_model_is_refused(tmp_path: Path, monkeypatch, capsys) -
     assert "meta.json: corrupt" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (SHIPPED / "multi30k-de-en" / "meta.json").is_file(), reason="no shipped translation model")
 def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path, tmp_path: Path, capsys) -> None:
     src = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:100]
     ref = (multi30k / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[:100]
@@ -42,7 +41,6 @@ def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path,
     assert bleu(hyps, ref)[0].score > 25
 
 
-@pytest.mark.skipif(not (SHIPPED / "sst2" / "meta.json").is_file(), reason="no shipped SST-2 model")
 def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
     lines = (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]
     texts, gold = [line.split("\t")[0] for line in lines], [line.split("\t")[1] for line in lines]
@@ -50,3 +48,12 @@ def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["label"] for r in rows} == {"negative", "positive"}  # names; the data's 0/1 are label_id
     assert sum(str(r["label_id"]) == g for r, g in zip(rows, gold)) / len(gold) > 0.7
+
+
+def test_shipped_bundles_and_configs_name_no_absolute_path() -> None:
+    """Data is recorded by relative path or Hub name, never a machine's own folders."""
+    files = [*CHECKPOINTS.glob("*/config.json"), *CHECKPOINTS.glob("*/meta.json"), *(ROOT / "configs").glob("*.yaml")]
+    assert len(files) >= 6
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"[\"' ](/(work|home|tmp|root|Users)/|[A-Z]:\\\\)", text), path

@@ -1,12 +1,11 @@
 """Devices and multi-process training: torchrun with gloo on the CPU equals one process, resumes exactly,
 writes from process 0 only; every tensor follows the model's device; run-folder locks; bad devices.
 
-NLP_RNN_TEST_DEVICE (default cpu) picks the device of the device tests, e.g. cuda on a GPU machine.
+NLP_RNN_TEST_DEVICE (default: cuda where there is a GPU, else cpu) picks the device of the device tests.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,11 @@ from nlp_rnn.search import SearchOptions, beam_search, greedy
 from nlp_rnn.tasks.base import train
 from nlp_rnn.train import RunLock
 
-from conftest import ROOT, copy_examples
-from test_training import losses, tiny_config, write_slice
+from helpers import ROOT, copy_examples, free_port, losses, tiny_config, write_slice
 
-DEVICE = os.environ.get("NLP_RNN_TEST_DEVICE", "cpu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The device the device tests train on: a GPU where there is one, else the CPU. A test that only means
+# something off the CPU (a model moved between devices) says so and skips on a CPU-only machine.
+DEVICE = os.environ.get("NLP_RNN_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def torchrun(cfg, out: Path, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
@@ -58,6 +52,7 @@ def metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_update_one_process_makes_and_only_process_0_writes(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data", n=300)
     cfg = tiny_config(data, max_steps=6, validate_every=3, num_threads=1)
@@ -80,6 +75,7 @@ def test_two_processes_make_the_update_one_process_makes_and_only_process_0_writ
     assert bundles.load_trainer_state(tmp_path / "two/last")["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_stopped_two_process_run_resumes_like_an_uninterrupted_one(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data", n=300)
     cfg = tiny_config(data, max_steps=8, validate_every=3, teacher_forcing=0.8, num_threads=1)  # dropout and sampling draw
@@ -97,6 +93,7 @@ def test_a_stopped_two_process_run_resumes_like_an_uninterrupted_one(multi30k: P
         train("translation", cfg, tmp_path / "split", resume=True, progress_bar=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_a_run_folder_has_one_owner_and_a_killed_owner_leaves_no_stuck_lock(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data", n=100)
     out = tmp_path / "run"
@@ -116,6 +113,7 @@ def test_a_run_folder_has_one_owner_and_a_killed_owner_leaves_no_stuck_lock(mult
     assert summary["step"] == 1
 
 
+@pytest.mark.slow
 def test_a_cuda_device_where_there_is_none_is_one_line(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -132,6 +130,7 @@ def test_a_cuda_device_where_there_is_none_is_one_line(tmp_path: Path) -> None:
     assert devices.resolve("auto") == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_searches_classification_and_the_loss_create_every_tensor_on_the_model_device(copy_model) -> None:
     """With the default device `meta`, any tensor made without the model's device would be a meta tensor and fail."""
     src, tgt = copy_examples(6, seed=5)
@@ -159,6 +158,9 @@ def test_searches_classification_and_the_loss_create_every_tensor_on_the_model_d
 
 def test_a_model_trained_on_the_test_device_loads_anywhere_and_translates_the_same(multi30k: Path, tmp_path: Path) -> None:
     from nlp_rnn.tasks.translation import Translator
+
+    if torch.device(DEVICE).type == "cpu":
+        pytest.skip("needs a GPU (or NLP_RNN_TEST_DEVICE naming one): on the CPU it would compare a CPU load with a CPU load")
 
     data = write_slice(multi30k, tmp_path / "data", n=100)
     train("translation", tiny_config(data, max_steps=2, validate_every=2), tmp_path / "run", progress_bar=False, device=DEVICE)

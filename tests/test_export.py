@@ -16,7 +16,7 @@ from nlp_rnn.deploy.onnx import MaskedEncoder, export, load_exported
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.translation import Translator
 
-from conftest import ROOT
+from helpers import ROOT
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -39,6 +39,7 @@ def exported(tmp_path_factory) -> dict:
     return {"de-en": export(load(CHECKPOINTS / "multi30k-de-en"), out / "de-en"), "sst2": export(load(CHECKPOINTS / "sst2"), out / "sst2")}
 
 
+@pytest.mark.slow
 def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(exported: dict, multi30k: Path) -> None:
     assert sorted(p.name for p in exported["de-en"].iterdir()) == ["config.json", "decoder_step.onnx", "encoder.onnx",
                                                                    "manifest.json", "sentencepiece.model"]
@@ -65,6 +66,7 @@ def test_onnx_runtime_classifies_like_pytorch(exported: dict, sst2: Path) -> Non
     assert max(abs(a.probability - b.probability) for a, b in zip(mine, theirs)) < 1e-4
 
 
+@pytest.mark.slow
 def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(exported: dict, tmp_path: Path) -> None:
     run = lambda *argv: subprocess.run([sys.executable, "-m", "nlp_rnn", *argv], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
     done = run("translate", "--engine", "onnxruntime", "--model", str(exported["de-en"]), "Ein Hund rennt durch den Schnee.")

@@ -48,7 +48,7 @@ def test_info_of_a_translation_model_adds_up(tmp_path: Path, capsys) -> None:
     from nlp_rnn.tasks.translation import TranslationConfig
     from nlp_rnn.nn.seq2seq import Seq2Seq
 
-    from conftest import small_config
+    from helpers import small_config
 
     tok = Tokenizer.train(TokenizerConfig(vocab_size=300, model_type="unigram"), ["ein hund", "a dog"] * 30)
     cfg = TranslationConfig(model=small_config(tie_output=True, embedding_dim=64))

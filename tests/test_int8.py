@@ -18,7 +18,7 @@ from nlp_rnn.precision import resolve_precision
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.translation import Translator
 
-from conftest import ROOT
+from helpers import ROOT
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -48,6 +48,7 @@ def test_int8_recurrent_layers_follow_torch_and_ignore_padding(cell: str, layers
         assert (out8 - out).norm() / out.norm() < 0.05 and (h8 - h).norm() / h.norm() < 0.05
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_shipped_models_quality(multi30k: Path, sst2: Path) -> None:
     sources = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:300]
     refs = (multi30k / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[:300]

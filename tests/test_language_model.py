@@ -15,9 +15,7 @@ from nlp_rnn.tasks.language_model import LanguageModelTask, LMConfig, LMDataConf
 from nlp_rnn.search import SampleOptions, SearchOptions, beam_search, greedy, sample
 from nlp_rnn.tokenizer import BOS, Tokenizer
 
-from conftest import SHARED
-
-SHAKESPEARE = SHARED / "text" / "tinyshakespeare.txt"
+from helpers import SHAKESPEARE
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 EPOCHS = 10
 
@@ -99,6 +97,7 @@ def carried_and_reset(cell: str, distance: int, lr: float, seed: int) -> tuple[f
     return carried, reset
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, distance, lr", [("rnn_tanh", 7, 0.003), ("rnn_relu", 7, 0.01), ("gru", 12, 0.01), ("lstm", 7, 0.01)])
 def test_state_carried_across_windows_predicts_tokens_further_back_than_bptt(cell: str, distance: int, lr: float) -> None:
     """With bptt 5, a long segment's key is further back than any window: only the carried state knows it
@@ -117,7 +116,6 @@ def test_state_carried_across_windows_predicts_tokens_further_back_than_bptt(cel
     assert distance > 5 and carried >= 0.99, f"{cell}: " + "; ".join(seen)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="no Tiny Shakespeare")
 @pytest.mark.parametrize("model_type", ["char", "bpe"])
 def test_stream_tokenising_is_byte_exact_on_shakespeare(model_type: str) -> None:
     text = SHAKESPEARE.read_text(encoding="utf-8")
@@ -190,8 +188,6 @@ decode: {temperature: 0.7, max_tokens: 40}
 
 @pytest.fixture(scope="module")
 def shakespeare_lm(tmp_path_factory) -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.skip("no Tiny Shakespeare")
     folder = tmp_path_factory.mktemp("lm")
     text = SHAKESPEARE.read_text(encoding="utf-8")
     (folder / "train.txt").write_text(text[:60_000], encoding="utf-8")

@@ -8,7 +8,7 @@ from nlp_rnn.data import make_batch
 from nlp_rnn.search import SearchOptions, beam_search, greedy, max_lengths
 from nlp_rnn.tokenizer import EOS
 
-from conftest import copy_examples
+from helpers import copy_examples
 
 PLAIN = dict(length_norm="none", max_len_a=1.0, max_len_b=3)
 

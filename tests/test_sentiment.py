@@ -1,9 +1,8 @@
-"""Sentiment: word vectors into embedding rows, frozen embeddings, readable label names, the shipped SST-2 model."""
+"""Sentiment: frozen pretrained embeddings, readable label names, ensembles, the shipped SST-2 model."""
 
 import gzip
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ from nlp_rnn.cli import main
 from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
 from nlp_rnn.nn.classifier import ClassifierModelConfig
 from nlp_rnn.tasks.classification import ClassifierConfig
-from nlp_rnn.embeddings import load_into, read_vectors
 from nlp_rnn.tasks.base import train
 
-from conftest import SHARED
-
-ROOT = Path(__file__).resolve().parent.parent
-SST2 = SHARED / "sst" / "sst2"
+from helpers import ROOT, SST2
 WORDS = ["good", "bad", "film", "movie", "great", "awful", "boring", "fun"]
 
 
@@ -35,23 +30,6 @@ def write_vectors(path: Path, words: list[str], width: int, header: bool, extra:
         path.write_bytes(gzip.compress(text.encode()))
     else:
         path.write_text(text, encoding="utf-8")
-
-
-@pytest.mark.parametrize("name,header", [("glove.txt", False), ("wiki.vec", True), ("vectors.vec.gz", True), ("glove.txt.gz", False)])
-def test_vectors_fill_the_rows_of_their_words_and_coverage_is_counted(tmp_path: Path, name: str, header: bool) -> None:
-    path = tmp_path / name
-    write_vectors(path, WORDS[:6] + ["unrelated"], 5, header)
-    pieces = ["<pad>", "<unk>", "<s>", "</s>", "\u2581good", "\u2581Film", "\u2581zebra", "<0x41>", "ing", "\u2581awful", "\u2581"]
-    embedding = torch.nn.Embedding(len(pieces), 5, padding_idx=0)
-    before = embedding.weight.detach().clone()
-    coverage = load_into(embedding, path, pieces)
-    # Words: good, Film (found lower-cased), zebra (no vector), awful; not the specials, bytes, a word-internal piece or "▁".
-    assert coverage["words"] == 4 and coverage["covered"] == 3 and coverage["coverage"] == 0.75
-    for row, word in ((4, "good"), (5, "film"), (9, "awful")):
-        assert embedding.weight[row].tolist() == pytest.approx(vector(word, 5))
-    for row in (0, 1, 2, 3, 6, 7, 8, 10):  # rows without a vector keep their initialisation
-        assert torch.equal(embedding.weight[row], before[row])
-    assert read_vectors(path, {"unrelated"}, 5)["unrelated"].tolist() == pytest.approx(vector("unrelated", 5))
 
 
 def write_sst(folder: Path, n: int) -> dict[str, Path]:
@@ -153,6 +131,7 @@ def test_bad_embeddings_and_label_names_are_one_line_errors(tmp_path: Path, caps
     assert not (tmp_path / "o").exists() or not (tmp_path / "o" / "last").exists()
 
 
+@pytest.mark.slow
 def test_the_shipped_sst2_model_scores_the_readme_figure(capsys, tmp_path: Path) -> None:
     figure = re.search(r"shipped `checkpoints/sst2` scores \*\*(\d+\.\d+) %\*\* on SST-2 test", (ROOT / "docs" / "results.md").read_text())
     assert figure, "the README states the shipped model's test accuracy"
@@ -186,43 +165,3 @@ def test_an_ensemble_predicts_the_mean_of_its_members_probabilities_and_trains_e
         for before, p in zip(grads, member.parameters()):
             torch.testing.assert_close(before, p.grad)
     assert count == 2
-
-
-def test_translation_takes_source_and_target_vectors_from_separate_files(tmp_path: Path) -> None:
-    from nlp_rnn import embeddings
-    from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
-    from nlp_rnn.nn.seq2seq import Seq2Seq
-    from nlp_rnn.tokenizer import Tokenizer
-
-    src = ["ein hund läuft", "eine katze schläft", "der hund schläft"] * 20
-    tgt = ["a dog runs", "a cat sleeps", "the dog sleeps"] * 20
-    tok = Tokenizer.train(TokenizerConfig(model_type="word", vocab_size=300, joint=False), src, tgt)
-    write_vectors(tmp_path / "de.txt", ["hund", "katze"], 6, header=False)
-    write_vectors(tmp_path / "en.vec.gz", ["dog", "cat", "sleeps"], 6, header=True)
-    cfg = Seq2SeqModelConfig(embedding_dim=6, encoder_hidden=8, decoder_hidden=8, attention_dim=8,
-                             pretrained_src_embeddings=str(tmp_path / "de.txt"), pretrained_tgt_embeddings=str(tmp_path / "en.vec.gz"))
-    model, meta = Seq2Seq(cfg, tok.src_vocab_size, tok.tgt_vocab_size), {}
-    embeddings.apply(cfg, model, tok, meta, False, [("pretrained_src_embeddings", ["src_embed"], "src"),
-                                                    ("pretrained_tgt_embeddings", ["decoder.embed"], "tgt")])
-    assert model.src_embed.weight[tok.src.piece_to_id("\u2581hund")].tolist() == pytest.approx(vector("hund", 6))
-    assert model.decoder.embed.weight[tok.tgt.piece_to_id("\u2581sleeps")].tolist() == pytest.approx(vector("sleeps", 6))
-    assert meta["embeddings"]["pretrained_src_embeddings"]["covered"] == 2
-    assert meta["embeddings"]["pretrained_tgt_embeddings"]["covered"] == 3
-
-
-def test_every_shipped_config_loads_as_the_config_of_one_task() -> None:
-    from nlp_rnn.tasks import base as tasks
-    from nlp_rnn.config import load_config
-    from nlp_rnn.errors import NlpRnnError
-
-    classes = [tasks.get(name).config_cls for name in tasks.names()]
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        loaded = []
-        for cls in classes:
-            try:
-                loaded.append(load_config(path, cls))
-            except NlpRnnError:
-                pass
-        assert loaded, f"{path.name} loads as no task's config"
-    names = load_config(ROOT / "configs" / "sst5.yaml", ClassifierConfig).data.label_names
-    assert list(names.values()) == ["very negative", "negative", "neutral", "positive", "very positive"]

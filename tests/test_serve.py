@@ -2,62 +2,30 @@
 requests without changing any answer, refuses every bad request with a 4xx and one line, and stops cleanly."""
 
 import json
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from nlp_rnn.tasks.base import load
 from nlp_rnn.tasks.classification import Predictor
 from nlp_rnn.deploy.serve import Limits, create_app, load_models
 from nlp_rnn.tasks.translation import Translator
 
-from conftest import ROOT
+from helpers import ROOT, call, running
 
 CHECKPOINTS = ROOT / "checkpoints"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
     specs = [("de-en", CHECKPOINTS / "multi30k-de-en"), ("sst2", CHECKPOINTS / "sst2")]
     app = create_app(load_models(specs, "cpu", "fp32"), Limits(max_texts=40, max_chars=500), max_batch=64, max_wait_ms=20)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    assert not thread.is_alive(), "server did not shut down"
+    with running(app) as base:
+        yield base
 
 
-def call(base: str, path: str, body=None, raw: bytes = None) -> tuple[int, dict]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if data is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
+@pytest.mark.slow
 def test_the_server_answers_like_the_python_api_alone_and_among_30_concurrent_requests(server: str, multi30k: Path) -> None:
     sentences = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:31]
     translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32")

@@ -5,9 +5,11 @@ driven here through `datasets.load_dataset` on a local dataset folder."""
 import json
 import random
 from dataclasses import dataclass, field
+from typing import Optional
 from pathlib import Path
 
 import torch
+import typer
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,6 +19,9 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.cli import main
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError
+
+from helpers import ROOT, call, running, write_dataset
+from nlp_rnn.deploy.serve import create_app, load_models
 
 # ----------------------------------------------------------------------------- the toy task: majority of bits
 
@@ -73,8 +78,32 @@ class MajorityPredictor:
         return self.model(torch.tensor([[int(b) for b in s] for s in bit_strings])).argmax(-1).tolist()
 
 
+def majority_options(
+    examples: Optional[int] = typer.Option(None, "--examples", help="Training sequences."),
+    length: Optional[int] = typer.Option(None, "--length", help="Bits per sequence."),
+) -> dict:
+    """Train the majority-of-bits toy model."""
+    return {"data": {"examples": examples, "length": length}}
+
+
+def majority(
+    bits: list[str] = typer.Argument(..., help="Bit strings."),
+    model: Path = typer.Option(..., "--model", help="A majority bundle or training folder."),
+) -> None:
+    """Print whether each bit string has more ones than zeros (1) or not (0)."""
+    for label in MajorityPredictor(tasks.load(model)).predict(bits):
+        typer.echo(str(label))
+
+
+def majority_endpoint(limits) -> tasks.Endpoint:
+    return tasks.Endpoint("majority", "The majority label of each bit string.", {},
+                          run=lambda predictor, texts, req: predictor.predict(texts),
+                          answer=lambda labels, req: {"labels": labels}, batch_key=lambda req: ())
+
+
 class MajorityTask(tasks.Task):
     name = "majority"
+    train_command = tasks.TrainCommand("majority", majority_options, config_required=False)
     config_cls = MajorityConfig
     needs_tokenizer = False
     components = (("recurrent", ("rnn.",)), ("output layer", ("output.",)))
@@ -101,8 +130,14 @@ class MajorityTask(tasks.Task):
                                    loss_fn=lambda batch, step: (F.cross_entropy(model(batch[0]), batch[1], reduction="sum"), len(batch[1])),
                                    validate=validate, score_key="val_acc")
 
-    def wrap(self, bundle, **_):
+    def wrap(self, bundle, precision="fp32"):
         return MajorityPredictor(bundle)
+
+    def commands(self):
+        return [majority]
+
+    def endpoint(self, limits):
+        return majority_endpoint(limits)
 
     def evaluate(self, bundle, request):
         results = []
@@ -147,6 +182,26 @@ def test_a_task_registered_in_a_test_file_works_end_to_end(tmp_path: Path, capsy
     assert "bad.txt:2: expected 'BITS LABEL'" in capsys.readouterr().err
 
 
+def test_the_toy_task_gets_a_train_command_a_prediction_command_an_endpoint_and_info(tmp_path: Path, capsys) -> None:
+    """No shared module names the toy task: the CLI and the server find it in the registry."""
+    run = tmp_path / "run"
+    assert main(["train", "majority", "--output", str(run), "--length", "5", "--max-steps", "80", "--quiet"]) == 0
+    assert f"model: {run / 'best'}" in capsys.readouterr().out
+    assert json.loads((run / "best" / "config.json").read_text())["data"]["length"] == 5
+    assert main(["majority", "--model", str(run), "11100", "00011", "10101"]) == 0
+    assert capsys.readouterr().out.split() == ["1", "0", "1"]
+    assert main(["info", str(run)]) == 0
+    assert "sequence length: 5" in capsys.readouterr().out
+    assert main(["train", "majority", "--output", str(tmp_path / "x"), "--colour", "red"]) == 2
+    assert "No such option: --colour" in capsys.readouterr().err
+
+    app = create_app(load_models([("bits", run)], "cpu", "fp32"))
+    with running(app) as base:
+        assert call(base, "/majority", {"texts": ["11100", "00011"]}) == (200, {"model": "bits", "labels": [1, 0]})
+        assert call(base, "/majority", {"texts": ["1"], "beam_size": 2})[0] == 422  # the endpoint's own fields only
+        assert call(base, "/models")[1]["models"][0]["task"] == "majority"
+
+
 def test_a_bundle_of_an_unregistered_task_is_refused(tmp_path: Path, capsys) -> None:
     tasks.train("majority", MajorityConfig(train=TrainConfig(max_steps=1, validate_every=1)), tmp_path / "run", progress_bar=False)
     meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
@@ -156,14 +211,6 @@ def test_a_bundle_of_an_unregistered_task_is_refused(tmp_path: Path, capsys) -> 
 
 
 # ----------------------------------------------------------------------------- Hub dataset names, read from local folders
-
-
-def write_dataset(folder: Path, rows: dict[str, list[dict]]) -> Path:
-    """A dataset folder as `datasets.load_dataset(folder)` reads it: one JSONL file per split."""
-    folder.mkdir(parents=True)
-    for split, items in rows.items():
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
-    return folder
 
 
 def test_every_task_reads_a_dataset_folder_through_load_dataset(multi30k: Path, sst2: Path, tmp_path: Path, capsys) -> None:
@@ -193,3 +240,20 @@ def test_every_task_reads_a_dataset_folder_through_load_dataset(multi30k: Path, 
                  "--dataset", str(lm), "--max-steps", "2", "--quiet"]) == 0
     meta = json.loads((tmp_path / "lm-run" / "best" / "meta.json").read_text())
     assert meta["data"]["train"] == f"{lm}:train" and meta["data"]["valid"] == f"{lm}:validation"
+
+
+def test_every_shipped_config_loads_as_the_config_of_one_task() -> None:
+    from nlp_rnn.config import load_config
+    from nlp_rnn.tasks.classification import ClassifierConfig
+
+    classes = [tasks.get(name).config_cls for name in tasks.names()]
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        loaded = []
+        for cls in classes:
+            try:
+                loaded.append(load_config(path, cls))
+            except NlpRnnError:
+                pass
+        assert loaded, f"{path.name} loads as no task's config"
+    names = load_config(ROOT / "configs" / "sst5.yaml", ClassifierConfig).data.label_names
+    assert list(names.values()) == ["very negative", "negative", "neutral", "positive", "very positive"]

@@ -24,14 +24,18 @@ DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "multi30k-de-en"))
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=0, help="0: 256 greedy, 64 beam")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--engine", default="torch", help="torch, or onnxruntime with --model an exported folder")
+    parser.add_argument(
+        "--engine", default="torch", help="torch, or onnxruntime with --model an exported folder"
+    )
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -45,7 +49,12 @@ def main() -> None:
     sources = src_file.read_text(encoding="utf-8").splitlines()
     refs = ref_file.read_text(encoding="utf-8").splitlines()
     translator = Translator(load_for(args.engine, Path(args.model), args.device), args.precision)
-    results = {"model": args.model, "sentences": len(sources), "precision": translator.precision, "engine": args.engine}
+    results = {
+        "model": args.model,
+        "sentences": len(sources),
+        "precision": translator.precision,
+        "engine": args.engine,
+    }
     for beam in (int(b) for b in args.beams.split(",")):
         opts = translator.options(beam_size=beam)
         batch_size = args.batch_size or (256 if beam == 1 else 64)
@@ -59,10 +68,32 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", args.model, "--input", str(src_file),
-                                "--output", f"{tmp}/out.en", "--beam-size", str(beam), "--batch-size", str(batch_size), "--precision", args.precision,
-                                "--device", args.device, "--engine", args.engine],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "nlp_rnn",
+                        "translate",
+                        "--model",
+                        args.model,
+                        "--input",
+                        str(src_file),
+                        "--output",
+                        f"{tmp}/out.en",
+                        "--beam-size",
+                        str(beam),
+                        "--batch-size",
+                        str(batch_size),
+                        "--precision",
+                        args.precision,
+                        "--device",
+                        args.device,
+                        "--engine",
+                        args.engine,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 whole.append(time.perf_counter() - started)
         gen, cmd = statistics.median(times), statistics.median(whole)
         results[f"beam{beam}"] = {

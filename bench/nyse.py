@@ -22,7 +22,9 @@ NYSE = ROOT.parent / "shared" / "data" / "nyse" / "NYSE.csv"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "nyse.yaml"))
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
@@ -33,31 +35,83 @@ def main() -> None:
         out = Path(args.output) / f"nyse_seed{seed}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "nlp_rnn", "train", "forecaster", "--config", args.config, "--output", str(out),
-                        "--data", str(NYSE), "--seed", seed, "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nlp_rnn",
+                "train",
+                "forecaster",
+                "--config",
+                args.config,
+                "--output",
+                str(out),
+                "--data",
+                str(NYSE),
+                "--seed",
+                seed,
+                "--quiet",
+            ],
+            check=True,
+        )
         minutes.append((time.monotonic() - started) / 60)
         report = out / "test.json"
-        subprocess.run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--data", str(NYSE), "--report",
-                        str(report)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nlp_rnn",
+                "evaluate",
+                "--model",
+                str(out),
+                "--data",
+                str(NYSE),
+                "--report",
+                str(report),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         models = json.loads(report.read_text())["sets"][0]["models"]
         meta = json.loads((out / "best" / "meta.json").read_text())
-        val_mse.append((meta["refit"]["selection"] if "refit" in meta else meta["best"])["val_mse"])  # a refit: phase 1's
+        val_mse.append(
+            (meta["refit"]["selection"] if "refit" in meta else meta["best"])["val_mse"]
+        )  # a refit: phase 1's
         name = next(k for k in models if k.startswith("nlp-rnn"))
         model_r2.append(models[name]["r2"])
         baselines = {k: v["r2"] for k, v in models.items() if k != name}
         if best is None or model_r2[-1] > best[1]:
             best = (out, model_r2[-1])
-        print(f"seed {seed}: validation MSE {val_mse[-1]:.4f} (standardised); test R² {model_r2[-1]:.4f}; "
-              f"training {minutes[-1]:.2f} min (whole command)", flush=True)
+        print(
+            f"seed {seed}: validation MSE {val_mse[-1]:.4f} (standardised); test R² {model_r2[-1]:.4f}; "
+            f"training {minutes[-1]:.2f} min (whole command)",
+            flush=True,
+        )
     sd = statistics.stdev(model_r2) if len(model_r2) > 1 else 0.0
-    print(f"nlp-rnn ({Path(args.config).name}), seeds {args.seeds}: validation MSE {statistics.mean(val_mse):.4f}; "
-          f"test R² {statistics.mean(model_r2):.4f} ± {sd:.4f} "
-          f"(min {min(model_r2):.4f}, max {max(model_r2):.4f}); training {statistics.median(minutes):.2f} min per seed (median)")
+    print(
+        f"nlp-rnn ({Path(args.config).name}), seeds {args.seeds}: validation MSE {statistics.mean(val_mse):.4f}; "
+        f"test R² {statistics.mean(model_r2):.4f} ± {sd:.4f} "
+        f"(min {min(model_r2):.4f}, max {max(model_r2):.4f}); training {statistics.median(minutes):.2f} min per seed (median)"
+    )
     for name, value in baselines.items():
         print(f"baseline {name}: test R² {value:.4f}")
     if args.plot:
-        subprocess.run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(best[0]), "--data", str(NYSE), "--plot",
-                        args.plot], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nlp_rnn",
+                "evaluate",
+                "--model",
+                str(best[0]),
+                "--data",
+                str(NYSE),
+                "--plot",
+                args.plot,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         print(f"plot: {args.plot}")
 
 

@@ -25,7 +25,9 @@ DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 def post(url: str, body: dict) -> tuple[float, dict]:
     started = time.perf_counter()
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=300) as response:
         answer = json.loads(response.read())
     return time.perf_counter() - started, answer
@@ -37,7 +39,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "multi30k-de-en"))
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--clients", default="1,8,32")
@@ -50,11 +54,34 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "nlp_rnn", "serve", "--model", f"m={args.model}", "--port", str(port),
-                               "--precision", args.precision, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                               "--device", "cpu"], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nlp_rnn",
+            "serve",
+            "--model",
+            f"m={args.model}",
+            "--port",
+            str(port),
+            "--precision",
+            args.precision,
+            "--max-batch",
+            str(args.max_batch),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
-    results: dict = {"model": args.model, "precision": args.precision, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+    results: dict = {
+        "model": args.model,
+        "precision": args.precision,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+    }
     try:
         for _ in range(600):
             try:
@@ -65,17 +92,28 @@ def main() -> None:
         for text in sentences[:5]:  # warm-up
             post(base + "/translate", {"texts": [text], "beam_size": 1})
         single = [post(base + "/translate", {"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]
-        results["one_sentence_latency_ms"] = {"p50": round(1000 * statistics.median(single), 1), "p99": round(1000 * percentile(single, 0.99), 1)}
+        results["one_sentence_latency_ms"] = {
+            "p50": round(1000 * statistics.median(single), 1),
+            "p99": round(1000 * percentile(single, 0.99), 1),
+        }
         print("one sentence:", results["one_sentence_latency_ms"], flush=True)
         requests = [sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)]
         for clients in (int(c) for c in args.clients.split(",")):
             started = time.perf_counter()
             with ThreadPoolExecutor(clients) as pool:
-                latencies = [t for t, _ in pool.map(lambda texts: post(base + "/translate", {"texts": texts, "beam_size": 1}), requests)]
+                latencies = [
+                    t
+                    for t, _ in pool.map(
+                        lambda texts: post(base + "/translate", {"texts": texts, "beam_size": 1}), requests
+                    )
+                ]
             wall = time.perf_counter() - started
-            results[f"clients_{clients}"] = {"requests_per_s": round(len(requests) / wall, 1), "sentences_per_s": round(len(sentences) / wall, 1),
-                                             "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
-                                             "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1)}
+            results[f"clients_{clients}"] = {
+                "requests_per_s": round(len(requests) / wall, 1),
+                "sentences_per_s": round(len(sentences) / wall, 1),
+                "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
+                "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1),
+            }
             print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
     finally:
         server.terminate()
@@ -92,7 +130,9 @@ def main() -> None:
         times.append(time.perf_counter() - started)
     results["batch_mode_sentences_per_s"] = round(len(sentences) / statistics.median(times), 1)
     for key in [k for k in results if k.startswith("clients_")]:
-        results[key]["of_batch_mode"] = round(results[key]["sentences_per_s"] / results["batch_mode_sentences_per_s"], 3)
+        results[key]["of_batch_mode"] = round(
+            results[key]["sentences_per_s"] / results["batch_mode_sentences_per_s"], 3
+        )
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -27,7 +27,9 @@ TEXT = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 def curve(run: Path) -> list[tuple[float, float, int]]:
     """(minutes, validation loss per character, step) of every validation."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["elapsed_s"] / 60, r["val_loss_per_char"], r["step"]) for r in records if "val_loss_per_char" in r]
+    return [
+        (r["elapsed_s"] / 60, r["val_loss_per_char"], r["step"]) for r in records if "val_loss_per_char" in r
+    ]
 
 
 def generation_speed(run: Path, tokens: int = 2000) -> float:
@@ -53,7 +55,14 @@ def plot(runs: dict[str, Path], path: Path, minutes: float) -> None:
     for name, run in runs.items():
         points = curve(run)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
-    ax.scatter([1.5, 3.0], [1.886, 1.72], color="black", marker="x", zorder=5, label="nanoGPT CPU config (issue's figures)")
+    ax.scatter(
+        [1.5, 3.0],
+        [1.886, 1.72],
+        color="black",
+        marker="x",
+        zorder=5,
+        label="nanoGPT CPU config (issue's figures)",
+    )
     ax.axhline(1.70, color="grey", linestyle=":", linewidth=1)
     ax.axhline(1.50, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("training time on 2 CPU cores (minutes)")
@@ -70,13 +79,17 @@ def plot(runs: dict[str, Path], path: Path, minutes: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_char.yaml"))
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--plot", default=None, help="PNG of the learning curves")
-    parser.add_argument("--include", action="append", default=[], help="LABEL=RUN_FOLDER: another run's curve in the plot")
+    parser.add_argument(
+        "--include", action="append", default=[], help="LABEL=RUN_FOLDER: another run's curve in the plot"
+    )
     parser.add_argument("--plot-only", action="store_true", help="no training: plot the --include runs")
     args = parser.parse_args()
     runs = {label: Path(folder) for label, folder in (item.split("=", 1) for item in args.include)}
@@ -89,22 +102,47 @@ def main() -> None:
         out = Path(args.output) / f"lm_{Path(args.config).stem}_{args.minutes:g}min_seed{seed}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "nlp_rnn", "train", "lm", "--config", args.config, "--output", str(out), "--train",
-                        str(TEXT), "--valid-fraction", "0.1", "--max-minutes", str(args.minutes), "--seed", seed, "--quiet"],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nlp_rnn",
+                "train",
+                "lm",
+                "--config",
+                args.config,
+                "--output",
+                str(out),
+                "--train",
+                str(TEXT),
+                "--valid-fraction",
+                "0.1",
+                "--max-minutes",
+                str(args.minutes),
+                "--seed",
+                seed,
+                "--quiet",
+            ],
+            check=True,
+        )
         wall = (time.monotonic() - started) / 60
         points = curve(out)
         best = min(p[1] for p in points)
         finals.append(best)
         speeds.append(generation_speed(out))
         runs[f"{Path(args.config).stem}, {args.minutes:g} min, seed {seed}"] = out
-        print(f"seed {seed}: best validation loss/char {best:.4f} (last {points[-1][1]:.4f} at {points[-1][0]:.2f} min, step "
-              f"{points[-1][2]}); whole command {wall:.2f} min; generation {speeds[-1]:,.0f} chars/s", flush=True)
+        print(
+            f"seed {seed}: best validation loss/char {best:.4f} (last {points[-1][1]:.4f} at {points[-1][0]:.2f} min, step "
+            f"{points[-1][2]}); whole command {wall:.2f} min; generation {speeds[-1]:,.0f} chars/s",
+            flush=True,
+        )
         print("  curve: " + ", ".join(f"{m:.2f} min {v:.3f}" for m, v, _ in points), flush=True)
     sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
-    print(f"{Path(args.config).name}, {args.minutes:g} min, seeds {args.seeds}: validation loss/char {statistics.mean(finals):.4f} "
-          f"± {sd:.4f} (min {min(finals):.4f}, max {max(finals):.4f}); generation {statistics.median(speeds):,.0f} chars/s; "
-          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(
+        f"{Path(args.config).name}, {args.minutes:g} min, seeds {args.seeds}: validation loss/char {statistics.mean(finals):.4f} "
+        f"± {sd:.4f} (min {min(finals):.4f}, max {max(finals):.4f}); generation {statistics.median(speeds):,.0f} chars/s; "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    )
     if args.plot:
         plot(runs, Path(args.plot), args.minutes)
         print(f"curve: {args.plot}")

@@ -30,17 +30,27 @@ def run(cmd: list[str], env: dict | None = None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "multi30k_de_en.yaml"))
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--max-steps", type=int, default=0)
-    parser.add_argument("--output", default=None, help="training folder (default: bench/results/<config name>)")
+    parser.add_argument(
+        "--output", default=None, help="training folder (default: bench/results/<config name>)"
+    )
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--skip-test", action="store_true", help="speed only: no test-set decoding")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="train with torchrun on this many processes (GPUs, or CPU processes with --device cpu)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="train with torchrun on this many processes (GPUs, or CPU processes with --device cpu)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per process (0: torch's default)"
+    )
     args = parser.parse_args()
     out = Path(args.output or ROOT / "bench" / "results" / Path(args.config).stem)
     if out.exists():
@@ -48,10 +58,38 @@ def main() -> None:
     data = Path(args.data)
     launcher = [sys.executable, "-m", "nlp_rnn"]
     if args.processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes), "-m", "nlp_rnn"]
-    cmd = [*launcher, "train", "translation", "--config", args.config, "--output", str(out), "--quiet", "--device", args.device,
-           "--train-src", str(data / "train.de"), "--train-tgt", str(data / "train.en"),
-           "--valid-src", str(data / "val.de"), "--valid-tgt", str(data / "val.en"), "--max-minutes", str(args.minutes)]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(args.processes),
+            "-m",
+            "nlp_rnn",
+        ]
+    cmd = [
+        *launcher,
+        "train",
+        "translation",
+        "--config",
+        args.config,
+        "--output",
+        str(out),
+        "--quiet",
+        "--device",
+        args.device,
+        "--train-src",
+        str(data / "train.de"),
+        "--train-tgt",
+        str(data / "train.en"),
+        "--valid-src",
+        str(data / "val.de"),
+        "--valid-tgt",
+        str(data / "val.en"),
+        "--max-minutes",
+        str(args.minutes),
+    ]
     if args.max_steps:
         cmd += ["--max-steps", str(args.max_steps)]
     env = None
@@ -77,9 +115,26 @@ def main() -> None:
     if not args.skip_test:
         for beam in (1, 5):
             report = out / f"test_beam{beam}.json"
-            run([sys.executable, "-m", "nlp_rnn", "evaluate", "--model", str(out), "--device", args.device,
-                 "--src", str(data / "test_2016_flickr.de"),
-                 "--ref", str(data / "test_2016_flickr.en"), "--beam-size", str(beam), "--report", str(report)])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "nlp_rnn",
+                    "evaluate",
+                    "--model",
+                    str(out),
+                    "--device",
+                    args.device,
+                    "--src",
+                    str(data / "test_2016_flickr.de"),
+                    "--ref",
+                    str(data / "test_2016_flickr.en"),
+                    "--beam-size",
+                    str(beam),
+                    "--report",
+                    str(report),
+                ]
+            )
             test = json.loads(report.read_text())
             result[f"test_bleu_beam{beam}"] = test["sets"][0]["bleu"]
             result[f"test_chrf_beam{beam}"] = test["sets"][0]["chrf"]

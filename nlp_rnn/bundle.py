@@ -11,20 +11,21 @@ import os
 import shutil
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nlp_rnn.version import __version__
 from nlp_rnn import devices
 from nlp_rnn.config import from_dict, to_dict
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
+from nlp_rnn.version import __version__
 
 FORMAT = "nlp-rnn-bundle"
 FORMAT_VERSION = 1
@@ -102,7 +103,9 @@ def save(
         kept = "the previous bundle is intact" if (folder / META).is_file() else "nothing was saved"
         if _is_disk_full(err):
             raise NlpRnnError(f"no space left on device while saving {folder}; {kept}") from None
-        raise NlpRnnError(f"cannot save {folder} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); {kept}") from None
+        raise NlpRnnError(
+            f"cannot save {folder} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); {kept}"
+        ) from None
     old = folder.parent / f".{folder.name}.old-{os.getpid()}"
     if folder.exists():
         folder.rename(old)
@@ -120,7 +123,13 @@ def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-    meta = dict(bundle.meta, format=FORMAT, format_version=FORMAT_VERSION, task=bundle.task, library_version=__version__)
+    meta = dict(
+        bundle.meta,
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        task=bundle.task,
+        library_version=__version__,
+    )
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if half:
         meta["weights_dtype"] = "float16"  # loaded back into the model's float32 parameters
@@ -192,10 +201,14 @@ def read_header(file: Path) -> dict[str, tuple[int, ...]]:
         raise BundleError(f"{file}: corrupt or truncated (bad safetensors header)") from None
     if not isinstance(header, dict):
         raise BundleError(f"{file}: corrupt or truncated (bad safetensors header)")
-    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return {
+        k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+    }
 
 
-def _check_weights(path: Path, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+def _check_weights(
+    path: Path, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> None:
     """Refuses weights that do not fit the model the config describes, naming both."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -204,8 +217,10 @@ def _check_weights(path: Path, found: dict[str, tuple[int, ...]], expected: dict
         raise BundleError(f"{path / WEIGHTS}: weights do not match {path / CONFIG} ({what})")
     for name, shape in found.items():
         if tuple(shape) != tuple(expected[name]):
-            raise BundleError(f"{path / WEIGHTS}: {name} has shape {tuple(shape)}, but {path / CONFIG} describes "
-                              f"{tuple(expected[name])}")
+            raise BundleError(
+                f"{path / WEIGHTS}: {name} has shape {tuple(shape)}, but {path / CONFIG} describes "
+                f"{tuple(expected[name])}"
+            )
 
 
 class ModelBuilder(Protocol):
@@ -225,15 +240,21 @@ def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     try:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:
-        raise BundleError(f"{path / WEIGHTS}: corrupt or truncated ({str(err).splitlines()[0][:120]})") from None
+        raise BundleError(
+            f"{path / WEIGHTS}: corrupt or truncated ({str(err).splitlines()[0][:120]})"
+        ) from None
     for name, tensor in state.items():
         if not torch.isfinite(tensor.float()).all():
             raise BundleError(f"{path / WEIGHTS}: {name} holds NaN or infinite values")
     return {k: v.to(expected[k].dtype) for k, v in state.items()}
 
 
-def load(path: str | Path, builder_of: Callable[[str], ModelBuilder], task: Optional[str] = None,
-         device: str | torch.device = "cpu") -> Bundle:
+def load(
+    path: str | Path,
+    builder_of: Callable[[str], ModelBuilder],
+    task: Optional[str] = None,
+    device: str | torch.device = "cpu",
+) -> Bundle:
     """Rebuilds exactly what was trained, on `device`; refuses corrupt, truncated, foreign or mismatched bundles.
 
     `builder_of(task_name)` gives the model's builder (the task registry's `get`). The config is
@@ -255,7 +276,9 @@ def load(path: str | Path, builder_of: Callable[[str], ModelBuilder], task: Opti
     tokenizer = Tokenizer.load(path) if builder.needs_tokenizer else None
     with torch.device("meta"):
         skeleton = builder.build_model(config, tokenizer, meta)
-    _check_weights(path, read_header(path / WEIGHTS), {k: tuple(v.shape) for k, v in _unique_state(skeleton).items()})
+    _check_weights(
+        path, read_header(path / WEIGHTS), {k: tuple(v.shape) for k, v in _unique_state(skeleton).items()}
+    )
     model = builder.build_model(config, tokenizer, meta)
     model.load_state_dict(read_weights(path, model), strict=False)
     model.to(devices.resolve(device) if isinstance(device, str) else device)

@@ -100,7 +100,9 @@ class TrainConfig:
     max_steps: int = 0  # 0: unlimited
     max_minutes: float = 0.0  # 0: unlimited
     max_epochs: int = 0  # 0: unlimited
-    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products) | auto (bf16 where the CPU or GPU has it natively)
+    precision: str = (
+        "fp32"  # fp32 | bf16 (autocast matrix products) | auto (bf16 where the CPU or GPU has it natively)
+    )
     num_threads: int = 0  # 0: torch's default
 
     def __post_init__(self) -> None:
@@ -122,16 +124,25 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         if value is None:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
-    if typing.get_origin(annotation) is dict:  # dict[str, str]: a YAML mapping; keys may be numbers (0: negative)
+    if (
+        typing.get_origin(annotation) is dict
+    ):  # dict[str, str]: a YAML mapping; keys may be numbers (0: negative)
         if not isinstance(value, dict):
             raise NlpRnnError(f"config: {where} must be a mapping, got {value!r}")
         for key, item in value.items():
-            if not isinstance(key, (str, int)) or isinstance(key, bool) or not isinstance(item, (str, int)) or isinstance(item, bool):
+            if (
+                not isinstance(key, (str, int))
+                or isinstance(key, bool)
+                or not isinstance(item, (str, int))
+                or isinstance(item, bool)
+            ):
                 raise NlpRnnError(f"config: {where} must map labels to names, got {key!r}: {item!r}")
         return {str(k): str(v) for k, v in value.items()}
     if typing.get_origin(annotation) is tuple:  # tuple[str, ...]: a YAML list (or one value)
         items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_check_type(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(items))
+        return tuple(
+            _check_type(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(items)
+        )
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -10,9 +10,10 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -88,7 +89,11 @@ def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[Any]]
                     raise NlpRnnError(f"{path}:{number}: missing column '{c}' (has: {', '.join(row)})")
                 out[c].append(row[c])
     else:
-        reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+        reader = csv.reader(
+            lines,
+            delimiter="\t" if fmt == "tsv" else ",",
+            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+        )
         header = next(reader)
         missing = [c for c in columns if c not in header]
         if missing:
@@ -106,14 +111,18 @@ def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[Any]]
     return out
 
 
-def read_hub(name: str, split: str, columns: Sequence[str], config: Optional[str] = None) -> dict[str, list[Any]]:
+def read_hub(
+    name: str, split: str, columns: Sequence[str], config: Optional[str] = None
+) -> dict[str, list[Any]]:
     """Columns of a Hugging Face Hub dataset split; `translation: {de: .., en: ..}` rows are unpacked."""
     import datasets
 
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as err:  # network, unknown name or split: datasets raises many types
-        raise NlpRnnError(f"dataset {name} ({split}): cannot load ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise NlpRnnError(
+            f"dataset {name} ({split}): cannot load ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     if "translation" in ds.column_names and not all(c in ds.column_names for c in columns):
         pairs = ds["translation"]
         missing = [c for c in columns if c not in pairs[0]]
@@ -122,7 +131,9 @@ def read_hub(name: str, split: str, columns: Sequence[str], config: Optional[str
         return {c: [p[c] for p in pairs] for c in columns}
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise NlpRnnError(f"dataset {name} ({split}): missing column '{missing[0]}' (has: {', '.join(ds.column_names)})")
+        raise NlpRnnError(
+            f"dataset {name} ({split}): missing column '{missing[0]}' (has: {', '.join(ds.column_names)})"
+        )
     return {c: list(ds[c]) for c in columns}
 
 
@@ -161,7 +172,9 @@ def read_parallel(source: ParallelSource) -> tuple[list[str], list[str]]:
         cols = read_table(source.table, [source.src_lang, source.tgt_lang])
         src, tgt = cols[source.src_lang], cols[source.tgt_lang]
     elif source.dataset:
-        cols = read_hub(source.dataset, source.split, [source.src_lang, source.tgt_lang], source.dataset_config)
+        cols = read_hub(
+            source.dataset, source.split, [source.src_lang, source.tgt_lang], source.dataset_config
+        )
         src, tgt = cols[source.src_lang], cols[source.tgt_lang]
     else:
         raise NlpRnnError("no parallel data given (files, a table or a dataset name)")
@@ -214,7 +227,14 @@ def tokenize_parallel(
         cache_dir.mkdir(parents=True, exist_ok=True)
         text = "\n".join(src).encode() + b"\0" + "\n".join(tgt).encode()
         cache = _cache_name(cache_dir, text, tokenizer.src_blob, tokenizer.tgt_blob or b"")
-    ds = ds.map(encode, batched=True, batch_size=2000, remove_columns=["src", "tgt"], cache_file_name=cache, load_from_cache_file=True)
+    ds = ds.map(
+        encode,
+        batched=True,
+        batch_size=2000,
+        remove_columns=["src", "tgt"],
+        cache_file_name=cache,
+        load_from_cache_file=True,
+    )
     src_ids = truncate(ds["src_ids"], max_src_len - 1, f"{where} (source)")
     tgt_ids = truncate(ds["tgt_ids"], max_tgt_len - 1, f"{where} (target)")
     return [s + [EOS] for s in src_ids], tgt_ids
@@ -266,7 +286,9 @@ def pad(seqs: Sequence[Sequence[int]], min_len: int = 1) -> tuple[torch.Tensor, 
 
 
 def make_batch(
-    src: Sequence[Sequence[int]], tgt: Optional[Sequence[Sequence[int]]] = None, labels: Optional[Sequence[int]] = None
+    src: Sequence[Sequence[int]],
+    tgt: Optional[Sequence[Sequence[int]]] = None,
+    labels: Optional[Sequence[int]] = None,
 ) -> Batch:
     src_ids, src_len, src_mask = pad(src)
     batch = Batch(src=src_ids, src_len=src_len, src_mask=src_mask)
@@ -298,7 +320,9 @@ class TokenBatcher:
         batches, current, longest = [], [], 0
         for i in order:
             longest_if = max(longest, self.lengths[i])
-            if current and (longest_if * (len(current) + 1) > self.batch_tokens or len(current) >= self.max_sentences):
+            if current and (
+                longest_if * (len(current) + 1) > self.batch_tokens or len(current) >= self.max_sentences
+            ):
                 batches.append(current)
                 current, longest_if = [], self.lengths[i]
             current.append(i)
@@ -362,17 +386,28 @@ def read_labeled(source: LabeledSource) -> tuple[list[str], list[str]]:
         raise NlpRnnError("no labelled data given (a table file or a dataset name)")
     texts = ["" if t is None else str(t) for t in cols[source.text_column]]
     labels = cols[source.label_column]
-    numeric = [isinstance(x, int) and not isinstance(x, bool) or (isinstance(x, str) and x.strip().lstrip("-").isdigit()) for x in labels]
+    numeric = [
+        isinstance(x, int)
+        and not isinstance(x, bool)
+        or (isinstance(x, str) and x.strip().lstrip("-").isdigit())
+        for x in labels
+    ]
     if any(numeric) and not all(numeric):
         row = numeric.index(False) if numeric[0] else numeric.index(True)
-        line = f":{row + 2}" if source.table and _table_format(Path(source.table)) != "jsonl" else f" (row {row + 1})"
+        line = (
+            f":{row + 2}"
+            if source.table and _table_format(Path(source.table)) != "jsonl"
+            else f" (row {row + 1})"
+        )
         raise NlpRnnError(
             f"{source.describe()}{line}: label {labels[row]!r} mixes with labels of the other kind in column "
             f"'{source.label_column}' (use all integers or all names)"
         )
     for row, label in enumerate(labels):
         if label is None or str(label).strip() == "":
-            raise NlpRnnError(f"{source.describe()} (row {row + 1}): empty label in column '{source.label_column}'")
+            raise NlpRnnError(
+                f"{source.describe()} (row {row + 1}): empty label in column '{source.label_column}'"
+            )
     return texts, [str(x).strip() for x in labels]
 
 
@@ -389,5 +424,7 @@ def label_ids(labels: Sequence[str], names: Sequence[str], where: str) -> list[i
     index = {name: i for i, name in enumerate(names)}
     for row, label in enumerate(labels):
         if label not in index:
-            raise NlpRnnError(f"{where} (row {row + 1}): label {label!r} was never seen in training (known: {', '.join(names)})")
+            raise NlpRnnError(
+                f"{where} (row {row + 1}): label {label!r} was never seen in training (known: {', '.join(names)})"
+            )
     return [index[label] for label in labels]

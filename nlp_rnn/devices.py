@@ -31,10 +31,14 @@ def resolve(name: str = "auto") -> torch.device:
     if device.type != "cuda":
         raise NlpRnnError(f"--device {name}: only cpu and cuda devices are supported")
     if not torch.cuda.is_available():
-        raise NlpRnnError(f"--device {name}: no CUDA GPU is available here (this torch build or machine has none); use --device cpu")
+        raise NlpRnnError(
+            f"--device {name}: no CUDA GPU is available here (this torch build or machine has none); use --device cpu"
+        )
     index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
     if index >= torch.cuda.device_count():
-        raise NlpRnnError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)")
+        raise NlpRnnError(
+            f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s) (cuda:0 ..)"
+        )
     return torch.device("cuda", index)
 
 
@@ -50,7 +54,9 @@ def move(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: move(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: move(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
+        )
     if isinstance(obj, (list, tuple)):
         return type(obj)(move(x, device) for x in obj)
     if isinstance(obj, dict):

@@ -13,7 +13,8 @@ import datetime
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,7 +59,9 @@ def init(device: torch.device) -> None:
     try:
         dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
     except (RuntimeError, ValueError) as err:
-        raise NlpRnnError(f"cannot join the training processes ({backend}): {str(err).splitlines()[0][:200]}") from None
+        raise NlpRnnError(
+            f"cannot join the training processes ({backend}): {str(err).splitlines()[0][:200]}"
+        ) from None
     log.info("process %d of %d (%s, %s)", dist.get_rank(), dist.get_world_size(), backend, device)
 
 
@@ -75,9 +78,12 @@ def _collective(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except RuntimeError as err:  # DistBackendError and gloo's connection errors are RuntimeErrors
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0])[:120]  # without gloo's source location
-        raise NlpRnnError(f"process {rank()}: lost the other training processes ({reason}); one of them stopped, "
-                          f"see its error") from None
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0])[
+            :120
+        ]  # without gloo's source location
+        raise NlpRnnError(
+            f"process {rank()}: lost the other training processes ({reason}); one of them stopped, see its error"
+        ) from None
 
 
 def sum_floats(values: Iterable[float], device: torch.device) -> list[float]:
@@ -138,11 +144,13 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
     if not active() or not params:
         return
     dev = _comm_device(params[0].device)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float().to(dev) for p in params]
-                     + [torch.tensor([float(p.grad is not None) for p in params], device=dev)])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float().to(dev) for p in params]
+        + [torch.tensor([float(p.grad is not None) for p in params], device=dev)]
+    )
     _collective(lambda: dist.all_reduce(flat))
     offset = 0
-    has = flat[-len(params):].tolist()
+    has = flat[-len(params) :].tolist()
     for p, seen in zip(params, has):
         n = p.numel()
         if seen:

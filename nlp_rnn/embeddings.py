@@ -10,8 +10,9 @@ through gzip; a first line of two integers (`count width`) is fastText's header.
 import gzip
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import Optional, TextIO
 
 import torch
 from torch import nn
@@ -52,15 +53,19 @@ def read_vectors(path: str | Path, wanted: set[str], width: int) -> dict[str, to
     for number, parts in _lines(path):
         if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):  # fastText: "count width"
             if int(parts[1]) != width:
-                raise NlpRnnError(f"{path}: vectors have {parts[1]} values (header), but the embedding dimension is {width} "
-                                  f"(model.embedding_dim)")
+                raise NlpRnnError(
+                    f"{path}: vectors have {parts[1]} values (header), but the embedding dimension is {width} "
+                    f"(model.embedding_dim)"
+                )
             continue
         rows += 1
         values = len(parts) - 1
         if values != width:
             if rows == 1:
-                raise NlpRnnError(f"{path}: vectors have {values} values (line {number}), but the embedding dimension is "
-                                  f"{width} (model.embedding_dim)")
+                raise NlpRnnError(
+                    f"{path}: vectors have {values} values (line {number}), but the embedding dimension is "
+                    f"{width} (model.embedding_dim)"
+                )
             raise NlpRnnError(f"{path}, line {number}: {values} values where the earlier rows have {width}")
         word = parts[0]
         if word in wanted and word not in found:
@@ -89,7 +94,9 @@ def vocabulary_words(pieces: list[str]) -> dict[int, str]:
     return {i: p[1:] for i, p in enumerate(pieces) if p.startswith(WORD_START) and len(p) > 1}
 
 
-def load_into(embeddings: nn.Embedding | list[nn.Embedding], path: str | Path, pieces: list[str], freeze: bool = False) -> dict:
+def load_into(
+    embeddings: nn.Embedding | list[nn.Embedding], path: str | Path, pieces: list[str], freeze: bool = False
+) -> dict:
     """Fills the rows whose piece has a vector in `path` (of each table given: ensemble members share the file's
     vectors, other rows keep their own initialisation); returns the coverage, for the bundle's metadata."""
     tables = embeddings if isinstance(embeddings, list) else [embeddings]
@@ -108,14 +115,32 @@ def load_into(embeddings: nn.Embedding | list[nn.Embedding], path: str | Path, p
                 covered += 1
     for table in tables:
         table.weight.requires_grad_(not freeze)
-    coverage = {"file": str(path), "words": len(words), "covered": covered,
-                "coverage": round(covered / len(words), 4) if words else 0.0, "frozen": freeze}
-    log.info("embeddings: %s covers %d of %d vocabulary words (%.1f%%)%s", path, covered, len(words),
-             100 * coverage["coverage"], "; frozen" if freeze else "")
+    coverage = {
+        "file": str(path),
+        "words": len(words),
+        "covered": covered,
+        "coverage": round(covered / len(words), 4) if words else 0.0,
+        "frozen": freeze,
+    }
+    log.info(
+        "embeddings: %s covers %d of %d vocabulary words (%.1f%%)%s",
+        path,
+        covered,
+        len(words),
+        100 * coverage["coverage"],
+        "; frozen" if freeze else "",
+    )
     return coverage
 
 
-def apply(model_cfg, model: nn.Module, tokenizer, meta: dict, resume: bool, targets: list[tuple[str, list[str], str]]) -> None:
+def apply(
+    model_cfg,
+    model: nn.Module,
+    tokenizer,
+    meta: dict,
+    resume: bool,
+    targets: list[tuple[str, list[str], str]],
+) -> None:
     """Loads each configured file into its embeddings (`targets`: config field, module paths, 'src' or 'tgt').
 
     The file is read once per field. On resume the weights come from `last/`, so the file is not
@@ -132,4 +157,6 @@ def apply(model_cfg, model: nn.Module, tokenizer, meta: dict, resume: bool, targ
             continue
         processor = tokenizer.src if side == "src" else tokenizer.tgt
         pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
-        meta.setdefault("embeddings", {})[field] = load_into(tables, path, pieces, model_cfg.freeze_embeddings)
+        meta.setdefault("embeddings", {})[field] = load_into(
+            tables, path, pieces, model_cfg.freeze_embeddings
+        )

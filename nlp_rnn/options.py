@@ -8,11 +8,21 @@ import typer
 from nlp_rnn.errors import NlpRnnError
 
 DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
-ENGINE = typer.Option("torch", "--engine", help="torch, or onnxruntime with --model an exported folder (nlp-rnn export).")
-PRECISION_AUTO = typer.Option("auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU).")
-PRETRAINED = typer.Option(None, "--pretrained-embeddings", help="Word vectors (word2vec/GloVe/fastText text format, "
-                          ".txt/.vec, .gz too) for the embeddings; pair with a word tokenizer (tokenizer.model_type: word).")
-FREEZE = typer.Option(None, "--freeze-embeddings/--no-freeze-embeddings", help="Keep the embeddings fixed during training.")
+ENGINE = typer.Option(
+    "torch", "--engine", help="torch, or onnxruntime with --model an exported folder (nlp-rnn export)."
+)
+PRECISION_AUTO = typer.Option(
+    "auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."
+)
+PRETRAINED = typer.Option(
+    None,
+    "--pretrained-embeddings",
+    help="Word vectors (word2vec/GloVe/fastText text format, "
+    ".txt/.vec, .gz too) for the embeddings; pair with a word tokenizer (tokenizer.model_type: word).",
+)
+FREEZE = typer.Option(
+    None, "--freeze-embeddings/--no-freeze-embeddings", help="Keep the embeddings fixed during training."
+)
 DATASET = typer.Option(None, "--dataset", help="Hugging Face Hub dataset (or a local dataset folder).")
 TRAIN_SPLIT = typer.Option(None, "--train-split", help="Hub training split.")
 VALID_SPLIT = typer.Option(None, "--valid-split", help="Hub validation split.")

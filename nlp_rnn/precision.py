@@ -12,12 +12,17 @@ def resolve_precision(precision: str, device: torch.device = torch.device("cpu")
     if precision not in ("auto", "fp32", "bf16", "int8"):
         raise NlpRnnError(f"--precision must be auto, fp32, bf16 or int8, got {precision!r}")
     if precision == "int8" and device.type != "cpu":
-        raise NlpRnnError("--precision int8 runs on the CPU (fbgemm kernels); use --device cpu, or bf16 on a GPU")
+        raise NlpRnnError(
+            "--precision int8 runs on the CPU (fbgemm kernels); use --device cpu, or bf16 on a GPU"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return "bf16" if native else "fp32"
 
 

@@ -7,8 +7,9 @@ state only need `select(index)`, so beam search reorders them without knowing wh
 Sequences that are done leave the batch, so the remaining ones decode in a smaller batch.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 
@@ -23,7 +24,9 @@ class Hypothesis:
     tokens: list[int]  # ends in EOS, or stops at the maximum length
     score: float  # the ranking score (length-normalised for beam search)
     log_prob: float  # summed token log-probabilities
-    attention: Optional[torch.Tensor] = field(default=None, repr=False)  # (len(tokens), S) over real source tokens
+    attention: Optional[torch.Tensor] = field(
+        default=None, repr=False
+    )  # (len(tokens), S) over real source tokens
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,9 @@ class Generative(Protocol):
     def start(self, batch: Batch) -> tuple[Any, Any, torch.Tensor]:
         """-> (memory, state, first input tokens (B,)); memory and state have `select(index)`."""
 
-    def step(self, prev: torch.Tensor, memory: Any, state: Any) -> tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
+    def step(
+        self, prev: torch.Tensor, memory: Any, state: Any
+    ) -> tuple[torch.Tensor, Any, Optional[torch.Tensor]]:
         """prev (B,) -> logits (B, V), the new state, attention weights (B, S) or None."""
 
 
@@ -103,7 +108,12 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         if bool(done.all()):
             break
         active, prev, memory, state = _without_done(done, active, prev, memory, state)
-    tokens, lengths, scores, src_len = tokens.tolist(), lengths.tolist(), scores.tolist(), batch.src_len.tolist()
+    tokens, lengths, scores, src_len = (
+        tokens.tolist(),
+        lengths.tolist(),
+        scores.tolist(),
+        batch.src_len.tolist(),
+    )
     weights = None if weights is None else weights.cpu()
     hyps = []
     for i in range(size):
@@ -128,7 +138,9 @@ def _banned_ngrams(seqs: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()) -> list[list[Hypothesis]]:
+def beam_search(
+    model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()
+) -> list[list[Hypothesis]]:
     """Batched beam search; per sentence the `n_best` hypotheses, best first.
 
     Alive hypotheses always fill K slots (the top K of all K*V extensions); an extension ending
@@ -177,10 +189,14 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         top_logp, flat = cand.topk(k, dim=1)  # (b, K)
         beam = flat // per_row  # (b, K) which alive row each candidate extends
         token = row_token.view(b, k * per_row).gather(1, flat)  # (b, K)
-        origin = (torch.arange(b, device=dev).unsqueeze(1) * k + beam).view(-1)  # (b*K,) rows the candidates extend
+        origin = (torch.arange(b, device=dev).unsqueeze(1) * k + beam).view(
+            -1
+        )  # (b*K,) rows the candidates extend
         seq = torch.cat([alive_seq.index_select(0, origin), token.view(-1, 1)], dim=1)  # (b*K, t+1)
         if alive_att is not None:
-            alive_att = torch.cat([alive_att.index_select(0, origin), att.float().index_select(0, origin).unsqueeze(1)], dim=1)
+            alive_att = torch.cat(
+                [alive_att.index_select(0, origin), att.float().index_select(0, origin).unsqueeze(1)], dim=1
+            )
         at_limit = (limit <= t + 1).unsqueeze(1)  # (b, 1) the last step ends every hypothesis
         ends = ((token == EOS) | at_limit) & (top_logp > NEG_INF)  # (b, K)
 
@@ -195,7 +211,9 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
         pool_seq = torch.cat([fin_seq[active], padded], dim=1)  # (b, 2K, T)
         fin_seq[active] = pool_seq.gather(1, pick.unsqueeze(2).expand(-1, -1, steps))
         fin_len[active] = torch.cat([fin_len[active], length], dim=1).gather(1, pick)
-        fin_logp[active] = torch.cat([fin_logp[active], top_logp.masked_fill(~ends, NEG_INF)], dim=1).gather(1, pick)
+        fin_logp[active] = torch.cat([fin_logp[active], top_logp.masked_fill(~ends, NEG_INF)], dim=1).gather(
+            1, pick
+        )
         fin_score[active] = best_score
         if fin_att is not None:
             new_att = torch.zeros(b, k, steps, src_width, device=dev)
@@ -222,7 +240,11 @@ def beam_search(model: Generative, batch: Batch, opts: SearchOptions = SearchOpt
                 alive_att = alive_att[rows]
 
     keep = min(opts.n_best, k)
-    fin_seq, fin_len, fin_logp = fin_seq[:, :keep].tolist(), fin_len[:, :keep].tolist(), fin_logp[:, :keep].tolist()
+    fin_seq, fin_len, fin_logp = (
+        fin_seq[:, :keep].tolist(),
+        fin_len[:, :keep].tolist(),
+        fin_logp[:, :keep].tolist(),
+    )
     fin_score, src_len = fin_score[:, :keep].tolist(), batch.src_len.tolist()
     fin_att = None if fin_att is None else fin_att[:, :keep].cpu()
     results = []

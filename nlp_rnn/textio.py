@@ -2,8 +2,9 @@
 
 import contextlib
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Iterator, Optional, Sequence
+from typing import IO, Optional
 
 from nlp_rnn.errors import NlpRnnError
 

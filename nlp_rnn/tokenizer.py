@@ -6,8 +6,9 @@ becomes its UTF-8 byte pieces and comes back out of `decode` unchanged.
 
 import io
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import sentencepiece as spm
 
@@ -26,8 +27,17 @@ def _train_one(texts: Sequence[str], cfg: TokenizerConfig) -> bytes:
     rng = random.Random(0)
     sample = list(texts) if len(texts) <= cfg.max_sentences else rng.sample(list(texts), cfg.max_sentences)
     model = io.BytesIO()
-    exact = dict(normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-                 user_defined_symbols=["\n"], allow_whitespace_only_pieces=True) if cfg.byte_exact else {}
+    exact = (
+        dict(
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            user_defined_symbols=["\n"],
+            allow_whitespace_only_pieces=True,
+        )
+        if cfg.byte_exact
+        else {}
+    )
     if cfg.model_type == "char":  # every character of the text, the specials and the 256 byte pieces
         vocab_size = len(set("".join(sample))) + 4 + 256 + (1 if cfg.byte_exact else 0)
     else:
@@ -85,7 +95,9 @@ class Tokenizer:
         return self.tgt.get_piece_size()
 
     @classmethod
-    def train(cls, cfg: TokenizerConfig, src_texts: Sequence[str], tgt_texts: Optional[Sequence[str]] = None) -> "Tokenizer":
+    def train(
+        cls, cfg: TokenizerConfig, src_texts: Sequence[str], tgt_texts: Optional[Sequence[str]] = None
+    ) -> "Tokenizer":
         """Trains a joint model on both sides (if `cfg.joint`) or one model per side."""
         if tgt_texts is None:
             return cls(_train_one(src_texts, cfg))
@@ -96,7 +108,9 @@ class Tokenizer:
     def save(self, folder: str | Path) -> list[Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files = {JOINT_FILE: self.src_blob} if self.joint else {SRC_FILE: self.src_blob, TGT_FILE: self.tgt_blob}
+        files = (
+            {JOINT_FILE: self.src_blob} if self.joint else {SRC_FILE: self.src_blob, TGT_FILE: self.tgt_blob}
+        )
         for name, blob in files.items():
             (folder / name).write_bytes(blob)
         return [folder / name for name in files]

@@ -17,9 +17,10 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm import tqdm
@@ -91,8 +92,10 @@ class RunLock:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             handle.close()
-            raise NlpRnnError(f"{self.path.parent}: a training that is still running owns this folder ({owner}); "
-                              f"wait for it to end or stop it, or use another --output") from None
+            raise NlpRnnError(
+                f"{self.path.parent}: a training that is still running owns this folder ({owner}); "
+                f"wait for it to end or stop it, or use another --output"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
@@ -110,10 +113,21 @@ class RunLock:
 class Trainer:
     """Trains `setup.bundle.model`; `setup.validate()` returns metrics including `setup.score_key`."""
 
-    def __init__(self, cfg: TrainConfig, setup: TrainingSetup, out_dir: Path, progress_bar: bool = True,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        setup: TrainingSetup,
+        out_dir: Path,
+        progress_bar: bool = True,
+        device: Optional[torch.device] = None,
+    ) -> None:
         self.cfg, self.setup, self.bundle = cfg, setup, setup.bundle
-        self.batcher, self.collate, self.loss_fn, self.validate = setup.batcher, setup.collate, setup.loss_fn, setup.validate
+        self.batcher, self.collate, self.loss_fn, self.validate = (
+            setup.batcher,
+            setup.collate,
+            setup.loss_fn,
+            setup.validate,
+        )
         self.score_key, self.sign = setup.score_key, 1.0 if setup.higher_is_better else -1.0
         self.out_dir = Path(out_dir)
         self.device = device or torch.device("cpu")
@@ -123,10 +137,16 @@ class Trainer:
         self.model = setup.bundle.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1 and not hasattr(self.batcher, "shard"):
-            raise NlpRnnError(f"{self.bundle.task}: this task's batches cannot be split across processes; train it in one")
+            raise NlpRnnError(
+                f"{self.bundle.task}: this task's batches cannot be split across processes; train it in one"
+            )
         self.amp = resolve_precision(cfg.precision, self.device) == "bf16"
         if cfg.precision == "auto":
-            log.info("precision auto: %s on %s", "bf16 autocast" if self.amp else "fp32 (no native bf16 here)", self.device)
+            log.info(
+                "precision auto: %s on %s",
+                "bf16 autocast" if self.amp else "fp32 (no native bf16 here)",
+                self.device,
+            )
         self.scaler = devices.grad_scaler(self.device, self.amp)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -139,8 +159,13 @@ class Trainer:
 
     def _rank_state(self) -> dict:
         """What differs between processes: random-number states and the task's carried state."""
-        state = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                 "task": devices.move(self.setup.state_dict(), torch.device("cpu")) if self.setup.state_dict else {}}
+        state = {
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "task": devices.move(self.setup.state_dict(), torch.device("cpu"))
+            if self.setup.state_dict
+            else {},
+        }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -162,8 +187,10 @@ class Trainer:
         state = bundles.load_trainer_state(last)
         saved_world = state.get("world_size", 1)
         if saved_world != self.world:
-            raise NlpRnnError(f"{last}: saved by a run of {saved_world} process(es), resumed with {self.world}; resume with "
-                              f"the same number (torchrun --nproc-per-node), or start a new run from {last} with --output elsewhere")
+            raise NlpRnnError(
+                f"{last}: saved by a run of {saved_world} process(es), resumed with {self.world}; resume with "
+                f"the same number (torchrun --nproc-per-node), or start a new run from {last} with --output elsewhere"
+            )
         saved = bundles.load_weights_into(last, self.model, self.bundle.task)
         if saved.get("best") is not None:
             self.bundle.meta["best"] = saved["best"]
@@ -171,7 +198,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        mine = state["ranks"][self.rank] if "ranks" in state else state  # bundles of nlp-rnn 0.x kept one process's state
+        mine = (
+            state["ranks"][self.rank] if "ranks" in state else state
+        )  # bundles of nlp-rnn 0.x kept one process's state
         torch.set_rng_state(mine["torch_rng"])
         random.setstate(mine["python_rng"])
         if "cuda_rng" in mine and self.device.type == "cuda":
@@ -187,7 +216,11 @@ class Trainer:
         """Drops lines a killed run wrote after its last save, so the log matches the resumed run."""
         path = self.out_dir / METRICS
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step
+            ]
             path.write_text("".join(line + "\n" for line in kept))
 
     def _write_metrics(self, record: dict) -> None:
@@ -202,7 +235,9 @@ class Trainer:
         if not self.main:
             return
         self.bundle.meta["step"] = self.state.step
-        bundles.save(self.out_dir / which, self.bundle, self._trainer_state(ranks) if which == "last" else None)
+        bundles.save(
+            self.out_dir / which, self.bundle, self._trainer_state(ranks) if which == "last" else None
+        )
 
     # ------------------------------------------------------------------ loop
 
@@ -224,7 +259,9 @@ class Trainer:
         """
         metrics = self._validate_main(started, scheduled) if self.main else None
         lr, st = self.optimizer.param_groups[0]["lr"], self.state
-        metrics, lr, st.best_score, st.bad_validations = distributed.broadcast((metrics, lr, st.best_score, st.bad_validations))
+        metrics, lr, st.best_score, st.bad_validations = distributed.broadcast(
+            (metrics, lr, st.best_score, st.bad_validations)
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         st.last_validated = st.step
@@ -262,7 +299,9 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not resume and (self.out_dir / "last" / bundles.META).exists():
-            raise NlpRnnError(f"{self.out_dir}: already holds a training run; use --resume, or another --output")
+            raise NlpRnnError(
+                f"{self.out_dir}: already holds a training run; use --resume, or another --output"
+            )
         if resume:
             self._restore()
         distributed.barrier()  # every process has read last/ before process 0 writes it again
@@ -277,7 +316,12 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous_handler)
         distributed.barrier()  # nobody reads best/ before process 0 has written it
-        return {"stopped": reason, "step": self.state.step, "best": self.bundle.meta.get("best"), "elapsed_s": self.state.elapsed_s}
+        return {
+            "stopped": reason,
+            "step": self.state.step,
+            "best": self.bundle.meta.get("best"),
+            "elapsed_s": self.state.elapsed_s,
+        }
 
     def _stop(self, started: float) -> bool:
         """The budget is spent or a stop was asked for, on any process (so all stop at the same step)."""
@@ -296,7 +340,9 @@ class Trainer:
         local = float(loss_sum.detach()) if loss_sum is not None else 0.0
         total_loss, total_count = distributed.sum_floats([local, count], self.device)
         if loss_sum is not None:
-            self.scaler.scale(loss_sum / max(total_count, 1)).backward()  # every share over the whole batch's count
+            self.scaler.scale(
+                loss_sum / max(total_count, 1)
+            ).backward()  # every share over the whole batch's count
         distributed.sum_gradients(self.params)
         if self.setup.lr_at is not None:
             for group in self.optimizer.param_groups:
@@ -312,7 +358,14 @@ class Trainer:
         cfg, st = self.cfg, self.state
         started = time.monotonic()
         self.model.train()
-        bar = tqdm(total=cfg.max_steps or None, initial=st.step, disable=not self.progress_bar, unit="step", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=cfg.max_steps or None,
+            initial=st.step,
+            disable=not self.progress_bar,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
         try:
             while True:
@@ -321,11 +374,17 @@ class Trainer:
                     return "max_epochs"
                 batches = self.batcher.epoch(st.epoch)
                 if not batches:
-                    raise NlpRnnError("the training data makes no batch (too few examples for the batch settings)")
+                    raise NlpRnnError(
+                        "the training data makes no batch (too few examples for the batch settings)"
+                    )
                 while st.batch_in_epoch < len(batches):
                     if self._stop(started):
                         self._finish(started)
-                        return "interrupted" if distributed.any_true(self._stop_requested, self.device) else "budget"
+                        return (
+                            "interrupted"
+                            if distributed.any_true(self._stop_requested, self.device)
+                            else "budget"
+                        )
                     loss_sum, count = self._step(batches[st.batch_in_epoch])
                     st.batch_in_epoch += 1
                     st.step += 1
@@ -343,7 +402,9 @@ class Trainer:
                             "lr": self.optimizer.param_groups[0]["lr"],
                         }
                         self._write_metrics(record)
-                        bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                        bar.set_postfix(
+                            loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}"
+                        )
                         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
                     if st.step % cfg.validate_every == 0:
                         if self._validate_and_save(started, scheduled=True):

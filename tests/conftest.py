@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import MULTI30K, NEEDED, SHARED, SST2, small_config, train_copy_model
+
 from nlp_rnn.nn.seq2seq import Seq2Seq
 
 torch.set_num_threads(1)  # tiny models: one thread is faster and keeps runs deterministic
@@ -12,8 +12,11 @@ torch.set_num_threads(1)  # tiny models: one thread is faster and keeps runs det
 def pytest_sessionstart(session) -> None:
     missing = [path for path in NEEDED if not path.is_file()]
     if missing:
-        pytest.exit(f"test data missing: {missing[0]} ({len(missing)} file(s) in all). The tests read real corpora from "
-                    f"{SHARED} (../shared/data beside the repository, described in its README.md).", returncode=4)
+        pytest.exit(
+            f"test data missing: {missing[0]} ({len(missing)} file(s) in all). The tests read real corpora from "
+            f"{SHARED} (../shared/data beside the repository, described in its README.md).",
+            returncode=4,
+        )
 
 
 @pytest.fixture(scope="session")

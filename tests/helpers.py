@@ -9,8 +9,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -29,8 +30,15 @@ SST2 = SHARED / "sst" / "sst2"
 NYSE = SHARED / "nyse" / "NYSE.csv"
 SHAKESPEARE = SHARED / "text" / "tinyshakespeare.txt"
 # Every file of ../shared/data the tests read: checked once when the session starts (conftest.py).
-NEEDED = [MULTI30K / f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr") for lang in ("de", "en")] + [
-    SST2 / "train.tsv", SST2 / "dev.tsv", SST2 / "test.tsv", NYSE, SHAKESPEARE]
+NEEDED = [
+    MULTI30K / f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
+] + [
+    SST2 / "train.tsv",
+    SST2 / "dev.tsv",
+    SST2 / "test.tsv",
+    NYSE,
+    SHAKESPEARE,
+]
 
 
 # ----------------------------------------------------------------------------- the copy task
@@ -39,7 +47,9 @@ NEEDED = [MULTI30K / f"{split}.{lang}" for split in ("train", "val", "test_2016_
 SYMBOLS = 10  # copy-task symbols use ids 4 .. 4+SYMBOLS-1
 
 
-def copy_examples(n: int, seed: int, reverse: bool = False, min_len: int = 2, max_len: int = 6) -> tuple[list, list]:
+def copy_examples(
+    n: int, seed: int, reverse: bool = False, min_len: int = 2, max_len: int = 6
+) -> tuple[list, list]:
     rng = random.Random(seed)
     src, tgt = [], []
     for _ in range(n):
@@ -56,8 +66,15 @@ def small_config(**changes) -> Seq2SeqModelConfig:
 
 
 def train_copy_model(
-    cfg: Seq2SeqModelConfig, steps: int = 300, reverse: bool = False, seed: int = 0, lr: float = 0.005, batch: int = 256,
-    max_len: int = 6, until: Optional[Callable[[Seq2Seq], bool]] = None, check_every: int = 50,
+    cfg: Seq2SeqModelConfig,
+    steps: int = 300,
+    reverse: bool = False,
+    seed: int = 0,
+    lr: float = 0.005,
+    batch: int = 256,
+    max_len: int = 6,
+    until: Optional[Callable[[Seq2Seq], bool]] = None,
+    check_every: int = 50,
 ) -> Seq2Seq:
     """A real tiny training run on the copy (or reverse) task: `steps` updates, or fewer when `until(model)`
     holds at one of the checks every `check_every` steps (the model is in eval mode while checked)."""
@@ -91,15 +108,25 @@ def write_slice(multi30k: Path, folder: Path, n: int = 400) -> DataConfig:
             text = (multi30k / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[lines]
             paths[f"{split}.{lang}"] = folder / f"{split}.{lang}"
             paths[f"{split}.{lang}"].write_text("\n".join(text) + "\n", encoding="utf-8")
-    return DataConfig(train_src=str(paths["train.de"]), train_tgt=str(paths["train.en"]), valid_src=str(paths["val.de"]),
-                      valid_tgt=str(paths["val.en"]), src_lang="de", tgt_lang="en")
+    return DataConfig(
+        train_src=str(paths["train.de"]),
+        train_tgt=str(paths["train.en"]),
+        valid_src=str(paths["val.de"]),
+        valid_tgt=str(paths["val.en"]),
+        src_lang="de",
+        tgt_lang="en",
+    )
 
 
 def tiny_config(data: DataConfig, **train) -> TranslationConfig:
     base = dict(batch_tokens=600, validate_every=4, log_every=1, lr=3e-3, max_steps=8)
     base.update(train)
-    return TranslationConfig(data=data, tokenizer=TokenizerConfig(vocab_size=400, model_type="unigram"),
-                             model=small_config(dropout=0.2), train=TrainConfig(**base))
+    return TranslationConfig(
+        data=data,
+        tokenizer=TokenizerConfig(vocab_size=400, model_type="unigram"),
+        model=small_config(dropout=0.2),
+        train=TrainConfig(**base),
+    )
 
 
 def losses(folder: Path) -> dict[int, float]:
@@ -147,8 +174,12 @@ def running(app) -> Iterator[str]:
 
 def call(base: str, path: str, body=None, raw: bytes = None) -> tuple[int, dict]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if data is None else "POST")
+    request = urllib.request.Request(
+        base + path,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="GET" if data is None else "POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

@@ -2,10 +2,9 @@
 
 import json
 import math
-import pytest
-
 from pathlib import Path
 
+import pytest
 import torch
 
 from nlp_rnn.cli import main
@@ -28,14 +27,43 @@ def test_gradient_norms_are_exact_for_a_scaled_identity_recurrence() -> None:
         rnn.bias_ih_l0.zero_()
         rnn.bias_hh_l0.zero_()
     x = torch.zeros(1, length, 3, dtype=torch.double)
-    norms = adding.gradient_norms(rnn, "rnn_tanh", x, lambda h: h.sum(), h0=torch.zeros(1, hidden, dtype=torch.double))
-    expected = torch.tensor([a ** (length - t) * math.sqrt(hidden) for t in range(1, length + 1)], dtype=torch.double)
+    norms = adding.gradient_norms(
+        rnn, "rnn_tanh", x, lambda h: h.sum(), h0=torch.zeros(1, hidden, dtype=torch.double)
+    )
+    expected = torch.tensor(
+        [a ** (length - t) * math.sqrt(hidden) for t in range(1, length + 1)], dtype=torch.double
+    )
     torch.testing.assert_close(norms, expected)
 
 
 def test_demo_adding_command_reports_every_cell_and_draws_the_gradients(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "adding", "--cell", "rnn_tanh", "--cell", "lstm", "--length", "6", "--lr", "0.01", "--seeds", "1",
-                 "--steps", "20", "--hidden", "8", "--gradients", str(tmp_path / "g.png"), "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "adding",
+                "--cell",
+                "rnn_tanh",
+                "--cell",
+                "lstm",
+                "--length",
+                "6",
+                "--lr",
+                "0.01",
+                "--seeds",
+                "1",
+                "--steps",
+                "20",
+                "--hidden",
+                "8",
+                "--gradients",
+                str(tmp_path / "g.png"),
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "rnn_tanh  T=6" in out and "lstm      T=6" in out and (tmp_path / "g.png").stat().st_size > 5000
     runs = json.loads((tmp_path / "r.json").read_text())["runs"]

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.tasks.base import load as load_bundle
-from nlp_rnn.config import load_config
-from nlp_rnn.tasks.translation import TranslationConfig
+from nlp_rnn.config import TokenizerConfig, load_config
 from nlp_rnn.data import ParallelSource, read_parallel, read_table, tokenize_parallel
 from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.tasks.base import load as load_bundle
+from nlp_rnn.tasks.translation import TranslationConfig
 from nlp_rnn.tokenizer import Tokenizer
-from nlp_rnn.config import TokenizerConfig
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -40,7 +39,7 @@ def test_empty_file_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_non_utf8_bytes_name_the_line(tmp_path: Path) -> None:
-    (tmp_path / "bad.de").write_bytes("gut\nauch gut\n".encode() + b"schlecht \xff\xfe\n")
+    (tmp_path / "bad.de").write_bytes(b"gut\nauch gut\n" + b"schlecht \xff\xfe\n")
     (tmp_path / "bad.en").write_text("a\nb\nc\n")
     with pytest.raises(NlpRnnError) as err:
         read_parallel(ParallelSource(src_file=str(tmp_path / "bad.de"), tgt_file=str(tmp_path / "bad.en")))
@@ -86,7 +85,9 @@ def test_empty_lines_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
     (tmp_path / "a.de").write_text("eins\n\nzwei\n   \ndrei\n")
     (tmp_path / "a.en").write_text("one\ntwo?\ntwo\nfour\nthree\n")
     with caplog.at_level(logging.WARNING):
-        src, tgt = read_parallel(ParallelSource(src_file=str(tmp_path / "a.de"), tgt_file=str(tmp_path / "a.en")))
+        src, tgt = read_parallel(
+            ParallelSource(src_file=str(tmp_path / "a.de"), tgt_file=str(tmp_path / "a.en"))
+        )
     assert list(zip(src, tgt)) == [("eins", "one"), ("zwei", "two"), ("drei", "three")]
     assert "skipped 2 pairs" in caplog.text
 
@@ -111,17 +112,18 @@ def test_byte_fallback_represents_unseen_characters() -> None:
 @pytest.fixture
 def saved_bundle(tmp_path: Path) -> Path:
     import torch
+    from helpers import small_config
 
     from nlp_rnn.bundle import Bundle
     from nlp_rnn.nn.seq2seq import Seq2Seq
-
-    from helpers import small_config
 
     torch.manual_seed(0)
     tok = Tokenizer.train(TokenizerConfig(vocab_size=300, model_type="unigram"), ["ein hund", "a dog"] * 50)
     cfg = TranslationConfig(model=small_config())
     model = Seq2Seq(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
-    return bundles.save(tmp_path / "bundle", Bundle("translation", cfg, model, tok, {"src_lang": "de", "tgt_lang": "en"}))
+    return bundles.save(
+        tmp_path / "bundle", Bundle("translation", cfg, model, tok, {"src_lang": "de", "tgt_lang": "en"})
+    )
 
 
 def test_corrupt_truncated_and_foreign_bundles_are_refused(saved_bundle: Path) -> None:

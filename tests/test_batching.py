@@ -2,18 +2,19 @@
 
 import pytest
 import torch
+from helpers import copy_examples, small_config
 
 from nlp_rnn.data import TokenBatcher, make_batch, ordered_batches
 from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.tokenizer import EOS
 
-from helpers import copy_examples, small_config
-
 
 @pytest.fixture(params=["gru", "lstm", "rnn_tanh"])
 def model(request) -> Seq2Seq:
     torch.manual_seed(0)
-    return Seq2Seq(small_config(cell=request.param, bidirectional=True, encoder_layers=2, decoder_layers=2), 20, 20).eval()
+    return Seq2Seq(
+        small_config(cell=request.param, bidirectional=True, encoder_layers=2, decoder_layers=2), 20, 20
+    ).eval()
 
 
 def test_sentence_alone_equals_sentence_in_padded_batch(model: Seq2Seq) -> None:
@@ -70,7 +71,9 @@ def test_token_batcher_respects_the_budget_and_covers_every_example_once() -> No
         assert sorted(i for b in batches for i in b) == list(range(1000))
         assert all(max(lengths[i] for i in b) * len(b) <= 400 or len(b) == 1 for b in batches)
         assert all(len(b) <= 64 for b in batches)
-    assert batcher.epoch(0) == TokenBatcher(lengths, 400, 64, seed=5).epoch(0)  # a pure function of (seed, epoch)
+    assert batcher.epoch(0) == TokenBatcher(lengths, 400, 64, seed=5).epoch(
+        0
+    )  # a pure function of (seed, epoch)
     assert batcher.epoch(0) != batcher.epoch(1)
 
 

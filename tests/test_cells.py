@@ -7,8 +7,10 @@ from torch import nn
 from nlp_rnn.nn.decoder import Cell, cell_update
 
 
-@pytest.mark.parametrize("cell, reference", [("gru", nn.GRUCell), ("lstm", nn.LSTMCell), ("rnn_tanh", nn.RNNCell),
-                                             ("rnn_relu", nn.RNNCell)])
+@pytest.mark.parametrize(
+    "cell, reference",
+    [("gru", nn.GRUCell), ("lstm", nn.LSTMCell), ("rnn_tanh", nn.RNNCell), ("rnn_relu", nn.RNNCell)],
+)
 def test_decoder_cell_equals_torch_cell_outputs_and_gradients(cell: str, reference: type) -> None:
     torch.manual_seed(0)
     inputs, hidden, batch = 7, 5, 3
@@ -37,7 +39,11 @@ def test_decoder_cell_equals_torch_cell_outputs_and_gradients(cell: str, referen
     weights = torch.randn_like(h)
     loss = (h * weights).sum() + ((c * weights).sum() if c is not None else 0)
     exp_loss = (exp_h * weights).sum() + ((exp_c * weights).sum() if exp_c is not None else 0)
-    ours_params = [ours.weight_in["x"], ours.weight_hh, ours.bias_ih] + ([ours.bias_hh] if ours.bias_hh is not None else [])
-    theirs_params = [theirs.weight_ih, theirs.weight_hh, theirs.bias_ih] + ([theirs.bias_hh] if ours.bias_hh is not None else [])
+    ours_params = [ours.weight_in["x"], ours.weight_hh, ours.bias_ih] + (
+        [ours.bias_hh] if ours.bias_hh is not None else []
+    )
+    theirs_params = [theirs.weight_ih, theirs.weight_hh, theirs.bias_ih] + (
+        [theirs.bias_hh] if ours.bias_hh is not None else []
+    )
     for a, b in zip(torch.autograd.grad(loss, ours_params), torch.autograd.grad(exp_loss, theirs_params)):
         torch.testing.assert_close(a, b)

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlp_rnn.nn.classifier import Classifier
 from nlp_rnn.cli import main
-from nlp_rnn.nn.classifier import ClassifierModelConfig
 from nlp_rnn.data import make_batch
+from nlp_rnn.nn.classifier import Classifier, ClassifierModelConfig
 
 TINY = """
 data: {max_src_len: 80}
@@ -23,8 +22,15 @@ train: {batch_tokens: 1200, validate_every: 40, log_every: 10, lr: 0.003, patien
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_pooling_of_a_padded_batch_equals_each_sentence_alone(pooling: str, bidirectional: bool) -> None:
     torch.manual_seed(0)
-    cfg = ClassifierModelConfig(cell="lstm", embedding_dim=16, hidden_size=24, num_layers=2, bidirectional=bidirectional,
-                                pooling=pooling, dropout=0.0)
+    cfg = ClassifierModelConfig(
+        cell="lstm",
+        embedding_dim=16,
+        hidden_size=24,
+        num_layers=2,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        dropout=0.0,
+    )
     model = Classifier(cfg, 30, 3).eval()
     sentences = [[5, 6, 7, 8, 9, 10, 3], [11, 3], [12, 13, 14, 3]]
     with torch.no_grad():
@@ -35,7 +41,9 @@ def test_pooling_of_a_padded_batch_equals_each_sentence_alone(pooling: str, bidi
     if pooling == "last" and bidirectional:
         enc = model.encode(make_batch(sentences))
         hidden = cfg.hidden_size
-        torch.testing.assert_close(enc.final[1, :hidden], enc.states[1, 1, :hidden])  # forward: last real token
+        torch.testing.assert_close(
+            enc.final[1, :hidden], enc.states[1, 1, :hidden]
+        )  # forward: last real token
         torch.testing.assert_close(enc.final[1, hidden:], enc.states[1, 0, hidden:])  # backward: first token
 
 
@@ -57,8 +65,23 @@ def sst_model(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("sst")
     paths = write_sst_slice(sst2, folder / "data", 3000, names={"0": "negative", "1": "positive"})
     (folder / "tiny.yaml").write_text(TINY)
-    code = main(["train", "classifier", "--config", str(folder / "tiny.yaml"), "--output", str(folder / "run"),
-                 "--train", str(paths["train"]), "--valid", str(paths["dev"]), "--max-steps", "200", "--quiet"])
+    code = main(
+        [
+            "train",
+            "classifier",
+            "--config",
+            str(folder / "tiny.yaml"),
+            "--output",
+            str(folder / "run"),
+            "--train",
+            str(paths["train"]),
+            "--valid",
+            str(paths["dev"]),
+            "--max-steps",
+            "200",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return folder / "run", paths
 
@@ -77,7 +100,20 @@ def test_string_labels_round_trip_through_the_bundle(sst_model, capsys) -> None:
     run, _ = sst_model
     meta = json.loads((run / "best" / "meta.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["task"] == "classification"
-    assert main(["classify", "--model", str(run), "--format", "jsonl", "a wonderful , moving film", "dull and lifeless"]) == 0
+    assert (
+        main(
+            [
+                "classify",
+                "--model",
+                str(run),
+                "--format",
+                "jsonl",
+                "a wonderful , moving film",
+                "dull and lifeless",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["line"] for r in rows] == [1, 2]
     for row in rows:
@@ -88,8 +124,19 @@ def test_string_labels_round_trip_through_the_bundle(sst_model, capsys) -> None:
 
 def test_evaluate_accuracy_and_f1_agree_with_a_direct_computation(sst_model, tmp_path: Path, capsys) -> None:
     run, paths = sst_model
-    code = main(["evaluate", "--model", str(run), "--data", str(paths["test"]), "--report", str(tmp_path / "r.json"),
-                 "--hyps", str(tmp_path / "pred.txt")])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(run),
+            "--data",
+            str(paths["test"]),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--hyps",
+            str(tmp_path / "pred.txt"),
+        ]
+    )
     assert code == 0 and "confusion matrix" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())["sets"][0]
     gold = [line.rsplit("\t", 1)[1] for line in paths["test"].read_text().splitlines()[1:]]
@@ -125,8 +172,21 @@ def test_bad_classification_inputs(sst_model, tmp_path: Path, capsys) -> None:
     assert code == 2 and "header.tsv: no rows after the header" in err
     (tmp_path / "mixed.tsv").write_text("sentence\tlabel\ngood\t1\nbad\tnegative\n")
     (tmp_path / "c.yaml").write_text(TINY)
-    code, err = run_cli(["train", "classifier", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "o"),
-                         "--train", str(tmp_path / "mixed.tsv"), "--valid", str(tmp_path / "mixed.tsv")], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "classifier",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--output",
+            str(tmp_path / "o"),
+            "--train",
+            str(tmp_path / "mixed.tsv"),
+            "--valid",
+            str(tmp_path / "mixed.tsv"),
+        ],
+        capsys,
+    )
     assert code == 2 and "mixed.tsv:3: label 'negative' mixes with labels of the other kind" in err
     code, err = run_cli(["classify", "--model", str(run), "--text-column", "x"], capsys)
     assert code == 2 and "No such option: --text-column" in err and "Traceback" not in err

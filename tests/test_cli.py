@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_slice
 
 from nlp_rnn.cli import main
-
-from helpers import write_slice
 
 TINY_CONFIG = """
 data: {src_lang: de, tgt_lang: en, max_src_len: 60, max_tgt_len: 60}
@@ -34,9 +33,27 @@ def trained(multi30k: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli")
     data = write_slice(multi30k, folder / "data", n=600)
     (folder / "tiny.yaml").write_text(TINY_CONFIG)
-    code = main(["train", "translation", "--config", str(folder / "tiny.yaml"), "--output", str(folder / "run"),
-                 "--train-src", data.train_src, "--train-tgt", data.train_tgt, "--valid-src", data.valid_src,
-                 "--valid-tgt", data.valid_tgt, "--max-steps", "20", "--quiet"])
+    code = main(
+        [
+            "train",
+            "translation",
+            "--config",
+            str(folder / "tiny.yaml"),
+            "--output",
+            str(folder / "run"),
+            "--train-src",
+            data.train_src,
+            "--train-tgt",
+            data.train_tgt,
+            "--valid-src",
+            data.valid_src,
+            "--valid-tgt",
+            data.valid_tgt,
+            "--max-steps",
+            "20",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return folder / "run"
 
@@ -55,41 +72,111 @@ def test_resume_through_the_cli_continues_to_a_larger_budget(trained: Path, tmp_
     shutil.copytree(trained, copy)
     config = trained.parent / "tiny.yaml"
     data = trained.parent / "data"
-    code, out, _ = run(["train", "translation", "--config", str(config), "--output", str(copy), "--train-src", str(data / "train.de"),
-                        "--train-tgt", str(data / "train.en"), "--valid-src", str(data / "val.de"), "--valid-tgt",
-                        str(data / "val.en"), "--max-steps", "25", "--resume", "--quiet"], capsys)
+    code, out, _ = run(
+        [
+            "train",
+            "translation",
+            "--config",
+            str(config),
+            "--output",
+            str(copy),
+            "--train-src",
+            str(data / "train.de"),
+            "--train-tgt",
+            str(data / "train.en"),
+            "--valid-src",
+            str(data / "val.de"),
+            "--valid-tgt",
+            str(data / "val.en"),
+            "--max-steps",
+            "25",
+            "--resume",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and "at step 25" in out
 
 
 def test_translate_arguments_keep_alignment(trained: Path, capsys) -> None:
-    code, out, _ = run(["translate", "--model", str(trained), "Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen."], capsys)
+    code, out, _ = run(
+        ["translate", "--model", str(trained), "Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen."], capsys
+    )
     lines = out.split("\n")[:-1]
     assert code == 0 and len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
 
 
 def test_translate_stdin_odd_lines_stay_aligned(trained: Path, capsys, monkeypatch, caplog) -> None:
-    odd = ["Ein Hund.", "", "   \t ", "Haus " * 2000, "Steuer\x07zeichen\x1b[31m rot", "Ein Mädchen ☃ 漢字.", "Ende."]
+    odd = [
+        "Ein Hund.",
+        "",
+        "   \t ",
+        "Haus " * 2000,
+        "Steuer\x07zeichen\x1b[31m rot",
+        "Ein Mädchen ☃ 漢字.",
+        "Ende.",
+    ]
     stdin = ("\n".join(odd) + "\n").encode()
-    code, out, err = run(["translate", "--model", str(trained), "--batch-size", "2"], capsys, stdin=stdin, monkeypatch=monkeypatch)
+    code, out, err = run(
+        ["translate", "--model", str(trained), "--batch-size", "2"],
+        capsys,
+        stdin=stdin,
+        monkeypatch=monkeypatch,
+    )
     assert code == 0 and len(out.split("\n")[:-1]) == len(odd) and "Traceback" not in err
-    code, out, _ = run(["translate", "--model", str(trained), "--batch-size", "2", "--format", "jsonl"], capsys, stdin=stdin,
-                       monkeypatch=monkeypatch)
+    code, out, _ = run(
+        ["translate", "--model", str(trained), "--batch-size", "2", "--format", "jsonl"],
+        capsys,
+        stdin=stdin,
+        monkeypatch=monkeypatch,
+    )
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["source"] for r in rows] == odd
-    assert [len(r["translations"]) for r in rows] == [1, 0, 0, 1, 1, 1, 1]  # blank lines: no translation, still a line
+    assert [len(r["translations"]) for r in rows] == [
+        1,
+        0,
+        0,
+        1,
+        1,
+        1,
+        1,
+    ]  # blank lines: no translation, still a line
     assert "truncated 1 inputs" in caplog.text
 
 
 def test_translate_invalid_utf8_on_stdin_is_a_one_line_error(trained: Path, capsys, monkeypatch) -> None:
-    code, out, err = run(["translate", "--model", str(trained)], capsys, stdin=b"Ein Hund.\nkaputt \xff\xfe\n", monkeypatch=monkeypatch)
+    code, out, err = run(
+        ["translate", "--model", str(trained)],
+        capsys,
+        stdin=b"Ein Hund.\nkaputt \xff\xfe\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 2 and err.strip().splitlines()[-1] == "error: stdin:2: not valid UTF-8"
     assert len(out.split("\n")[:-1]) <= 1  # never more lines out than good lines in
 
 
 def test_translate_files_jsonl_nbest_and_attention_plot(trained: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "in.de").write_text("Ein Mann.\n\nZwei Frauen laufen.\n")
-    code, _, _ = run(["translate", "--model", str(trained), "--input", str(tmp_path / "in.de"), "--output", str(tmp_path / "out.jsonl"),
-                      "--format", "jsonl", "--beam-size", "4", "--n-best", "3", "--attention-plot", str(tmp_path / "att.png")], capsys)
+    code, _, _ = run(
+        [
+            "translate",
+            "--model",
+            str(trained),
+            "--input",
+            str(tmp_path / "in.de"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--format",
+            "jsonl",
+            "--beam-size",
+            "4",
+            "--n-best",
+            "3",
+            "--attention-plot",
+            str(tmp_path / "att.png"),
+        ],
+        capsys,
+    )
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 2, 3] and rows[1]["translations"] == []
@@ -100,16 +187,48 @@ def test_translate_files_jsonl_nbest_and_attention_plot(trained: Path, tmp_path:
     assert (tmp_path / "att.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_evaluate_bleu_matches_the_sacrebleu_command(trained: Path, multi30k: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_bleu_matches_the_sacrebleu_command(
+    trained: Path, multi30k: Path, tmp_path: Path, capsys
+) -> None:
     for lang in ("de", "en"):
         lines = (multi30k / f"test_2016_flickr.{lang}").read_text(encoding="utf-8").splitlines()[:60]
         (tmp_path / f"test.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    code, out, _ = run(["evaluate", "--model", str(trained), "--src", str(tmp_path / "test.de"), "--ref", str(tmp_path / "test.en"),
-                        "--beam-size", "2", "--report", str(tmp_path / "r.json"), "--hyps", str(tmp_path / "hyps.en")], capsys)
+    code, out, _ = run(
+        [
+            "evaluate",
+            "--model",
+            str(trained),
+            "--src",
+            str(tmp_path / "test.de"),
+            "--ref",
+            str(tmp_path / "test.en"),
+            "--beam-size",
+            "2",
+            "--report",
+            str(tmp_path / "r.json"),
+            "--hyps",
+            str(tmp_path / "hyps.en"),
+        ],
+        capsys,
+    )
     assert code == 0 and "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in out
     report = json.loads((tmp_path / "r.json").read_text())
-    sacrebleu = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "test.en"), "-i", str(tmp_path / "hyps.en"), "-b", "-w", "2"],
-                               capture_output=True, text=True, check=True)
+    sacrebleu = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sacrebleu",
+            str(tmp_path / "test.en"),
+            "-i",
+            str(tmp_path / "hyps.en"),
+            "-b",
+            "-w",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert report["sets"][0]["bleu"] == pytest.approx(float(sacrebleu.stdout.strip()), abs=0.005)
     assert report["decoding"]["beam_size"] == 2 and report["sets"][0]["sentences"] == 60
 
@@ -119,7 +238,10 @@ def test_evaluate_bleu_matches_the_sacrebleu_command(trained: Path, multi30k: Pa
     [
         (["translate", "--model", "/nonexistent/model", "x"], "model folder not found"),
         (["translate", "--beam-size", "0", "x"], "--beam-size must be at least 1"),
-        (["translate", "--n-best", "3", "--beam-size", "2", "x"], "--n-best 3 needs --beam-size of at least 3"),
+        (
+            ["translate", "--n-best", "3", "--beam-size", "2", "x"],
+            "--n-best 3 needs --beam-size of at least 3",
+        ),
         (["translate", "--format", "xml", "x"], "--format must be text or jsonl"),
     ],
 )
@@ -133,20 +255,38 @@ def test_bad_translate_options(trained: Path, args: list[str], message: str, cap
 def test_evaluate_src_ref_of_different_lengths(trained: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "s.de").write_text("a\nb\nc\n")
     (tmp_path / "r.en").write_text("a\nb\n")
-    code, _, err = run(["evaluate", "--model", str(trained), "--src", str(tmp_path / "s.de"), "--ref", str(tmp_path / "r.en")], capsys)
+    code, _, err = run(
+        [
+            "evaluate",
+            "--model",
+            str(trained),
+            "--src",
+            str(tmp_path / "s.de"),
+            "--ref",
+            str(tmp_path / "r.en"),
+        ],
+        capsys,
+    )
     assert code == 2 and "s.de has 3 lines but" in err and "r.en has 2" in err
 
 
 def test_train_errors_are_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.yaml").write_text("model:\n  cell: gru\n  layers: 2\n")
-    code, _, err = run(["train", "translation", "--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "o")], capsys)
+    code, _, err = run(
+        ["train", "translation", "--config", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "o")],
+        capsys,
+    )
     assert code == 2 and "unknown key 'model.layers'" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
 def test_console_script_pipes_stdin_without_traceback(trained: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "nlp_rnn", "translate", "--model", str(trained)], input=b"Ein Hund.\n\nEine Katze.\n",
-                            capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "nlp_rnn", "translate", "--model", str(trained)],
+        input=b"Ein Hund.\n\nEine Katze.\n",
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and len(result.stdout.decode().split("\n")[:-1]) == 3
     assert b"Traceback" not in result.stderr
 

@@ -4,12 +4,11 @@ import json
 import re
 from pathlib import Path
 
-
-from nlp_rnn.tasks import defaults
-from nlp_rnn.cli import main
-from nlp_rnn.tasks.metrics import bleu
-
 from helpers import CHECKPOINTS, ROOT
+
+from nlp_rnn.cli import main
+from nlp_rnn.tasks import defaults
+from nlp_rnn.tasks.metrics import bleu
 
 SHIPPED = ROOT / "checkpoints"
 
@@ -18,7 +17,10 @@ def test_missing_default_model_says_how_to_get_one(tmp_path: Path, monkeypatch, 
     monkeypatch.setattr(defaults, "CHECKPOINTS", tmp_path)
     assert main(["translate", "Ein Hund."]) == 2
     err = capsys.readouterr().err
-    assert "no --model given and the default translation model" in err and "pass --model DIR, or train one" in err
+    assert (
+        "no --model given and the default translation model" in err
+        and "pass --model DIR, or train one" in err
+    )
     assert main(["classify", "good"]) == 2
     assert "default classification model" in capsys.readouterr().err
 
@@ -31,11 +33,16 @@ def test_damaged_default_model_is_refused(tmp_path: Path, monkeypatch, capsys) -
     assert "meta.json: corrupt" in capsys.readouterr().err
 
 
-def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path, tmp_path: Path, capsys) -> None:
+def test_shipped_translation_model_is_the_default_and_translates(
+    multi30k: Path, tmp_path: Path, capsys
+) -> None:
     src = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:100]
     ref = (multi30k / "test_2016_flickr.en").read_text(encoding="utf-8").splitlines()[:100]
     (tmp_path / "in.de").write_text("\n".join(src) + "\n", encoding="utf-8")
-    assert main(["translate", "--input", str(tmp_path / "in.de"), "--beam-size", "1", "--precision", "fp32"]) == 0
+    assert (
+        main(["translate", "--input", str(tmp_path / "in.de"), "--beam-size", "1", "--precision", "fp32"])
+        == 0
+    )
     hyps = capsys.readouterr().out.split("\n")[:-1]
     assert len(hyps) == 100
     assert bleu(hyps, ref)[0].score > 25
@@ -44,7 +51,9 @@ def test_shipped_translation_model_is_the_default_and_translates(multi30k: Path,
 def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
     lines = (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]
     texts, gold = [line.split("\t")[0] for line in lines], [line.split("\t")[1] for line in lines]
-    assert main(["classify", "--format", "jsonl", "--", *texts]) == 0  # "--": some PTB texts start with "-lrb-"
+    assert (
+        main(["classify", "--format", "jsonl", "--", *texts]) == 0
+    )  # "--": some PTB texts start with "-lrb-"
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["label"] for r in rows} == {"negative", "positive"}  # names; the data's 0/1 are label_id
     assert sum(str(r["label_id"]) == g for r, g in zip(rows, gold)) / len(gold) > 0.7
@@ -52,7 +61,11 @@ def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
 
 def test_shipped_bundles_and_configs_name_no_absolute_path() -> None:
     """Data is recorded by relative path or Hub name, never a machine's own folders."""
-    files = [*CHECKPOINTS.glob("*/config.json"), *CHECKPOINTS.glob("*/meta.json"), *(ROOT / "configs").glob("*.yaml")]
+    files = [
+        *CHECKPOINTS.glob("*/config.json"),
+        *CHECKPOINTS.glob("*/meta.json"),
+        *(ROOT / "configs").glob("*.yaml"),
+    ]
     assert len(files) >= 6
     for path in files:
         text = path.read_text(encoding="utf-8")

@@ -246,7 +246,9 @@ def test_every_docs_page_is_listed_in_the_index_and_the_readme_links_the_index()
     index = DOCS / "index.md"
     assert index.is_file(), "docs/index.md is missing"
     listed = {resolve(index, target) for _, target in links(index.read_text(encoding="utf-8"))}
-    missing = [name_of(page) for page in sorted(DOCS.glob("*.md")) if page != index and page.resolve() not in listed]
+    missing = [
+        name_of(page) for page in sorted(DOCS.glob("*.md")) if page != index and page.resolve() not in listed
+    ]
     assert not missing, f"docs/index.md does not link: {', '.join(missing)}"
     readme = ROOT / "README.md"
     from_readme = {resolve(readme, target) for _, target in links(readme.read_text(encoding="utf-8"))}
@@ -254,7 +256,9 @@ def test_every_docs_page_is_listed_in_the_index_and_the_readme_links_the_index()
 
 
 def test_every_image_in_docs_is_shown_on_a_page() -> None:
-    shown = {resolve(page, target) for page in pages() for _, target in links(page.read_text(encoding="utf-8"))}
+    shown = {
+        resolve(page, target) for page in pages() for _, target in links(page.read_text(encoding="utf-8"))
+    }
     unused = [name_of(image) for image in sorted(DOCS.glob("*.png")) if image.resolve() not in shown]
     assert not unused, f"images no page shows: {', '.join(unused)}"
 

@@ -7,28 +7,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
+from nlp_rnn.data import make_batch
+from nlp_rnn.deploy.onnx import MaskedEncoder, export, load_exported
+from nlp_rnn.nn.encoder import Encoder
+from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.base import load
 from nlp_rnn.tasks.classification import Predictor
-from nlp_rnn.data import make_batch
-from nlp_rnn.nn.encoder import Encoder
-from nlp_rnn.deploy.onnx import MaskedEncoder, export, load_exported
-from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.translation import Translator
-
-from helpers import ROOT
 
 CHECKPOINTS = ROOT / "checkpoints"
 
 
-@pytest.mark.parametrize("cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_relu", 2, False)])
-def test_the_masked_encoder_gives_the_states_of_the_packed_one(cell: str, layers: int, bidirectional: bool) -> None:
+@pytest.mark.parametrize(
+    "cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_relu", 2, False)]
+)
+def test_the_masked_encoder_gives_the_states_of_the_packed_one(
+    cell: str, layers: int, bidirectional: bool
+) -> None:
     torch.manual_seed(0)
     encoder = Encoder(cell, 6, 5, layers, bidirectional, dropout=0.0).eval()
     lengths = torch.tensor([7, 3, 1, 5])
     batch = make_batch([[4 + (i * 3 + j) % 9 for j in range(n)] for i, n in enumerate(lengths.tolist())])
     embedded = torch.randn(4, 7, 6)
-    packed, masked = encoder(embedded, batch.src_len, batch.src_mask), MaskedEncoder(encoder)(embedded, batch.src_len, batch.src_mask)
+    packed, masked = (
+        encoder(embedded, batch.src_len, batch.src_mask),
+        MaskedEncoder(encoder)(embedded, batch.src_len, batch.src_mask),
+    )
     torch.testing.assert_close(masked.states, packed.states, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(masked.final, packed.final, atol=1e-6, rtol=1e-5)
 
@@ -36,15 +42,28 @@ def test_the_masked_encoder_gives_the_states_of_the_packed_one(cell: str, layers
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("onnx")
-    return {"de-en": export(load(CHECKPOINTS / "multi30k-de-en"), out / "de-en"), "sst2": export(load(CHECKPOINTS / "sst2"), out / "sst2")}
+    return {
+        "de-en": export(load(CHECKPOINTS / "multi30k-de-en"), out / "de-en"),
+        "sst2": export(load(CHECKPOINTS / "sst2"), out / "sst2"),
+    }
 
 
 @pytest.mark.slow
-def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(exported: dict, multi30k: Path) -> None:
-    assert sorted(p.name for p in exported["de-en"].iterdir()) == ["config.json", "decoder_step.onnx", "encoder.onnx",
-                                                                   "manifest.json", "sentencepiece.model"]
+def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(
+    exported: dict, multi30k: Path
+) -> None:
+    assert sorted(p.name for p in exported["de-en"].iterdir()) == [
+        "config.json",
+        "decoder_step.onnx",
+        "encoder.onnx",
+        "manifest.json",
+        "sentencepiece.model",
+    ]
     sentences = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:200]
-    torch_side, ort_side = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32"), Translator(load_exported(exported["de-en"]), "fp32")
+    torch_side, ort_side = (
+        Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32"),
+        Translator(load_exported(exported["de-en"]), "fp32"),
+    )
     greedy = SearchOptions(beam_size=1, max_length=60)
     mine = [t[0].text for t in ort_side.translate(sentences, greedy, batch_size=64)]
     theirs = [t[0].text for t in torch_side.translate(sentences, greedy, batch_size=64)]
@@ -56,30 +75,70 @@ def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(exported:
     batched = ort_side.translate([longest] + sentences[:20], greedy, batch_size=64)[0][0]
     assert alone.text == batched.text and alone.score == pytest.approx(batched.score, abs=1e-4)
     beams = ort_side.translate(sentences[:8], SearchOptions(beam_size=5, n_best=2, max_length=60))
-    assert [b[0].text for b in beams] == [t[0].text for t in torch_side.translate(sentences[:8], SearchOptions(beam_size=5, max_length=60))]
+    assert [b[0].text for b in beams] == [
+        t[0].text for t in torch_side.translate(sentences[:8], SearchOptions(beam_size=5, max_length=60))
+    ]
 
 
 def test_onnx_runtime_classifies_like_pytorch(exported: dict, sst2: Path) -> None:
-    texts = [line.split("\t")[0] for line in (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]]
-    mine, theirs = Predictor(load_exported(exported["sst2"])).classify(texts), Predictor(load(CHECKPOINTS / "sst2")).classify(texts)
+    texts = [
+        line.split("\t")[0] for line in (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]
+    ]
+    mine, theirs = (
+        Predictor(load_exported(exported["sst2"])).classify(texts),
+        Predictor(load(CHECKPOINTS / "sst2")).classify(texts),
+    )
     assert [p.label for p in mine] == [p.label for p in theirs]
     assert max(abs(a.probability - b.probability) for a, b in zip(mine, theirs)) < 1e-4
 
 
 @pytest.mark.slow
-def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(exported: dict, tmp_path: Path) -> None:
-    run = lambda *argv: subprocess.run([sys.executable, "-m", "nlp_rnn", *argv], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
-    done = run("translate", "--engine", "onnxruntime", "--model", str(exported["de-en"]), "Ein Hund rennt durch den Schnee.")
+def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(
+    exported: dict, tmp_path: Path
+) -> None:
+    run = lambda *argv: subprocess.run(
+        [sys.executable, "-m", "nlp_rnn", *argv], capture_output=True, text=True, cwd=ROOT
+    )  # noqa: E731
+    done = run(
+        "translate",
+        "--engine",
+        "onnxruntime",
+        "--model",
+        str(exported["de-en"]),
+        "Ein Hund rennt durch den Schnee.",
+    )
     assert done.returncode == 0 and done.stdout.strip() == "A dog runs through the snow.", done.stderr
-    done = run("classify", "--engine", "onnxruntime", "--model", str(exported["sst2"]), "a gripping , beautifully acted film .")
+    done = run(
+        "classify",
+        "--engine",
+        "onnxruntime",
+        "--model",
+        str(exported["sst2"]),
+        "a gripping , beautifully acted film .",
+    )
     assert done.returncode == 0 and done.stdout.startswith("positive\t"), done.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "meta.json").write_text("{not json")
-    for argv, message in ((("export", str(broken), "--output", str(tmp_path / "x")), f"error: {broken / 'meta.json'}: corrupt (not valid JSON)"),
-                          (("translate", "--engine", "onnxruntime", "--model", str(CHECKPOINTS / "multi30k-de-en"), "x"),
-                           f"error: {CHECKPOINTS / 'multi30k-de-en'}: a PyTorch bundle; export it first"),
-                          (("export", str(CHECKPOINTS / "shakespeare-char"), "--output", str(tmp_path / "y")),
-                           "error: " + str(CHECKPOINTS / "shakespeare-char") + ": ONNX export covers translation models and classifiers")):
+    for argv, message in (
+        (
+            ("export", str(broken), "--output", str(tmp_path / "x")),
+            f"error: {broken / 'meta.json'}: corrupt (not valid JSON)",
+        ),
+        (
+            ("translate", "--engine", "onnxruntime", "--model", str(CHECKPOINTS / "multi30k-de-en"), "x"),
+            f"error: {CHECKPOINTS / 'multi30k-de-en'}: a PyTorch bundle; export it first",
+        ),
+        (
+            ("export", str(CHECKPOINTS / "shakespeare-char"), "--output", str(tmp_path / "y")),
+            "error: "
+            + str(CHECKPOINTS / "shakespeare-char")
+            + ": ONNX export covers translation models and classifiers",
+        ),
+    ):
         done = run(*argv)
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(message), done.stderr
+        assert (
+            done.returncode == 2
+            and len(done.stderr.strip().splitlines()) == 1
+            and done.stderr.startswith(message)
+        ), done.stderr

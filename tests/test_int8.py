@@ -6,19 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 
-from nlp_rnn.tasks.base import load
-from nlp_rnn.tasks.classification import Predictor
 from nlp_rnn.data import make_batch
-from nlp_rnn.nn.encoder import Encoder
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.encoder import Encoder
 from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack
-from nlp_rnn.tasks.metrics import bleu
 from nlp_rnn.precision import resolve_precision
 from nlp_rnn.search import SearchOptions
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.classification import Predictor
+from nlp_rnn.tasks.metrics import bleu
 from nlp_rnn.tasks.translation import Translator
-
-from helpers import ROOT
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -31,13 +30,20 @@ def test_int8_products_are_close_to_fp32() -> None:
     assert (approx - exact).norm() / exact.norm() < 0.02
 
 
-@pytest.mark.parametrize("cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_tanh", 1, False)])
-def test_int8_recurrent_layers_follow_torch_and_ignore_padding(cell: str, layers: int, bidirectional: bool) -> None:
+@pytest.mark.parametrize(
+    "cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_tanh", 1, False)]
+)
+def test_int8_recurrent_layers_follow_torch_and_ignore_padding(
+    cell: str, layers: int, bidirectional: bool
+) -> None:
     torch.manual_seed(1)
     encoder = Encoder(cell, 16, 32, layers, bidirectional, dropout=0.0).eval()
     batch = make_batch([[5] * n for n in (9, 4, 1, 6)])
     embedded = torch.randn(4, 9, 16)
-    exact, approx = encoder(embedded, batch.src_len, batch.src_mask), Int8Encoder(encoder)(embedded, batch.src_len, batch.src_mask)
+    exact, approx = (
+        encoder(embedded, batch.src_len, batch.src_mask),
+        Int8Encoder(encoder)(embedded, batch.src_len, batch.src_mask),
+    )
     assert (approx.states - exact.states).norm() / exact.states.norm() < 0.05
     assert (approx.final - exact.final).norm() / exact.final.norm() < 0.05
     assert torch.equal(approx.states[~batch.src_mask], torch.zeros_like(approx.states[~batch.src_mask]))

@@ -3,8 +3,9 @@ the floors below it, the tasks do not import one another, and no module imports 
 Every import counts, also one inside a function."""
 
 import ast
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nlp-rnn"]["layers"]
@@ -34,9 +35,13 @@ def imports_of(path: Path, module: str, known: set[str]) -> list[tuple[int, str]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: resolve against this module's package
-                package = module.split(".")[: len(module.split(".")) - node.level + (path.name == "__init__.py")]
+                package = module.split(".")[
+                    : len(module.split(".")) - node.level + (path.name == "__init__.py")
+                ]
                 base = ".".join(package + ([base] if base else []))
-            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            names = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names
+            ]
         else:
             continue
         for name in names:
@@ -118,22 +123,40 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_an_upward_import_inside_a_function_is_caught(tmp_path: Path) -> None:
-    package = _package(tmp_path, {
-        "__init__.py": "", "data.py": "def f():\n    from nlp_rnn.cli.app import main\n",
-        "cli/__init__.py": "", "cli/app.py": "from nlp_rnn import data\nmain = 1\n",
-        "tasks/__init__.py": "", "tasks/a.py": "from nlp_rnn.tasks import b\n", "tasks/b.py": "from nlp_rnn import data\n",
-    })
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "data.py": "def f():\n    from nlp_rnn.cli.app import main\n",
+            "cli/__init__.py": "",
+            "cli/app.py": "from nlp_rnn import data\nmain = 1\n",
+            "tasks/__init__.py": "",
+            "tasks/a.py": "from nlp_rnn.tasks import b\n",
+            "tasks/b.py": "from nlp_rnn import data\n",
+        },
+    )
     problems = check(package, CONTRACT["floors"], ["nlp_rnn.tasks.a", "nlp_rnn.tasks.b"])
-    assert any("data.py:2: nlp_rnn.data (core) imports nlp_rnn.cli.app (cli), a floor above" in p for p in problems), problems
-    assert any("nlp_rnn.tasks.a imports nlp_rnn.tasks.b; tasks do not import one another" in p for p in problems), problems
+    assert any(
+        "data.py:2: nlp_rnn.data (core) imports nlp_rnn.cli.app (cli), a floor above" in p for p in problems
+    ), problems
+    assert any(
+        "nlp_rnn.tasks.a imports nlp_rnn.tasks.b; tasks do not import one another" in p for p in problems
+    ), problems
     assert any(p.startswith("import cycle: nlp_rnn.cli.app -> nlp_rnn.data") for p in problems), problems
     assert len(problems) == 3, problems
 
 
 def test_imports_down_the_floors_pass(tmp_path: Path) -> None:
-    package = _package(tmp_path, {
-        "__init__.py": "def load():\n    from nlp_rnn.tasks import base\n", "errors.py": "",
-        "nn/__init__.py": "", "nn/model.py": "from nlp_rnn.errors import *\nfrom . import layer\n", "nn/layer.py": "",
-        "tasks/__init__.py": "", "tasks/base.py": "import nlp_rnn.nn.model\nfrom nlp_rnn.nn import layer\n",
-    })
+    package = _package(
+        tmp_path,
+        {
+            "__init__.py": "def load():\n    from nlp_rnn.tasks import base\n",
+            "errors.py": "",
+            "nn/__init__.py": "",
+            "nn/model.py": "from nlp_rnn.errors import *\nfrom . import layer\n",
+            "nn/layer.py": "",
+            "tasks/__init__.py": "",
+            "tasks/base.py": "import nlp_rnn.nn.model\nfrom nlp_rnn.nn import layer\n",
+        },
+    )
     assert check(package, CONTRACT["floors"], []) == []

@@ -23,7 +23,9 @@ def test_matches_torch_cross_entropy(smoothing: float) -> None:
 
 
 @pytest.mark.parametrize("smoothing,bias", [(0.0, True), (0.1, False)])
-def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(smoothing: float, bias: bool, monkeypatch) -> None:
+def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(
+    smoothing: float, bias: bool, monkeypatch
+) -> None:
     from nlp_rnn.nn import loss as losses
 
     monkeypatch.setattr(losses, "FUSE_ABOVE", 0)  # the fused path even for this small problem
@@ -33,7 +35,9 @@ def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(s
     target = torch.randint(0, 101, (700,))
     mine = [t.clone().requires_grad_() for t in (hidden, weight) + ((b,) if bias else ())]
     ref = [t.clone().requires_grad_() for t in (hidden, weight) + ((b,) if bias else ())]
-    a = losses.linear_cross_entropy_sum(mine[0], mine[1], mine[2] if bias else None, target, smoothing)  # 3 chunks of rows
+    a = losses.linear_cross_entropy_sum(
+        mine[0], mine[1], mine[2] if bias else None, target, smoothing
+    )  # 3 chunks of rows
     r = F.cross_entropy(F.linear(*ref), target, reduction="sum", label_smoothing=smoothing)
     (a * 0.7).backward()
     (r * 0.7).backward()
@@ -41,4 +45,6 @@ def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(s
     for x, y in zip(mine, ref):
         torch.testing.assert_close(x.grad, y.grad)
     with torch.no_grad():  # no gradient work without autograd
-        torch.testing.assert_close(losses.linear_cross_entropy_sum(hidden, weight, b, target, smoothing), r.detach())
+        torch.testing.assert_close(
+            losses.linear_cross_entropy_sum(hidden, weight, b, target, smoothing), r.detach()
+        )

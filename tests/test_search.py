@@ -3,18 +3,19 @@
 import random
 
 import torch
+from helpers import copy_examples
 
 from nlp_rnn.data import make_batch
 from nlp_rnn.search import SearchOptions, beam_search, greedy, max_lengths
 from nlp_rnn.tokenizer import EOS
 
-from helpers import copy_examples
-
 PLAIN = dict(length_norm="none", max_len_a=1.0, max_len_b=3)
 
 
 def test_beam_size_one_equals_greedy(copy_model) -> None:
-    src, _ = copy_examples(50, seed=11, min_len=1, max_len=9)  # beyond the trained lengths, so not all are right
+    src, _ = copy_examples(
+        50, seed=11, min_len=1, max_len=9
+    )  # beyond the trained lengths, so not all are right
     batch = make_batch(src)
     greedy_hyps = greedy(copy_model, batch, SearchOptions(beam_size=1, **PLAIN))
     beam_hyps = beam_search(copy_model, batch, SearchOptions(beam_size=1, **PLAIN))
@@ -28,7 +29,11 @@ def test_best_hypothesis_is_independent_of_the_batch(copy_model) -> None:
     src, _ = copy_examples(64, seed=12, min_len=1, max_len=10)
     probe = src[7]
     for opts in (SearchOptions(beam_size=1, **PLAIN), SearchOptions(beam_size=4, max_len_a=1.0, max_len_b=3)):
-        search = (lambda b: [[h] for h in greedy(copy_model, b, opts)]) if opts.beam_size == 1 else (lambda b: beam_search(copy_model, b, opts))
+        search = (
+            (lambda b: [[h] for h in greedy(copy_model, b, opts)])
+            if opts.beam_size == 1
+            else (lambda b: beam_search(copy_model, b, opts))
+        )
         alone = search(make_batch([probe]))[0][0]
         others = list(src)
         rng.shuffle(others)
@@ -56,7 +61,9 @@ def test_beam_hypotheses_are_sorted_finished_and_never_worse_than_greedy(copy_mo
 def test_length_normalised_scores_and_attention_weights(copy_model) -> None:
     src, _ = copy_examples(10, seed=14, min_len=2, max_len=6)
     batch = make_batch(src)
-    hyps = beam_search(copy_model, batch, SearchOptions(beam_size=3, n_best=3, attention=True, length_penalty=1.0))
+    hyps = beam_search(
+        copy_model, batch, SearchOptions(beam_size=3, n_best=3, attention=True, length_penalty=1.0)
+    )
     for sentence, nbest in zip(src, hyps):
         for h in nbest:
             expected = h.log_prob / ((5 + len(h.tokens)) / 6)
@@ -68,7 +75,9 @@ def test_length_normalised_scores_and_attention_weights(copy_model) -> None:
 def test_min_length_and_no_repeat_ngram(copy_model) -> None:
     src = [[5, 5, 5, 5, 5, 5, EOS], [6, 7, 6, 7, 6, 7, EOS]]
     batch = make_batch(src)
-    for hyps in beam_search(copy_model, batch, SearchOptions(beam_size=3, no_repeat_ngram=2, max_len_a=2.0, max_len_b=2)):
+    for hyps in beam_search(
+        copy_model, batch, SearchOptions(beam_size=3, no_repeat_ngram=2, max_len_a=2.0, max_len_b=2)
+    ):
         bigrams = [tuple(hyps[0].tokens[i : i + 2]) for i in range(len(hyps[0].tokens) - 1)]
         assert len(bigrams) == len(set(bigrams))
     for h in greedy(copy_model, make_batch([[5, EOS]]), SearchOptions(beam_size=1, min_length=4)):

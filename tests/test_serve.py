@@ -6,13 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, call, running
 
+from nlp_rnn.deploy.serve import Limits, create_app, load_models
 from nlp_rnn.tasks.base import load
 from nlp_rnn.tasks.classification import Predictor
-from nlp_rnn.deploy.serve import Limits, create_app, load_models
 from nlp_rnn.tasks.translation import Translator
-
-from helpers import ROOT, call, running
 
 CHECKPOINTS = ROOT / "checkpoints"
 
@@ -20,13 +19,17 @@ CHECKPOINTS = ROOT / "checkpoints"
 @pytest.fixture(scope="module")
 def server():
     specs = [("de-en", CHECKPOINTS / "multi30k-de-en"), ("sst2", CHECKPOINTS / "sst2")]
-    app = create_app(load_models(specs, "cpu", "fp32"), Limits(max_texts=40, max_chars=500), max_batch=64, max_wait_ms=20)
+    app = create_app(
+        load_models(specs, "cpu", "fp32"), Limits(max_texts=40, max_chars=500), max_batch=64, max_wait_ms=20
+    )
     with running(app) as base:
         yield base
 
 
 @pytest.mark.slow
-def test_the_server_answers_like_the_python_api_alone_and_among_30_concurrent_requests(server: str, multi30k: Path) -> None:
+def test_the_server_answers_like_the_python_api_alone_and_among_30_concurrent_requests(
+    server: str, multi30k: Path
+) -> None:
     sentences = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:31]
     translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32")
     expected = [t[0].text for t in translator.translate(sentences, translator.options(beam_size=1))]
@@ -34,16 +37,33 @@ def test_the_server_answers_like_the_python_api_alone_and_among_30_concurrent_re
     names = {m["name"]: m["task"] for m in call(server, "/models")[1]["models"]}
     assert names == {"de-en": "translation", "sst2": "classification"}
     status, alone = call(server, "/translate", {"texts": [sentences[0]], "beam_size": 1})
-    assert status == 200 and alone == {"model": "de-en", "translations": [{"text": expected[0], "score": pytest.approx(
-        translator.translate(sentences[:1], translator.options(beam_size=1))[0][0].score, abs=1e-4)}]}
+    assert status == 200 and alone == {
+        "model": "de-en",
+        "translations": [
+            {
+                "text": expected[0],
+                "score": pytest.approx(
+                    translator.translate(sentences[:1], translator.options(beam_size=1))[0][0].score, abs=1e-4
+                ),
+            }
+        ],
+    }
     # 30 clients at once (the first sentence again among them): answers batched together are the same as alone.
     with ThreadPoolExecutor(30) as pool:
-        answers = list(pool.map(lambda s: call(server, "/translate", {"texts": [s], "beam_size": 1}), sentences[:1] + sentences[1:30]))
+        answers = list(
+            pool.map(
+                lambda s: call(server, "/translate", {"texts": [s], "beam_size": 1}),
+                sentences[:1] + sentences[1:30],
+            )
+        )
     assert [a[0] for a in answers] == [200] * 30
     assert [a[1]["translations"][0]["text"] for a in answers] == expected[:30]
     status, beams = call(server, "/translate", {"texts": sentences[:2], "beam_size": 3, "n_best": 2})
     assert status == 200 and [len(t["n_best"]) for t in beams["translations"]] == [2, 2]
-    assert beams["translations"][0]["text"] == translator.translate(sentences[:1], translator.options(beam_size=3))[0][0].text
+    assert (
+        beams["translations"][0]["text"]
+        == translator.translate(sentences[:1], translator.options(beam_size=3))[0][0].text
+    )
 
 
 def test_classify_answers_with_label_names_like_the_predictor(server: str) -> None:
@@ -51,28 +71,58 @@ def test_classify_answers_with_label_names_like_the_predictor(server: str) -> No
     expected = Predictor(load(CHECKPOINTS / "sst2")).classify(texts)
     status, body = call(server, "/classify", {"texts": texts})
     assert status == 200 and body["model"] == "sst2"
-    assert [p["label"] for p in body["predictions"]] == [p.label for p in expected] == ["positive", "negative"]
+    assert (
+        [p["label"] for p in body["predictions"]] == [p.label for p in expected] == ["positive", "negative"]
+    )
     assert body["predictions"][0]["probability"] == pytest.approx(expected[0].probability, abs=1e-5)
 
 
-@pytest.mark.parametrize("raw, status, message", [
-    (b'{"texts": ["ein Hund"', 400, "body: not valid JSON"),
-    (json.dumps({"texts": "ein Hund"}).encode(), 422, "texts: Input should be a valid list"),
-    (json.dumps({"texts": ["ein Hund", 3]}).encode(), 422, "texts.1: Input should be a valid string"),
-    (json.dumps({"texts": []}).encode(), 422, "texts: List should have at least 1 item"),
-    (json.dumps({"texts": ["x"] * 41}).encode(), 422, "texts: List should have at most 40 items"),
-    (json.dumps({"texts": ["x" * 501]}).encode(), 413, "texts.0: 501 characters; at most 500 per text"),
-    (json.dumps({"texts": ["x" * 1_000_000]}).encode(), 413, "body: 1,000,015 bytes; at most 1,000,000"),
-    (json.dumps({"texts": ["x"], "model": "fr-en"}).encode(), 404, "model: unknown model 'fr-en' (served: de-en, sst2)"),
-    (json.dumps({"texts": ["x"], "model": "sst2"}).encode(), 400, "model: 'sst2' is a classification model"),
-    (json.dumps({"texts": ["x"], "beam_size": 0}).encode(), 422, "beam_size: Input should be greater than or equal to 1"),
-    (json.dumps({"texts": ["x"], "beam_size": 1000}).encode(), 422, "beam_size: Input should be less than or equal to 16"),
-    (json.dumps({"texts": ["x"], "beam_size": 2, "n_best": 3}).encode(), 422, "n_best: 3 needs beam_size of at least 3"),
-    (json.dumps({"texts": ["x"], "colour": "red"}).encode(), 422, "colour: Extra inputs are not permitted"),
-    (b'{"texts": ["ein Hund \xff"]}', 400, "body: not valid UTF-8 (byte 0xff at offset 21)"),
-])
-def test_every_bad_request_is_a_4xx_with_one_line_and_the_next_request_is_served(server: str, raw: bytes, status: int,
-                                                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    "raw, status, message",
+    [
+        (b'{"texts": ["ein Hund"', 400, "body: not valid JSON"),
+        (json.dumps({"texts": "ein Hund"}).encode(), 422, "texts: Input should be a valid list"),
+        (json.dumps({"texts": ["ein Hund", 3]}).encode(), 422, "texts.1: Input should be a valid string"),
+        (json.dumps({"texts": []}).encode(), 422, "texts: List should have at least 1 item"),
+        (json.dumps({"texts": ["x"] * 41}).encode(), 422, "texts: List should have at most 40 items"),
+        (json.dumps({"texts": ["x" * 501]}).encode(), 413, "texts.0: 501 characters; at most 500 per text"),
+        (json.dumps({"texts": ["x" * 1_000_000]}).encode(), 413, "body: 1,000,015 bytes; at most 1,000,000"),
+        (
+            json.dumps({"texts": ["x"], "model": "fr-en"}).encode(),
+            404,
+            "model: unknown model 'fr-en' (served: de-en, sst2)",
+        ),
+        (
+            json.dumps({"texts": ["x"], "model": "sst2"}).encode(),
+            400,
+            "model: 'sst2' is a classification model",
+        ),
+        (
+            json.dumps({"texts": ["x"], "beam_size": 0}).encode(),
+            422,
+            "beam_size: Input should be greater than or equal to 1",
+        ),
+        (
+            json.dumps({"texts": ["x"], "beam_size": 1000}).encode(),
+            422,
+            "beam_size: Input should be less than or equal to 16",
+        ),
+        (
+            json.dumps({"texts": ["x"], "beam_size": 2, "n_best": 3}).encode(),
+            422,
+            "n_best: 3 needs beam_size of at least 3",
+        ),
+        (
+            json.dumps({"texts": ["x"], "colour": "red"}).encode(),
+            422,
+            "colour: Extra inputs are not permitted",
+        ),
+        (b'{"texts": ["ein Hund \xff"]}', 400, "body: not valid UTF-8 (byte 0xff at offset 21)"),
+    ],
+)
+def test_every_bad_request_is_a_4xx_with_one_line_and_the_next_request_is_served(
+    server: str, raw: bytes, status: int, message: str
+) -> None:
     got, body = call(server, "/translate", raw=raw)
     assert got == status and body["error"].startswith(message) and "\n" not in body["error"], body
     assert call(server, "/translate", {"texts": ["ein Hund"], "beam_size": 1})[0] == 200

@@ -10,7 +10,11 @@ PATHS = ["nlp_rnn", "tests", "bench"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:
-    command = [shutil.which("ruff") or sys.executable, *([] if shutil.which("ruff") else ["-m", "ruff"]), *args]
+    command = [
+        shutil.which("ruff") or sys.executable,
+        *([] if shutil.which("ruff") else ["-m", "ruff"]),
+        *args,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

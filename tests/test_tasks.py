@@ -5,23 +5,22 @@ driven here through `datasets.load_dataset` on a local dataset folder."""
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import torch
-import typer
 import torch.nn.functional as F
+import typer
+from helpers import ROOT, call, running, write_dataset
 from torch import nn
 
 import nlp_rnn
 from nlp_rnn import bundle as bundles
-from nlp_rnn.tasks import base as tasks
 from nlp_rnn.cli import main
 from nlp_rnn.config import TrainConfig
-from nlp_rnn.errors import NlpRnnError
-
-from helpers import ROOT, call, running, write_dataset
 from nlp_rnn.deploy.serve import create_app, load_models
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.tasks import base as tasks
 
 # ----------------------------------------------------------------------------- the toy task: majority of bits
 
@@ -41,7 +40,9 @@ class MajorityDataConfig:
 class MajorityConfig:
     data: MajorityDataConfig = field(default_factory=MajorityDataConfig)
     model: MajorityModelConfig = field(default_factory=MajorityModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.02, validate_every=25, log_every=25, max_steps=100))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=0.02, validate_every=25, log_every=25, max_steps=100)
+    )
 
 
 class MajorityModel(nn.Module):
@@ -96,9 +97,14 @@ def majority(
 
 
 def majority_endpoint(limits) -> tasks.Endpoint:
-    return tasks.Endpoint("majority", "The majority label of each bit string.", {},
-                          run=lambda predictor, texts, req: predictor.predict(texts),
-                          answer=lambda labels, req: {"labels": labels}, batch_key=lambda req: ())
+    return tasks.Endpoint(
+        "majority",
+        "The majority label of each bit string.",
+        {},
+        run=lambda predictor, texts, req: predictor.predict(texts),
+        answer=lambda labels, req: {"labels": labels},
+        batch_key=lambda req: (),
+    )
 
 
 class MajorityTask(tasks.Task):
@@ -126,9 +132,17 @@ class MajorityTask(tasks.Task):
         def validate() -> dict:
             return {"val_acc": float((model(vx).argmax(-1) == vy).float().mean())}
 
-        return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=lambda index: (x[index], y[index]),
-                                   loss_fn=lambda batch, step: (F.cross_entropy(model(batch[0]), batch[1], reduction="sum"), len(batch[1])),
-                                   validate=validate, score_key="val_acc")
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=Batcher(),
+            collate=lambda index: (x[index], y[index]),
+            loss_fn=lambda batch, step: (
+                F.cross_entropy(model(batch[0]), batch[1], reduction="sum"),
+                len(batch[1]),
+            ),
+            validate=validate,
+            score_key="val_acc",
+        )
 
     def wrap(self, bundle, precision="fp32"):
         return MajorityPredictor(bundle)
@@ -143,7 +157,9 @@ class MajorityTask(tasks.Task):
         results = []
         for path in request.data:
             bits, labels = read_bits(path)
-            predicted = torch.tensor(MajorityPredictor(bundle).predict(["".join(map(str, r.tolist())) for r in bits]))
+            predicted = torch.tensor(
+                MajorityPredictor(bundle).predict(["".join(map(str, r.tolist())) for r in bits])
+            )
             results.append({"name": Path(path).name, "accuracy": float((predicted == labels).float().mean())})
         return {"task": self.name, "sets": results}
 
@@ -167,9 +183,23 @@ def test_a_task_registered_in_a_test_file_works_end_to_end(tmp_path: Path, capsy
     assert predictor.predict(["1110000", "1111101", "0000011"]) == [0, 1, 0]
 
     bits, labels = examples(300, 7, seed=7)
-    (tmp_path / "test.txt").write_text("".join(f"{''.join(map(str, b.tolist()))} {int(l)}\n" for b, l in zip(bits, labels)))
-    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "test.txt"),
-                 "--report", str(tmp_path / "report.json")]) == 0
+    (tmp_path / "test.txt").write_text(
+        "".join(f"{''.join(map(str, b.tolist()))} {int(l)}\n" for b, l in zip(bits, labels))
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "run"),
+                "--data",
+                str(tmp_path / "test.txt"),
+                "--report",
+                str(tmp_path / "report.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     accuracy = json.loads((tmp_path / "report.json").read_text())["sets"][0]["accuracy"]
     assert f"test.txt: majority accuracy {100 * accuracy:.1f}%" in out and accuracy >= 0.9
@@ -182,10 +212,15 @@ def test_a_task_registered_in_a_test_file_works_end_to_end(tmp_path: Path, capsy
     assert "bad.txt:2: expected 'BITS LABEL'" in capsys.readouterr().err
 
 
-def test_the_toy_task_gets_a_train_command_a_prediction_command_an_endpoint_and_info(tmp_path: Path, capsys) -> None:
+def test_the_toy_task_gets_a_train_command_a_prediction_command_an_endpoint_and_info(
+    tmp_path: Path, capsys
+) -> None:
     """No shared module names the toy task: the CLI and the server find it in the registry."""
     run = tmp_path / "run"
-    assert main(["train", "majority", "--output", str(run), "--length", "5", "--max-steps", "80", "--quiet"]) == 0
+    assert (
+        main(["train", "majority", "--output", str(run), "--length", "5", "--max-steps", "80", "--quiet"])
+        == 0
+    )
     assert f"model: {run / 'best'}" in capsys.readouterr().out
     assert json.loads((run / "best" / "config.json").read_text())["data"]["length"] == 5
     assert main(["majority", "--model", str(run), "11100", "00011", "10101"]) == 0
@@ -197,13 +232,23 @@ def test_the_toy_task_gets_a_train_command_a_prediction_command_an_endpoint_and_
 
     app = create_app(load_models([("bits", run)], "cpu", "fp32"))
     with running(app) as base:
-        assert call(base, "/majority", {"texts": ["11100", "00011"]}) == (200, {"model": "bits", "labels": [1, 0]})
-        assert call(base, "/majority", {"texts": ["1"], "beam_size": 2})[0] == 422  # the endpoint's own fields only
+        assert call(base, "/majority", {"texts": ["11100", "00011"]}) == (
+            200,
+            {"model": "bits", "labels": [1, 0]},
+        )
+        assert (
+            call(base, "/majority", {"texts": ["1"], "beam_size": 2})[0] == 422
+        )  # the endpoint's own fields only
         assert call(base, "/models")[1]["models"][0]["task"] == "majority"
 
 
 def test_a_bundle_of_an_unregistered_task_is_refused(tmp_path: Path, capsys) -> None:
-    tasks.train("majority", MajorityConfig(train=TrainConfig(max_steps=1, validate_every=1)), tmp_path / "run", progress_bar=False)
+    tasks.train(
+        "majority",
+        MajorityConfig(train=TrainConfig(max_steps=1, validate_every=1)),
+        tmp_path / "run",
+        progress_bar=False,
+    )
     meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
     (tmp_path / "run" / "best" / "meta.json").write_text(json.dumps({**meta, "task": "weather"}))
     assert main(["info", str(tmp_path / "run")]) == 2
@@ -213,31 +258,101 @@ def test_a_bundle_of_an_unregistered_task_is_refused(tmp_path: Path, capsys) -> 
 # ----------------------------------------------------------------------------- Hub dataset names, read from local folders
 
 
-def test_every_task_reads_a_dataset_folder_through_load_dataset(multi30k: Path, sst2: Path, tmp_path: Path, capsys) -> None:
+def test_every_task_reads_a_dataset_folder_through_load_dataset(
+    multi30k: Path, sst2: Path, tmp_path: Path, capsys
+) -> None:
     de = (multi30k / "train.de").read_text(encoding="utf-8").splitlines()[:120]
     en = (multi30k / "train.en").read_text(encoding="utf-8").splitlines()[:120]
-    mt = write_dataset(tmp_path / "mt", {"train": [{"translation": {"de": d, "en": e}} for d, e in zip(de[:100], en[:100])],
-                                         "validation": [{"translation": {"de": d, "en": e}} for d, e in zip(de[100:], en[100:])]})
-    (tmp_path / "mt.yaml").write_text("tokenizer: {vocab_size: 400, model_type: unigram}\n"
-                                      "model: {embedding_dim: 16, encoder_hidden: 16, decoder_hidden: 16, attention_dim: 16}\n")
-    assert main(["train", "translation", "--config", str(tmp_path / "mt.yaml"), "--output", str(tmp_path / "mt-run"),
-                 "--dataset", str(mt), "--src-lang", "de", "--tgt-lang", "en", "--max-steps", "2", "--quiet"]) == 0
+    mt = write_dataset(
+        tmp_path / "mt",
+        {
+            "train": [{"translation": {"de": d, "en": e}} for d, e in zip(de[:100], en[:100])],
+            "validation": [{"translation": {"de": d, "en": e}} for d, e in zip(de[100:], en[100:])],
+        },
+    )
+    (tmp_path / "mt.yaml").write_text(
+        "tokenizer: {vocab_size: 400, model_type: unigram}\n"
+        "model: {embedding_dim: 16, encoder_hidden: 16, decoder_hidden: 16, attention_dim: 16}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "translation",
+                "--config",
+                str(tmp_path / "mt.yaml"),
+                "--output",
+                str(tmp_path / "mt-run"),
+                "--dataset",
+                str(mt),
+                "--src-lang",
+                "de",
+                "--tgt-lang",
+                "en",
+                "--max-steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "mt-run" / "best" / "meta.json").read_text())["data"]["train_pairs"] == 100
 
-    lines = [line.split("\t") for line in (sst2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:161]]
+    lines = [
+        line.split("\t") for line in (sst2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:161]
+    ]
     rows = [{"sentence": t, "label": int(l)} for t, l in lines]
     sst = write_dataset(tmp_path / "sst", {"train": rows[:120], "validation": rows[120:], "test": rows[120:]})
-    (tmp_path / "sst.yaml").write_text("tokenizer: {vocab_size: 400}\nmodel: {embedding_dim: 16, hidden_size: 16}\n")
-    assert main(["train", "classifier", "--config", str(tmp_path / "sst.yaml"), "--output", str(tmp_path / "sst-run"),
-                 "--dataset", str(sst), "--max-steps", "2", "--quiet"]) == 0
-    assert main(["evaluate", "--model", str(tmp_path / "sst-run"), "--dataset", str(sst), "--split", "test"]) == 0
+    (tmp_path / "sst.yaml").write_text(
+        "tokenizer: {vocab_size: 400}\nmodel: {embedding_dim: 16, hidden_size: 16}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "classifier",
+                "--config",
+                str(tmp_path / "sst.yaml"),
+                "--output",
+                str(tmp_path / "sst-run"),
+                "--dataset",
+                str(sst),
+                "--max-steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "sst-run"), "--dataset", str(sst), "--split", "test"])
+        == 0
+    )
     assert "(40 examples)" in capsys.readouterr().out
 
     text = [{"text": line} for line in (multi30k / "train.en").read_text(encoding="utf-8").splitlines()[:200]]
     lm = write_dataset(tmp_path / "lm", {"train": text[:160], "validation": text[160:]})
-    (tmp_path / "lm.yaml").write_text("data: {streams: 4, bptt: 16}\nmodel: {embedding_dim: 16, hidden_size: 16, num_layers: 1}\n")
-    assert main(["train", "lm", "--config", str(tmp_path / "lm.yaml"), "--output", str(tmp_path / "lm-run"),
-                 "--dataset", str(lm), "--max-steps", "2", "--quiet"]) == 0
+    (tmp_path / "lm.yaml").write_text(
+        "data: {streams: 4, bptt: 16}\nmodel: {embedding_dim: 16, hidden_size: 16, num_layers: 1}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "lm",
+                "--config",
+                str(tmp_path / "lm.yaml"),
+                "--output",
+                str(tmp_path / "lm-run"),
+                "--dataset",
+                str(lm),
+                "--max-steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "lm-run" / "best" / "meta.json").read_text())
     assert meta["data"]["train"] == f"{lm}:train" and meta["data"]["valid"] == f"{lm}:validation"
 

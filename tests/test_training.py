@@ -8,21 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import losses, tiny_config, write_slice
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn.tasks.base import load as load_bundle
-from nlp_rnn.tasks.translation import Translator
-from nlp_rnn.tasks.translation import train_translation
-
-from helpers import losses, tiny_config, write_slice
+from nlp_rnn.tasks.translation import Translator, train_translation
 
 
 @pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data")
-    cfg = tiny_config(data, max_steps=10, validate_every=3, teacher_forcing=0.8)  # sampling + dropout use the RNG
+    cfg = tiny_config(
+        data, max_steps=10, validate_every=3, teacher_forcing=0.8
+    )  # sampling + dropout use the RNG
     train_translation(cfg, tmp_path / "whole", progress_bar=False)
-    train_translation(replace(cfg, train=replace(cfg.train, max_steps=5)), tmp_path / "split", progress_bar=False)
+    train_translation(
+        replace(cfg, train=replace(cfg.train, max_steps=5)), tmp_path / "split", progress_bar=False
+    )
     # A run killed after its step-5 save left later lines behind; resuming must drop them.
     with open(tmp_path / "split" / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps({"step": 6, "train_loss": 99.0}) + "\n")
@@ -45,16 +47,26 @@ def test_output_folder_bundles_metrics_and_round_trip(multi30k: Path, tmp_path: 
     train_keys = {"step", "elapsed_s", "train_loss", "target_tokens", "tokens_per_s"}
     val_keys = {"step", "elapsed_s", "val_loss", "val_ppl", "val_bleu"}
     assert all(train_keys <= set(r) for r in records if "train_loss" in r)
-    assert [r["step"] for r in records if "val_loss" in r] == [4, 6]  # every 4 steps, and at the end of the budget
+    assert [r["step"] for r in records if "val_loss" in r] == [
+        4,
+        6,
+    ]  # every 4 steps, and at the end of the budget
     assert all(val_keys <= set(r) for r in records if "val_loss" in r)
 
     meta = bundles.read_meta(out)  # a training folder means its best/
     assert meta["task"] == "translation" and meta["src_lang"] == "de"
     validations = [r for r in records if "val_bleu" in r]
-    chosen = max(validations, key=lambda r: r["val_bleu"])  # the first of equal scores: a later one must improve
-    assert meta["best"]["val_bleu"] == chosen["val_bleu"] and meta["best"]["step"] == chosen["step"] == meta["step"]
+    chosen = max(
+        validations, key=lambda r: r["val_bleu"]
+    )  # the first of equal scores: a later one must improve
+    assert (
+        meta["best"]["val_bleu"] == chosen["val_bleu"]
+        and meta["best"]["step"] == chosen["step"] == meta["step"]
+    )
     data = json.loads((out / "best" / bundles.CONFIG).read_text())["data"]
-    assert data["train_src"] == os.path.relpath(tmp_path / "data" / "train.de")  # relative, as users name their data
+    assert data["train_src"] == os.path.relpath(
+        tmp_path / "data" / "train.de"
+    )  # relative, as users name their data
     last = load_bundle(out / "last")
     assert last.meta["step"] == 6 and load_bundle(out).meta["step"] == meta["step"]
 
@@ -70,13 +82,18 @@ def test_bundle_reproduces_the_trained_model_exactly(multi30k: Path, tmp_path: P
         assert torch.equal(a, b), name
     assert copy.config == original.config
     texts = ["Ein kleines Mädchen klettert.", "Männer arbeiten."]
-    assert [t[0].text for t in Translator(copy).translate(texts)] == [t[0].text for t in Translator(original).translate(texts)]
+    assert [t[0].text for t in Translator(copy).translate(texts)] == [
+        t[0].text for t in Translator(original).translate(texts)
+    ]
 
 
 def test_max_minutes_budget_validates_and_saves(multi30k: Path, tmp_path: Path) -> None:
     data = write_slice(multi30k, tmp_path / "data", n=200)
-    summary = train_translation(tiny_config(data, max_steps=0, max_minutes=0.001, validate_every=1000), tmp_path / "run",
-                                progress_bar=False)
+    summary = train_translation(
+        tiny_config(data, max_steps=0, max_minutes=0.001, validate_every=1000),
+        tmp_path / "run",
+        progress_bar=False,
+    )
     assert summary["stopped"] == "budget"
     assert (tmp_path / "run" / "best" / bundles.META).is_file()
 
@@ -102,14 +119,21 @@ def test_a_failed_save_leaves_the_previous_bundle_intact(multi30k: Path, tmp_pat
     monkeypatch.undo()
 
     def disk_full(*args, **kwargs):  # what safetensors raises when the disk fills during the write
-        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(bundles, "save_file", disk_full)
     with pytest.raises(NlpRnnError) as err:
         bundles.save(out / "best", saved)
-    assert str(err.value) == f"no space left on device while saving {out / 'best'}; the previous bundle is intact"
+    assert (
+        str(err.value)
+        == f"no space left on device while saving {out / 'best'}; the previous bundle is intact"
+    )
     assert (out / "best" / bundles.WEIGHTS).read_bytes() == before
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".best")) == []  # no temporary folder left behind
+    assert (
+        sorted(p.name for p in out.iterdir() if p.name.startswith(".best")) == []
+    )  # no temporary folder left behind
     load_bundle(out / "best")
 
 

@@ -23,11 +23,17 @@ log = logging.getLogger("nlp_rnn")
 
 def build_app() -> typer.Typer:
     """The command tree for the tasks registered now (a task registered later appears in the next build)."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                      help="Recurrent networks for translation, classification, language modelling and forecasting.")
+    app = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        help="Recurrent networks for translation, classification, language modelling and forecasting.",
+    )
     train_app = typer.Typer(no_args_is_help=True, help="Train a model: one command per task.")
     tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a sentencepiece tokenizer on its own.")
-    demo_app = typer.Typer(no_args_is_help=True, help="Small experiments that show how recurrent networks behave.")
+    demo_app = typer.Typer(
+        no_args_is_help=True, help="Small experiments that show how recurrent networks behave."
+    )
     for task in tasks.all_tasks():
         for command in task.commands():
             app.command()(command)
@@ -44,9 +50,14 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun only process 0 reports progress; errors name their process
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(message)s" if rank == 0 else f"[process {rank}] %(message)s", stream=sys.stderr)
+    rank = int(
+        os.environ.get("RANK", "0")
+    )  # under torchrun only process 0 reports progress; errors name their process
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(message)s" if rank == 0 else f"[process {rank}] %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("datasets").setLevel(logging.WARNING)
     try:
         build_app()(args=argv, standalone_mode=False, prog_name="nlp-rnn")
@@ -73,7 +84,10 @@ def _exit_status(err: Exception) -> int:
         return 130
     if os.environ.get("NLP_RNN_DEBUG"):  # a bug of ours: still one line for users
         raise err
-    typer.echo(f"error: internal error ({type(err).__name__}: {err}); rerun with NLP_RNN_DEBUG=1 and report it", err=True)
+    typer.echo(
+        f"error: internal error ({type(err).__name__}: {err}); rerun with NLP_RNN_DEBUG=1 and report it",
+        err=True,
+    )
     return 1
 
 

@@ -16,24 +16,44 @@ from nlp_rnn.tasks.engines import load_for
 
 def evaluate(
     model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder."),
-    src: list[Path] = typer.Option([], "--src", help="Source file (translation); repeat with --ref for several test sets."),
-    ref: list[Path] = typer.Option([], "--ref", help="Reference file, line-aligned with the --src of the same position."),
-    data: list[Path] = typer.Option([], "--data", help="Test set file(s): TSV/CSV/JSONL tables (translation: the language "
-                                    "columns, classification: --text-column/--label-column), or text files (language "
-                                    "models)."),
+    src: list[Path] = typer.Option(
+        [], "--src", help="Source file (translation); repeat with --ref for several test sets."
+    ),
+    ref: list[Path] = typer.Option(
+        [], "--ref", help="Reference file, line-aligned with the --src of the same position."
+    ),
+    data: list[Path] = typer.Option(
+        [],
+        "--data",
+        help="Test set file(s): TSV/CSV/JSONL tables (translation: the language "
+        "columns, classification: --text-column/--label-column), or text files (language "
+        "models).",
+    ),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset name."),
     split: list[str] = typer.Option([], "--split", help="Hub split(s) to evaluate (default: test)."),
-    src_lang: Optional[str] = typer.Option(None, help="Source column (default: the model's source language)."),
-    tgt_lang: Optional[str] = typer.Option(None, help="Target column (default: the model's target language)."),
+    src_lang: Optional[str] = typer.Option(
+        None, help="Source column (default: the model's source language)."
+    ),
+    tgt_lang: Optional[str] = typer.Option(
+        None, help="Target column (default: the model's target language)."
+    ),
     text_column: Optional[str] = typer.Option(None, help="Text column (default: the model's)."),
-    label_column: Optional[str] = typer.Option(None, help="Label (or condition) column (default: the model's)."),
+    label_column: Optional[str] = typer.Option(
+        None, help="Label (or condition) column (default: the model's)."
+    ),
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1: greedy (default: the model's)."),
-    length_penalty: Optional[float] = typer.Option(None, "--length-penalty", help="GNMT alpha for beam search."),
+    length_penalty: Optional[float] = typer.Option(
+        None, "--length-penalty", help="GNMT alpha for beam search."
+    ),
     batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
     precision: str = options.PRECISION_AUTO,
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),
-    hyps: Optional[Path] = typer.Option(None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."),
+    hyps: Optional[Path] = typer.Option(
+        None, "--hyps", help="Write hypotheses (several test sets: NAME.SET.EXT)."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."
+    ),
     device: str = options.DEVICE,
     engine: str = options.ENGINE,
 ) -> None:
@@ -42,10 +62,23 @@ def evaluate(
         raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
     bundle = load_for(engine, model or defaults.for_evaluation(bool(src)), device)
     task = tasks.of(bundle)
-    request = tasks.EvalRequest(src=src, ref=ref, data=data, dataset=dataset, splits=split, src_lang=src_lang,
-                                tgt_lang=tgt_lang, text_column=text_column, label_column=label_column, beam_size=beam_size,
-                                length_penalty=length_penalty, batch_size=batch_size, precision=precision, hyps=hyps,
-                                plot=plot)
+    request = tasks.EvalRequest(
+        src=src,
+        ref=ref,
+        data=data,
+        dataset=dataset,
+        splits=split,
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        text_column=text_column,
+        label_column=label_column,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        batch_size=batch_size,
+        precision=precision,
+        hyps=hyps,
+        plot=plot,
+    )
     result = task.evaluate(bundle, request)
     for line in task.report(result):
         typer.echo(line)
@@ -57,7 +90,9 @@ def evaluate(
 def export(
     model: Path = typer.Argument(..., help="Bundle or training folder (translation model or classifier)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx (the only format)."),
-    output: Path = typer.Option(..., "--output", help="Folder for the graphs, tokenizer, config and manifest."),
+    output: Path = typer.Option(
+        ..., "--output", help="Folder for the graphs, tokenizer, config and manifest."
+    ),
 ) -> None:
     """Export a model to ONNX: encoder and one decoder step (or the classifier), dynamic batch and length axes."""
     from nlp_rnn.deploy.onnx import export as export_model
@@ -65,20 +100,30 @@ def export(
     if fmt != "onnx":
         raise NlpRnnError(f"--format must be onnx, got {fmt!r}")
     folder = export_model(tasks.load(model, device="cpu"), output)
-    typer.echo(f"exported {model} to {folder} ({', '.join(sorted(p.name for p in folder.glob('*.onnx')))}); "
-               f"run it with --engine onnxruntime --model {folder}")
+    typer.echo(
+        f"exported {model} to {folder} ({', '.join(sorted(p.name for p in folder.glob('*.onnx')))}); "
+        f"run it with --engine onnxruntime --model {folder}"
+    )
 
 
 def serve(
-    model: list[str] = typer.Option([], "--model", help="NAME=PATH of a model to serve (repeat; default: the shipped "
-                                    "translation, sentiment and language models)."),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        help="NAME=PATH of a model to serve (repeat; default: the shipped translation, sentiment and language models).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     precision: str = options.PRECISION_AUTO,
-    max_batch: int = typer.Option(64, "--max-batch", help="Most texts in one forward pass (requests waiting while the "
-                                  "model is busy run together next, up to 4 times this, sorted by length)."),
-    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="How long an idle server waits for more requests to "
-                                      "batch with."),
+    max_batch: int = typer.Option(
+        64,
+        "--max-batch",
+        help="Most texts in one forward pass (requests waiting while the "
+        "model is busy run together next, up to 4 times this, sorted by length).",
+    ),
+    max_wait_ms: float = typer.Option(
+        0.0, "--max-wait-ms", help="How long an idle server waits for more requests to batch with."
+    ),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
     device: str = options.DEVICE,
@@ -104,7 +149,9 @@ def _named_model(item: str) -> tuple[str, Path]:
 
 
 def info(
-    model: Optional[Path] = typer.Argument(None, help="Bundle or training folder (default: the shipped translation model)."),
+    model: Optional[Path] = typer.Argument(
+        None, help="Bundle or training folder (default: the shipped translation model)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
     """Show a model: task, architecture, languages/labels, tokenizer, data, scores, parameters per component."""
@@ -118,7 +165,11 @@ def info(
     typer.echo(f"model:        {details['path']}")
     typer.echo(f"task:         {details['task']}")
     for key, value in details.items():  # the task's own lines: languages, labels, mode, ...
-        if key not in shown and key not in ("step", "library_version", "format_version") and value is not None:
+        if (
+            key not in shown
+            and key not in ("step", "library_version", "format_version")
+            and value is not None
+        ):
             typer.echo(f"{key + ':':<13} {', '.join(map(str, value)) if isinstance(value, list) else value}")
     typer.echo("architecture: " + ", ".join(f"{k}={v}" for k, v in details["architecture"].items()))
     if "tokenizer" in details:
@@ -133,7 +184,9 @@ def info(
 def tokenizer_train(
     output: Path = typer.Option(..., "--output", help="Folder for the sentencepiece model(s)."),
     src: list[Path] = typer.Option(..., "--src", help="Source-side text file(s), one sentence per line."),
-    tgt: list[Path] = typer.Option([], "--tgt", help="Target-side text file(s); omit for a one-sided tokenizer."),
+    tgt: list[Path] = typer.Option(
+        [], "--tgt", help="Target-side text file(s); omit for a one-sided tokenizer."
+    ),
     vocab_size: int = typer.Option(8000, help="Number of pieces."),
     model_type: str = typer.Option("bpe", help="bpe, unigram, word (one piece per word) or char."),
     joint: bool = typer.Option(True, "--joint/--separate", help="One model for both sides, or one per side."),

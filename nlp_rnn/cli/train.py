@@ -3,8 +3,9 @@ options and the options every training shares (config, output folder, tokenizer,
 resume, progress bar, device), which are declared here once."""
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
@@ -18,14 +19,31 @@ KW = inspect.Parameter.KEYWORD_ONLY
 def _shared(task: tasks.Task) -> list[inspect.Parameter]:
     """The options of every `train` command, after the task's own."""
     shared = [
-        ("tokenizer", Optional[Path], typer.Option(None, "--tokenizer", help="Use this trained tokenizer folder instead "
-                                                   "of training one.")),
-        ("max_steps", Optional[int], typer.Option(None, "--max-steps", help="Stop (validate and save) after this many "
-                                                  "steps in all.")),
-        ("max_minutes", Optional[float], typer.Option(None, "--max-minutes", help="Stop (validate and save) after this "
-                                                      "much training time.")),
+        (
+            "tokenizer",
+            Optional[Path],
+            typer.Option(
+                None, "--tokenizer", help="Use this trained tokenizer folder instead of training one."
+            ),
+        ),
+        (
+            "max_steps",
+            Optional[int],
+            typer.Option(None, "--max-steps", help="Stop (validate and save) after this many steps in all."),
+        ),
+        (
+            "max_minutes",
+            Optional[float],
+            typer.Option(
+                None, "--max-minutes", help="Stop (validate and save) after this much training time."
+            ),
+        ),
         ("seed", Optional[int], typer.Option(None, "--seed", help="Random seed (default: the config's).")),
-        ("resume", bool, typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped.")),
+        (
+            "resume",
+            bool,
+            typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped."),
+        ),
         ("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
         ("device", str, options.DEVICE),
     ]
@@ -35,11 +53,19 @@ def _shared(task: tasks.Task) -> list[inspect.Parameter]:
 
 
 def _config_and_output(spec: tasks.TrainCommand) -> list[inspect.Parameter]:
-    hint = f"YAML config (see {spec.example_config})" + ("" if spec.config_required else "; default: built-in") + "."
+    hint = (
+        f"YAML config (see {spec.example_config})"
+        + ("" if spec.config_required else "; default: built-in")
+        + "."
+    )
     config = typer.Option(... if spec.config_required else None, "--config", help=hint)
     output = typer.Option(..., "--output", help="Training folder: best/, last/, metrics.jsonl.")
-    return [inspect.Parameter("config", KW, default=config, annotation=Path if spec.config_required else Optional[Path]),
-            inspect.Parameter("output", KW, default=output, annotation=Path)]
+    return [
+        inspect.Parameter(
+            "config", KW, default=config, annotation=Path if spec.config_required else Optional[Path]
+        ),
+        inspect.Parameter("output", KW, default=output, annotation=Path),
+    ]
 
 
 def train_command(task: tasks.Task) -> Callable[..., None]:
@@ -56,20 +82,33 @@ def train_command(task: tasks.Task) -> Callable[..., None]:
             cfg = tasks.with_overrides(cfg, section, **fields)
         run(task, cfg, output, **common)
 
-    command.__signature__ = inspect.Signature([*_config_and_output(spec), *(p.replace(kind=KW) for p in own), *shared])
+    command.__signature__ = inspect.Signature(
+        [*_config_and_output(spec), *(p.replace(kind=KW) for p in own), *shared]
+    )
     command.__doc__ = spec.options.__doc__
     command.__name__ = f"train_{spec.name}"
     return command
 
 
-def run(task: tasks.Task, cfg, output: Path, resume: bool, quiet: bool, device: str, tokenizer: Optional[Path] = None,
-        **budget) -> None:
+def run(
+    task: tasks.Task,
+    cfg,
+    output: Path,
+    resume: bool,
+    quiet: bool,
+    device: str,
+    tokenizer: Optional[Path] = None,
+    **budget,
+) -> None:
     """Trains with the common options and prints the one-line summary (process 0 only under torchrun)."""
     cfg = tasks.with_overrides(cfg, "train", **budget)
-    summary = tasks.train(task.name, cfg, output, resume=resume, tokenizer_dir=tokenizer, progress_bar=not quiet,
-                          device=device)
+    summary = tasks.train(
+        task.name, cfg, output, resume=resume, tokenizer_dir=tokenizer, progress_bar=not quiet, device=device
+    )
     if summary.get("rank", 0) != 0:
         return
     best, key = summary["best"] or {}, summary["score_key"]
-    typer.echo(f"stopped ({summary['stopped']}) at step {summary['step']}; best {key} {best.get(key, float('nan')):.4g} "
-               f"at step {best.get('step')}; model: {output / 'best'}")
+    typer.echo(
+        f"stopped ({summary['stopped']}) at step {summary['step']}; best {key} {best.get(key, float('nan')):.4g} "
+        f"at step {best.get('step')}; model: {output / 'best'}"
+    )

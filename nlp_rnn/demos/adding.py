@@ -11,9 +11,10 @@ expose the gradient of its intermediate states.
 import json
 import statistics
 import sys
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Optional
 
 import torch
 import typer
@@ -54,8 +55,9 @@ class AddingModel(nn.Module):
         return self.output(out[:, -1]).squeeze(1)  # (B,)
 
 
-def train_adding(cell: str, length: int, lr: float, steps: int, seed: int, hidden: int = 32, batch: int = 64
-                 ) -> tuple[AddingModel, float]:
+def train_adding(
+    cell: str, length: int, lr: float, steps: int, seed: int, hidden: int = 32, batch: int = 64
+) -> tuple[AddingModel, float]:
     """Trains from scratch; returns the model and its MSE on 1,000 fresh sequences."""
     torch.manual_seed(seed)
     model = AddingModel(cell, hidden)
@@ -77,8 +79,13 @@ def test_mse(model: AddingModel, length: int, seed: int, size: int = 1000) -> fl
     return float(((model(x) - y) ** 2).mean())
 
 
-def gradient_norms(rnn: nn.RNNBase, cell: str, x: torch.Tensor, loss_of_last: Callable[[torch.Tensor], torch.Tensor],
-                   h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+def gradient_norms(
+    rnn: nn.RNNBase,
+    cell: str,
+    x: torch.Tensor,
+    loss_of_last: Callable[[torch.Tensor], torch.Tensor],
+    h0: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """‖∂L/∂h_t‖ for t = 1 .. T (T,), unrolling the first layer of `rnn` one step at a time.
 
     x (B, T, I); L = loss_of_last(h_T). The norm is over the whole (B, H) gradient of h_t.
@@ -90,7 +97,9 @@ def gradient_norms(rnn: nn.RNNBase, cell: str, x: torch.Tensor, loss_of_last: Ca
     c = x.new_zeros(batch, hidden) if cell == "lstm" else None
     states = []
     for x_t in x.unbind(1):
-        h, c = cell_update(cell, nn.functional.linear(x_t, w_ih, b_ih), nn.functional.linear(h, w_hh, b_hh), h, c)
+        h, c = cell_update(
+            cell, nn.functional.linear(x_t, w_ih, b_ih), nn.functional.linear(h, w_hh, b_hh), h, c
+        )
         h.retain_grad()
         states.append(h)
     loss_of_last(states[-1]).backward()
@@ -161,16 +170,19 @@ def describe_lengths(results: Sequence[AddingResult]) -> list[str]:
     lines = []
     for r in sorted(best_per_setting(results), key=lambda r: (r.cell, r.length)):
         verdict = "solved" if r.solved == len(r.mses) else ("partly solved" if r.solved else "not solved")
-        lines.append(f"{r.cell:<9} T={r.length:<4} lr={r.lr:g}: MSE {r.mean:.4f} ± {r.sd:.4f} "
-                     f"({r.solved}/{len(r.mses)} seeds below 0.05; constant predictor {BASELINE_MSE:.4f}) — {verdict}")
+        lines.append(
+            f"{r.cell:<9} T={r.length:<4} lr={r.lr:g}: MSE {r.mean:.4f} ± {r.sd:.4f} "
+            f"({r.solved}/{len(r.mses)} seeds below 0.05; constant predictor {BASELINE_MSE:.4f}) — {verdict}"
+        )
     return lines
 
 
 # ----------------------------------------------------------------------------- the experiment and its command
 
 
-def run_grid(cells: Sequence[str], lengths: Sequence[int], lrs: Sequence[float], seeds: int, steps: int,
-             hidden: int) -> tuple[list[AddingResult], dict]:
+def run_grid(
+    cells: Sequence[str], lengths: Sequence[int], lrs: Sequence[float], seeds: int, steps: int, hidden: int
+) -> tuple[list[AddingResult], dict]:
     """Every cell x length x learning rate x seed; the results and the trained models by setting."""
     from tqdm import tqdm
 
@@ -184,13 +196,16 @@ def run_grid(cells: Sequence[str], lengths: Sequence[int], lrs: Sequence[float],
                     runs.append(train_adding(name, t, rate, steps, seed, hidden))
                     bar.update(1)
                 results.append(AddingResult(name, t, rate, [mse for _, mse in runs]))
-                trained[(name, t, rate)] = [(model, seed) for (model, _), seed in zip(runs, range(1, seeds + 1))]
+                trained[(name, t, rate)] = [
+                    (model, seed) for (model, _), seed in zip(runs, range(1, seeds + 1))
+                ]
     bar.close()
     return results, trained
 
 
-def plot_best_gradients(results: list[AddingResult], trained: dict, cells: Sequence[str], length: int, hidden: int,
-                        path: Path) -> None:
+def plot_best_gradients(
+    results: list[AddingResult], trained: dict, cells: Sequence[str], length: int, hidden: int, path: Path
+) -> None:
     """||dL/dh_t|| at initialisation and after training, for each cell's best model at `length`, drawn to `path`."""
     x, y = adding_batch(64, length, torch.Generator().manual_seed(12345))
     norms = {}
@@ -201,26 +216,49 @@ def plot_best_gradients(results: list[AddingResult], trained: dict, cells: Seque
         torch.manual_seed(seed)
         fresh = AddingModel(name, hidden).double()  # float64: tiny gradients stay visible
         model = model.double()
-        norms[name] = (gradient_norms(fresh.rnn, name, x.double(), mse_loss_of_last(fresh, y.double())),
-                       gradient_norms(model.rnn, name, x.double(), mse_loss_of_last(model, y.double())))
+        norms[name] = (
+            gradient_norms(fresh.rnn, name, x.double(), mse_loss_of_last(fresh, y.double())),
+            gradient_norms(model.rnn, name, x.double(), mse_loss_of_last(model, y.double())),
+        )
     plot_gradients(norms, length, path)
 
 
 def write_report(results: list[AddingResult], steps: int, hidden: int, seeds: int, path: Path) -> None:
-    rows = [{"cell": r.cell, "length": r.length, "lr": r.lr, "mse": r.mses, "mean": r.mean, "sd": r.sd, "solved": r.solved}
-            for r in results]
-    path.write_text(json.dumps({"steps": steps, "hidden": hidden, "seeds": seeds, "runs": rows}, indent=2) + "\n")
+    rows = [
+        {
+            "cell": r.cell,
+            "length": r.length,
+            "lr": r.lr,
+            "mse": r.mses,
+            "mean": r.mean,
+            "sd": r.sd,
+            "solved": r.solved,
+        }
+        for r in results
+    ]
+    path.write_text(
+        json.dumps({"steps": steps, "hidden": hidden, "seeds": seeds, "runs": rows}, indent=2) + "\n"
+    )
 
 
 def command(
-    cell: list[str] = typer.Option(["rnn_tanh", "gru", "lstm"], "--cell", help="Cells to compare (repeat the option)."),
-    length: list[int] = typer.Option([50, 100, 200], "--length", help="Sequence lengths T (repeat the option)."),
-    lr: list[float] = typer.Option([0.001, 0.003, 0.01], "--lr", help="Learning-rate grid, the same for every cell."),
+    cell: list[str] = typer.Option(
+        ["rnn_tanh", "gru", "lstm"], "--cell", help="Cells to compare (repeat the option)."
+    ),
+    length: list[int] = typer.Option(
+        [50, 100, 200], "--length", help="Sequence lengths T (repeat the option)."
+    ),
+    lr: list[float] = typer.Option(
+        [0.001, 0.003, 0.01], "--lr", help="Learning-rate grid, the same for every cell."
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per setting."),
     steps: int = typer.Option(1500, "--steps", help="Training steps per run (batches of 64)."),
     hidden: int = typer.Option(32, "--hidden", help="Hidden units, the same for every cell."),
-    gradients: Optional[Path] = typer.Option(None, "--gradients", help="PNG of ||dL/dh_t|| against t, at initialisation "
-                                             "and after training, for the longest T."),
+    gradients: Optional[Path] = typer.Option(
+        None,
+        "--gradients",
+        help="PNG of ||dL/dh_t|| against t, at initialisation and after training, for the longest T.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Every run's MSE as JSON."),
 ) -> None:
     """The adding problem: which cells learn a sum of two marked values as T grows (MSE; a constant gives 1/6)."""

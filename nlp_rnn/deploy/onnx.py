@@ -48,8 +48,18 @@ def _write_export(bundle: bundles.Bundle, task: tasks.Task, model: nn.Module, tm
     """The graphs (traced on a small padded batch), tokenizer, config and manifest, into `tmp`."""
     graphs = task.export_onnx(model, tmp)
     bundle.tokenizer.save(tmp)
-    (tmp / bundles.CONFIG).write_text(json.dumps(bundles.portable(to_dict(bundle.config)), indent=2), encoding="utf-8")
+    (tmp / bundles.CONFIG).write_text(
+        json.dumps(bundles.portable(to_dict(bundle.config)), indent=2), encoding="utf-8"
+    )
     source = None if bundle.path is None else os.path.relpath(bundle.path)  # never a machine's absolute path
-    manifest = {"format": onnxrt.FORMAT, "format_version": 1, "task": bundle.task, "opset": onnxrt.OPSET, "graphs": graphs,
-                "cell": getattr(model.cfg, "cell", None), "meta": bundle.meta, "source": source}
+    manifest = {
+        "format": onnxrt.FORMAT,
+        "format_version": 1,
+        "task": bundle.task,
+        "opset": onnxrt.OPSET,
+        "graphs": graphs,
+        "cell": getattr(model.cfg, "cell", None),
+        "meta": bundle.meta,
+        "source": source,
+    }
     (tmp / onnxrt.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -14,10 +14,11 @@ the server keeps serving.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from nlp_rnn.errors import InvalidRequest, NlpRnnError
 from nlp_rnn.tasks import base as tasks
@@ -26,6 +27,7 @@ from nlp_rnn.tasks.info import describe
 from nlp_rnn.version import __version__
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -64,7 +66,13 @@ class BatchQueue:
     share its settings) and returns one result per text.
     """
 
-    def __init__(self, run: Callable[[list[str], Any], list], executor: ThreadPoolExecutor, gather: int, max_wait_s: float):
+    def __init__(
+        self,
+        run: Callable[[list[str], Any], list],
+        executor: ThreadPoolExecutor,
+        gather: int,
+        max_wait_s: float,
+    ):
         self.run, self.executor, self.gather, self.max_wait_s = run, executor, gather, max_wait_s
         self.pending: list[tuple[list[str], tuple, asyncio.Future, Any]] = []
         self.busy = False
@@ -87,7 +95,9 @@ class BatchQueue:
                 await asyncio.sleep(self.max_wait_s)
             while self.pending:
                 key, batch, rest, size = self.pending[0][1], [], [], 0
-                for item in self.pending:  # the oldest request's settings; others of the same settings join it
+                for (
+                    item
+                ) in self.pending:  # the oldest request's settings; others of the same settings join it
                     if item[1] == key and (size == 0 or size + len(item[0]) <= self.gather):
                         batch.append(item)
                         size += len(item[0])
@@ -101,7 +111,9 @@ class BatchQueue:
     async def _run(self, batch: list[tuple[list[str], tuple, asyncio.Future, Any]], key: tuple) -> None:
         texts = [t for texts, _, _, _ in batch for t in texts]
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, texts, batch[0][3])
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.run, texts, batch[0][3]
+            )
         except Exception as err:  # a failure answers every request of the batch, and the server goes on
             for _, _, future, _ in batch:
                 if not future.done():
@@ -125,7 +137,11 @@ def load_models(specs: list[tuple[str, Path]], device: str, precision: str) -> d
         if task.endpoint(Limits()) is None:
             offered = ", ".join(t.name for t in _served_tasks())
             raise NlpRnnError(f"{path}: {bundle.task} models are not served ({offered})")
-        details = {k: v for k, v in describe(bundle).items() if k not in ("path", "task") and isinstance(v, (str, int, float, list))}
+        details = {
+            k: v
+            for k, v in describe(bundle).items()
+            if k not in ("path", "task") and isinstance(v, (str, int, float, list))
+        }
         served[name] = Served(name, Path(bundle.path), bundle.task, task.serving(bundle, precision), details)
         log.info("serving %s (%s) from %s", name, bundle.task, bundle.path)
     return served
@@ -147,24 +163,40 @@ def _one_line(errors: list[dict]) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def create_app(served: dict[str, Served], limits: Limits = Limits(), max_batch: Optional[int] = None,
-               max_wait_ms: float = 0.0):
+def create_app(
+    served: dict[str, Served],
+    limits: Limits = Limits(),
+    max_batch: Optional[int] = None,
+    max_wait_ms: float = 0.0,
+):
     """The FastAPI application: POST /PATH of every served task's endpoint; GET /health, /models; /docs."""
     from fastapi import FastAPI
 
     if max_batch is not None:
         limits = replace(limits, max_batch=max_batch)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlp-rnn-model")  # one batch at a time: torch uses every core
-    app = FastAPI(title="nlp-rnn", version=__version__, description="Translation, classification and generation with "
-                  "recurrent networks. Requests for the same model arriving within a few milliseconds are batched together.")
+    executor = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="nlp-rnn-model"
+    )  # one batch at a time: torch uses every core
+    app = FastAPI(
+        title="nlp-rnn",
+        version=__version__,
+        description="Translation, classification and generation with "
+        "recurrent networks. Requests for the same model arriving within a few milliseconds are batched together.",
+    )
     _add_error_handlers(app, limits)
     _add_status_routes(app, served, time.time())
     endpoints = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
     for endpoint in {e.path: e for e in endpoints.values()}.values():
         owners = {task for task, e in endpoints.items() if e.path == endpoint.path}
         models = {name: m for name, m in served.items() if m.task in owners}
-        queues = {name: BatchQueue(_runner(endpoint, m), executor, 4 * limits.max_batch, max_wait_ms / 1000)
-                  for name, m in models.items()} if endpoint.batch_key else {}
+        queues = (
+            {
+                name: BatchQueue(_runner(endpoint, m), executor, 4 * limits.max_batch, max_wait_ms / 1000)
+                for name, m in models.items()
+            }
+            if endpoint.batch_key
+            else {}
+        )
         _add_endpoint(app, endpoint, served, owners, queues, executor, limits)
     app.state.executor = executor
     return app
@@ -174,15 +206,26 @@ def _runner(endpoint: tasks.Endpoint, model: Served) -> Callable[[list[str], Any
     return lambda texts, request: endpoint.run(model.interface, texts, request)
 
 
-def _add_endpoint(app, endpoint: tasks.Endpoint, served: dict[str, Served], owners: set[str], queues: dict,
-                  executor: ThreadPoolExecutor, limits: Limits) -> None:
+def _add_endpoint(
+    app,
+    endpoint: tasks.Endpoint,
+    served: dict[str, Served],
+    owners: set[str],
+    queues: dict,
+    executor: ThreadPoolExecutor,
+    limits: Limits,
+) -> None:
     """POST /PATH: the request model made from the endpoint's fields; batched through `queues` or run alone."""
     from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
     class TextsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        texts: list[StrictStr] = Field(min_length=1, max_length=limits.max_texts, description="The texts (at least one).")
-        model: Optional[StrictStr] = Field(None, description="A served model's name (default: the one model of this task).")
+        texts: list[StrictStr] = Field(
+            min_length=1, max_length=limits.max_texts, description="The texts (at least one)."
+        )
+        model: Optional[StrictStr] = Field(
+            None, description="A served model's name (default: the one model of this task)."
+        )
 
     request_model = create_model(f"{endpoint.path.title()}Request", __base__=TextsRequest, **endpoint.fields)
     kind = " or ".join(sorted(owners))
@@ -191,7 +234,9 @@ def _add_endpoint(app, endpoint: tasks.Endpoint, served: dict[str, Served], owne
         model = _pick(served, owners, kind, endpoint.path, req.model)
         for i, text in enumerate(req.texts):
             if len(text) > limits.max_chars:
-                raise RequestError(413, f"texts.{i}: {len(text):,} characters; at most {limits.max_chars:,} per text")
+                raise RequestError(
+                    413, f"texts.{i}: {len(text):,} characters; at most {limits.max_chars:,} per text"
+                )
         if endpoint.check is not None:
             endpoint.check(model.interface, req)
         if model.name in queues:
@@ -215,7 +260,9 @@ def _pick(served: dict[str, Served], owners: set[str], kind: str, path: str, nam
     if name not in served:
         raise RequestError(404, f"model: unknown model {name!r} (served: {', '.join(served)})")
     if served[name].task not in owners:
-        raise RequestError(400, f"model: {name!r} is a {served[name].task} model; /{path} needs a {kind} model")
+        raise RequestError(
+            400, f"model: {name!r} is a {served[name].task} model; /{path} needs a {kind} model"
+        )
     return served[name]
 
 
@@ -233,8 +280,10 @@ def _add_error_handlers(app, limits: Limits) -> None:
     async def validation_error(request: Request, err: RequestValidationError):
         errors = err.errors()
         if errors and errors[0].get("type") == "json_invalid":
-            return JSONResponse({"error": f"body: not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')})"},
-                                status_code=400)
+            return JSONResponse(
+                {"error": f"body: not valid JSON ({errors[0].get('ctx', {}).get('error', 'parse error')})"},
+                status_code=400,
+            )
         return JSONResponse({"error": _one_line(errors)}, status_code=422)
 
     @app.exception_handler(NlpRnnError)
@@ -247,17 +296,23 @@ def _add_error_handlers(app, limits: Limits) -> None:
         if request.method == "POST":
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > 64 * limits.max_body:
-                return JSONResponse({"error": f"body: {int(declared):,} bytes; at most {limits.max_body:,}"}, status_code=413)
+                return JSONResponse(
+                    {"error": f"body: {int(declared):,} bytes; at most {limits.max_body:,}"}, status_code=413
+                )
             # Read the whole body even when it is too large: answering before the client has sent it
             # would reset the connection under it (the client sees a broken pipe, not the 413).
             body = await request.body()  # starlette keeps it for the endpoint
             if len(body) > limits.max_body:
-                return JSONResponse({"error": f"body: {len(body):,} bytes; at most {limits.max_body:,}"}, status_code=413)
+                return JSONResponse(
+                    {"error": f"body: {len(body):,} bytes; at most {limits.max_body:,}"}, status_code=413
+                )
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as err:
-                return JSONResponse({"error": f"body: not valid UTF-8 (byte {body[err.start]:#04x} at offset {err.start})"},
-                                    status_code=400)
+                return JSONResponse(
+                    {"error": f"body: not valid UTF-8 (byte {body[err.start]:#04x} at offset {err.start})"},
+                    status_code=400,
+                )
         return await call_next(request)
 
 
@@ -270,11 +325,22 @@ def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
     @app.get("/models")
     async def models() -> dict:
         """The served models: name, task, folder and what `nlp-rnn info` says of them."""
-        return {"models": [{"name": m.name, "task": m.task, "path": str(m.path), **m.info} for m in served.values()]}
+        return {
+            "models": [
+                {"name": m.name, "task": m.task, "path": str(m.path), **m.info} for m in served.values()
+            ]
+        }
 
 
-def serve(specs: list[tuple[str, Path]], host: str, port: int, device: str = "auto", precision: str = "auto",
-          max_wait_ms: float = 0.0, limits: Limits = Limits()) -> None:
+def serve(
+    specs: list[tuple[str, Path]],
+    host: str,
+    port: int,
+    device: str = "auto",
+    precision: str = "auto",
+    max_wait_ms: float = 0.0,
+    limits: Limits = Limits(),
+) -> None:
     """Loads the models and serves until interrupted (Ctrl-C or SIGTERM end it cleanly)."""
     try:
         import uvicorn

@@ -4,7 +4,8 @@ B batch, S source length, Dv encoder output size (D*H), Hq query (decoder) size,
 Keys are projected once per source sentence by `keys()` and passed to every step.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn

@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.config import CELLS, _choice, _positive
-from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.data import Batch
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import Encoder, EncoderOutput
 from nlp_rnn.nn.int8 import Int8Encoder, int8_linear
 from nlp_rnn.tokenizer import PAD, UNK
-
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -36,7 +35,9 @@ class ClassifierModelConfig:
     pooling: str = "max"  # last | mean | max | attention
     dropout: float = 0.5
     embedding_dropout: Optional[float] = None
-    pretrained_embeddings: Optional[str] = None  # word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz)
+    pretrained_embeddings: Optional[str] = (
+        None  # word2vec/GloVe/fastText text format (.txt/.vec, optionally .gz)
+    )
     freeze_embeddings: bool = False
     word_dropout: float = 0.0  # training only: each input token becomes <unk> with this probability
     members: int = 1  # >1: an ensemble of this many classifiers trained side by side, probabilities averaged
@@ -59,9 +60,15 @@ class Classifier(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
         self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
-        self.encoder = Encoder(cfg.cell, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, cfg.dropout)
+        self.encoder = Encoder(
+            cfg.cell, cfg.embedding_dim, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, cfg.dropout
+        )
         size = self.encoder.output_size
-        self.attention = nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, 1, bias=False)) if cfg.pooling == "attention" else None
+        self.attention = (
+            nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, 1, bias=False))
+            if cfg.pooling == "attention"
+            else None
+        )
         self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(size, num_classes)
 
@@ -79,8 +86,12 @@ class Classifier(nn.Module):
 
     def encode(self, batch: Batch) -> EncoderOutput:
         src = batch.src
-        if self.training and self.cfg.word_dropout > 0:  # whole words unknown: the model cannot lean on any one
-            src = src.masked_fill((torch.rand(src.shape, device=src.device) < self.cfg.word_dropout) & batch.src_mask, UNK)
+        if (
+            self.training and self.cfg.word_dropout > 0
+        ):  # whole words unknown: the model cannot lean on any one
+            src = src.masked_fill(
+                (torch.rand(src.shape, device=src.device) < self.cfg.word_dropout) & batch.src_mask, UNK
+            )
         return self.encoder(self.embed_dropout(self.embed(src)), batch.src_len, batch.src_mask)
 
     def int8_(self) -> None:
@@ -88,7 +99,10 @@ class Classifier(nn.Module):
         self.encoder = Int8Encoder(self.encoder)
         self.output = int8_linear(self.output)
         if self.attention is not None:
-            self.attention[0], self.attention[2] = int8_linear(self.attention[0]), int8_linear(self.attention[2])
+            self.attention[0], self.attention[2] = (
+                int8_linear(self.attention[0]),
+                int8_linear(self.attention[2]),
+            )
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.output(self.dropout(self.pool(self.encode(batch))))  # (B, C)
@@ -122,9 +136,17 @@ class ClassifierEnsemble(nn.Module):
 
 
 def build(cfg: ClassifierModelConfig, vocab_size: int, num_classes: int) -> nn.Module:
-    return Classifier(cfg, vocab_size, num_classes) if cfg.members == 1 else ClassifierEnsemble(cfg, vocab_size, num_classes)
+    return (
+        Classifier(cfg, vocab_size, num_classes)
+        if cfg.members == 1
+        else ClassifierEnsemble(cfg, vocab_size, num_classes)
+    )
 
 
 def embeddings_of(model: nn.Module) -> list[str]:
     """Module paths of the embedding tables (one per ensemble member)."""
-    return ["embed"] if isinstance(model, Classifier) else [f"members.{i}.embed" for i in range(len(model.members))]
+    return (
+        ["embed"]
+        if isinstance(model, Classifier)
+        else [f"members.{i}.embed" for i in range(len(model.members))]
+    )

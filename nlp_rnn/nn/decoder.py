@@ -9,17 +9,18 @@ the attention keys (`memory`), and the output projection (`logits`, called by th
 real target positions only). The per-step loop holds the recurrent cells and the attention.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn.attention import build_attention
-from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
+from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.tokenizer import PAD
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
@@ -37,7 +38,9 @@ class Memory:
 
     def select(self, index: torch.Tensor) -> "Memory":
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
-        return Memory(pick(self.values), pick(self.mask), pick(self.keys), pick(self.context), pick(self.static_gates))
+        return Memory(
+            pick(self.values), pick(self.mask), pick(self.keys), pick(self.context), pick(self.static_gates)
+        )
 
 
 @dataclass
@@ -81,12 +84,19 @@ class Cell(nn.Module):
         super().__init__()
         gates = GATES[cell] * hidden
         bound = hidden**-0.5
-        self.weight_in = nn.ParameterDict({name: nn.Parameter(torch.empty(gates, size).uniform_(-bound, bound))
-                                           for name, size in inputs.items() if size > 0})
+        self.weight_in = nn.ParameterDict(
+            {
+                name: nn.Parameter(torch.empty(gates, size).uniform_(-bound, bound))
+                for name, size in inputs.items()
+                if size > 0
+            }
+        )
         self.weight_hh = nn.Parameter(torch.empty(gates, hidden).uniform_(-bound, bound))
         self.bias_ih = nn.Parameter(torch.empty(gates).uniform_(-bound, bound))
         # Vanilla cells keep the textbook's single bias; GRU needs both (b_hn sits inside r * (.)).
-        self.bias_hh = nn.Parameter(torch.empty(gates).uniform_(-bound, bound)) if cell in ("gru", "lstm") else None
+        self.bias_hh = (
+            nn.Parameter(torch.empty(gates).uniform_(-bound, bound)) if cell in ("gru", "lstm") else None
+        )
         self.int8: Optional[dict] = None  # name -> int8 product, set by `int8.quantize` for inference
 
     def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +120,9 @@ class Decoder(nn.Module):
             cell.int8 = {name: linear(*cell.weights(name)) for name in [*cell.weight_in.keys(), "hh"]}
         if self.attention is not None:
             self.attention.quantize_(linear)
-        self.combine, self.bridge, self.output = (None if m is None else linear(m.weight, m.bias)
-                                                  for m in (self.combine, self.bridge, self.output))
+        self.combine, self.bridge, self.output = (
+            None if m is None else linear(m.weight, m.bias) for m in (self.combine, self.bridge, self.output)
+        )
 
     def __init__(self, cfg: Seq2SeqModelConfig, vocab_size: int, encoder_size: int) -> None:
         super().__init__()
@@ -126,9 +137,15 @@ class Decoder(nn.Module):
             "ctx": 0 if self.has_attention else encoder_size,  # the textbook fixed context joins every input
             "feed": size if cfg.input_feeding else 0,  # input feeding: the previous attentional vector
         }
-        self.cells = nn.ModuleList(Cell(cfg.cell, first if i == 0 else {"below": size}, size) for i in range(cfg.decoder_layers))
+        self.cells = nn.ModuleList(
+            Cell(cfg.cell, first if i == 0 else {"below": size}, size) for i in range(cfg.decoder_layers)
+        )
         self.bridge = nn.Linear(encoder_size, size) if cfg.bridge else None
-        self.attention = build_attention(cfg.attention, encoder_size, size, cfg.attention_dim) if self.has_attention else None
+        self.attention = (
+            build_attention(cfg.attention, encoder_size, size, cfg.attention_dim)
+            if self.has_attention
+            else None
+        )
         self.combine = nn.Linear(size + encoder_size, size)  # attentional vector from [hidden; context]
         self.output = nn.Linear(size, vocab_size, bias=False)
         if cfg.tie_output:
@@ -194,7 +211,9 @@ class Decoder(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
 
-    def forward(self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState, teacher_forcing: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, tgt_in: torch.Tensor, memory: Memory, state: DecoderState, teacher_forcing: float = 1.0
+    ) -> torch.Tensor:
         """Teacher-forced decoding of tgt_in (B, T) -> attentional vectors (B, T, H).
 
         With teacher_forcing < 1 each sentence feeds its own greedy prediction instead of the gold
@@ -217,4 +236,3 @@ class Decoder(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)  # (..., V)
-

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 SMALL = 1 << 16  # below this many elements the mask's cost is per-call overhead: torch's single kernel wins
 
 

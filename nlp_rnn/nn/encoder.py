@@ -3,17 +3,24 @@
 B batch, S source length, E embedding, H hidden per direction, D directions, L layers.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
-def rnn_module(cell: str, input_size: int, hidden: int, layers: int, dropout: float, bidirectional: bool) -> nn.RNNBase:
+def rnn_module(
+    cell: str, input_size: int, hidden: int, layers: int, dropout: float, bidirectional: bool
+) -> nn.RNNBase:
     """A fused torch recurrent layer stack for one of the four cell names."""
-    kwargs = dict(num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
+    kwargs = dict(
+        num_layers=layers,
+        batch_first=True,
+        dropout=dropout if layers > 1 else 0.0,
+        bidirectional=bidirectional,
+    )
     if cell == "gru":
         return nn.GRU(input_size, hidden, **kwargs)
     if cell == "lstm":
@@ -36,11 +43,17 @@ class EncoderOutput:
 
     def select(self, index: torch.Tensor) -> "EncoderOutput":
         """Rows `index` (e.g. each sentence repeated once per beam)."""
-        return EncoderOutput(self.states.index_select(0, index), self.final.index_select(0, index), self.mask.index_select(0, index))
+        return EncoderOutput(
+            self.states.index_select(0, index),
+            self.final.index_select(0, index),
+            self.mask.index_select(0, index),
+        )
 
 
 class Encoder(nn.Module):
-    def __init__(self, cell: str, embedding_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float) -> None:
+    def __init__(
+        self, cell: str, embedding_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float
+    ) -> None:
         super().__init__()
         self.rnn = rnn_module(cell, embedding_dim, hidden, layers, dropout, bidirectional)
         self.is_lstm = cell == "lstm"
@@ -58,8 +71,13 @@ class Encoder(nn.Module):
         return EncoderOutput(states=states, final=final, mask=mask)
 
 
-def masked_stack(embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, layers: Sequence[Sequence[nn.Module]],
-                 run: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> EncoderOutput:
+def masked_stack(
+    embedded: torch.Tensor,
+    lengths: torch.Tensor,
+    mask: torch.Tensor,
+    layers: Sequence[Sequence[nn.Module]],
+    run: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> EncoderOutput:
     """The packed encoder's outputs without packing, for graphs and kernels that cannot pack (ONNX, int8).
 
     `layers[l][d]` is direction d of layer l, and `run(module, x)` its outputs (B, S, H) over padded
@@ -79,6 +97,8 @@ def masked_stack(embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tens
         x = torch.cat(outs, dim=2)
     states = x * mask.unsqueeze(2).to(x.dtype)  # (B, S, D*H), zeros at padding as after packing
     hidden = states.size(2) // len(layers[0])
-    forward_last = states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)  # (B, H)
+    forward_last = (
+        states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)
+    )  # (B, H)
     final = forward_last if len(layers[0]) == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
     return EncoderOutput(states=states, final=final, mask=mask)

@@ -48,8 +48,10 @@ class MaskedEncoder(nn.Module):
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         rnn = encoder.rnn
-        self.layers = nn.ModuleList(nn.ModuleList(_single_layer(rnn, layer, d == 1) for d in range(encoder.directions))
-                                    for layer in range(rnn.num_layers))
+        self.layers = nn.ModuleList(
+            nn.ModuleList(_single_layer(rnn, layer, d == 1) for d in range(encoder.directions))
+            for layer in range(rnn.num_layers)
+        )
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
         return masked_stack(embedded, lengths, mask, self.layers, lambda rnn, x: rnn(x)[0])
@@ -114,7 +116,9 @@ class ClassifierGraph(nn.Module):
     def forward(self, src: torch.Tensor, src_len: torch.Tensor):
         mask = _mask(src_len, src.size(1))
         members = list(self.model.members) if hasattr(self.model, "members") else [self.model]
-        logits = [m.output(m.pool(enc(m.embed(src), src_len, mask))) for m, enc in zip(members, self.encoders)]
+        logits = [
+            m.output(m.pool(enc(m.embed(src), src_len, mask))) for m, enc in zip(members, self.encoders)
+        ]
         if len(logits) == 1:
             return logits[0]
         log_probs = torch.stack([F.log_softmax(x.float(), dim=-1) for x in logits])
@@ -127,25 +131,57 @@ def export_seq2seq(model: nn.Module, folder: Path) -> dict:
     attention = model.decoder.has_attention
     enc = EncoderGraph(model).eval()
     second, third = ("keys", "mask") if attention else ("static_gates", "context")
-    enc_out = ["values", "keys", "mask", "h", "c", "feed"] if attention else ["values", "static_gates", "context", "mask", "h", "c", "feed"]
-    export_graph(enc, (src, src_len), folder / "encoder.onnx", ["src", "src_len"], enc_out, {0: {0: "B", 1: "S"}, 1: {0: "B"}})
+    enc_out = (
+        ["values", "keys", "mask", "h", "c", "feed"]
+        if attention
+        else ["values", "static_gates", "context", "mask", "h", "c", "feed"]
+    )
+    export_graph(
+        enc,
+        (src, src_len),
+        folder / "encoder.onnx",
+        ["src", "src_len"],
+        enc_out,
+        {0: {0: "B", 1: "S"}, 1: {0: "B"}},
+    )
     out = dict(zip(enc_out, enc(src, src_len)))
     step_in = ["prev", "values", second, third, "h", "c", "feed"]
     step_out = ["logits", "h_out", "c_out", "feed_out", "attention"]
-    dyn = {0: {0: "B"}, 1: {0: "B", 1: "S"}, 2: {0: "B", 1: "S"} if attention else {0: "B"},
-           3: {0: "B", 1: "S"} if attention else {0: "B"}, 4: {1: "B"}, 5: {1: "B"}, 6: {0: "B"}}
+    dyn = {
+        0: {0: "B"},
+        1: {0: "B", 1: "S"},
+        2: {0: "B", 1: "S"} if attention else {0: "B"},
+        3: {0: "B", 1: "S"} if attention else {0: "B"},
+        4: {1: "B"},
+        5: {1: "B"},
+        6: {0: "B"},
+    }
     prev = torch.full((3,), BOS, dtype=torch.long)
-    export_graph(StepGraph(model).eval(), (prev, *(out[name] for name in step_in[1:])), folder / "decoder_step.onnx", step_in,
-                 step_out, dyn)
-    return {"encoder": {"file": "encoder.onnx", "inputs": ["src", "src_len"], "outputs": enc_out},
-              "decoder_step": {"file": "decoder_step.onnx", "inputs": step_in, "outputs": step_out}}
+    export_graph(
+        StepGraph(model).eval(),
+        (prev, *(out[name] for name in step_in[1:])),
+        folder / "decoder_step.onnx",
+        step_in,
+        step_out,
+        dyn,
+    )
+    return {
+        "encoder": {"file": "encoder.onnx", "inputs": ["src", "src_len"], "outputs": enc_out},
+        "decoder_step": {"file": "decoder_step.onnx", "inputs": step_in, "outputs": step_out},
+    }
 
 
 def export_classifier(model: nn.Module, folder: Path) -> dict:
     """Writes classifier.onnx (a classifier or an ensemble); its manifest entry."""
     src, src_len = torch.tensor(SRC), torch.tensor(SRC_LEN)
-    export_graph(ClassifierGraph(model).eval(), (src, src_len), folder / "classifier.onnx", ["src", "src_len"], ["logits"],
-                 {0: {0: "B", 1: "S"}, 1: {0: "B"}})
+    export_graph(
+        ClassifierGraph(model).eval(),
+        (src, src_len),
+        folder / "classifier.onnx",
+        ["src", "src_len"],
+        ["logits"],
+        {0: {0: "B", 1: "S"}, 1: {0: "B"}},
+    )
     return {"classifier": {"file": "classifier.onnx", "inputs": ["src", "src_len"], "outputs": ["logits"]}}
 
 
@@ -165,19 +201,47 @@ class OrtSeq2Seq(nn.Module):
         self.attention = "keys" in self.enc_out
 
     def start(self, batch):
-        out = dict(zip(self.enc_out, (torch.from_numpy(x) for x in self.encoder.run(None, {"src": to_numpy(batch.src),
-                                                                                          "src_len": to_numpy(batch.src_len)}))))
+        out = dict(
+            zip(
+                self.enc_out,
+                (
+                    torch.from_numpy(x)
+                    for x in self.encoder.run(
+                        None, {"src": to_numpy(batch.src), "src_len": to_numpy(batch.src_len)}
+                    )
+                ),
+            )
+        )
         if self.attention:
             memory = Memory(out["values"], out["mask"], out["keys"], None, None)
         else:
             memory = Memory(out["values"], out["mask"], None, out["context"], out["static_gates"])
-        state = DecoderState(tuple(out["h"].unbind(0)), tuple(out["c"].unbind(0)), out["feed"])  # c: zeros unless LSTM
+        state = DecoderState(
+            tuple(out["h"].unbind(0)), tuple(out["c"].unbind(0)), out["feed"]
+        )  # c: zeros unless LSTM
         return memory, state, torch.full((batch.size,), BOS, dtype=torch.long)
 
     def step(self, prev: torch.Tensor, memory: Memory, state: DecoderState):
-        feeds = {"prev": prev, "values": memory.values, "keys": memory.keys, "mask": memory.mask, "context": memory.context,
-                 "static_gates": memory.static_gates, "h": torch.stack(state.h), "c": torch.stack(state.c), "feed": state.feed}
-        outs = dict(zip(self.step_out, (torch.from_numpy(x) for x in self.decoder.run(None, {k: to_numpy(feeds[k]) for k in self.step_in}))))
+        feeds = {
+            "prev": prev,
+            "values": memory.values,
+            "keys": memory.keys,
+            "mask": memory.mask,
+            "context": memory.context,
+            "static_gates": memory.static_gates,
+            "h": torch.stack(state.h),
+            "c": torch.stack(state.c),
+            "feed": state.feed,
+        }
+        outs = dict(
+            zip(
+                self.step_out,
+                (
+                    torch.from_numpy(x)
+                    for x in self.decoder.run(None, {k: to_numpy(feeds[k]) for k in self.step_in})
+                ),
+            )
+        )
         new = DecoderState(tuple(outs["h_out"].unbind(0)), tuple(outs["c_out"].unbind(0)), outs["feed_out"])
         return outs["logits"], new, outs["attention"] if self.attention else None
 
@@ -192,4 +256,6 @@ class OrtClassifier(nn.Module):
         self.session = session(folder / manifest["graphs"]["classifier"]["file"])
 
     def logits(self, batch) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"src": to_numpy(batch.src), "src_len": to_numpy(batch.src_len)})[0])
+        return torch.from_numpy(
+            self.session.run(None, {"src": to_numpy(batch.src), "src_len": to_numpy(batch.src_len)})[0]
+        )

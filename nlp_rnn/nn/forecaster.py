@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from nlp_rnn.config import CELLS, _choice, _positive
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import rnn_module
-from nlp_rnn.errors import NlpRnnError
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class ForecastModelConfig:
     num_layers: int = 1
     dropout: float = 0.0  # on the recurrent state before the head (and between layers)
     linear_skip: bool = True  # the head also sees the flattened window (an AR(L) term)
-    start_linear: bool = True  # with linear_skip: start the head at the least-squares AR fit of the training rows
+    start_linear: bool = (
+        True  # with linear_skip: start the head at the least-squares AR fit of the training rows
+    )
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -38,13 +40,17 @@ class Forecaster(nn.Module):
     def __init__(self, cfg: ForecastModelConfig, features: int, lags: int, categories: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.rnn = rnn_module(cfg.cell, features, cfg.hidden_size, cfg.num_layers, cfg.dropout, bidirectional=False)
+        self.rnn = rnn_module(
+            cfg.cell, features, cfg.hidden_size, cfg.num_layers, cfg.dropout, bidirectional=False
+        )
         self.dropout = Dropout(cfg.dropout)
         head_in = cfg.hidden_size + categories + (features * lags if cfg.linear_skip else 0)
         self.head = nn.Linear(head_in, 1)
 
     @torch.no_grad()
-    def start_from_linear(self, window_coefs: torch.Tensor, category_coefs: torch.Tensor, intercept: float) -> None:
+    def start_from_linear(
+        self, window_coefs: torch.Tensor, category_coefs: torch.Tensor, intercept: float
+    ) -> None:
         """Sets the head to a fitted linear model (window (L*F,), categories (C,), intercept), the recurrent
         part's share to zero: training starts from the AR model and learns what the recurrent state adds."""
         hidden, categories = self.cfg.hidden_size, category_coefs.numel()

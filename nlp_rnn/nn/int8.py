@@ -21,13 +21,16 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.decoder import cell_update
 from nlp_rnn.nn.encoder import EncoderOutput, masked_stack
-from nlp_rnn.errors import NlpRnnError
 
 
 def available() -> bool:
-    return hasattr(torch.ops.quantized, "linear_dynamic") and "fbgemm" in torch.backends.quantized.supported_engines
+    return (
+        hasattr(torch.ops.quantized, "linear_dynamic")
+        and "fbgemm" in torch.backends.quantized.supported_engines
+    )
 
 
 class Int8Linear(nn.Module):
@@ -40,15 +43,23 @@ class Int8Linear(nn.Module):
         weight = weight.detach().float().cpu()
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
+            )
             warnings.filterwarnings("ignore", message=".*quantize_per_channel.*", category=UserWarning)
-            qweight = torch.quantize_per_channel(weight, scales, torch.zeros(weight.size(0), dtype=torch.long), 0, torch.qint8)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float().cpu())
+            qweight = torch.quantize_per_channel(
+                weight, scales, torch.zeros(weight.size(0), dtype=torch.long), 0, torch.qint8
+            )
+            self.packed = torch.ops.quantized.linear_prepack(
+                qweight, None if bias is None else bias.detach().float().cpu()
+            )
         self.out_features = weight.size(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1)).float().contiguous()
-        return torch.ops.quantized.linear_dynamic(flat, self.packed, True).view(*x.shape[:-1], self.out_features)
+        return torch.ops.quantized.linear_dynamic(flat, self.packed, True).view(
+            *x.shape[:-1], self.out_features
+        )
 
 
 class Int8Layer(nn.Module):
@@ -60,8 +71,13 @@ class Int8Layer(nn.Module):
         self.ih = Int8Linear(getattr(rnn, f"weight_ih{suffix}"), getattr(rnn, f"bias_ih{suffix}"))
         self.hh = Int8Linear(getattr(rnn, f"weight_hh{suffix}"), getattr(rnn, f"bias_hh{suffix}"))
 
-    def forward(self, x: torch.Tensor, h: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None,
-                lengths: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        h: Optional[torch.Tensor] = None,
+        c: Optional[torch.Tensor] = None,
+        lengths: Optional[torch.Tensor] = None,
+    ):
         """x (B, S, I) from state h, c (B, H) (default zeros) -> outputs (B, S, H) and the state after each row's
         last real step (`lengths`; without, the last column)."""
         if h is None:
@@ -88,8 +104,13 @@ class Int8Encoder(nn.Module):
     def __init__(self, encoder) -> None:
         super().__init__()
         rnn, cell = encoder.rnn, _cell_name(encoder.rnn)
-        self.layers = nn.ModuleList(nn.ModuleList(Int8Layer(cell, rnn, f"_l{layer}" + ("_reverse" if d else ""))
-                                                  for d in range(encoder.directions)) for layer in range(rnn.num_layers))
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                Int8Layer(cell, rnn, f"_l{layer}" + ("_reverse" if d else ""))
+                for d in range(encoder.directions)
+            )
+            for layer in range(rnn.num_layers)
+        )
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
         return masked_stack(embedded.float(), lengths, mask, self.layers, lambda layer, x: layer(x)[0])
@@ -109,7 +130,7 @@ class Int8Stack(nn.Module):
         lengths = None
         if isinstance(x, PackedSequence):
             x, lengths = pad_packed_sequence(x, batch_first=True)
-        h0, c0 = (hx if self.lstm else (hx, None))
+        h0, c0 = hx if self.lstm else (hx, None)
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             x, h, c = layer(x.float(), h0[i], None if c0 is None else c0[i], lengths)

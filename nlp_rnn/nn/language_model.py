@@ -16,10 +16,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from nlp_rnn.config import CELLS, _choice, _positive
 from nlp_rnn.data import Batch
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import rnn_module
 from nlp_rnn.nn.int8 import Int8Stack, int8_linear
-from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.loss import linear_cross_entropy_sum
 from nlp_rnn.tokenizer import PAD
 
@@ -45,7 +45,9 @@ class LMModelConfig:
             if value is not None and not 0 <= value < 1:
                 raise NlpRnnError(f"config: model.{name} must be in [0, 1), got {value}")
         if self.tie_output and self.embedding_dim != self.hidden_size:
-            raise NlpRnnError(f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == hidden_size ({self.hidden_size})")
+            raise NlpRnnError(
+                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == hidden_size ({self.hidden_size})"
+            )
 
 
 @dataclass
@@ -54,7 +56,9 @@ class LMState:
     c: Optional[torch.Tensor] = None  # (L, B, H), LSTM only
 
     def select(self, index: torch.Tensor) -> "LMState":
-        return LMState(self.h.index_select(1, index), None if self.c is None else self.c.index_select(1, index))
+        return LMState(
+            self.h.index_select(1, index), None if self.c is None else self.c.index_select(1, index)
+        )
 
     def detach(self) -> "LMState":
         """The same values without their history: gradients stop here (truncated BPTT)."""
@@ -81,10 +85,18 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
         self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
         self.condition = nn.Embedding(num_conditions, cfg.condition_dim) if num_conditions else None
-        self.condition_init = nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.hidden_size) if num_conditions else None
+        self.condition_init = (
+            nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.hidden_size) if num_conditions else None
+        )
         joins = self.condition is not None and cfg.condition_input
-        self.rnn = rnn_module(cfg.cell, cfg.embedding_dim + (cfg.condition_dim if joins else 0), cfg.hidden_size,
-                              cfg.num_layers, cfg.dropout, bidirectional=False)
+        self.rnn = rnn_module(
+            cfg.cell,
+            cfg.embedding_dim + (cfg.condition_dim if joins else 0),
+            cfg.hidden_size,
+            cfg.num_layers,
+            cfg.dropout,
+            bidirectional=False,
+        )
         self.dropout = Dropout(cfg.dropout)
         self.output = nn.Linear(cfg.hidden_size, vocab_size)
         if cfg.tie_output:
@@ -110,7 +122,9 @@ class LanguageModel(nn.Module):
         if self.condition is None:
             return None
         if labels is None:
-            raise NlpRnnError("this language model is conditional: give a condition (label) for every sequence")
+            raise NlpRnnError(
+                "this language model is conditional: give a condition (label) for every sequence"
+            )
         return self.condition(labels)  # (B, C)
 
     def initial_state(self, batch_size: int, condition: Optional[torch.Tensor] = None) -> LMState:
@@ -119,7 +133,12 @@ class LanguageModel(nn.Module):
         if condition is None:
             h = weight.new_zeros(cfg.num_layers, batch_size, cfg.hidden_size)  # (L, B, H)
         else:
-            h = torch.tanh(self.condition_init(condition)).view(batch_size, cfg.num_layers, cfg.hidden_size).transpose(0, 1).contiguous()
+            h = (
+                torch.tanh(self.condition_init(condition))
+                .view(batch_size, cfg.num_layers, cfg.hidden_size)
+                .transpose(0, 1)
+                .contiguous()
+            )
         return LMState(h, torch.zeros_like(h) if cfg.cell == "lstm" else None)
 
     # ------------------------------------------------------------------ whole sequences
@@ -130,13 +149,21 @@ class LanguageModel(nn.Module):
             x = torch.cat([x, condition.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)  # (B, T, E+C)
         return x
 
-    def hidden(self, tokens: torch.Tensor, state: LMState, condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, LMState]:
+    def hidden(
+        self, tokens: torch.Tensor, state: LMState, condition: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, LMState]:
         """tokens (B, T) from `state` -> top-layer outputs (B, T, H) and the state after the last column."""
         out, hx = self.rnn(self._inputs(tokens, condition), state.as_hx())
         return self.dropout(out), (LMState(*hx) if isinstance(hx, tuple) else LMState(hx))
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, state: LMState, mask: Optional[torch.Tensor] = None,
-             condition: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int, LMState]:
+    def loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        state: LMState,
+        mask: Optional[torch.Tensor] = None,
+        condition: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, int, LMState]:
         """Summed cross-entropy of targets (B, T) given inputs (B, T), over mask (B, T) if given, and the final state.
 
         Right padding needs no packing: a unidirectional network's outputs at real positions never see it.
@@ -159,12 +186,19 @@ class LanguageModel(nn.Module):
         rows = torch.arange(batch.size, device=batch.src.device)
         last = batch.src[rows, context]  # (B,)
         if int(context.max()) > 0:
-            packed = pack_padded_sequence(self._inputs(batch.src, condition), context.clamp(min=1).cpu(), batch_first=True,
-                                          enforce_sorted=False)
+            packed = pack_padded_sequence(
+                self._inputs(batch.src, condition),
+                context.clamp(min=1).cpu(),
+                batch_first=True,
+                enforce_sorted=False,
+            )
             _, hx = self.rnn(packed, state.as_hx())
             read = LMState(*hx) if isinstance(hx, tuple) else LMState(hx)
             keep = (context > 0).view(1, -1, 1)  # rows whose prompt is only BOS keep the initial state
-            state = LMState(torch.where(keep, read.h, state.h), None if state.c is None else torch.where(keep, read.c, state.c))
+            state = LMState(
+                torch.where(keep, read.h, state.h),
+                None if state.c is None else torch.where(keep, read.c, state.c),
+            )
         return LMMemory(condition if self.cfg.condition_input else None), state, last
 
     def step(self, prev: torch.Tensor, memory: LMMemory, state: LMState):

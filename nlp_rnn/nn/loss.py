@@ -27,7 +27,9 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-        lse = torch.empty(logits.size(0), dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device)
+        lse = torch.empty(
+            logits.size(0), dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device
+        )
         mean = torch.empty_like(lse) if smoothing > 0 else None
         for start in range(0, logits.size(0), CHUNK_ROWS):
             rows = _wide(logits[start : start + CHUNK_ROWS])  # (C, V)
@@ -71,7 +73,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.empty(rows, dtype=acc, device=hidden.device)
         grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if want_grad else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=hidden.device) if want_grad else None
-        grad_b = torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
+        grad_b = (
+            torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
+        )
         for start in range(0, rows, LINEAR_CHUNK_ROWS):
             stop = min(start + LINEAR_CHUNK_ROWS, rows)
             logits = F.linear(h[start:stop], w, b).to(acc)  # (C, V), in cache
@@ -110,16 +114,29 @@ LINEAR_CHUNK_ROWS = 256
 FUSE_ABOVE = 1 << 22  # logits elements (16 MB in fp32): smaller ones fit in cache and are cheaper made whole
 
 
-def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
-                             smoothing: float = 0.0) -> torch.Tensor:
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
     """Summed cross-entropy of `F.linear(hidden, weight, bias)` (N, V) against target ids (N,), without making
     the logits: equals `cross_entropy_sum(F.linear(hidden, weight, bias), target, smoothing)`.
 
     Under autocast the products run in its 16-bit type, the softmax and the sums in fp32.
     """
-    if hidden.size(0) * weight.size(0) <= FUSE_ABOVE:  # small (a tiny vocabulary): fewer, larger operations win
+    if (
+        hidden.size(0) * weight.size(0) <= FUSE_ABOVE
+    ):  # small (a tiny vocabulary): fewer, larger operations win
         return cross_entropy_sum(F.linear(hidden, weight, bias), target, smoothing)
-    want = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+    want = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    dtype = (
+        torch.get_autocast_dtype(hidden.device.type)
+        if torch.is_autocast_enabled(hidden.device.type)
+        else hidden.dtype
+    )
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, want, dtype)

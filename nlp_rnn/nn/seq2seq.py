@@ -6,13 +6,13 @@ B batch, S source length, T target length, E embedding, H hidden, N real target 
 import torch
 from torch import nn
 
-from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.data import Batch
 from nlp_rnn.nn.decoder import Decoder
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import Encoder, EncoderOutput
 from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear
 from nlp_rnn.nn.loss import linear_cross_entropy_sum
+from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
 from nlp_rnn.tokenizer import BOS, PAD
 
 
@@ -22,7 +22,14 @@ class Seq2Seq(nn.Module):
         self.cfg = cfg
         self.src_embed = nn.Embedding(src_vocab, cfg.embedding_dim, padding_idx=PAD)
         self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
-        self.encoder = Encoder(cfg.cell, cfg.embedding_dim, cfg.encoder_hidden, cfg.encoder_layers, cfg.bidirectional, cfg.dropout)
+        self.encoder = Encoder(
+            cfg.cell,
+            cfg.embedding_dim,
+            cfg.encoder_hidden,
+            cfg.encoder_layers,
+            cfg.bidirectional,
+            cfg.dropout,
+        )
         self.decoder = Decoder(cfg, tgt_vocab, self.encoder.output_size)
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_mask: torch.Tensor) -> EncoderOutput:
@@ -32,7 +39,11 @@ class Seq2Seq(nn.Module):
     def start(self, batch: Batch):
         """Search protocol: encode once -> (memory, decoder state, BOS tokens (B,))."""
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
-        return self.decoder.memory(enc), self.decoder.init_state(enc), torch.full((batch.size,), BOS, dtype=torch.long, device=batch.src.device)
+        return (
+            self.decoder.memory(enc),
+            self.decoder.init_state(enc),
+            torch.full((batch.size,), BOS, dtype=torch.long, device=batch.src.device),
+        )
 
     def step(self, prev: torch.Tensor, memory, state):
         """Search protocol: prev (B,) -> logits (B, V), new state, attention weights (B, S) or None."""
@@ -43,11 +54,17 @@ class Seq2Seq(nn.Module):
         self.encoder = Int8Encoder(self.encoder)
         self.decoder.quantize_(Int8Linear)
 
-    def forward(self, batch: Batch, teacher_forcing: float = 1.0, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    def forward(
+        self, batch: Batch, teacher_forcing: float = 1.0, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the real target tokens and their number (padding never counts)."""
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
-        hidden = self.decoder(batch.tgt_in, self.decoder.memory(enc), self.decoder.init_state(enc), teacher_forcing)  # (B, T, H)
+        hidden = self.decoder(
+            batch.tgt_in, self.decoder.memory(enc), self.decoder.init_state(enc), teacher_forcing
+        )  # (B, T, H)
         real = hidden[batch.tgt_mask]  # (N, H): the output layer never sees padding
         output = self.decoder.output  # fused with the loss: the (N, V) logits are never stored
-        loss = linear_cross_entropy_sum(real, output.weight, output.bias, batch.tgt_out[batch.tgt_mask], label_smoothing)
+        loss = linear_cross_entropy_sum(
+            real, output.weight, output.bias, batch.tgt_out[batch.tgt_mask], label_smoothing
+        )
         return loss, real.size(0)

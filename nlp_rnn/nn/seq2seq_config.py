@@ -33,7 +33,14 @@ class Seq2SeqModelConfig:
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
         _choice("model.attention", self.attention, ATTENTIONS)
-        for name in ("embedding_dim", "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers", "attention_dim"):
+        for name in (
+            "embedding_dim",
+            "encoder_hidden",
+            "encoder_layers",
+            "decoder_hidden",
+            "decoder_layers",
+            "attention_dim",
+        ):
             _positive(f"model.{name}", getattr(self, name))
         if not 0 <= self.dropout < 1:
             raise NlpRnnError(f"config: model.dropout must be in [0, 1), got {self.dropout}")

@@ -10,9 +10,10 @@ ones are imported on first use.
 
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -20,8 +21,8 @@ from torch import nn
 from nlp_rnn import bundle as bundles
 from nlp_rnn import devices, distributed
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.train import RunLock, Trainer, TrainingSetup  # TrainingSetup: part of the task contract
 from nlp_rnn.tokenizer import Tokenizer
+from nlp_rnn.train import RunLock, Trainer, TrainingSetup  # TrainingSetup: part of the task contract
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,20 @@ class Task:
         """Reads the data, gets the tokenizer from `tokenizer`, builds the model and everything `Trainer` needs."""
         raise NotImplementedError
 
-    def fit(self, cfg: Any, out_dir: Path, tokenizer: "TokenizerChoice", resume: bool, progress_bar: bool,
-            device: torch.device) -> dict:
+    def fit(
+        self,
+        cfg: Any,
+        out_dir: Path,
+        tokenizer: "TokenizerChoice",
+        resume: bool,
+        progress_bar: bool,
+        device: torch.device,
+    ) -> dict:
         """Trains: `prepare`, then the shared `Trainer`. A task may train in several phases (e.g. a refit)."""
         setup = self.prepare(cfg, out_dir, tokenizer)
-        return dict(Trainer(cfg.train, setup, out_dir, progress_bar, device).run(resume), score_key=setup.score_key)
+        return dict(
+            Trainer(cfg.train, setup, out_dir, progress_bar, device).run(resume), score_key=setup.score_key
+        )
 
     def wrap(self, bundle: bundles.Bundle, precision: str = "fp32") -> Any:
         """The raw-text interface of a loaded bundle (`nlp_rnn.load` returns this)."""
@@ -231,7 +241,12 @@ class TokenizerChoice:
         tokenizer = None
         if distributed.is_main():  # in multi-process training, process 0 trains it and hands it to the others
             size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
-            log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, ", byte-exact" if cfg.byte_exact else "")
+            log.info(
+                "training a %s sentencepiece model (%s%s)",
+                cfg.model_type,
+                size,
+                ", byte-exact" if cfg.byte_exact else "",
+            )
             tokenizer = Tokenizer.train(cfg, *texts)
         blobs = distributed.broadcast(None if tokenizer is None else (tokenizer.src_blob, tokenizer.tgt_blob))
         return tokenizer or Tokenizer(*blobs)
@@ -246,8 +261,15 @@ def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict,
     return bundles.Bundle(task.name, cfg, model, tokenizer, meta)
 
 
-def train(task_name: str, cfg: Any, out_dir: str | Path, resume: bool = False, tokenizer_dir: Optional[str | Path] = None,
-          progress_bar: bool = True, device: str = "auto") -> dict:
+def train(
+    task_name: str,
+    cfg: Any,
+    out_dir: str | Path,
+    resume: bool = False,
+    tokenizer_dir: Optional[str | Path] = None,
+    progress_bar: bool = True,
+    device: str = "auto",
+) -> dict:
     """Trains any registered task (`Task.fit`: its data and model, then the shared `Trainer`).
 
     On `device` (auto: CUDA when present); under torchrun, in every process of the group. The
@@ -280,7 +302,9 @@ def hub_or_table(data, split: str) -> dict:
     if table:
         return {"table": table}
     if data.dataset:
-        return {"dataset": data.dataset, "dataset_config": data.dataset_config,
-                "split": data.train_split if split == "train" else data.valid_split}
+        return {
+            "dataset": data.dataset,
+            "dataset_config": data.dataset_config,
+            "split": data.train_split if split == "train" else data.valid_split,
+        }
     return {}
-

@@ -3,8 +3,8 @@
 import os
 from pathlib import Path
 
-from nlp_rnn.tasks import base as tasks
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.tasks import base as tasks
 
 CHECKPOINTS = Path(os.environ.get("NLP_RNN_CHECKPOINTS", Path(__file__).resolve().parents[2] / "checkpoints"))
 

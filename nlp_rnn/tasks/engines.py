@@ -17,7 +17,9 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
     path = folder / onnxrt.MANIFEST
     if not path.is_file():
         if (folder / bundles.META).is_file() or (folder / "best" / bundles.META).is_file():
-            raise BundleError(f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)")
+            raise BundleError(
+                f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)"
+            )
         raise BundleError(f"{folder}: not an exported model (no {onnxrt.MANIFEST})")
     manifest = bundles.read_json(path)
     if manifest.get("format") != onnxrt.FORMAT:
@@ -29,7 +31,9 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
         raise BundleError(f"{path}: {err}") from None
     config = from_dict(task.config_cls, bundles.read_json(folder / bundles.CONFIG))
     model = task.onnx_model(folder, manifest)
-    return bundles.Bundle(manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder)
+    return bundles.Bundle(
+        manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder
+    )
 
 
 def load_for(engine: str, path: Optional[Path], device: str = "cpu"):

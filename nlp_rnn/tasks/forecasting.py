@@ -19,21 +19,22 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import typer
 
 from nlp_rnn import devices, distributed, options, textio
-from nlp_rnn.tasks import base as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TrainConfig, _positive
 from nlp_rnn.data import read_hub, read_table, split_by_weight
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.forecaster import Forecaster, ForecastModelConfig
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.evaluation import model_info, table
-from nlp_rnn.nn.forecaster import ForecastModelConfig, Forecaster
 
 log = logging.getLogger(__name__)
 TRUE, FALSE = {"true", "1", "yes", "train", "t"}, {"false", "0", "no", "test", "f"}
@@ -72,8 +73,11 @@ class ForecastDataConfig:
 class ForecastConfig:
     data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
     model: ForecastModelConfig = field(default_factory=ForecastModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, clip_norm=1.0, validate_every=50, log_every=25,
-                                                                   patience=8, max_epochs=200))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            lr=3e-3, clip_norm=1.0, validate_every=50, log_every=25, patience=8, max_epochs=200
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -107,9 +111,13 @@ def _numbers(values: list, column: str, where: str, table: bool) -> torch.Tensor
         try:
             number = float(text)
         except ValueError:
-            raise NlpRnnError(f"{_row_name(where, i, table)}: column '{column}' holds {text!r}, not a number") from None
+            raise NlpRnnError(
+                f"{_row_name(where, i, table)}: column '{column}' holds {text!r}, not a number"
+            ) from None
         if not math.isfinite(number):
-            raise NlpRnnError(f"{_row_name(where, i, table)}: column '{column}' holds {text}; NaN and infinite values are refused")
+            raise NlpRnnError(
+                f"{_row_name(where, i, table)}: column '{column}' holds {text}; NaN and infinite values are refused"
+            )
         out.append(number)
     return torch.tensor(out, dtype=torch.float64)
 
@@ -125,11 +133,21 @@ def _columns(cfg: ForecastDataConfig, path: Optional[str], columns: list[str]) -
             ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
             missing = [c for c in columns if c not in ds.column_names]
             if missing:
-                raise NlpRnnError(f"{path}: missing column '{missing[0]}' (has: {', '.join(ds.column_names)})")
+                raise NlpRnnError(
+                    f"{path}: missing column '{missing[0]}' (has: {', '.join(ds.column_names)})"
+                )
             return {c: list(ds[c]) for c in columns}, str(path), False
-        return read_table(path, columns), str(path), Path(path).suffix.lower() not in (".jsonl", ".json", ".ndjson")
+        return (
+            read_table(path, columns),
+            str(path),
+            Path(path).suffix.lower() not in (".jsonl", ".json", ".ndjson"),
+        )
     if cfg.dataset:
-        return read_hub(cfg.dataset, cfg.dataset_split, columns, cfg.dataset_config), f"{cfg.dataset}:{cfg.dataset_split}", False
+        return (
+            read_hub(cfg.dataset, cfg.dataset_split, columns, cfg.dataset_config),
+            f"{cfg.dataset}:{cfg.dataset_split}",
+            False,
+        )
     raise NlpRnnError("no data: give --data FILE (CSV/TSV/JSONL/Parquet) or --dataset NAME")
 
 
@@ -138,7 +156,11 @@ def read_series(cfg: ForecastDataConfig, path: Optional[str] = None, split: bool
     if not cfg.target:
         raise NlpRnnError("no target: give --target COLUMN")
     numeric = list(dict.fromkeys([cfg.target, *cfg.inputs]))
-    rule = [c for c in (cfg.split_column, cfg.date_column) if c] if split else ([cfg.date_column] if cfg.date_column else [])
+    rule = (
+        [c for c in (cfg.split_column, cfg.date_column) if c]
+        if split
+        else ([cfg.date_column] if cfg.date_column else [])
+    )
     cols, where, table = _columns(cfg, path, list(dict.fromkeys(numeric + list(cfg.categorical) + rule)))
     numbers = {c: _numbers(cols[c], c, where, table) for c in numeric}
     categories = {c: [str(v).strip() for v in cols[c]] for c in cfg.categorical}
@@ -149,8 +171,10 @@ def read_series(cfg: ForecastDataConfig, path: Optional[str] = None, split: bool
         for i, value in enumerate(cols[cfg.split_column]):
             text = str(value).strip().lower()
             if text not in TRUE | FALSE:
-                raise NlpRnnError(f"{_row_name(where, i, table)}: split column '{cfg.split_column}' holds {value!r} "
-                                  f"(use TRUE/FALSE, 1/0, yes/no or train/test)")
+                raise NlpRnnError(
+                    f"{_row_name(where, i, table)}: split column '{cfg.split_column}' holds {value!r} "
+                    f"(use TRUE/FALSE, 1/0, yes/no or train/test)"
+                )
             flags.append(text in TRUE)
         train = torch.tensor(flags)
     elif split and cfg.date_column:
@@ -158,8 +182,10 @@ def read_series(cfg: ForecastDataConfig, path: Optional[str] = None, split: bool
             raise NlpRnnError("--date-column needs --test-from DATE (the first date of the test period)")
         unsorted = next((i for i in range(1, len(dates)) if dates[i] < dates[i - 1]), None)
         if unsorted is not None:
-            raise NlpRnnError(f"{_row_name(where, unsorted, table)}: date {dates[unsorted]!r} comes before the row above it; "
-                              f"rows must be in time order (ISO dates, YYYY-MM-DD)")
+            raise NlpRnnError(
+                f"{_row_name(where, unsorted, table)}: date {dates[unsorted]!r} comes before the row above it; "
+                f"rows must be in time order (ISO dates, YYYY-MM-DD)"
+            )
         train = torch.tensor([d < cfg.test_from for d in dates])
     return Series(where, numbers, categories, train, dates)
 
@@ -173,11 +199,15 @@ def check_periods(series: Series) -> None:
         raise NlpRnnError(f"{series.name}: the split rule leaves no test rows")
     first_test = int((~train).nonzero()[0])
     if not bool(train[:first_test].any()):
-        raise NlpRnnError(f"{series.name}: the test period (from row {first_test + 1}) has no training rows before it")
+        raise NlpRnnError(
+            f"{series.name}: the test period (from row {first_test + 1}) has no training rows before it"
+        )
     if bool(train[first_test:].any()):
         late = first_test + int(train[first_test:].nonzero()[0])
-        raise NlpRnnError(f"{series.name} (row {late + 1}): a training row after the test period began (row {first_test + 1}); "
-                          f"the training period must come first")
+        raise NlpRnnError(
+            f"{series.name} (row {late + 1}): a training row after the test period began (row {first_test + 1}); "
+            f"the training period must come first"
+        )
 
 
 # ----------------------------------------------------------------------------- windows
@@ -200,7 +230,9 @@ def statistics(series: Series, columns: Sequence[str]) -> dict[str, list[float]]
         values = series.numbers[c][mask]
         std = float(values.std()) if values.numel() > 1 else 0.0
         if std == 0.0:
-            raise NlpRnnError(f"{series.name}: column '{c}' is constant over the training period; it cannot be standardised")
+            raise NlpRnnError(
+                f"{series.name}: column '{c}' is constant over the training period; it cannot be standardised"
+            )
         stats[c] = [float(values.mean()), std]
     return stats
 
@@ -223,15 +255,27 @@ def one_hot(series: Series, known: dict[str, list[str]], warn: bool = True) -> t
                 unknown += 1
         blocks.append(block)
     if unknown and warn:
-        log.warning("%s: %d categorical values never seen in training map to the 'unknown' slot (all-zero one-hot)", series.name, unknown)
+        log.warning(
+            "%s: %d categorical values never seen in training map to the 'unknown' slot (all-zero one-hot)",
+            series.name,
+            unknown,
+        )
     return torch.cat(blocks, dim=1) if blocks else torch.zeros(series.rows, 0)
 
 
-def make_windows(series: Series, inputs: Sequence[str], target: str, lags: int, stats: dict, known: dict) -> Windows:
+def make_windows(
+    series: Series, inputs: Sequence[str], target: str, lags: int, stats: dict, known: dict
+) -> Windows:
     if series.rows <= lags:
-        raise NlpRnnError(f"{series.name}: {series.rows} rows, but a window needs {lags} earlier rows and a row to predict")
-    z = torch.stack([(series.numbers[c] - stats[c][0]) / stats[c][1] for c in inputs], dim=1).float()  # (N, F)
-    windows = z.unfold(0, lags, 1).transpose(1, 2)[:-1]  # (N-L, L, F): entry i covers rows i .. i+L-1, predicts i+L
+        raise NlpRnnError(
+            f"{series.name}: {series.rows} rows, but a window needs {lags} earlier rows and a row to predict"
+        )
+    z = torch.stack(
+        [(series.numbers[c] - stats[c][0]) / stats[c][1] for c in inputs], dim=1
+    ).float()  # (N, F)
+    windows = z.unfold(0, lags, 1).transpose(1, 2)[
+        :-1
+    ]  # (N-L, L, F): entry i covers rows i .. i+L-1, predicts i+L
     onehot = one_hot(series, known)[lags:]  # (N-L, C)
     y = ((series.numbers[target] - stats[target][0]) / stats[target][1]).float()[lags:]  # (N-L,)
     return Windows(windows.contiguous(), onehot, y)
@@ -246,11 +290,16 @@ def r2(y: torch.Tensor, predicted: torch.Tensor) -> float:
 
 
 def scores(y: torch.Tensor, predicted: torch.Tensor) -> dict:
-    return {"r2": round(r2(y, predicted), 4), "mse": round(float(((y - predicted) ** 2).mean()), 5),
-            "mae": round(float((y - predicted).abs().mean()), 5)}
+    return {
+        "r2": round(r2(y, predicted), 4),
+        "mse": round(float(((y - predicted) ** 2).mean()), 5),
+        "mae": round(float((y - predicted).abs().mean()), 5),
+    }
 
 
-def lagged_design(series: Series, inputs: Sequence[str], lags: int, onehot: Optional[torch.Tensor]) -> torch.Tensor:
+def lagged_design(
+    series: Series, inputs: Sequence[str], lags: int, onehot: Optional[torch.Tensor]
+) -> torch.Tensor:
     """(N-L, 1 + L*F [+ C]) raw lagged values (lag 1 first) with an intercept, for rows t >= L."""
     columns = [torch.ones(series.rows - lags, dtype=torch.float64)]
     for lag in range(1, lags + 1):
@@ -265,8 +314,15 @@ def fit_linear(design: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(design, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
 
 
-def baselines(series: Series, inputs: Sequence[str], target: str, lags: int, known: dict, fit_rows: torch.Tensor,
-              test_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def baselines(
+    series: Series,
+    inputs: Sequence[str],
+    target: str,
+    lags: int,
+    known: dict,
+    fit_rows: torch.Tensor,
+    test_rows: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Predictions of the baselines for test_rows (indices into rows t >= L), fitted on fit_rows."""
     y = series.numbers[target][lags:]
     out = {"yesterday": series.numbers[target][lags - 1 : series.rows - 1][test_rows]}
@@ -300,8 +356,13 @@ class Predictor:
     def predict(self, series: Series) -> tuple[torch.Tensor, float]:
         """(N,) forecasts in the target's units (NaN for rows without L earlier rows), and the next step's."""
         d, stats, lags = self.cfg.data, self.meta["stats"], self.cfg.data.lags
-        extended = Series(series.name, {c: torch.cat([v, v[-1:]]) for c, v in series.numbers.items()},
-                          {c: v + [NEXT] for c, v in series.categories.items()}, None, None)
+        extended = Series(
+            series.name,
+            {c: torch.cat([v, v[-1:]]) for c, v in series.numbers.items()},
+            {c: v + [NEXT] for c, v in series.categories.items()},
+            None,
+            None,
+        )
         win = make_windows(extended, d.inputs, d.target, lags, stats, self.meta["categories"])
         z = self.model(*devices.move((win.windows, win.onehot), devices.of(self.model))).double().cpu()
         y = z * stats[d.target][1] + stats[d.target][0]
@@ -326,35 +387,66 @@ class RefitSchedule:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of (0-based) `step`: that of the same point of phase 1's epochs."""
-        i = bisect.bisect_left(self.steps_logged, step / self.scale + 1)  # the first record at or after that step
+        i = bisect.bisect_left(
+            self.steps_logged, step / self.scale + 1
+        )  # the first record at or after that step
         return self.lrs[min(i, len(self.lrs) - 1)]
-
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def train_options(
-    data: Optional[str] = typer.Option(None, "--data", help="CSV/TSV/JSONL/Parquet, one row per time step, in time order."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hugging Face Hub dataset holding the series."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="CSV/TSV/JSONL/Parquet, one row per time step, in time order."
+    ),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Hugging Face Hub dataset holding the series."
+    ),
     target: Optional[str] = typer.Option(None, "--target", help="Column to forecast."),
-    features: Optional[str] = typer.Option(None, "--features", help="Comma-separated input columns (default: the target)."),
-    categorical: Optional[str] = typer.Option(None, "--categorical", help="Comma-separated columns of the predicted row "
-                                              "(one-hot)."),
-    lags: Optional[int] = typer.Option(None, "--lags", help="Window length L: rows t-L .. t-1 predict row t."),
-    split_column: Optional[str] = typer.Option(None, "--split-column", help="TRUE/FALSE column: the training period."),
-    date_column: Optional[str] = typer.Option(None, "--date-column", help="ISO date column (with --test-from)."),
+    features: Optional[str] = typer.Option(
+        None, "--features", help="Comma-separated input columns (default: the target)."
+    ),
+    categorical: Optional[str] = typer.Option(
+        None, "--categorical", help="Comma-separated columns of the predicted row (one-hot)."
+    ),
+    lags: Optional[int] = typer.Option(
+        None, "--lags", help="Window length L: rows t-L .. t-1 predict row t."
+    ),
+    split_column: Optional[str] = typer.Option(
+        None, "--split-column", help="TRUE/FALSE column: the training period."
+    ),
+    date_column: Optional[str] = typer.Option(
+        None, "--date-column", help="ISO date column (with --test-from)."
+    ),
     test_from: Optional[str] = typer.Option(None, "--test-from", help="First date of the test period."),
-    valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help="Last part of the training period that "
-                                                   "validates."),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After early stopping, train again on the whole "
-                                         "training period for the epochs and learning rates chosen (first run kept in "
-                                         "selection/)."),
+    valid_fraction: Optional[float] = typer.Option(
+        None, "--valid-fraction", help="Last part of the training period that validates."
+    ),
+    refit: Optional[bool] = typer.Option(
+        None,
+        "--refit/--no-refit",
+        help="After early stopping, train again on the whole "
+        "training period for the epochs and learning rates chosen (first run kept in "
+        "selection/).",
+    ),
 ) -> dict:
     """Train a recurrent forecaster on numeric columns (e.g. NYSE trading volume)."""
-    return {"data": dict(data=data, dataset=dataset, target=target, features=options.columns(features),
-                         categorical=options.columns(categorical), lags=lags, split_column=split_column,
-                         date_column=date_column, test_from=test_from, valid_fraction=valid_fraction, refit=refit)}
+    return {
+        "data": dict(
+            data=data,
+            dataset=dataset,
+            target=target,
+            features=options.columns(features),
+            categorical=options.columns(categorical),
+            lags=lags,
+            split_column=split_column,
+            date_column=date_column,
+            test_from=test_from,
+            valid_fraction=valid_fraction,
+            refit=refit,
+        )
+    }
 
 
 def forecast(
@@ -385,7 +477,9 @@ class ForecastTask(tasks.Task):
     config_cls = ForecastConfig
     needs_tokenizer = False
     components = (("recurrent layers", ("rnn.",)), ("head", ("head.",)))
-    train_command = tasks.TrainCommand("forecaster", train_options, config_required=False, example_config="configs/nyse.yaml")
+    train_command = tasks.TrainCommand(
+        "forecaster", train_options, config_required=False, example_config="configs/nyse.yaml"
+    )
 
     def commands(self) -> list:
         return [forecast]
@@ -394,8 +488,15 @@ class ForecastTask(tasks.Task):
         categories = sum(len(v) for v in meta["categories"].values())
         return Forecaster(cfg.model, len(cfg.data.inputs), cfg.data.lags, categories)
 
-    def fit(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice, resume: bool, progress_bar: bool,
-            device: torch.device) -> dict:
+    def fit(
+        self,
+        cfg: ForecastConfig,
+        out_dir: Path,
+        tokenizer: tasks.TokenizerChoice,
+        resume: bool,
+        progress_bar: bool,
+        device: torch.device,
+    ) -> dict:
         if not cfg.data.refit:
             return super().fit(cfg, out_dir, tokenizer, resume, progress_bar, device)
         from nlp_rnn.train import METRICS, Trainer
@@ -403,63 +504,113 @@ class ForecastTask(tasks.Task):
         selection = out_dir / SELECTION
         if not (selection / SELECTED).is_file():
             if (out_dir / "last").is_dir() and not resume:
-                raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
-            log.info("refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection)
+                raise NlpRnnError(
+                    f"{out_dir}: already holds a training run; use --resume, or another --output"
+                )
+            log.info(
+                "refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection
+            )
             setup = self.prepare(cfg, selection, tokenizer)
-            summary = Trainer(cfg.train, setup, selection, progress_bar, device).run(resume and (selection / "last").is_dir())
+            summary = Trainer(cfg.train, setup, selection, progress_bar, device).run(
+                resume and (selection / "last").is_dir()
+            )
             if not summary["best"]:
                 raise NlpRnnError(f"{selection}: the selection run validated no model to refit")
-            lrs = [(r["step"], r["lr"]) for r in map(json.loads, (selection / METRICS).read_text().splitlines()) if "lr" in r]
+            lrs = [
+                (r["step"], r["lr"])
+                for r in map(json.loads, (selection / METRICS).read_text().splitlines())
+                if "lr" in r
+            ]
             plan = {"best": summary["best"], "lrs": lrs or [(summary["best"]["step"], cfg.train.lr)]}
             if distributed.is_main():
                 (selection / SELECTED).write_text(json.dumps(plan))
             distributed.barrier()
         plan = json.loads((selection / SELECTED).read_text())
-        log.info("refit, phase 2 of 2: the whole training period, as long as the best model of phase 1 trained")
+        log.info(
+            "refit, phase 2 of 2: the whole training period, as long as the best model of phase 1 trained"
+        )
         setup = self.prepare(cfg, out_dir, tokenizer, refit=plan)
-        summary = Trainer(replace(cfg.train, max_steps=setup.bundle.meta["refit"]["steps"], max_epochs=0, max_minutes=0),
-                          setup, out_dir, progress_bar, device).run(resume and (out_dir / "last").is_dir())
+        summary = Trainer(
+            replace(cfg.train, max_steps=setup.bundle.meta["refit"]["steps"], max_epochs=0, max_minutes=0),
+            setup,
+            out_dir,
+            progress_bar,
+            device,
+        ).run(resume and (out_dir / "last").is_dir())
         return dict(summary, score_key=setup.score_key)
 
-    def prepare(self, cfg: ForecastConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice,
-                refit: Optional[dict] = None) -> tasks.TrainingSetup:
+    def prepare(
+        self,
+        cfg: ForecastConfig,
+        out_dir: Path,
+        tokenizer: tasks.TokenizerChoice,
+        refit: Optional[dict] = None,
+    ) -> tasks.TrainingSetup:
         """The training set-up; with `refit` (phase 1's best record and learning rates), the whole training period."""
         d = cfg.data
         series = read_series(d, d.data)
         if series.rows <= d.lags:
-            raise NlpRnnError(f"{series.name}: {series.rows} rows, but a window needs {d.lags} earlier rows and a row to predict")
+            raise NlpRnnError(
+                f"{series.name}: {series.rows} rows, but a window needs {d.lags} earlier rows and a row to predict"
+            )
         if series.train is None:
-            raise NlpRnnError("no split rule: give --split-column COLUMN, or --date-column COLUMN and --test-from DATE")
+            raise NlpRnnError(
+                "no split rule: give --split-column COLUMN, or --date-column COLUMN and --test-from DATE"
+            )
         check_periods(series)
         stats = statistics(series, list(dict.fromkeys([d.target, *d.inputs])))
         known = category_values(series, d.categorical)
         win = make_windows(series, d.inputs, d.target, d.lags, stats, known)
-        period = series.train[d.lags:]  # (N-L,)
+        period = series.train[d.lags :]  # (N-L,)
         train_idx = period.nonzero().squeeze(1)
         if train_idx.numel() < 10:
-            raise NlpRnnError(f"{series.name}: only {train_idx.numel()} training rows with {d.lags} earlier rows; need at least 10")
+            raise NlpRnnError(
+                f"{series.name}: only {train_idx.numel()} training rows with {d.lags} earlier rows; need at least 10"
+            )
         cut = int(train_idx.numel() * (1 - d.valid_fraction))
         fit, valid = train_idx[:cut], train_idx[cut:]
         if fit.numel() < 1 or valid.numel() < 2:
-            raise NlpRnnError(f"{series.name}: data.valid_fraction {d.valid_fraction} leaves {fit.numel()} training and "
-                              f"{valid.numel()} validation rows; need at least 1 and 2")
+            raise NlpRnnError(
+                f"{series.name}: data.valid_fraction {d.valid_fraction} leaves {fit.numel()} training and "
+                f"{valid.numel()} validation rows; need at least 1 and 2"
+            )
         schedule = None
         if refit is not None:
-            schedule = RefitSchedule(refit, math.ceil(fit.numel() / d.batch_size), math.ceil(train_idx.numel() / d.batch_size))
+            schedule = RefitSchedule(
+                refit, math.ceil(fit.numel() / d.batch_size), math.ceil(train_idx.numel() / d.batch_size)
+            )
             fit, valid = train_idx, train_idx[:0]
-        meta = {"target": d.target, "features": list(d.inputs), "categorical": list(d.categorical), "categories": known,
-                "lags": d.lags, "stats": stats, "split": {"column": d.split_column, "date_column": d.date_column,
-                                                           "test_from": d.test_from},
-                "data": {"train": series.name, "training_rows": int(fit.numel()), "validation_rows": int(valid.numel()),
-                         "test_rows": int((~period).sum())}}
+        meta = {
+            "target": d.target,
+            "features": list(d.inputs),
+            "categorical": list(d.categorical),
+            "categories": known,
+            "lags": d.lags,
+            "stats": stats,
+            "split": {"column": d.split_column, "date_column": d.date_column, "test_from": d.test_from},
+            "data": {
+                "train": series.name,
+                "training_rows": int(fit.numel()),
+                "validation_rows": int(valid.numel()),
+                "test_rows": int((~period).sum()),
+            },
+        }
         if schedule is not None:
             meta["refit"] = {"selection": refit["best"], "steps": schedule.steps}
-            log.info("refit: %d steps on %d rows (phase 1's best: step %d of %d-row epochs, val_mse %.4g)", schedule.steps,
-                     fit.numel(), refit["best"]["step"], cut, refit["best"]["val_mse"])
+            log.info(
+                "refit: %d steps on %d rows (phase 1's best: step %d of %d-row epochs, val_mse %.4g)",
+                schedule.steps,
+                fit.numel(),
+                refit["best"]["step"],
+                cut,
+                refit["best"]["val_mse"],
+            )
         bundle = tasks.new_bundle(self, cfg, None, meta, cfg.train.seed)
         model: Forecaster = bundle.model
         if cfg.model.linear_skip and cfg.model.start_linear:
-            design = torch.cat([win.onehot[fit], win.windows[fit].flatten(1), torch.ones(fit.numel(), 1)], dim=1).double()
+            design = torch.cat(
+                [win.onehot[fit], win.windows[fit].flatten(1), torch.ones(fit.numel(), 1)], dim=1
+            ).double()
             coefs = fit_linear(design, win.target[fit].double()).float()
             categories = win.onehot.size(1)
             model.start_from_linear(coefs[categories:-1], coefs[:categories], float(coefs[-1]))
@@ -489,9 +640,17 @@ class ForecastTask(tasks.Task):
             y = win.target[rows]
             return {f"{name}_mse": float(((predicted - y) ** 2).mean()), f"{name}_r2": r2(y, predicted)}
 
-        return tasks.TrainingSetup(bundle=bundle, batcher=Batcher(), collate=collate, loss_fn=loss_fn,
-                                   validate=validate, score_key="val_mse" if schedule is None else "train_mse",
-                                   higher_is_better=False, select=schedule is None, lr_at=schedule and schedule.lr_at)
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=Batcher(),
+            collate=collate,
+            loss_fn=loss_fn,
+            validate=validate,
+            score_key="val_mse" if schedule is None else "train_mse",
+            higher_is_better=False,
+            select=schedule is None,
+            lr_at=schedule and schedule.lr_at,
+        )
 
     def wrap(self, bundle: Bundle) -> Predictor:
         return Predictor(bundle)
@@ -503,8 +662,10 @@ class ForecastTask(tasks.Task):
         if request.dataset:
             sets.append(predictor.read(dataset=request.dataset, split=True))
         if not sets:
-            raise NlpRnnError("no test set: give --data FILE or --dataset NAME (the whole series; the bundle's split rule "
-                              "picks the test period)")
+            raise NlpRnnError(
+                "no test set: give --data FILE or --dataset NAME (the whole series; the bundle's split rule "
+                "picks the test period)"
+            )
         results = []
         for series in sets:
             if series.train is None:
@@ -521,28 +682,51 @@ class ForecastTask(tasks.Task):
             model_pred = predicted[lags:][test]
             fit = period.nonzero().squeeze(1)
             rows = {"nlp-rnn " + predictor.cfg.model.cell: scores(y, model_pred)}
-            for name, pred in baselines(series, d.inputs, d.target, lags, predictor.meta["categories"], fit, test).items():
+            for name, pred in baselines(
+                series, d.inputs, d.target, lags, predictor.meta["categories"], fit, test
+            ).items():
                 rows[name] = scores(y, pred)
-            results.append({"name": series.name, "rows": int(test.numel()), "models": rows, "seconds": round(seconds, 3)})
+            results.append(
+                {"name": series.name, "rows": int(test.numel()), "models": rows, "seconds": round(seconds, 3)}
+            )
             if request.plot is not None:
                 plot_forecast(series, test + lags, y, model_pred, d.target, request.plot)
-        return {"task": self.name, "model": model_info(bundle), "target": d.target, "lags": lags, "sets": results}
+        return {
+            "task": self.name,
+            "model": model_info(bundle),
+            "target": d.target,
+            "lags": lags,
+            "sets": results,
+        }
 
     def report(self, result: dict) -> list[str]:
         lines = []
         for s in result["sets"]:
-            lines.append(f"{s['name']}: {s['rows']} test rows, target {result['target']}, {result['lags']} lags")
-            lines += table(["model", "R²", "MSE", "MAE"], [[name, f"{m['r2']:.4f}", f"{m['mse']:.5f}", f"{m['mae']:.5f}"]
-                                                           for name, m in s["models"].items()])
+            lines.append(
+                f"{s['name']}: {s['rows']} test rows, target {result['target']}, {result['lags']} lags"
+            )
+            lines += table(
+                ["model", "R²", "MSE", "MAE"],
+                [
+                    [name, f"{m['r2']:.4f}", f"{m['mse']:.5f}", f"{m['mae']:.5f}"]
+                    for name, m in s["models"].items()
+                ],
+            )
         return lines
 
     def describe(self, bundle: Bundle) -> dict:
         m = bundle.meta
-        return {"target": m["target"], "features": m["features"], "lags": m["lags"],
-                "categorical": [f"{c} ({len(v)} values)" for c, v in m["categories"].items()] or None}
+        return {
+            "target": m["target"],
+            "features": m["features"],
+            "lags": m["lags"],
+            "categorical": [f"{c} ({len(v)} values)" for c, v in m["categories"].items()] or None,
+        }
 
 
-def plot_forecast(series: Series, rows: torch.Tensor, actual: torch.Tensor, predicted: torch.Tensor, target: str, path: Path) -> None:
+def plot_forecast(
+    series: Series, rows: torch.Tensor, actual: torch.Tensor, predicted: torch.Tensor, target: str, path: Path
+) -> None:
     try:
         import matplotlib
 

@@ -5,9 +5,9 @@ import re
 
 from torch import nn
 
-from nlp_rnn.tasks import base as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import to_dict
+from nlp_rnn.tasks import base as tasks
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -39,7 +39,11 @@ def describe(bundle: Bundle) -> dict:
         "parameters": parameter_breakdown(bundle.model, task.components),
     }
     if tok is not None:
-        info["tokenizer"] = {"type": bundle.config.tokenizer.model_type, "joint": tok.joint, "source_pieces": tok.src_vocab_size}
+        info["tokenizer"] = {
+            "type": bundle.config.tokenizer.model_type,
+            "joint": tok.joint,
+            "source_pieces": tok.src_vocab_size,
+        }
     for key, value in task.describe(bundle).items():  # the task's own fields; dicts amend the generic ones
         if isinstance(value, dict) and isinstance(info.get(key), dict):
             info[key].update(value)

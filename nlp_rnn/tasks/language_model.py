@@ -19,25 +19,37 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import typer
 
 from nlp_rnn import devices, options, textio
-from nlp_rnn.tasks import base as tasks
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.config import TokenizerConfig, TrainConfig, _choice, _positive
-from nlp_rnn.data import (TokenBatcher, split_by_weight, label_ids, label_names, make_batch, ordered_batches, pad, read_hub, read_table, read_text,
-                          truncate)
+from nlp_rnn.data import (
+    TokenBatcher,
+    label_ids,
+    label_names,
+    make_batch,
+    ordered_batches,
+    pad,
+    read_hub,
+    read_table,
+    read_text,
+    split_by_weight,
+    truncate,
+)
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig, LMState
+from nlp_rnn.search import Hypothesis, SampleOptions, SearchOptions, beam_search, greedy, sample
+from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.defaults import default_model
 from nlp_rnn.tasks.evaluation import model_info, table
-from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig, LMState
 from nlp_rnn.tasks.predict import precision_for, with_precision
-from nlp_rnn.search import Hypothesis, SampleOptions, SearchOptions, beam_search, greedy, sample
 from nlp_rnn.tokenizer import BOS, EOS, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,7 +79,9 @@ class LMDataConfig:
         if not 0 <= self.valid_fraction < 1:
             raise NlpRnnError(f"config: data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.condition_column and self.mode != "sentence":
-            raise NlpRnnError("config: data.condition_column needs data.mode: sentence (one labelled row per sequence)")
+            raise NlpRnnError(
+                "config: data.condition_column needs data.mode: sentence (one labelled row per sequence)"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,9 +95,13 @@ class GenerateConfig:
 @dataclass(frozen=True)
 class LMConfig:
     data: LMDataConfig = field(default_factory=LMDataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(model_type="char", byte_exact=True))
+    tokenizer: TokenizerConfig = field(
+        default_factory=lambda: TokenizerConfig(model_type="char", byte_exact=True)
+    )
     model: LMModelConfig = field(default_factory=LMModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, clip_norm=5.0, validate_every=200, patience=10))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=2e-3, clip_norm=5.0, validate_every=200, patience=10)
+    )
     decode: GenerateConfig = field(default_factory=GenerateConfig)
 
 
@@ -126,12 +144,18 @@ def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool)
                 cols = read_table(path, columns)
                 rows = [str(x) for x in cols[data.text_column]]
                 texts += rows if sentence else ["\n".join(rows) + "\n"]
-                conditions += [str(x).strip() for x in cols[data.condition_column]] if data.condition_column else []
+                conditions += (
+                    [str(x).strip() for x in cols[data.condition_column]] if data.condition_column else []
+                )
             else:
                 if data.condition_column:
-                    raise NlpRnnError(f"{path}: --condition-column needs a table (TSV/CSV/JSONL), not a plain text file")
+                    raise NlpRnnError(
+                        f"{path}: --condition-column needs a table (TSV/CSV/JSONL), not a plain text file"
+                    )
                 text = read_text(path, allow_nul=False)
-                texts += [line.rstrip("\r") for line in text.split("\n") if line.strip()] if sentence else [text]
+                texts += (
+                    [line.rstrip("\r") for line in text.split("\n") if line.strip()] if sentence else [text]
+                )
     if sentence:
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if len(keep) < len(texts):
@@ -140,7 +164,9 @@ def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool)
         conditions = [conditions[i] for i in keep] if data.condition_column else []
         for row, label in enumerate(conditions):
             if not label:
-                raise NlpRnnError(f"{name} (row {row + 1}): empty value in condition column '{data.condition_column}'")
+                raise NlpRnnError(
+                    f"{name} (row {row + 1}): empty value in condition column '{data.condition_column}'"
+                )
     if not texts:
         raise NlpRnnError(f"{name}: no text")
     return Corpus(texts, conditions if data.condition_column else None, name, rows=sentence)
@@ -151,13 +177,24 @@ def split_off_validation(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpu
     if corpus.rows:
         cut = int(len(corpus.texts) * (1 - fraction))
         if cut < 1 or cut >= len(corpus.texts):
-            raise NlpRnnError(f"{corpus.name}: too few rows ({len(corpus.texts)}) to split off a validation fraction of {fraction}")
+            raise NlpRnnError(
+                f"{corpus.name}: too few rows ({len(corpus.texts)}) to split off a validation fraction of {fraction}"
+            )
         pick = lambda c, s: None if c is None else c[s]  # noqa: E731
-        return (Corpus(corpus.texts[:cut], pick(corpus.conditions, slice(0, cut)), corpus.name, True),
-                Corpus(corpus.texts[cut:], pick(corpus.conditions, slice(cut, None)), f"{corpus.name} (last {fraction:g})", True))
+        return (
+            Corpus(corpus.texts[:cut], pick(corpus.conditions, slice(0, cut)), corpus.name, True),
+            Corpus(
+                corpus.texts[cut:],
+                pick(corpus.conditions, slice(cut, None)),
+                f"{corpus.name} (last {fraction:g})",
+                True,
+            ),
+        )
     text = "".join(corpus.texts)
     cut = int(len(text) * (1 - fraction))
-    return Corpus([text[:cut]], None, corpus.name), Corpus([text[cut:]], None, f"{corpus.name} (last {fraction:g})")
+    return Corpus([text[:cut]], None, corpus.name), Corpus(
+        [text[cut:]], None, f"{corpus.name} (last {fraction:g})"
+    )
 
 
 def stream_ids(tokenizer: Tokenizer, corpus: Corpus) -> torch.Tensor:
@@ -201,10 +238,14 @@ class StreamBatcher:
 
     def _matrix(self, epoch: int) -> torch.Tensor:
         if self._epoch != epoch:
-            offset = random.Random(self.seed * 100_003 + epoch).randrange(min(self.bptt, max(1, self.ids.numel() // (4 * self.rows))))
+            offset = random.Random(self.seed * 100_003 + epoch).randrange(
+                min(self.bptt, max(1, self.ids.numel() // (4 * self.rows)))
+            )
             usable = (self.ids.numel() - offset - 1) // self.rows
             starts = offset + torch.arange(self.rows) * usable
-            self._data = self.ids[starts.unsqueeze(1) + torch.arange(usable + 1)]  # (rows, usable+1), neighbours overlap by one
+            self._data = self.ids[
+                starts.unsqueeze(1) + torch.arange(usable + 1)
+            ]  # (rows, usable+1), neighbours overlap by one
             self._epoch = epoch
         return self._data
 
@@ -238,14 +279,21 @@ class Sequences:
 def make_sequences(seqs: Sequence[Sequence[int]], conditions: Optional[Sequence[int]]) -> Sequences:
     inputs, _, _ = pad([s[:-1] for s in seqs])
     targets, _, mask = pad([s[1:] for s in seqs])
-    return Sequences(inputs, targets, mask, None if conditions is None else torch.tensor(list(conditions), dtype=torch.long, device="cpu"))
+    return Sequences(
+        inputs,
+        targets,
+        mask,
+        None if conditions is None else torch.tensor(list(conditions), dtype=torch.long, device="cpu"),
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
 
 
 @torch.no_grad()
-def stream_nll(model: LanguageModel, ids: torch.Tensor, rows: int = 32, window: int = 512) -> tuple[float, int]:
+def stream_nll(
+    model: LanguageModel, ids: torch.Tensor, rows: int = 32, window: int = 512
+) -> tuple[float, int]:
     """Summed NLL of every token of ids after the first, and their number. The stream is read as
     `rows` contiguous parts (each from a fresh state) in windows, carrying the state."""
     model.eval()
@@ -266,22 +314,32 @@ def stream_nll(model: LanguageModel, ids: torch.Tensor, rows: int = 32, window: 
 
 
 @torch.no_grad()
-def sequences_nll(model: LanguageModel, seqs: list[list[int]], conditions: Optional[list[int]], batch_size: int = 128) -> tuple[float, int]:
+def sequences_nll(
+    model: LanguageModel, seqs: list[list[int]], conditions: Optional[list[int]], batch_size: int = 128
+) -> tuple[float, int]:
     model.eval()
     total, count = 0.0, 0
     for index in ordered_batches([len(s) for s in seqs], batch_size):
-        batch = make_sequences([seqs[i] for i in index], None if conditions is None else [conditions[i] for i in index])
+        batch = make_sequences(
+            [seqs[i] for i in index], None if conditions is None else [conditions[i] for i in index]
+        )
         batch = devices.move(batch, devices.of(model))
         cond = model.condition_vectors(batch.conditions)
-        loss, n, _ = model.loss(batch.inputs, batch.targets, model.initial_state(len(index), cond), batch.mask, cond)
+        loss, n, _ = model.loss(
+            batch.inputs, batch.targets, model.initial_state(len(index), cond), batch.mask, cond
+        )
         total, count = total + float(loss), count + n
     return total, count
 
 
 def scores(nll: float, tokens: int, characters: int) -> dict:
     loss = nll / max(tokens, 1)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_loss_per_char": nll / max(characters, 1),
-            "val_bits_per_char": nll / max(characters, 1) / math.log(2)}
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50)),
+        "val_loss_per_char": nll / max(characters, 1),
+        "val_bits_per_char": nll / max(characters, 1) / math.log(2),
+    }
 
 
 # ----------------------------------------------------------------------------- raw text in, raw text out
@@ -301,7 +359,9 @@ class Generator:
 
     def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
         if bundle.task != LanguageModelTask.name:
-            raise NlpRnnError(f"{bundle.path}: this is a {bundle.task} model; generate needs a language model")
+            raise NlpRnnError(
+                f"{bundle.path}: this is a {bundle.task} model; generate needs a language model"
+            )
         self.bundle, self.model, self.tokenizer = bundle, bundle.model.eval(), bundle.tokenizer
         self.precision = precision_for(bundle.model, precision)
         self.model = with_precision(self.model, self.precision)
@@ -314,22 +374,42 @@ class Generator:
                 raise NlpRnnError(f"--condition: {self.bundle.path} is not a conditional language model")
             return None
         if condition is None:
-            raise NlpRnnError(f"--condition: this model generates for a label; give one of: {', '.join(self.conditions)}")
+            raise NlpRnnError(
+                f"--condition: this model generates for a label; give one of: {', '.join(self.conditions)}"
+            )
         if condition not in self.conditions:
-            raise NlpRnnError(f"--condition: unknown label {condition!r} (known: {', '.join(self.conditions)})")
+            raise NlpRnnError(
+                f"--condition: unknown label {condition!r} (known: {', '.join(self.conditions)})"
+            )
         return self.conditions.index(condition)
 
-    def options(self, temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                max_tokens: Optional[int] = None) -> SampleOptions:
+    def options(
+        self,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+    ) -> SampleOptions:
         """Sampling options: the given ones over the model's defaults (its config's `decode` section)."""
         d = self.defaults
-        return SampleOptions(temperature=d.temperature if temperature is None else temperature,
-                             top_k=d.top_k if top_k is None else top_k, top_p=d.top_p if top_p is None else top_p,
-                             max_tokens=d.max_tokens if max_tokens is None else max_tokens)
+        return SampleOptions(
+            temperature=d.temperature if temperature is None else temperature,
+            top_k=d.top_k if top_k is None else top_k,
+            top_p=d.top_p if top_p is None else top_p,
+            max_tokens=d.max_tokens if max_tokens is None else max_tokens,
+        )
 
-    def check(self, num_samples: int = 1, temperature: Optional[float] = None, top_k: Optional[int] = None,
-              top_p: Optional[float] = None, max_tokens: Optional[int] = None, beam_size: int = 1, condition: Optional[str] = None,
-              **_) -> None:
+    def check(
+        self,
+        num_samples: int = 1,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        beam_size: int = 1,
+        condition: Optional[str] = None,
+        **_,
+    ) -> None:
         """Refuses bad options, one line naming the option, before anything is generated."""
         check_sampling(self.options(temperature, top_k, top_p, max_tokens), beam_size, num_samples)
         self.condition_id(condition)
@@ -359,13 +439,24 @@ class Generator:
         prompt_ids = [self.encode(p) for p in prompts for _ in range(num_samples)]
         if not prompt_ids:
             return []
-        batch = devices.move(make_batch(prompt_ids, labels=None if label is None else [label] * len(prompt_ids)), devices.of(self.model))
+        batch = devices.move(
+            make_batch(prompt_ids, labels=None if label is None else [label] * len(prompt_ids)),
+            devices.of(self.model),
+        )
         watcher = _Watcher(self.tokenizer, len(prompt_ids), stop, on_text)
         if beam_size > 1 or greedy_search:
-            search_opts = SearchOptions(beam_size=beam_size, max_len_a=0.0, max_len_b=opts.max_tokens, max_length=opts.max_tokens)
-            found = greedy(self.model, batch, search_opts) if beam_size == 1 else [h[0] for h in beam_search(self.model, batch, search_opts)]
+            search_opts = SearchOptions(
+                beam_size=beam_size, max_len_a=0.0, max_len_b=opts.max_tokens, max_length=opts.max_tokens
+            )
+            found = (
+                greedy(self.model, batch, search_opts)
+                if beam_size == 1
+                else [h[0] for h in beam_search(self.model, batch, search_opts)]
+            )
         else:
-            gen = torch.Generator(devices.of(self.model)).manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+            gen = torch.Generator(devices.of(self.model)).manual_seed(
+                seed if seed is not None else random.SystemRandom().randrange(2**63)
+            )
             found = sample(self.model, batch, opts, gen, watcher.step)
         out = [[] for _ in prompts]
         for row, hyp in enumerate(found):
@@ -384,7 +475,9 @@ class Generator:
 class _Watcher:
     """Follows sampling: stops rows whose text contains the stop string, streams the first row's text."""
 
-    def __init__(self, tokenizer: Tokenizer, rows: int, stop: Optional[str], on_text: Optional[Callable[[str], None]]) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, rows: int, stop: Optional[str], on_text: Optional[Callable[[str], None]]
+    ) -> None:
         self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.shown = ""
@@ -417,7 +510,7 @@ class _Watcher:
                     ready = ready[:-size]
                     break
         if ready.startswith(self.shown) and len(ready) > len(self.shown):
-            self.on_text(ready[len(self.shown):])
+            self.on_text(ready[len(self.shown) :])
             self.shown = ready
 
 
@@ -443,56 +536,106 @@ def check_sampling(opts: SampleOptions, beam_size: int, num_samples: int) -> Non
 
 
 def train_options(
-    train: list[str] = typer.Option([], "--train", help="Training text file(s), or TSV/CSV/JSONL tables with --text-column."),
+    train: list[str] = typer.Option(
+        [], "--train", help="Training text file(s), or TSV/CSV/JSONL tables with --text-column."
+    ),
     valid: list[str] = typer.Option([], "--valid", help="Validation file(s)."),
-    valid_fraction: Optional[float] = typer.Option(None, help="No --valid: hold out this last fraction of the training "
-                                                   "text (e.g. 0.1)."),
+    valid_fraction: Optional[float] = typer.Option(
+        None, help="No --valid: hold out this last fraction of the training text (e.g. 0.1)."
+    ),
     dataset: Optional[str] = options.DATASET,
     train_split: Optional[str] = options.TRAIN_SPLIT,
     valid_split: Optional[str] = options.VALID_SPLIT,
-    text_column: Optional[str] = typer.Option(None, help="Text column of tables and Hub datasets (default: text)."),
-    condition_column: Optional[str] = typer.Option(None, help="Label column to condition generation on (sentence mode)."),
-    mode: Optional[str] = typer.Option(None, help="stream (one token stream per file, truncated BPTT) or sentence "
-                                       "(one row = one sequence)."),
-    bptt: Optional[int] = typer.Option(None, help="Stream mode: window length of truncated backpropagation through time."),
-    streams: Optional[int] = typer.Option(None, help="Stream mode: batch rows (contiguous parts of the corpus)."),
+    text_column: Optional[str] = typer.Option(
+        None, help="Text column of tables and Hub datasets (default: text)."
+    ),
+    condition_column: Optional[str] = typer.Option(
+        None, help="Label column to condition generation on (sentence mode)."
+    ),
+    mode: Optional[str] = typer.Option(
+        None, help="stream (one token stream per file, truncated BPTT) or sentence (one row = one sequence)."
+    ),
+    bptt: Optional[int] = typer.Option(
+        None, help="Stream mode: window length of truncated backpropagation through time."
+    ),
+    streams: Optional[int] = typer.Option(
+        None, help="Stream mode: batch rows (contiguous parts of the corpus)."
+    ),
 ) -> dict:
     """Train a recurrent language model on raw text (character or subword level)."""
     if condition_column and mode is None:
         mode = "sentence"
-    return {"data": dict(train=tuple(train) or None, valid=tuple(valid) or None, valid_fraction=valid_fraction,
-                         dataset=dataset, train_split=train_split, valid_split=valid_split, text_column=text_column,
-                         condition_column=condition_column, mode=mode, bptt=bptt, streams=streams)}
+    return {
+        "data": dict(
+            train=tuple(train) or None,
+            valid=tuple(valid) or None,
+            valid_fraction=valid_fraction,
+            dataset=dataset,
+            train_split=train_split,
+            valid_split=valid_split,
+            text_column=text_column,
+            condition_column=condition_column,
+            mode=mode,
+            bptt=bptt,
+            streams=streams,
+        )
+    }
 
 
 def generate(
-    prompts: Optional[list[str]] = typer.Argument(None, help="Prompts to continue; none: --input, standard input (one per "
-                                                  "line), or an empty prompt."),
+    prompts: Optional[list[str]] = typer.Argument(
+        None, help="Prompts to continue; none: --input, standard input (one per line), or an empty prompt."
+    ),
     model: Optional[Path] = options.model("checkpoints/shakespeare-char"),
     input: Optional[Path] = options.input_file("File with one prompt per line."),
     output: Optional[Path] = options.output("Write samples here instead of standard output."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature; 0 is greedy (default: "
-                                                "the model's, 1.0)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only from the k most probable tokens (0: off)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample only from the smallest set with probability >= p, "
-                                          "in (0, 1]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same samples."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="Sampling temperature; 0 is greedy (default: the model's, 1.0)."
+    ),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="Sample only from the k most probable tokens (0: off)."
+    ),
+    top_p: Optional[float] = typer.Option(
+        None, "--top-p", help="Sample only from the smallest set with probability >= p, in (0, 1]."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Random seed: the same seed gives the same samples."
+    ),
     num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after this many tokens (default: 256)."),
-    stop: Optional[str] = typer.Option(None, "--stop", help="Stop when this string appears (it is not printed)."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", help="Stop after this many tokens (default: 256)."
+    ),
+    stop: Optional[str] = typer.Option(
+        None, "--stop", help="Stop when this string appears (it is not printed)."
+    ),
     greedy: bool = typer.Option(False, "--greedy", help="The most probable token at every step."),
-    beam_size: int = typer.Option(1, "--beam-size", help="Beam search with this many beams (the best sequence)."),
-    condition: Optional[str] = typer.Option(None, "--condition", help="Conditional models: the label to generate for."),
+    beam_size: int = typer.Option(
+        1, "--beam-size", help="Beam search with this many beams (the best sequence)."
+    ),
+    condition: Optional[str] = typer.Option(
+        None, "--condition", help="Conditional models: the label to generate for."
+    ),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, int8 (CPU) or auto."),
     fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
     device: str = options.DEVICE,
 ) -> None:
     """Continue prompts with a language model: sampling, greedy or beam search. Streams to a terminal."""
     textio.check_format(fmt)
-    generator = Generator(tasks.load(model or default_model(LanguageModelTask.name), device=device), precision)
+    generator = Generator(
+        tasks.load(model or default_model(LanguageModelTask.name), device=device), precision
+    )
     generator.condition_id(condition)  # an unknown label is refused before any input is read
-    settings = dict(num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens,
-                    stop=stop, beam_size=beam_size, greedy_search=greedy, condition=condition)
+    settings = dict(
+        num_samples=num_samples,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        stop=stop,
+        beam_size=beam_size,
+        greedy_search=greedy,
+        condition=condition,
+    )
     generator.check(**settings)  # bad options fail before anything is printed
     piped = input is not None or (sys.stdin is not None and not sys.stdin.isatty())
     lines = list(prompts) if prompts else list(textio.read_input_lines(input)) if piped else []
@@ -519,9 +662,21 @@ def _echo(sink, prompt: str) -> Callable[[str], None]:
 
 def _format_sample(number: int, j: int, prompt: str, sample, fmt: str, live: bool, last: bool) -> str:
     if fmt == "jsonl":
-        return json.dumps({"line": number, "sample": j + 1, "prompt": prompt, "text": sample.text,
-                           "log_prob": round(sample.log_prob, 4), "tokens": len(sample.tokens),
-                           "condition": sample.condition}, ensure_ascii=False) + "\n"
+        return (
+            json.dumps(
+                {
+                    "line": number,
+                    "sample": j + 1,
+                    "prompt": prompt,
+                    "text": sample.text,
+                    "log_prob": round(sample.log_prob, 4),
+                    "tokens": len(sample.tokens),
+                    "condition": sample.condition,
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
     if live and j == 0:  # already on the screen
         return "\n" if last else "\n\n"
     return prompt + sample.text + ("\n" if last else "\n\n")
@@ -536,30 +691,54 @@ def endpoint(limits) -> tasks.Endpoint:
         generator.check(1, req.temperature, req.top_k, req.top_p, req.max_tokens, req.beam_size)
 
     def run(generator: "Generator", texts: list[str], req) -> list:
-        return generator.generate(texts, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                                  max_tokens=req.max_tokens, seed=req.seed, beam_size=req.beam_size)
+        return generator.generate(
+            texts,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+            beam_size=req.beam_size,
+        )
 
     def answer(samples: list, req) -> dict:
-        return {"generations": [{"prompt": s[0].prompt, "text": s[0].text, "log_prob": s[0].log_prob} for s in samples]}
+        return {
+            "generations": [
+                {"prompt": s[0].prompt, "text": s[0].text, "log_prob": s[0].log_prob} for s in samples
+            ]
+        }
 
-    fields = {"max_tokens": (Optional[int], Field(None, ge=1, le=limits.max_tokens)),
-              "temperature": (Optional[float], Field(None, ge=0)),
-              "top_k": (Optional[int], Field(None, ge=0)),
-              "top_p": (Optional[float], Field(None, gt=0, le=1)),
-              "seed": (Optional[int], None),
-              "beam_size": (int, Field(1, ge=1, le=limits.max_beam))}
-    return tasks.Endpoint("generate", "Continue prompts with a language model (sampling, or beam search with beam_size > 1); "
-                          "one request at a time.", fields, run, answer, check)
+    fields = {
+        "max_tokens": (Optional[int], Field(None, ge=1, le=limits.max_tokens)),
+        "temperature": (Optional[float], Field(None, ge=0)),
+        "top_k": (Optional[int], Field(None, ge=0)),
+        "top_p": (Optional[float], Field(None, gt=0, le=1)),
+        "seed": (Optional[int], None),
+        "beam_size": (int, Field(1, ge=1, le=limits.max_beam)),
+    }
+    return tasks.Endpoint(
+        "generate",
+        "Continue prompts with a language model (sampling, or beam search with beam_size > 1); one request at a time.",
+        fields,
+        run,
+        answer,
+        check,
+    )
 
 
 class LanguageModelTask(tasks.Task):
     name = "language_model"
     config_cls = LMConfig
     default_bundle = "shakespeare-char"
-    train_command = tasks.TrainCommand("lm", train_options, config_required=False,
-                                       example_config="configs/shakespeare_char.yaml")
-    components = (("embeddings", ("embed.",)), ("condition", ("condition.", "condition_init.")),
-                  ("recurrent layers", ("rnn.",)), ("output layer", ("output.",)))
+    train_command = tasks.TrainCommand(
+        "lm", train_options, config_required=False, example_config="configs/shakespeare_char.yaml"
+    )
+    components = (
+        ("embeddings", ("embed.",)),
+        ("condition", ("condition.", "condition_init.")),
+        ("recurrent layers", ("rnn.",)),
+        ("output layer", ("output.",)),
+    )
 
     def build_model(self, cfg: LMConfig, tokenizer, meta: dict) -> LanguageModel:
         return LanguageModel(cfg.model, tokenizer.src_vocab_size, len(meta.get("conditions") or []))
@@ -575,16 +754,32 @@ class LanguageModelTask(tasks.Task):
         elif data.valid_fraction > 0:
             train, valid = split_off_validation(train, data.valid_fraction)
         else:
-            raise NlpRnnError("no validation data: give --valid FILE, or --valid-fraction 0.1 to hold out the end of --train")
-        log.info("data: %s characters for training (%s), %s for validation", f"{sum(map(len, train.texts)):,}", train.name,
-                 f"{valid.characters:,}")
+            raise NlpRnnError(
+                "no validation data: give --valid FILE, or --valid-fraction 0.1 to hold out the end of --train"
+            )
+        log.info(
+            "data: %s characters for training (%s), %s for validation",
+            f"{sum(map(len, train.texts)):,}",
+            train.name,
+            f"{valid.characters:,}",
+        )
         if data.mode == "stream" and not cfg.tokenizer.byte_exact:
-            raise NlpRnnError("config: data.mode stream needs tokenizer.byte_exact: true (newlines and spaces kept exactly)")
+            raise NlpRnnError(
+                "config: data.mode stream needs tokenizer.byte_exact: true (newlines and spaces kept exactly)"
+            )
         tok = tokenizer.get(cfg.tokenizer, [line for t in train.texts for line in t.split("\n") if line])
         names = label_names(train.conditions) if train.conditions is not None else []
-        meta = {"mode": data.mode, "conditions": names or None,
-                "data": {"train": train.name, "valid": valid.name, "train_characters": sum(map(len, train.texts)),
-                         "text_column": data.text_column, "condition_column": data.condition_column}}
+        meta = {
+            "mode": data.mode,
+            "conditions": names or None,
+            "data": {
+                "train": train.name,
+                "valid": valid.name,
+                "train_characters": sum(map(len, train.texts)),
+                "text_column": data.text_column,
+                "condition_column": data.condition_column,
+            },
+        }
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
         if data.mode == "stream":
             train_ids = stream_ids(tok, train)
@@ -592,12 +787,15 @@ class LanguageModelTask(tasks.Task):
             return self._stream_setup(cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters)
         return self._sentence_setup(cfg, bundle, train, valid, names)
 
-    def _stream_setup(self, cfg: LMConfig, bundle: Bundle, train_ids: torch.Tensor, valid_ids: torch.Tensor,
-                      characters: int) -> tasks.TrainingSetup:
+    def _stream_setup(
+        self, cfg: LMConfig, bundle: Bundle, train_ids: torch.Tensor, valid_ids: torch.Tensor, characters: int
+    ) -> tasks.TrainingSetup:
         model: LanguageModel = bundle.model
         if train_ids.numel() <= cfg.data.bptt + 1:
-            raise NlpRnnError(f"data.bptt {cfg.data.bptt} is longer than the training corpus ({train_ids.numel()} pieces); "
-                              f"lower --bptt or give more text")
+            raise NlpRnnError(
+                f"data.bptt {cfg.data.bptt} is longer than the training corpus ({train_ids.numel()} pieces); "
+                f"lower --bptt or give more text"
+            )
         batcher = StreamBatcher(train_ids, cfg.data.streams, cfg.data.bptt, cfg.train.seed)
         carry: dict[str, Optional[LMState]] = {"state": None}
 
@@ -620,32 +818,60 @@ class LanguageModelTask(tasks.Task):
         def load_state_dict(saved: dict) -> None:
             carry["state"] = LMState(saved["h"], saved.get("c")) if "h" in saved else None
 
-        return tasks.TrainingSetup(bundle=bundle, batcher=batcher, collate=batcher.window, loss_fn=loss_fn, validate=validate,
-                                   score_key="val_loss", higher_is_better=False, state_dict=state_dict,
-                                   load_state_dict=load_state_dict)
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=batcher,
+            collate=batcher.window,
+            loss_fn=loss_fn,
+            validate=validate,
+            score_key="val_loss",
+            higher_is_better=False,
+            state_dict=state_dict,
+            load_state_dict=load_state_dict,
+        )
 
-    def _sentence_setup(self, cfg: LMConfig, bundle: Bundle, train: Corpus, valid: Corpus, names: list[str]) -> tasks.TrainingSetup:
+    def _sentence_setup(
+        self, cfg: LMConfig, bundle: Bundle, train: Corpus, valid: Corpus, names: list[str]
+    ) -> tasks.TrainingSetup:
         model: LanguageModel = bundle.model
         tok = bundle.tokenizer
-        x_train, x_valid = sentence_ids(tok, train, cfg.data.max_len), sentence_ids(tok, valid, cfg.data.max_len)
+        x_train, x_valid = (
+            sentence_ids(tok, train, cfg.data.max_len),
+            sentence_ids(tok, valid, cfg.data.max_len),
+        )
         y_train = condition_ids(train, names)
         y_valid = condition_ids(valid, names)
-        model.init_output_bias(torch.bincount(torch.tensor([t for s in x_train for t in s[1:]]), minlength=tok.src_vocab_size))
-        batcher = TokenBatcher([len(s) for s in x_train], cfg.train.batch_tokens, cfg.train.max_batch_sentences, cfg.train.seed)
+        model.init_output_bias(
+            torch.bincount(torch.tensor([t for s in x_train for t in s[1:]]), minlength=tok.src_vocab_size)
+        )
+        batcher = TokenBatcher(
+            [len(s) for s in x_train], cfg.train.batch_tokens, cfg.train.max_batch_sentences, cfg.train.seed
+        )
 
         def collate(index: list[int]) -> Sequences:
-            return make_sequences([x_train[i] for i in index], None if y_train is None else [y_train[i] for i in index])
+            return make_sequences(
+                [x_train[i] for i in index], None if y_train is None else [y_train[i] for i in index]
+            )
 
         def loss_fn(batch: Sequences, step: int):
             cond = model.condition_vectors(batch.conditions)
-            loss, count, _ = model.loss(batch.inputs, batch.targets, model.initial_state(batch.inputs.size(0), cond), batch.mask, cond)
+            loss, count, _ = model.loss(
+                batch.inputs, batch.targets, model.initial_state(batch.inputs.size(0), cond), batch.mask, cond
+            )
             return loss, count
 
         def validate() -> dict:
             return scores(*sequences_nll(model, x_valid, y_valid), valid.characters)
 
-        return tasks.TrainingSetup(bundle=bundle, batcher=batcher, collate=collate, loss_fn=loss_fn, validate=validate,
-                                   score_key="val_loss", higher_is_better=False)
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=batcher,
+            collate=collate,
+            loss_fn=loss_fn,
+            validate=validate,
+            score_key="val_loss",
+            higher_is_better=False,
+        )
 
     def commands(self) -> list:
         return [generate]
@@ -662,9 +888,13 @@ class LanguageModelTask(tasks.Task):
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
         cfg: LMConfig = bundle.config
         model: LanguageModel = bundle.model
-        data = LMDataConfig(mode=cfg.data.mode, text_column=request.text_column or cfg.data.text_column,
-                            condition_column=request.label_column or cfg.data.condition_column,
-                            dataset=request.dataset, dataset_config=None)
+        data = LMDataConfig(
+            mode=cfg.data.mode,
+            text_column=request.text_column or cfg.data.text_column,
+            condition_column=request.label_column or cfg.data.condition_column,
+            dataset=request.dataset,
+            dataset_config=None,
+        )
         sets = [read_corpus([str(p)], data, "test", False) for p in request.data]
         for split in (request.splits or ["test"]) if request.dataset else []:
             sets.append(read_corpus([], LMDataConfig(**{**vars(data), "valid_split": split}), "valid", True))
@@ -677,20 +907,54 @@ class LanguageModelTask(tasks.Task):
             if cfg.data.mode == "stream":
                 nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
             else:
-                nll, tokens = sequences_nll(model, sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
-                                            condition_ids(corpus, names) if names else None)
+                nll, tokens = sequences_nll(
+                    model,
+                    sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
+                    condition_ids(corpus, names) if names else None,
+                )
             seconds = time.perf_counter() - started
             s = scores(nll, tokens, corpus.characters)
-            results.append({"name": corpus.name, "tokens": tokens, "characters": corpus.characters,
-                            "loss": round(s["val_loss"], 4), "perplexity": round(s["val_ppl"], 3),
-                            "loss_per_char": round(s["val_loss_per_char"], 4), "bits_per_char": round(s["val_bits_per_char"], 4),
-                            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)})
+            results.append(
+                {
+                    "name": corpus.name,
+                    "tokens": tokens,
+                    "characters": corpus.characters,
+                    "loss": round(s["val_loss"], 4),
+                    "perplexity": round(s["val_ppl"], 3),
+                    "loss_per_char": round(s["val_loss_per_char"], 4),
+                    "bits_per_char": round(s["val_bits_per_char"], 4),
+                    "seconds": round(seconds, 2),
+                    "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+                }
+            )
         return {"task": self.name, "model": model_info(bundle), "sets": results}
 
     def report(self, result: dict) -> list[str]:
-        return table(["test set", "tokens", "characters", "loss/token", "perplexity", "loss/char", "bits/char", "seconds"],
-                     [[s["name"], s["tokens"], s["characters"], f"{s['loss']:.4f}", f"{s['perplexity']:.3f}",
-                       f"{s['loss_per_char']:.4f}", f"{s['bits_per_char']:.4f}", s["seconds"]] for s in result["sets"]])
+        return table(
+            [
+                "test set",
+                "tokens",
+                "characters",
+                "loss/token",
+                "perplexity",
+                "loss/char",
+                "bits/char",
+                "seconds",
+            ],
+            [
+                [
+                    s["name"],
+                    s["tokens"],
+                    s["characters"],
+                    f"{s['loss']:.4f}",
+                    f"{s['perplexity']:.3f}",
+                    f"{s['loss_per_char']:.4f}",
+                    f"{s['bits_per_char']:.4f}",
+                    s["seconds"],
+                ]
+                for s in result["sets"]
+            ],
+        )
 
     def describe(self, bundle: Bundle) -> dict:
         extra = {"mode": bundle.meta.get("mode")}
@@ -706,6 +970,11 @@ def condition_ids(corpus: Corpus, names: list[str]) -> Optional[list[int]]:
 TASK = tasks.register(LanguageModelTask())
 
 
-def train_lm(cfg: LMConfig, out_dir: str | Path, resume: bool = False, tokenizer_dir: Optional[str | Path] = None,
-             progress_bar: bool = True) -> dict:
+def train_lm(
+    cfg: LMConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    tokenizer_dir: Optional[str | Path] = None,
+    progress_bar: bool = True,
+) -> dict:
     return tasks.train(TASK.name, cfg, out_dir, resume, tokenizer_dir, progress_bar)

@@ -1,17 +1,21 @@
 """BLEU/chrF through sacrebleu; accuracy, macro-F1 and the confusion matrix for classifiers."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import sacrebleu
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[sacrebleu.metrics.bleu.BLEUScore, str]:
+def bleu(
+    hypotheses: Sequence[str], references: Sequence[str]
+) -> tuple[sacrebleu.metrics.bleu.BLEUScore, str]:
     """Corpus BLEU on detokenised text with sacrebleu's default signature (13a, cased), and that signature."""
     metric = sacrebleu.BLEU()
     return metric.corpus_score(list(hypotheses), [list(references)]), str(metric.get_signature())
 
 
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[sacrebleu.metrics.chrf.CHRFScore, str]:
+def chrf(
+    hypotheses: Sequence[str], references: Sequence[str]
+) -> tuple[sacrebleu.metrics.chrf.CHRFScore, str]:
     metric = sacrebleu.CHRF()
     return metric.corpus_score(list(hypotheses), [list(references)]), str(metric.get_signature())
 

@@ -5,19 +5,21 @@ The interfaces themselves (`Translator`, `Predictor`, `Generator`, ...) live in 
 """
 
 import logging
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
 from nlp_rnn import devices
 from nlp_rnn.data import make_batch, ordered_batches
-from nlp_rnn.search import Hypothesis, SearchOptions, search
 from nlp_rnn.precision import precision_for, resolve_precision  # noqa: F401  (re-exported for the tasks)
+from nlp_rnn.search import Hypothesis, SearchOptions, search
 
 log = logging.getLogger(__name__)
 
 
-def search_ids(model, src_ids: Sequence[Sequence[int]], opts: SearchOptions, batch_size: int) -> list[list[Hypothesis]]:
+def search_ids(
+    model, src_ids: Sequence[Sequence[int]], opts: SearchOptions, batch_size: int
+) -> list[list[Hypothesis]]:
     """n-best hypotheses for each source id list (each ending in EOS), in input order."""
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     model.eval()

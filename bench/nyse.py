@@ -91,7 +91,8 @@ def main() -> None:
     print(
         f"nlp-rnn ({Path(args.config).name}), seeds {args.seeds}: validation MSE {statistics.mean(val_mse):.4f}; "
         f"test R² {statistics.mean(model_r2):.4f} ± {sd:.4f} "
-        f"(min {min(model_r2):.4f}, max {max(model_r2):.4f}); training {statistics.median(minutes):.2f} min per seed (median)"
+        f"(min {min(model_r2):.4f}, max {max(model_r2):.4f}); training "
+        f"{statistics.median(minutes):.2f} min per seed (median)"
     )
     for name, value in baselines.items():
         print(f"baseline {name}: test R² {value:.4f}")

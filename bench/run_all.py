@@ -1,6 +1,7 @@
 """Reproduce every figure in the README's results table, and print that table.
 
-    python bench/run_all.py            # ~25 min: shipped models' scores, decoding (fp32/bf16 auto, int8) and server speed, 3-minute training-speed runs
+    python bench/run_all.py            # ~25 min: shipped models' scores, decoding (fp32/bf16 auto,
+                                       # int8) and server speed, 3-minute training-speed runs
     python bench/run_all.py --full     # adds the 30-minute Multi30k training run and SST-2/SST-5 over 3 seeds (~2 h)
 
 Without --full, the long-run rows are read from bench/results/ when an earlier --full run (or the
@@ -36,7 +37,8 @@ def machine() -> str:
         pass
     import os
 
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
 def evaluate(model: str, args: list[str], name: str) -> dict:
@@ -108,7 +110,8 @@ def main() -> None:
             rows.append(
                 (
                     f"decoding 1,000 test sentences, {'greedy' if beam == 1 else 'beam 5'} ({dec['precision']})",
-                    f"{d['generation_sentences_per_s']:.0f} sent/s generation, {d['whole_command_sentences_per_s']:.0f} "
+                    f"{d['generation_sentences_per_s']:.0f} sent/s generation, "
+                    f"{d['whole_command_sentences_per_s']:.0f} "
                     f"sent/s whole command, BLEU {d['bleu']:.2f}",
                 )
             )
@@ -131,7 +134,8 @@ def main() -> None:
     rows.append(
         (
             "nlp-rnn serve (int8), 32 clients × 8-sentence requests",
-            f"{srv['clients_32']['sentences_per_s']:.0f} sent/s = {100 * srv['clients_32']['of_batch_mode']:.1f} % of batch mode",
+            f"{srv['clients_32']['sentences_per_s']:.0f} sent/s = "
+            f"{100 * srv['clients_32']['of_batch_mode']:.1f} % of batch mode",
         )
     )
 
@@ -177,7 +181,8 @@ def main() -> None:
             rows.append(
                 (
                     f"{name} test accuracy over {len(s['runs'])} seeds{long_note}",
-                    f"{s['test_accuracy_mean']:.2f} ± {s['test_accuracy_std']:.2f} % (min {s['test_accuracy_min']:.2f}, max {s['test_accuracy_max']:.2f})",
+                    f"{s['test_accuracy_mean']:.2f} ± {s['test_accuracy_std']:.2f} % (min "
+                    f"{s['test_accuracy_min']:.2f}, max {s['test_accuracy_max']:.2f})",
                 )
             )
 

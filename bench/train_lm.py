@@ -132,15 +132,18 @@ def main() -> None:
         speeds.append(generation_speed(out))
         runs[f"{Path(args.config).stem}, {args.minutes:g} min, seed {seed}"] = out
         print(
-            f"seed {seed}: best validation loss/char {best:.4f} (last {points[-1][1]:.4f} at {points[-1][0]:.2f} min, step "
+            f"seed {seed}: best validation loss/char {best:.4f} (last {points[-1][1]:.4f} at "
+            f"{points[-1][0]:.2f} min, step "
             f"{points[-1][2]}); whole command {wall:.2f} min; generation {speeds[-1]:,.0f} chars/s",
             flush=True,
         )
         print("  curve: " + ", ".join(f"{m:.2f} min {v:.3f}" for m, v, _ in points), flush=True)
     sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
     print(
-        f"{Path(args.config).name}, {args.minutes:g} min, seeds {args.seeds}: validation loss/char {statistics.mean(finals):.4f} "
-        f"± {sd:.4f} (min {min(finals):.4f}, max {max(finals):.4f}); generation {statistics.median(speeds):,.0f} chars/s; "
+        f"{Path(args.config).name}, {args.minutes:g} min, seeds {args.seeds}: validation loss/char "
+        f"{statistics.mean(finals):.4f} "
+        f"± {sd:.4f} (min {min(finals):.4f}, max {max(finals):.4f}); generation "
+        f"{statistics.median(speeds):,.0f} chars/s; "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
     )
     if args.plot:

@@ -2,7 +2,8 @@
 
     python bench/train_multi30k.py --config configs/multi30k_de_en.yaml --minutes 30
     python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3   # speed only
-    python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3 --skip-test --processes 2  # torchrun
+    # with torchrun:
+    python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3 --skip-test --processes 2
     python bench/train_multi30k.py --minutes 10 --device cuda                                # on a GPU
 
 Reports: training target tokens/s (median over the logged windows, first two skipped as warm-up),

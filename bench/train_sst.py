@@ -136,7 +136,8 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     for setting, s in summary.items():
         print(
-            f"{setting}: test accuracy {s['test_accuracy_mean']:.2f} ± {s['test_accuracy_std']:.2f} % (min {s['test_accuracy_min']:.2f}, "
+            f"{setting}: test accuracy {s['test_accuracy_mean']:.2f} ± {s['test_accuracy_std']:.2f} "
+            f"% (min {s['test_accuracy_min']:.2f}, "
             f"max {s['test_accuracy_max']:.2f}); dev {statistics.mean(r['dev_accuracy'] for r in s['runs']):.2f} %; "
             f"{s['training_minutes_median']:.1f} min per run (whole command); "
             f"classify {statistics.median(r['classify_sentences_per_s'] for r in s['runs']):.0f} sentences/s"

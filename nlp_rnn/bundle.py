@@ -181,7 +181,8 @@ def read_meta(path: str | Path) -> dict:
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BundleError(
-            f"{path}: bundle format version {version} is newer than this nlp-rnn supports ({FORMAT_VERSION}); upgrade nlp-rnn"
+            f"{path}: bundle format version {version} is newer than this nlp-rnn supports "
+            f"({FORMAT_VERSION}); upgrade nlp-rnn"
         )
     return meta
 

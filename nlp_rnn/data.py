@@ -166,7 +166,8 @@ def read_parallel(source: ParallelSource) -> tuple[list[str], list[str]]:
         src, tgt = read_lines(source.src_file), read_lines(source.tgt_file)
         if len(src) != len(tgt):
             raise NlpRnnError(
-                f"{source.src_file} has {len(src)} lines but {source.tgt_file} has {len(tgt)}: parallel files must be line-aligned"
+                f"{source.src_file} has {len(src)} lines but {source.tgt_file} has {len(tgt)}: "
+                "parallel files must be line-aligned"
             )
     elif source.table:
         cols = read_table(source.table, [source.src_lang, source.tgt_lang])

@@ -131,7 +131,7 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
     for tensor in list(module.parameters()) + list(module.buffers()):
         dev = _comm_device(tensor.device)
         buf = tensor.data.to(dev)
-        _collective(lambda: dist.broadcast(buf, src=0))
+        _collective(lambda buf=buf: dist.broadcast(buf, src=0))
         tensor.data.copy_(buf)
 
 

@@ -1,4 +1,5 @@
-"""The decoder's own recurrent cells equal torch's cells in value and gradient (as the fused loss equals F.cross_entropy)."""
+"""The decoder's own recurrent cells equal torch's cells in value and gradient (as the fused loss
+equals F.cross_entropy)."""
 
 import pytest
 import torch

@@ -35,7 +35,8 @@ def test_vectors_fill_the_rows_of_their_words_and_coverage_is_counted(
     embedding = torch.nn.Embedding(len(pieces), 5, padding_idx=0)
     before = embedding.weight.detach().clone()
     coverage = load_into(embedding, path, pieces)
-    # Words: good, Film (found lower-cased), zebra (no vector), awful; not the specials, bytes, a word-internal piece or "▁".
+    # Words: good, Film (found lower-cased), zebra (no vector), awful; not the specials, bytes, a
+    # word-internal piece or "▁".
     assert coverage["words"] == 4 and coverage["covered"] == 3 and coverage["coverage"] == 0.75
     for row, word in ((4, "good"), (5, "film"), (9, "awful")):
         assert embedding.weight[row].tolist() == pytest.approx(vector(word, 5))

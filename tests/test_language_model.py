@@ -1,4 +1,5 @@
-"""Language models: truncated BPTT carries state across windows, byte-exact tokenising, sampling, scores, conditioning."""
+"""Language models: truncated BPTT carries state across windows, byte-exact tokenising, sampling,
+scores, conditioning."""
 
 import math
 import random
@@ -63,7 +64,8 @@ def key_stream(segments: int, distance: int, seed: int) -> tuple[torch.Tensor, t
 
 
 def carried_and_reset(cell: str, distance: int, lr: float, seed: int) -> tuple[float, float]:
-    """Trains on key streams with bptt 5; accuracy on the long segments' keys with the state carried, and reset per window."""
+    """Trains on key streams with bptt 5; accuracy on the long segments' keys with the state
+    carried, and reset per window."""
     torch.manual_seed(seed)
     bptt = 5
     cfg = LMConfig(

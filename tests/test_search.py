@@ -30,9 +30,9 @@ def test_best_hypothesis_is_independent_of_the_batch(copy_model) -> None:
     probe = src[7]
     for opts in (SearchOptions(beam_size=1, **PLAIN), SearchOptions(beam_size=4, max_len_a=1.0, max_len_b=3)):
         search = (
-            (lambda b: [[h] for h in greedy(copy_model, b, opts)])
+            (lambda b, opts=opts: [[h] for h in greedy(copy_model, b, opts)])
             if opts.beam_size == 1
-            else (lambda b: beam_search(copy_model, b, opts))
+            else (lambda b, opts=opts: beam_search(copy_model, b, opts))
         )
         alone = search(make_batch([probe]))[0][0]
         others = list(src)

@@ -184,7 +184,7 @@ def test_a_task_registered_in_a_test_file_works_end_to_end(tmp_path: Path, capsy
 
     bits, labels = examples(300, 7, seed=7)
     (tmp_path / "test.txt").write_text(
-        "".join(f"{''.join(map(str, b.tolist()))} {int(l)}\n" for b, l in zip(bits, labels))
+        "".join(f"{''.join(map(str, b.tolist()))} {int(y)}\n" for b, y in zip(bits, labels))
     )
     assert (
         main(
@@ -255,7 +255,7 @@ def test_a_bundle_of_an_unregistered_task_is_refused(tmp_path: Path, capsys) -> 
     assert "unknown task 'weather'" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- Hub dataset names, read from local folders
+# ----------------------------------------------------------------------------- Hub dataset names, read from l
 
 
 def test_every_task_reads_a_dataset_folder_through_load_dataset(
@@ -301,7 +301,7 @@ def test_every_task_reads_a_dataset_folder_through_load_dataset(
     lines = [
         line.split("\t") for line in (sst2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:161]
     ]
-    rows = [{"sentence": t, "label": int(l)} for t, l in lines]
+    rows = [{"sentence": t, "label": int(y)} for t, y in lines]
     sst = write_dataset(tmp_path / "sst", {"train": rows[:120], "validation": rows[120:], "test": rows[120:]})
     (tmp_path / "sst.yaml").write_text(
         "tokenizer: {vocab_size: 400}\nmodel: {embedding_dim: 16, hidden_size: 16}\n"

@@ -128,7 +128,8 @@ def serve(
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
     device: str = options.DEVICE,
 ) -> None:
-    """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET /health, /models, /docs."""
+    """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET
+    /health, /models, /docs."""
     from nlp_rnn.deploy import serve as server
 
     if port < 0:

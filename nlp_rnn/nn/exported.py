@@ -91,7 +91,8 @@ class StepGraph(nn.Module):
         self.lstm = model.cfg.cell == "lstm"
 
     def forward(self, prev, values, second, third, h, c, feed):
-        """attention: second = keys (B, S, A), third = mask (B, S); without: second = static gates (B, G), third = context."""
+        """attention: second = keys (B, S, A), third = mask (B, S); without: second = static gates
+        (B, G), third = context."""
         if self.attention:
             memory = Memory(values, third, second, None, None)
         else:

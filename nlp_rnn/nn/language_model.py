@@ -46,7 +46,8 @@ class LMModelConfig:
                 raise NlpRnnError(f"config: model.{name} must be in [0, 1), got {value}")
         if self.tie_output and self.embedding_dim != self.hidden_size:
             raise NlpRnnError(
-                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == hidden_size ({self.hidden_size})"
+                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == "
+                f"hidden_size ({self.hidden_size})"
             )
 
 

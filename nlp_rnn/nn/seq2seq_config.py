@@ -47,9 +47,11 @@ class Seq2SeqModelConfig:
         enc_out = self.encoder_hidden * (2 if self.bidirectional else 1)
         if self.attention == "luong_dot" and enc_out != self.decoder_hidden:
             raise NlpRnnError(
-                f"config: model.attention luong_dot needs decoder_hidden ({self.decoder_hidden}) == encoder output size ({enc_out})"
+                f"config: model.attention luong_dot needs decoder_hidden ({self.decoder_hidden}) == "
+                f"encoder output size ({enc_out})"
             )
         if self.tie_output and self.embedding_dim != self.decoder_hidden:
             raise NlpRnnError(
-                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == decoder_hidden ({self.decoder_hidden})"
+                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == "
+                f"decoder_hidden ({self.decoder_hidden})"
             )

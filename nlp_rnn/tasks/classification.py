@@ -404,7 +404,8 @@ class ClassificationTask(tasks.Task):
         lines = []
         for s in result["sets"]:
             lines.append(
-                f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 {100 * s['macro_f1']:.2f}%  ({s['examples']} examples)"
+                f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 "
+                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples)"
             )
             lines += table(
                 ["label", "precision", "recall", "F1", "support"],

@@ -94,6 +94,9 @@ class Classifier(nn.Module):
             )
         return self.encoder(self.embed_dropout(self.embed(src)), batch.src_len, batch.src_mask)
 
+    def embedding_paths(self) -> list[str]:
+        return ["embed"]
+
     def int8_(self) -> None:
         """Encoder, attention pooling and output layer in int8 (`nn.int8`), in place; for inference on the CPU."""
         self.encoder = Int8Encoder(self.encoder)
@@ -121,6 +124,9 @@ class ClassifierEnsemble(nn.Module):
         self.cfg = cfg
         self.members = nn.ModuleList(Classifier(cfg, vocab_size, num_classes) for _ in range(cfg.members))
 
+    def embedding_paths(self) -> list[str]:
+        return [f"members.{i}.{path}" for i, member in enumerate(self.members) for path in member.embedding_paths()]
+
     def int8_(self) -> None:
         for member in self.members:
             member.int8_()
@@ -145,8 +151,4 @@ def build(cfg: ClassifierModelConfig, vocab_size: int, num_classes: int) -> nn.M
 
 def embeddings_of(model: nn.Module) -> list[str]:
     """Module paths of the embedding tables (one per ensemble member)."""
-    return (
-        ["embed"]
-        if isinstance(model, Classifier)
-        else [f"members.{i}.embed" for i in range(len(model.members))]
-    )
+    return model.embedding_paths()

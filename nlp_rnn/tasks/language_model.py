@@ -408,9 +408,11 @@ class Generator:
         max_tokens: Optional[int] = None,
         beam_size: int = 1,
         condition: Optional[str] = None,
-        **_,
+        stop: Optional[str] = None,
+        greedy_search: bool = False,
     ) -> None:
-        """Refuses bad options, one line naming the option, before anything is generated."""
+        """Refuses bad options, one line naming the option, before anything is generated (`stop` and
+        `greedy_search` take any value; they are accepted so that `generate`'s settings can be checked whole)."""
         check_sampling(self.options(temperature, top_k, top_p, max_tokens), beam_size, num_samples)
         self.condition_id(condition)
 

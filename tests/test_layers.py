@@ -52,6 +52,11 @@ def imports_of(path: Path, module: str, known: set[str]) -> list[tuple[int, str]
     return found
 
 
+def unit(module: str, independent: list[str]) -> str | None:
+    """The independent unit (a task module, or a task package and its modules) that `module` belongs to."""
+    return next((u for u in independent if module == u or module.startswith(u + ".")), None)
+
+
 def check(package: Path, floors: list[str], independent: list[str]) -> list[str]:
     """Every breach of the contract in the package folder `package`, one line each."""
     root = package.parent
@@ -71,7 +76,10 @@ def check(package: Path, floors: list[str], independent: list[str]) -> list[str]
                 problems.append(f"{where}: {module} imports the package itself ({target})")
             elif rank[theirs] > rank[mine]:
                 problems.append(f"{where}: {module} ({mine}) imports {target} ({theirs}), a floor above")
-            elif module in independent and target in independent:
+            elif unit(module, independent) and unit(target, independent) not in (
+                None,
+                unit(module, independent),
+            ):
                 problems.append(f"{where}: {module} imports {target}; tasks do not import one another")
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     return problems
@@ -133,9 +141,12 @@ def test_an_upward_import_inside_a_function_is_caught(tmp_path: Path) -> None:
             "tasks/__init__.py": "",
             "tasks/a.py": "from nlp_rnn.tasks import b\n",
             "tasks/b.py": "from nlp_rnn import data\n",
+            "tasks/c/__init__.py": "from nlp_rnn.tasks.c import task\n",
+            "tasks/c/task.py": "from nlp_rnn.tasks.c import cli\nfrom nlp_rnn.tasks.b import x\n",
+            "tasks/c/cli.py": "",
         },
     )
-    problems = check(package, CONTRACT["floors"], ["nlp_rnn.tasks.a", "nlp_rnn.tasks.b"])
+    problems = check(package, CONTRACT["floors"], ["nlp_rnn.tasks.a", "nlp_rnn.tasks.b", "nlp_rnn.tasks.c"])
     assert any(
         "data.py:2: nlp_rnn.data (core) imports nlp_rnn.cli.app (cli), a floor above" in p for p in problems
     ), problems
@@ -143,7 +154,9 @@ def test_an_upward_import_inside_a_function_is_caught(tmp_path: Path) -> None:
         "nlp_rnn.tasks.a imports nlp_rnn.tasks.b; tasks do not import one another" in p for p in problems
     ), problems
     assert any(p.startswith("import cycle: nlp_rnn.cli.app -> nlp_rnn.data") for p in problems), problems
-    assert len(problems) == 3, problems
+    # a task package's modules import each other freely, but not another task
+    assert any("nlp_rnn.tasks.c.task imports nlp_rnn.tasks.b; tasks do not" in p for p in problems), problems
+    assert len(problems) == 4, problems
 
 
 def test_imports_down_the_floors_pass(tmp_path: Path) -> None:

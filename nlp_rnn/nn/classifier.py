@@ -125,7 +125,11 @@ class ClassifierEnsemble(nn.Module):
         self.members = nn.ModuleList(Classifier(cfg, vocab_size, num_classes) for _ in range(cfg.members))
 
     def embedding_paths(self) -> list[str]:
-        return [f"members.{i}.{path}" for i, member in enumerate(self.members) for path in member.embedding_paths()]
+        return [
+            f"members.{i}.{path}"
+            for i, member in enumerate(self.members)
+            for path in member.embedding_paths()
+        ]
 
     def int8_(self) -> None:
         for member in self.members:

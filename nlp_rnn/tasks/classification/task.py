@@ -1,0 +1,217 @@
+"""The classification task: labelled text, the sentence classifier, accuracy validation, test-set reports."""
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from nlp_rnn import devices, embeddings
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.config import DataConfig
+from nlp_rnn.data import (
+    LabeledSource,
+    TokenBatcher,
+    encode_sources,
+    label_ids,
+    label_names,
+    make_batch,
+    ordered_batches,
+    read_labeled,
+)
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn import exported
+from nlp_rnn.nn.classifier import build, embeddings_of
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.classification.cli import classify, endpoint, train_options
+from nlp_rnn.tasks.classification.config import NAME, ClassifierConfig
+from nlp_rnn.tasks.classification.interface import Predictor, display_names, gold_ids
+from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
+from nlp_rnn.tasks.metrics import classification_report
+
+log = logging.getLogger(__name__)
+
+
+def labeled_source(data: DataConfig, split: str) -> LabeledSource:
+    where = tasks.hub_or_table(data, split)
+    if not where:
+        raise NlpRnnError(f"no {split} data: give --{split} TABLE or --dataset NAME")
+    return LabeledSource(**where, text_column=data.text_column, label_column=data.label_column)
+
+
+class ClassificationTask(tasks.Task):
+    name = NAME
+    config_cls = ClassifierConfig
+    default_bundle = "sst2"
+    plural = "classifiers"
+    train_command = tasks.TrainCommand("classifier", train_options, example_config="configs/sst2.yaml")
+
+    def commands(self) -> list:
+        return [classify]
+
+    def endpoint(self, limits) -> tasks.Endpoint:
+        return endpoint(limits)
+
+    def build_model(self, cfg: ClassifierConfig, tokenizer, meta: dict) -> torch.nn.Module:
+        return build(cfg.model, tokenizer.src_vocab_size, len(meta["labels"]))
+
+    def prepare(
+        self, cfg: ClassifierConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice
+    ) -> tasks.TrainingSetup:
+        train_spec, valid_spec = labeled_source(cfg.data, "train"), labeled_source(cfg.data, "valid")
+        train_texts, train_labels = read_labeled(train_spec)
+        valid_texts, valid_labels = read_labeled(valid_spec)
+        values = label_names(train_labels)
+        if len(values) < 2:
+            raise NlpRnnError(
+                f"{train_spec.describe()}: column '{cfg.data.label_column}' has only one label ({values[0]!r})"
+            )
+        names = display_names(values, cfg.data.label_names, train_spec.describe())
+        y_train = label_ids(train_labels, values, train_spec.describe())
+        y_valid = gold_ids(valid_labels, values, names, valid_spec.describe())
+        log.info(
+            "data: %d training, %d validation examples; labels: %s",
+            len(train_texts),
+            len(valid_texts),
+            ", ".join(v if v == n else f"{v} ({n})" for v, n in zip(values, names)),
+        )
+        tok = tokenizer.get(cfg.tokenizer, [t for t in train_texts if t.strip()])
+        x_train = encode_sources(tok, train_texts, cfg.data.max_src_len)
+        x_valid = encode_sources(tok, valid_texts, cfg.data.max_src_len)
+        meta = {
+            "labels": names,
+            "label_values": values,
+            "data": {
+                "train": train_spec.describe(),
+                "valid": valid_spec.describe(),
+                "train_examples": len(train_texts),
+                "text_column": cfg.data.text_column,
+                "label_column": cfg.data.label_column,
+            },
+        }
+        bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        model = bundle.model
+        embeddings.apply(
+            cfg.model,
+            model,
+            tok,
+            bundle.meta,
+            tokenizer.resume,
+            [("pretrained_embeddings", embeddings_of(model), "src")],
+        )
+        batcher = TokenBatcher(
+            [len(x) for x in x_train], cfg.train.batch_tokens, cfg.train.max_batch_sentences, cfg.train.seed
+        )
+
+        def validate() -> dict:
+            total, correct = 0.0, 0
+            for index in ordered_batches([len(x) for x in x_valid], 256):
+                batch = devices.move(
+                    make_batch([x_valid[i] for i in index], labels=[y_valid[i] for i in index]),
+                    devices.of(model),
+                )
+                logits = model.logits(batch)
+                total += float(
+                    torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum")
+                )
+                correct += int((logits.argmax(-1) == batch.labels).sum())
+            return {"val_loss": total / len(x_valid), "val_acc": correct / len(x_valid)}
+
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=batcher,
+            collate=lambda index: make_batch([x_train[i] for i in index], labels=[y_train[i] for i in index]),
+            loss_fn=lambda batch, step: model(batch),
+            validate=validate,
+            score_key="val_acc",
+        )
+
+    def wrap(self, bundle: Bundle, precision: str = "fp32") -> Predictor:
+        return Predictor(bundle, precision)
+
+    def export_onnx(self, model: torch.nn.Module, folder: Path) -> dict:
+        return exported.export_classifier(model, folder)
+
+    def onnx_model(self, folder: Path, manifest: dict) -> torch.nn.Module:
+        return exported.OrtClassifier(folder, manifest)
+
+    def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
+        predictor = Predictor(bundle, request.precision)
+        columns = dict(
+            text_column=request.text_column or bundle.meta["data"].get("text_column", "sentence"),
+            label_column=request.label_column or bundle.meta["data"].get("label_column", "label"),
+        )
+        sources = [LabeledSource(table=str(t), **columns) for t in request.data]
+        if request.dataset:
+            sources += [
+                LabeledSource(dataset=request.dataset, split=s, **columns)
+                for s in (request.splits or ["test"])
+            ]
+        if not sources:
+            raise NlpRnnError("no test set: give --data TABLE or --dataset NAME")
+        results = []
+        for source in sources:
+            texts, labels = read_labeled(source)
+            gold = gold_ids(labels, predictor.values, predictor.labels, source.describe())
+            started = time.perf_counter()
+            predictions = predictor.classify(texts, request.batch_size or 128)
+            seconds = time.perf_counter() - started
+            predicted = [predictor.labels.index(p.label) for p in predictions]
+            if request.hyps is not None:
+                hyps_file(Path(request.hyps), Path(source.describe()).stem, len(sources) > 1).write_text(
+                    "".join(p.label + "\n" for p in predictions), encoding="utf-8"
+                )
+            report = classification_report(gold, predicted, predictor.labels)
+            results.append(
+                {
+                    "name": source.describe(),
+                    **report,
+                    "seconds": round(seconds, 2),
+                    "sentences_per_s": round(len(texts) / max(seconds, 1e-9), 1),
+                }
+            )
+        return {"task": self.name, "model": model_info(bundle), "sets": results}
+
+    def report(self, result: dict) -> list[str]:
+        lines = []
+        for s in result["sets"]:
+            lines.append(
+                f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 "
+                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples)"
+            )
+            lines += table(
+                ["label", "precision", "recall", "F1", "support"],
+                [
+                    [k, 100 * v["precision"], 100 * v["recall"], 100 * v["f1"], v["support"]]
+                    for k, v in s["per_class"].items()
+                ],
+            )
+            lines.append("confusion matrix (rows: gold, columns: predicted):")
+            lines += table(
+                ["gold \\ pred"] + s["labels"],
+                [[g] + row for g, row in zip(s["labels"], s["confusion_matrix"])],
+            )
+        return lines
+
+    def describe(self, bundle: Bundle) -> dict:
+        names, values = (
+            bundle.meta.get("labels", []),
+            bundle.meta.get("label_values", bundle.meta.get("labels", [])),
+        )
+        info = {"labels": [n if n == v else f"{v} {n}" for v, n in zip(values, names)]}
+        if bundle.meta.get("embeddings"):
+            info["pretrained embeddings"] = [
+                f"{e['file']}: {e['covered']:,} of {e['words']:,} words ({100 * e['coverage']:.1f}%)"
+                f"{', frozen' if e['frozen'] else ''}"
+                for e in bundle.meta["embeddings"].values()
+            ]
+        return info
+
+
+TASK = tasks.register(ClassificationTask())
+
+
+def train_classifier(
+    cfg: ClassifierConfig, out_dir: str | Path, resume: bool = False, progress_bar: bool = True
+) -> dict:
+    return tasks.train(TASK.name, cfg, out_dir, resume, None, progress_bar)

@@ -1,0 +1,262 @@
+"""Language-model data: text files, tables and Hub datasets read as corpora, token streams cut into BPTT windows
+or padded sentences, and the scores (loss, perplexity, per character) they give a model."""
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nlp_rnn import devices
+from nlp_rnn.data import (
+    label_ids,
+    ordered_batches,
+    pad,
+    read_hub,
+    read_table,
+    read_text,
+    split_by_weight,
+    truncate,
+)
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.language_model import LanguageModel
+from nlp_rnn.tasks.language_model.config import TABLES, LMDataConfig
+from nlp_rnn.tokenizer import BOS, EOS, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Corpus:
+    """One split: documents (stream mode: each a token stream) or rows (sentence mode), with conditions."""
+
+    texts: list[str]
+    conditions: Optional[list[str]]
+    name: str
+    rows: bool = False  # True: one sequence per text (sentence mode)
+
+    @property
+    def characters(self) -> int:
+        """Raw characters the model must predict: sentence mode counts each row's end as its newline."""
+        return sum(len(t) for t in self.texts) + (len(self.texts) if self.rows else 0)
+
+
+def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool) -> Corpus:
+    """Plain text files (one document each), tables with the text column, or a Hub dataset split."""
+    columns = [data.text_column] + ([data.condition_column] if data.condition_column else [])
+    sentence = data.mode == "sentence"
+    texts: list[str] = []
+    conditions: list[str] = []
+    if hub:
+        hub_split = data.train_split if split == "train" else data.valid_split
+        cols = read_hub(data.dataset, hub_split, columns, data.dataset_config)
+        name = f"{data.dataset}:{hub_split}"
+        rows = [[("" if v is None else str(v)) for v in cols[c]] for c in columns]
+        texts, conditions = (rows[0], rows[1] if len(rows) > 1 else [])
+        if not sentence:
+            texts = ["\n".join(texts) + "\n"]
+    else:
+        name = " + ".join(str(f) for f in files)
+        for path in files:
+            if Path(path).suffix.lower() in TABLES:
+                cols = read_table(path, columns)
+                rows = [str(x) for x in cols[data.text_column]]
+                texts += rows if sentence else ["\n".join(rows) + "\n"]
+                conditions += (
+                    [str(x).strip() for x in cols[data.condition_column]] if data.condition_column else []
+                )
+            else:
+                if data.condition_column:
+                    raise NlpRnnError(
+                        f"{path}: --condition-column needs a table (TSV/CSV/JSONL), not a plain text file"
+                    )
+                text = read_text(path, allow_nul=False)
+                texts += (
+                    [line.rstrip("\r") for line in text.split("\n") if line.strip()] if sentence else [text]
+                )
+    if sentence:
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if len(keep) < len(texts):
+            log.warning("%s: skipped %d empty rows", name, len(texts) - len(keep))
+        texts = [texts[i] for i in keep]
+        conditions = [conditions[i] for i in keep] if data.condition_column else []
+        for row, label in enumerate(conditions):
+            if not label:
+                raise NlpRnnError(
+                    f"{name} (row {row + 1}): empty value in condition column '{data.condition_column}'"
+                )
+    if not texts:
+        raise NlpRnnError(f"{name}: no text")
+    return Corpus(texts, conditions if data.condition_column else None, name, rows=sentence)
+
+
+def split_off_validation(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
+    """The first 1-f of the characters (stream) or rows (sentence) for training, the rest for validation."""
+    if corpus.rows:
+        cut = int(len(corpus.texts) * (1 - fraction))
+        if cut < 1 or cut >= len(corpus.texts):
+            raise NlpRnnError(
+                f"{corpus.name}: too few rows ({len(corpus.texts)}) to split off a validation fraction of {fraction}"
+            )
+        pick = lambda c, s: None if c is None else c[s]  # noqa: E731
+        return (
+            Corpus(corpus.texts[:cut], pick(corpus.conditions, slice(0, cut)), corpus.name, True),
+            Corpus(
+                corpus.texts[cut:],
+                pick(corpus.conditions, slice(cut, None)),
+                f"{corpus.name} (last {fraction:g})",
+                True,
+            ),
+        )
+    text = "".join(corpus.texts)
+    cut = int(len(text) * (1 - fraction))
+    return Corpus([text[:cut]], None, corpus.name), Corpus(
+        [text[cut:]], None, f"{corpus.name} (last {fraction:g})"
+    )
+
+
+def stream_ids(tokenizer: Tokenizer, corpus: Corpus) -> torch.Tensor:
+    """(N,) one stream: every document as BOS, its pieces, EOS."""
+    ids: list[int] = []
+    for text in corpus.texts:
+        ids += [BOS] + tokenizer.encode_stream(text) + [EOS]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def sentence_ids(tokenizer: Tokenizer, corpus: Corpus, max_len: int) -> list[list[int]]:
+    """BOS pieces EOS per row, at most max_len + 2 ids (longer rows truncated, with one warning)."""
+    return [[BOS] + p + [EOS] for p in truncate(tokenizer.encode_src(corpus.texts), max_len, corpus.name)]
+
+
+@dataclass
+class Window:
+    """One truncated-BPTT window: inputs and targets (B, T); `first` resets the carried state."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    first: bool
+
+
+class StreamBatcher:
+    """Splits a stream into `rows` contiguous parts and cuts them into `bptt` windows, in order.
+
+    Each epoch starts the split at a different offset (a pure function of seed and epoch, so a
+    resumed run replays the same windows), so window boundaries move between epochs.
+    """
+
+    def __init__(self, ids: torch.Tensor, rows: int, bptt: int, seed: int) -> None:
+        if ids.numel() < rows * 2 + 1:
+            rows = max(1, (ids.numel() - 1) // 2)
+        self.ids, self.rows, self.bptt, self.seed = ids, rows, bptt, seed
+        self._epoch: Optional[int] = None
+        self._data: Optional[torch.Tensor] = None
+
+    def _matrix(self, epoch: int) -> torch.Tensor:
+        if self._epoch != epoch:
+            offset = random.Random(self.seed * 100_003 + epoch).randrange(
+                min(self.bptt, max(1, self.ids.numel() // (4 * self.rows)))
+            )
+            usable = (self.ids.numel() - offset - 1) // self.rows
+            starts = offset + torch.arange(self.rows) * usable
+            self._data = self.ids[
+                starts.unsqueeze(1) + torch.arange(usable + 1)
+            ]  # (rows, usable+1), neighbours overlap by one
+            self._epoch = epoch
+        return self._data
+
+    def epoch(self, epoch: int) -> list[tuple[int, int]]:
+        length = self._matrix(epoch).size(1) - 1
+        return [(epoch, k) for k in range(math.ceil(length / self.bptt))]
+
+    def shard(self, where: tuple[int, int], rank: int, world: int) -> tuple[int, int, int, int]:
+        """Process `rank`'s rows of a window: always the same rows, so each process carries its own rows' state."""
+        rows = split_by_weight(list(range(self.rows)), [1] * self.rows, rank, world)
+        return (*where, rows[0], rows[-1] + 1) if rows else (*where, 0, 0)
+
+    def window(self, where: tuple) -> Window:
+        epoch, k = where[:2]
+        start, stop = where[2:] if len(where) == 4 else (0, self.rows)
+        data = self._matrix(epoch)
+        chunk = data[start:stop, k * self.bptt : (k + 1) * self.bptt + 1]  # (rows, T+1)
+        return Window(chunk[:, :-1], chunk[:, 1:], k == 0)
+
+
+@dataclass
+class Sequences:
+    """A sentence-mode batch: inputs BOS y1..yn, targets y1..yn EOS, mask and conditions, all (B, T)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    conditions: Optional[torch.Tensor]
+
+
+def make_sequences(seqs: Sequence[Sequence[int]], conditions: Optional[Sequence[int]]) -> Sequences:
+    inputs, _, _ = pad([s[:-1] for s in seqs])
+    targets, _, mask = pad([s[1:] for s in seqs])
+    return Sequences(
+        inputs,
+        targets,
+        mask,
+        None if conditions is None else torch.tensor(list(conditions), dtype=torch.long, device="cpu"),
+    )
+
+
+@torch.no_grad()
+def stream_nll(
+    model: LanguageModel, ids: torch.Tensor, rows: int = 32, window: int = 512
+) -> tuple[float, int]:
+    """Summed NLL of every token of ids after the first, and their number. The stream is read as
+    `rows` contiguous parts (each from a fresh state) in windows, carrying the state."""
+    model.eval()
+    inputs, targets = ids[:-1], ids[1:]
+    rows = max(1, min(rows, inputs.numel() // 64))
+    width = math.ceil(inputs.numel() / rows)
+    pad_to = rows * width - inputs.numel()
+    x = torch.cat([inputs, inputs.new_zeros(pad_to)]).view(rows, width)
+    y = torch.cat([targets, targets.new_zeros(pad_to)]).view(rows, width)
+    mask = (torch.arange(rows * width, device=inputs.device) < inputs.numel()).view(rows, width)
+    x, y, mask = devices.move((x, y, mask), devices.of(model))
+    state, total = model.initial_state(rows), 0.0
+    for start in range(0, width, window):
+        cols = slice(start, start + window)
+        loss, _, state = model.loss(x[:, cols], y[:, cols], state, mask[:, cols])
+        total += float(loss)
+    return total, targets.numel()
+
+
+@torch.no_grad()
+def sequences_nll(
+    model: LanguageModel, seqs: list[list[int]], conditions: Optional[list[int]], batch_size: int = 128
+) -> tuple[float, int]:
+    model.eval()
+    total, count = 0.0, 0
+    for index in ordered_batches([len(s) for s in seqs], batch_size):
+        batch = make_sequences(
+            [seqs[i] for i in index], None if conditions is None else [conditions[i] for i in index]
+        )
+        batch = devices.move(batch, devices.of(model))
+        cond = model.condition_vectors(batch.conditions)
+        loss, n, _ = model.loss(
+            batch.inputs, batch.targets, model.initial_state(len(index), cond), batch.mask, cond
+        )
+        total, count = total + float(loss), count + n
+    return total, count
+
+
+def scores(nll: float, tokens: int, characters: int) -> dict:
+    loss = nll / max(tokens, 1)
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50)),
+        "val_loss_per_char": nll / max(characters, 1),
+        "val_bits_per_char": nll / max(characters, 1) / math.log(2),
+    }
+
+
+def condition_ids(corpus: Corpus, names: list[str]) -> Optional[list[int]]:
+    return None if corpus.conditions is None else label_ids(corpus.conditions, names, corpus.name)

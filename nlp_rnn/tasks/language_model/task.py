@@ -1,0 +1,288 @@
+"""The language-model task: builds the model, prepares stream or sentence training, evaluates, describes."""
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.data import (
+    TokenBatcher,
+    label_names,
+)
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.language_model import LanguageModel, LMState
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.evaluation import model_info, table
+from nlp_rnn.tasks.language_model.cli import endpoint, generate, train_options
+from nlp_rnn.tasks.language_model.config import NAME, LMConfig, LMDataConfig
+from nlp_rnn.tasks.language_model.data import (
+    Corpus,
+    Sequences,
+    StreamBatcher,
+    Window,
+    condition_ids,
+    make_sequences,
+    read_corpus,
+    scores,
+    sentence_ids,
+    sequences_nll,
+    split_off_validation,
+    stream_ids,
+    stream_nll,
+)
+from nlp_rnn.tasks.language_model.generator import Generator
+
+log = logging.getLogger(__name__)
+
+
+class LanguageModelTask(tasks.Task):
+    name = NAME
+    config_cls = LMConfig
+    default_bundle = "shakespeare-char"
+    train_command = tasks.TrainCommand(
+        "lm", train_options, config_required=False, example_config="configs/shakespeare_char.yaml"
+    )
+    components = (
+        ("embeddings", ("embed.",)),
+        ("condition", ("condition.", "condition_init.")),
+        ("recurrent layers", ("rnn.",)),
+        ("output layer", ("output.",)),
+    )
+
+    def build_model(self, cfg: LMConfig, tokenizer, meta: dict) -> LanguageModel:
+        return LanguageModel(cfg.model, tokenizer.src_vocab_size, len(meta.get("conditions") or []))
+
+    def prepare(self, cfg: LMConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice) -> tasks.TrainingSetup:
+        data = cfg.data
+        hub = not data.train and data.dataset is not None
+        if not data.train and not hub:
+            raise NlpRnnError("no training data: give --train FILE (text or table), or --dataset NAME")
+        train = read_corpus(data.train, data, "train", hub)
+        if data.valid or (hub and not data.valid_fraction):
+            valid = read_corpus(data.valid, data, "valid", hub and not data.valid)
+        elif data.valid_fraction > 0:
+            train, valid = split_off_validation(train, data.valid_fraction)
+        else:
+            raise NlpRnnError(
+                "no validation data: give --valid FILE, or --valid-fraction 0.1 to hold out the end of --train"
+            )
+        log.info(
+            "data: %s characters for training (%s), %s for validation",
+            f"{sum(map(len, train.texts)):,}",
+            train.name,
+            f"{valid.characters:,}",
+        )
+        if data.mode == "stream" and not cfg.tokenizer.byte_exact:
+            raise NlpRnnError(
+                "config: data.mode stream needs tokenizer.byte_exact: true (newlines and spaces kept exactly)"
+            )
+        tok = tokenizer.get(cfg.tokenizer, [line for t in train.texts for line in t.split("\n") if line])
+        names = label_names(train.conditions) if train.conditions is not None else []
+        meta = {
+            "mode": data.mode,
+            "conditions": names or None,
+            "data": {
+                "train": train.name,
+                "valid": valid.name,
+                "train_characters": sum(map(len, train.texts)),
+                "text_column": data.text_column,
+                "condition_column": data.condition_column,
+            },
+        }
+        bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        if data.mode == "stream":
+            train_ids = stream_ids(tok, train)
+            bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
+            return self._stream_setup(cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters)
+        return self._sentence_setup(cfg, bundle, train, valid, names)
+
+    def _stream_setup(
+        self, cfg: LMConfig, bundle: Bundle, train_ids: torch.Tensor, valid_ids: torch.Tensor, characters: int
+    ) -> tasks.TrainingSetup:
+        model: LanguageModel = bundle.model
+        if train_ids.numel() <= cfg.data.bptt + 1:
+            raise NlpRnnError(
+                f"data.bptt {cfg.data.bptt} is longer than the training corpus ({train_ids.numel()} pieces); "
+                f"lower --bptt or give more text"
+            )
+        batcher = StreamBatcher(train_ids, cfg.data.streams, cfg.data.bptt, cfg.train.seed)
+        carry: dict[str, Optional[LMState]] = {"state": None}
+
+        def loss_fn(window: Window, step: int):
+            state = carry["state"]
+            if window.first or state is None or state.h.size(1) != window.inputs.size(0):
+                state = model.initial_state(window.inputs.size(0))
+            loss, count, state = model.loss(window.inputs, window.targets, state.detach())
+            carry["state"] = state.detach()  # gradients stop at the window boundary
+            return loss, count
+
+        def validate() -> dict:
+            nll, tokens = stream_nll(model, valid_ids)
+            return scores(nll, tokens, characters)
+
+        def state_dict() -> dict:
+            s = carry["state"]
+            return {} if s is None else {"h": s.h, **({} if s.c is None else {"c": s.c})}
+
+        def load_state_dict(saved: dict) -> None:
+            carry["state"] = LMState(saved["h"], saved.get("c")) if "h" in saved else None
+
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=batcher,
+            collate=batcher.window,
+            loss_fn=loss_fn,
+            validate=validate,
+            score_key="val_loss",
+            higher_is_better=False,
+            state_dict=state_dict,
+            load_state_dict=load_state_dict,
+        )
+
+    def _sentence_setup(
+        self, cfg: LMConfig, bundle: Bundle, train: Corpus, valid: Corpus, names: list[str]
+    ) -> tasks.TrainingSetup:
+        model: LanguageModel = bundle.model
+        tok = bundle.tokenizer
+        x_train, x_valid = (
+            sentence_ids(tok, train, cfg.data.max_len),
+            sentence_ids(tok, valid, cfg.data.max_len),
+        )
+        y_train = condition_ids(train, names)
+        y_valid = condition_ids(valid, names)
+        model.init_output_bias(
+            torch.bincount(torch.tensor([t for s in x_train for t in s[1:]]), minlength=tok.src_vocab_size)
+        )
+        batcher = TokenBatcher(
+            [len(s) for s in x_train], cfg.train.batch_tokens, cfg.train.max_batch_sentences, cfg.train.seed
+        )
+
+        def collate(index: list[int]) -> Sequences:
+            return make_sequences(
+                [x_train[i] for i in index], None if y_train is None else [y_train[i] for i in index]
+            )
+
+        def loss_fn(batch: Sequences, step: int):
+            cond = model.condition_vectors(batch.conditions)
+            loss, count, _ = model.loss(
+                batch.inputs, batch.targets, model.initial_state(batch.inputs.size(0), cond), batch.mask, cond
+            )
+            return loss, count
+
+        def validate() -> dict:
+            return scores(*sequences_nll(model, x_valid, y_valid), valid.characters)
+
+        return tasks.TrainingSetup(
+            bundle=bundle,
+            batcher=batcher,
+            collate=collate,
+            loss_fn=loss_fn,
+            validate=validate,
+            score_key="val_loss",
+            higher_is_better=False,
+        )
+
+    def commands(self) -> list:
+        return [generate]
+
+    def endpoint(self, limits) -> tasks.Endpoint:
+        return endpoint(limits)
+
+    def serving(self, bundle: Bundle, precision: str) -> "Generator":
+        return Generator(bundle, "fp32" if precision == "auto" else precision)
+
+    def wrap(self, bundle: Bundle, precision: str = "fp32") -> Generator:
+        return Generator(bundle, precision)
+
+    def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
+        cfg: LMConfig = bundle.config
+        model: LanguageModel = bundle.model
+        data = LMDataConfig(
+            mode=cfg.data.mode,
+            text_column=request.text_column or cfg.data.text_column,
+            condition_column=request.label_column or cfg.data.condition_column,
+            dataset=request.dataset,
+            dataset_config=None,
+        )
+        sets = [read_corpus([str(p)], data, "test", False) for p in request.data]
+        for split in (request.splits or ["test"]) if request.dataset else []:
+            sets.append(read_corpus([], LMDataConfig(**{**vars(data), "valid_split": split}), "valid", True))
+        if not sets:
+            raise NlpRnnError("no test set: give --data FILE (text or table) or --dataset NAME")
+        names = list(bundle.meta.get("conditions") or [])
+        results = []
+        for corpus in sets:
+            started = time.perf_counter()
+            if cfg.data.mode == "stream":
+                nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
+            else:
+                nll, tokens = sequences_nll(
+                    model,
+                    sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
+                    condition_ids(corpus, names) if names else None,
+                )
+            seconds = time.perf_counter() - started
+            s = scores(nll, tokens, corpus.characters)
+            results.append(
+                {
+                    "name": corpus.name,
+                    "tokens": tokens,
+                    "characters": corpus.characters,
+                    "loss": round(s["val_loss"], 4),
+                    "perplexity": round(s["val_ppl"], 3),
+                    "loss_per_char": round(s["val_loss_per_char"], 4),
+                    "bits_per_char": round(s["val_bits_per_char"], 4),
+                    "seconds": round(seconds, 2),
+                    "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+                }
+            )
+        return {"task": self.name, "model": model_info(bundle), "sets": results}
+
+    def report(self, result: dict) -> list[str]:
+        return table(
+            [
+                "test set",
+                "tokens",
+                "characters",
+                "loss/token",
+                "perplexity",
+                "loss/char",
+                "bits/char",
+                "seconds",
+            ],
+            [
+                [
+                    s["name"],
+                    s["tokens"],
+                    s["characters"],
+                    f"{s['loss']:.4f}",
+                    f"{s['perplexity']:.3f}",
+                    f"{s['loss_per_char']:.4f}",
+                    f"{s['bits_per_char']:.4f}",
+                    s["seconds"],
+                ]
+                for s in result["sets"]
+            ],
+        )
+
+    def describe(self, bundle: Bundle) -> dict:
+        extra = {"mode": bundle.meta.get("mode")}
+        if bundle.meta.get("conditions"):
+            extra["conditions"] = bundle.meta["conditions"]
+        return extra
+
+
+TASK = tasks.register(LanguageModelTask())
+
+
+def train_lm(
+    cfg: LMConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    tokenizer_dir: Optional[str | Path] = None,
+    progress_bar: bool = True,
+) -> dict:
+    return tasks.train(TASK.name, cfg, out_dir, resume, tokenizer_dir, progress_bar)

@@ -1,0 +1,83 @@
+"""Raw text in, raw text out: `Translator` translates sentences with greedy or beam search."""
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.data import (
+    encode_sources,
+)
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.search import SearchOptions
+from nlp_rnn.tasks.predict import chunked, precision_for, search_ids, with_precision
+from nlp_rnn.tasks.translation.config import NAME
+
+
+@dataclass
+class Translation:
+    text: str
+    score: float
+    log_prob: float
+    pieces: list[str]
+    src_pieces: list[str]
+    attention: Optional[torch.Tensor] = None  # (len(pieces), len(src_pieces))
+
+
+class Translator:
+    """Raw text in, raw text out. `precision` bf16 runs the model in bfloat16 (about 2x faster on
+    CPUs with native bf16, BLEU within a few tenths); fp32 is exact and bit-stable across batches."""
+
+    def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
+        if bundle.task != NAME:
+            raise NlpRnnError(
+                f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model"
+            )
+        self.precision = precision_for(bundle.model, precision)
+        self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
+        self.model = with_precision(bundle.model, self.precision)
+        self.max_src_len = bundle.config.data.max_src_len
+
+    def options(self, **overrides) -> SearchOptions:
+        d = self.bundle.config.decode
+        base = dict(beam_size=d.beam_size, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return SearchOptions(**base)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return encode_sources(self.tokenizer, texts, self.max_src_len)
+
+    def translate(
+        self, texts: Sequence[str], opts: Optional[SearchOptions] = None, batch_size: int = 64
+    ) -> list[list[Translation]]:
+        """n-best translations per text (an empty list for an empty text)."""
+        opts = opts or self.options()
+        clean = [t.strip() for t in texts]
+        todo = [i for i, t in enumerate(clean) if t]
+        out: list[list[Translation]] = [[] for _ in texts]
+        if not todo:
+            return out
+        src_ids = self.encode([clean[i] for i in todo])
+        for i, ids, hyps in zip(todo, src_ids, search_ids(self.model, src_ids, opts, batch_size)):
+            src_pieces = self.tokenizer.src_pieces(ids)
+            out[i] = [
+                Translation(
+                    text=self.tokenizer.decode_tgt([h.tokens])[0],
+                    score=h.score,
+                    log_prob=h.log_prob,
+                    pieces=self.tokenizer.tgt_pieces(h.tokens),
+                    src_pieces=src_pieces,
+                    attention=h.attention,
+                )
+                for h in hyps
+            ]
+        return out
+
+    def stream(
+        self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 64
+    ) -> Iterator[tuple[str, list[Translation]]]:
+        """Translates an endless iterable in chunks; yields (line, n-best list) in input order."""
+        for chunk in chunked(lines, batch_size * 8):
+            yield from zip(chunk, self.translate(chunk, opts, batch_size))

@@ -61,7 +61,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    model_type: str = "bpe"  # bpe | unigram | char (one piece per character) | word
+    # bpe | unigram | char (one piece per character) | word (sentencepiece words, bytes for the rest)
+    # | wordlist (one token per whitespace-separated word of a pre-tokenised corpus, one per end of
+    # line, the corpus's own <unk> and unseen words as the unknown token; vocab_size: the most
+    # frequent words kept, e.g. 40000 keeps all 33,278 of WikiText-2)
+    model_type: str = "bpe"
     vocab_size: int = 8000  # an upper bound for char: every character of the training text gets a piece
     joint: bool = True  # one model for source and target (translation only)
     character_coverage: float = 1.0
@@ -71,7 +75,11 @@ class TokenizerConfig:
     byte_exact: bool = False
 
     def __post_init__(self) -> None:
-        _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram", "char", "word"))
+        _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram", "char", "word", "wordlist"))
+        if self.model_type == "wordlist" and not self.joint:
+            raise NlpRnnError(
+                "config: tokenizer.model_type wordlist is one list for both sides (joint: true)"
+            )
         if self.vocab_size < 300:
             raise NlpRnnError(
                 f"config: tokenizer.vocab_size must be at least 300 (256 byte pieces + specials), got {self.vocab_size}"

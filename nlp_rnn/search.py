@@ -273,6 +273,7 @@ class SampleOptions:
     top_k: int = 0  # keep only the k most probable tokens (0: all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (nucleus sampling)
     max_tokens: int = 256
+    banned: tuple[int, ...] = ()  # never drawn (e.g. the unknown token of a word-level model)
 
 
 def _filter(logits: torch.Tensor, opts: SampleOptions) -> torch.Tensor:
@@ -310,13 +311,15 @@ def sample(
     tokens = torch.zeros(size, steps, dtype=torch.long, device=dev)
     lengths = torch.zeros(size, dtype=torch.long, device=dev)
     scores = torch.zeros(size, device=dev)
+    banned = torch.tensor(opts.banned, dtype=torch.long)
     for t in range(steps):
         logits, state, _ = model.step(prev, memory, state)
         logits = logits.float()  # (b, V)
+        allowed = logits if not opts.banned else logits.index_fill(1, banned.to(dev), NEG_INF)
         if opts.temperature == 0:
-            prev = logits.argmax(dim=-1)
+            prev = allowed.argmax(dim=-1)
         else:
-            probs = torch.softmax(_filter(logits, opts), dim=-1)
+            probs = torch.softmax(_filter(allowed, opts), dim=-1)
             prev = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (b,)
         tokens[active, t] = prev
         scores[active] += logits.gather(1, prev.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)

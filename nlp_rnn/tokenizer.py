@@ -1,7 +1,11 @@
-"""sentencepiece train/load; the only place that knows the special-token ids.
+"""Tokenizers: sentencepiece (BPE, unigram, char, word) and a word list; the only place that knows the
+special-token ids.
 
-Byte fallback is always on, so no input character is ever unrepresentable: an unseen character
-becomes its UTF-8 byte pieces and comes back out of `decode` unchanged.
+sentencepiece's byte fallback is always on, so no input character is ever unrepresentable: an
+unseen character becomes its UTF-8 byte pieces and comes back out of `decode` unchanged. The word
+list (`model_type: wordlist`) is the literature's word-level vocabulary for pre-tokenised corpora
+(WikiText, Penn Treebank): one token per whitespace-separated word, one per end of line, and the
+corpus's own `<unk>` (and any word outside the list) as the unknown token.
 """
 
 import io
@@ -16,7 +20,10 @@ from nlp_rnn.config import TokenizerConfig
 from nlp_rnn.errors import BundleError, NlpRnnError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+EOL = 4  # the end-of-line token of a word list
 JOINT_FILE = "sentencepiece.model"
+WORDS_FILE = "vocabulary.txt"
+WORDS_HEADER = "# nlp-rnn word list v1: one word a line; ids 0-4 are <pad> <unk> <s> </s> and the end of line"
 SRC_FILE = "source.model"
 TGT_FILE = "target.model"
 
@@ -24,6 +31,8 @@ TGT_FILE = "target.model"
 def _train_one(texts: Sequence[str], cfg: TokenizerConfig) -> bytes:
     if not texts:
         raise NlpRnnError("tokenizer: no training text")
+    if cfg.model_type == "wordlist":  # every word counts: no sampling
+        return WordList.train(texts, cfg.vocab_size).blob()
     rng = random.Random(0)
     sample = list(texts) if len(texts) <= cfg.max_sentences else rng.sample(list(texts), cfg.max_sentences)
     model = io.BytesIO()
@@ -62,7 +71,86 @@ def _train_one(texts: Sequence[str], cfg: TokenizerConfig) -> bytes:
     return model.getvalue()
 
 
-def _processor(blob: bytes, where: str) -> spm.SentencePieceProcessor:
+class WordList:
+    """One token per whitespace-separated word and one per end of line; a word outside the list, and
+    the corpus's literal `<unk>`, is the unknown token. Answers the calls `Tokenizer` makes of a
+    sentencepiece processor (`encode`, `decode`, `id_to_piece`, `get_piece_size`). `decode` joins
+    words with single spaces: a pre-tokenised corpus comes back as its tokens, not byte for byte."""
+
+    SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<eol>")
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.pieces = [*self.SPECIALS, *words]
+        self.index = {piece: i for i, piece in enumerate(self.pieces)}
+        self.index.pop("<eol>")  # the end of line is "\n", never a word of the text
+
+    @classmethod
+    def train(cls, texts: Iterable[str], size: int) -> "WordList":
+        """The `size` - 5 most frequent words (ties: alphabetical) of the texts."""
+        counts: dict[str, int] = {}
+        for text in texts:
+            for word in text.split():
+                counts[word] = counts.get(word, 0) + 1
+        for special in cls.SPECIALS:
+            counts.pop(special, None)
+        if not counts:
+            raise NlpRnnError("tokenizer: no training text")
+        ranked = sorted(counts, key=lambda w: (-counts[w], w))
+        return cls(ranked[: max(0, size - len(cls.SPECIALS))])
+
+    def blob(self) -> bytes:
+        return "\n".join([WORDS_HEADER, *self.pieces[len(self.SPECIALS) :]]).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_blob(cls, blob: bytes, where: str) -> "WordList":
+        try:
+            lines = blob.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            raise BundleError(f"{where}: not a word list (not UTF-8)") from None
+        if lines[0] != WORDS_HEADER:
+            raise BundleError(f"{where}: not an nlp-rnn word list (first line {lines[0][:60]!r})")
+        words = [w for w in lines[1:] if w]
+        if any(len(w.split()) != 1 or w != w.strip() for w in words):
+            raise BundleError(f"{where}: a word list entry holds whitespace")
+        return cls(words)
+
+    def get_piece_size(self) -> int:
+        return len(self.pieces)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.pieces[i]
+
+    def unknown(self, text: str) -> int:
+        """Words of `text` outside the list (the literal `<unk>` is not counted: it is the corpus's own)."""
+        return sum(1 for w in text.split() if w not in self.index)
+
+    def encode(self, texts: Sequence[str], out_type: type = int) -> list[list[int]]:
+        out = []
+        for text in texts:
+            ids: list[int] = []
+            lines = text.split("\n")
+            for k, line in enumerate(lines):
+                ids.extend(self.index.get(w, UNK) for w in line.split())
+                if k + 1 < len(lines):
+                    ids.append(EOL)
+            out.append(ids)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text, start = [], True
+        for i in ids:
+            if i == EOL:
+                text.append("\n")
+                start = True
+            elif i != PAD and i < len(self.pieces):
+                text.append(("" if start else " ") + self.pieces[i])
+                start = False
+        return "".join(text)
+
+
+def _processor(blob: bytes, where: str):
+    if blob.startswith(WORDS_HEADER.encode()):
+        return WordList.from_blob(blob, where)
     proc = spm.SentencePieceProcessor()
     try:
         proc.LoadFromSerializedProto(blob)
@@ -105,12 +193,20 @@ class Tokenizer:
             return cls(_train_one(list(src_texts) + list(tgt_texts), cfg))
         return cls(_train_one(src_texts, cfg), _train_one(tgt_texts, cfg))
 
+    @property
+    def words(self) -> bool:
+        """A word list (one token per word), not a sentencepiece model."""
+        return isinstance(self.src, WordList)
+
     def save(self, folder: str | Path) -> list[Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files = (
-            {JOINT_FILE: self.src_blob} if self.joint else {SRC_FILE: self.src_blob, TGT_FILE: self.tgt_blob}
-        )
+        if self.words:
+            files = {WORDS_FILE: self.src_blob}
+        elif self.joint:
+            files = {JOINT_FILE: self.src_blob}
+        else:
+            files = {SRC_FILE: self.src_blob, TGT_FILE: self.tgt_blob}
         for name, blob in files.items():
             (folder / name).write_bytes(blob)
         return [folder / name for name in files]
@@ -118,11 +214,17 @@ class Tokenizer:
     @classmethod
     def load(cls, folder: str | Path) -> "Tokenizer":
         folder = Path(folder)
+        if (folder / WORDS_FILE).is_file():
+            blob, where = (folder / WORDS_FILE).read_bytes(), str(folder / WORDS_FILE)
+            WordList.from_blob(blob, where)  # a foreign file is refused as a word list, not as sentencepiece
+            return cls(blob, where=where)
         if (folder / JOINT_FILE).is_file():
             return cls((folder / JOINT_FILE).read_bytes(), where=str(folder / JOINT_FILE))
         if (folder / SRC_FILE).is_file() and (folder / TGT_FILE).is_file():
             return cls((folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes(), where=str(folder))
-        raise BundleError(f"{folder}: no sentencepiece model ({JOINT_FILE}, or {SRC_FILE} and {TGT_FILE})")
+        raise BundleError(
+            f"{folder}: no tokenizer ({JOINT_FILE}, {SRC_FILE} and {TGT_FILE}, or {WORDS_FILE})"
+        )
 
     def encode_stream(self, text: str, chunk_lines: int = 2000) -> list[int]:
         """Ids of a whole text, newlines included (needs a byte-exact tokenizer to round-trip exactly)."""
@@ -140,7 +242,8 @@ class Tokenizer:
         return self.tgt.encode(list(texts), out_type=int)
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        return [self.tgt.decode([i for i in seq if i > EOS]) for seq in ids]
+        keep = UNK if self.words else EOS  # a word list writes <unk> back; sentencepiece drops the specials
+        return [self.tgt.decode([i for i in seq if i > EOS or i == keep]) for seq in ids]
 
     def src_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.src.id_to_piece(i) for i in ids]

@@ -29,6 +29,7 @@ MULTI30K = SHARED / "multi30k"
 SST2 = SHARED / "sst" / "sst2"
 NYSE = SHARED / "nyse" / "NYSE.csv"
 SHAKESPEARE = SHARED / "text" / "tinyshakespeare.txt"
+WIKITEXT2 = SHARED / "text" / "wikitext-2"
 # Every file of ../shared/data the tests read: checked once when the session starts (conftest.py).
 NEEDED = [
     MULTI30K / f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr") for lang in ("de", "en")

@@ -95,6 +95,9 @@ def generate(
     condition: Optional[str] = typer.Option(
         None, "--condition", help="Conditional models: the label to generate for."
     ),
+    allow_unk: bool = typer.Option(
+        False, "--allow-unk", help="Let sampling draw the unknown token (word models)."
+    ),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, int8 (CPU) or auto."),
     fmt: str = typer.Option("text", "--format", help="text (prompt and continuation) or jsonl."),
     device: str = options.DEVICE,
@@ -113,6 +116,7 @@ def generate(
         beam_size=beam_size,
         greedy_search=greedy,
         condition=condition,
+        allow_unk=allow_unk or None,  # None: the model's config decides
     )
     generator.check(**settings)  # bad options fail before anything is printed
     piped = input is not None or (sys.stdin is not None and not sys.stdin.isatty())

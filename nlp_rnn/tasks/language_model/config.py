@@ -45,6 +45,7 @@ class GenerateConfig:
     top_k: int = 0
     top_p: float = 1.0
     max_tokens: int = 256
+    allow_unk: bool = False  # let sampling draw the unknown token (a word-level model's <unk>)
 
 
 @dataclass(frozen=True)

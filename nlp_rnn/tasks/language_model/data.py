@@ -44,6 +44,12 @@ class Corpus:
         """Raw characters the model must predict: sentence mode counts each row's end as its newline."""
         return sum(len(t) for t in self.texts) + (len(self.texts) if self.rows else 0)
 
+    @property
+    def words(self) -> int:
+        """Words as the literature counts them for perplexity per word: whitespace-separated tokens
+        plus one end of line per line (sentence mode: per row), whatever the tokenizer."""
+        return sum(len(t.split()) + t.count("\n") for t in self.texts) + (len(self.texts) if self.rows else 0)
+
 
 def read_corpus(files: Sequence[str], data: LMDataConfig, split: str, hub: bool) -> Corpus:
     """Plain text files (one document each), tables with the text column, or a Hub dataset split."""
@@ -248,14 +254,19 @@ def sequences_nll(
     return total, count
 
 
-def scores(nll: float, tokens: int, characters: int) -> dict:
+def scores(nll: float, tokens: int, characters: int, words: Optional[int] = None) -> dict:
+    """Loss and perplexity per token, loss per character, and (given `words`) perplexity per word:
+    exp(summed NLL / words), comparable across tokenizers."""
     loss = nll / max(tokens, 1)
-    return {
+    out = {
         "val_loss": loss,
         "val_ppl": math.exp(min(loss, 50)),
         "val_loss_per_char": nll / max(characters, 1),
         "val_bits_per_char": nll / max(characters, 1) / math.log(2),
     }
+    if words:
+        out["val_ppl_per_word"] = math.exp(min(nll / words, 50))
+    return out
 
 
 def condition_ids(corpus: Corpus, names: list[str]) -> Optional[list[int]]:

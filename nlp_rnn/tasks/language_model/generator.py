@@ -16,7 +16,7 @@ from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.search import Hypothesis, SampleOptions, SearchOptions, beam_search, greedy, sample
 from nlp_rnn.tasks.language_model.config import NAME, GenerateConfig
 from nlp_rnn.tasks.predict import precision_for, with_precision
-from nlp_rnn.tokenizer import BOS, EOS, Tokenizer
+from nlp_rnn.tokenizer import BOS, EOS, UNK, Tokenizer
 
 
 @dataclass
@@ -63,14 +63,17 @@ class Generator:
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         max_tokens: Optional[int] = None,
+        allow_unk: Optional[bool] = None,
     ) -> SampleOptions:
-        """Sampling options: the given ones over the model's defaults (its config's `decode` section)."""
+        """Sampling options: the given ones over the model's defaults (its config's `decode` section).
+        The unknown token is never drawn unless `allow_unk`."""
         d = self.defaults
         return SampleOptions(
             temperature=d.temperature if temperature is None else temperature,
             top_k=d.top_k if top_k is None else top_k,
             top_p=d.top_p if top_p is None else top_p,
             max_tokens=d.max_tokens if max_tokens is None else max_tokens,
+            banned=() if (d.allow_unk if allow_unk is None else allow_unk) else (UNK,),
         )
 
     def check(
@@ -84,6 +87,7 @@ class Generator:
         condition: Optional[str] = None,
         stop: Optional[str] = None,
         greedy_search: bool = False,
+        allow_unk: Optional[bool] = None,
     ) -> None:
         """Refuses bad options, one line naming the option, before anything is generated (`stop` and
         `greedy_search` take any value; they are accepted so that `generate`'s settings can be checked whole)."""
@@ -107,9 +111,10 @@ class Generator:
         greedy_search: bool = False,
         condition: Optional[str] = None,
         on_text: Optional[Callable[[str], None]] = None,
+        allow_unk: Optional[bool] = None,
     ) -> list[list[Sample]]:
         """`num_samples` continuations per prompt. `on_text` receives the text of the first sequence as it grows."""
-        opts = self.options(temperature, top_k, top_p, max_tokens)
+        opts = self.options(temperature, top_k, top_p, max_tokens, allow_unk)
         check_sampling(opts, beam_size, num_samples)
         label = self.condition_id(condition)
         prompt_ids = [self.encode(p) for p in prompts for _ in range(num_samples)]

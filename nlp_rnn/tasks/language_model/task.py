@@ -96,11 +96,19 @@ class LanguageModelTask(tasks.Task):
         if data.mode == "stream":
             train_ids = stream_ids(tok, train)
             bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
-            return self._stream_setup(cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters)
+            return self._stream_setup(
+                cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters, valid.words
+            )
         return self._sentence_setup(cfg, bundle, train, valid, names)
 
     def _stream_setup(
-        self, cfg: LMConfig, bundle: Bundle, train_ids: torch.Tensor, valid_ids: torch.Tensor, characters: int
+        self,
+        cfg: LMConfig,
+        bundle: Bundle,
+        train_ids: torch.Tensor,
+        valid_ids: torch.Tensor,
+        characters: int,
+        words: int,
     ) -> tasks.TrainingSetup:
         model: LanguageModel = bundle.model
         if train_ids.numel() <= cfg.data.bptt + 1:
@@ -121,7 +129,7 @@ class LanguageModelTask(tasks.Task):
 
         def validate() -> dict:
             nll, tokens = stream_nll(model, valid_ids)
-            return scores(nll, tokens, characters)
+            return scores(nll, tokens, characters, words)
 
         def state_dict() -> dict:
             s = carry["state"]
@@ -173,7 +181,7 @@ class LanguageModelTask(tasks.Task):
             return loss, count
 
         def validate() -> dict:
-            return scores(*sequences_nll(model, x_valid, y_valid), valid.characters)
+            return scores(*sequences_nll(model, x_valid, y_valid), valid.characters, valid.words)
 
         return tasks.TrainingSetup(
             bundle=bundle,
@@ -225,7 +233,10 @@ class LanguageModelTask(tasks.Task):
                     condition_ids(corpus, names) if names else None,
                 )
             seconds = time.perf_counter() - started
-            s = scores(nll, tokens, corpus.characters)
+            s = scores(nll, tokens, corpus.characters, corpus.words)
+            unknown = sum(map(bundle.tokenizer.src.unknown, corpus.texts)) if bundle.tokenizer.words else 0
+            if unknown:
+                log.warning("%s: %d words the word list never saw, read as <unk>", corpus.name, unknown)
             results.append(
                 {
                     "name": corpus.name,
@@ -233,6 +244,9 @@ class LanguageModelTask(tasks.Task):
                     "characters": corpus.characters,
                     "loss": round(s["val_loss"], 4),
                     "perplexity": round(s["val_ppl"], 3),
+                    "words": corpus.words,
+                    "perplexity_per_word": round(s["val_ppl_per_word"], 3) if corpus.words else None,
+                    "unknown_words": unknown,
                     "loss_per_char": round(s["val_loss_per_char"], 4),
                     "bits_per_char": round(s["val_bits_per_char"], 4),
                     "seconds": round(seconds, 2),
@@ -249,6 +263,7 @@ class LanguageModelTask(tasks.Task):
                 "characters",
                 "loss/token",
                 "perplexity",
+                "ppl/word",
                 "loss/char",
                 "bits/char",
                 "seconds",
@@ -260,6 +275,7 @@ class LanguageModelTask(tasks.Task):
                     s["characters"],
                     f"{s['loss']:.4f}",
                     f"{s['perplexity']:.3f}",
+                    "-" if s.get("perplexity_per_word") is None else f"{s['perplexity_per_word']:.2f}",
                     f"{s['loss_per_char']:.4f}",
                     f"{s['bits_per_char']:.4f}",
                     s["seconds"],

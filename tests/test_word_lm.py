@@ -1,0 +1,106 @@
+"""Word-level language models: the word list (one token per word and per end of line, the corpus's own
+<unk>), perplexity per word as the literature counts it, sampling that never draws <unk> unless asked."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import WIKITEXT2
+
+from nlp_rnn.cli import main
+from nlp_rnn.config import TokenizerConfig
+from nlp_rnn.data import make_batch
+from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
+from nlp_rnn.search import SampleOptions, sample
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tokenizer import BOS, EOL, EOS, UNK, Tokenizer
+
+WORDS = TokenizerConfig(model_type="wordlist", vocab_size=40_000)
+
+
+def test_unk_and_the_end_of_line_are_one_token_each_and_unseen_words_are_counted(tmp_path: Path) -> None:
+    tok = Tokenizer.train(WORDS, [" = Valkyria Chronicles = \n", " the <unk> of the game \n"])
+    ids = tok.encode_stream(" the <unk> of zebra \n = game =\n")
+    the, of, eq, game = (tok.src.index[w] for w in ("the", "of", "=", "game"))
+    assert ids == [the, UNK, of, UNK, EOL, eq, game, eq, EOL]  # one token each, whitespace around them or not
+    assert tok.src.unknown(" the <unk> of zebra \n") == 1  # zebra; the corpus's own <unk> is not counted
+    assert tok.decode_tgt([[BOS, *ids, EOS]]) == ["the <unk> of <unk>\n= game =\n"]
+    tok.save(tmp_path)
+    again = Tokenizer.load(tmp_path)
+    assert again.words and again.encode_stream(" the <unk> of zebra \n = game =\n") == ids
+    (tmp_path / "vocabulary.txt").write_text("a list\nof words\n")
+    with pytest.raises(Exception, match="not an nlp-rnn word list"):
+        Tokenizer.load(tmp_path)
+
+
+def test_the_word_list_covers_every_wikitext2_word_and_counts_the_literatures_tokens() -> None:
+    train = (WIKITEXT2 / "wiki.train.tokens").read_text(encoding="utf-8").splitlines(keepends=True)
+    tok = Tokenizer.train(WORDS, train)
+    assert (
+        tok.src_vocab_size == 33_276 + 5
+    )  # every word of the training text (<unk> is the unknown token) + specials
+    for split, tokens in (("valid", 217_646), ("test", 245_569)):  # words + one end of line per line
+        text = (WIKITEXT2 / f"wiki.{split}.tokens").read_text(encoding="utf-8")
+        assert len(tok.encode_stream(text)) == tokens and tok.src.unknown(text) == 0
+
+
+@pytest.mark.slow
+def test_perplexity_per_word_equals_a_hand_computation(tmp_path: Path, capsys, caplog) -> None:
+    text = "the cat sat on the mat\nthe dog sat\n" * 40
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "test.txt").write_text("the cat sat\non a mat\n")  # 6 words, 2 ends of line; 'a' unseen
+    (tmp_path / "cfg.yaml").write_text(
+        "tokenizer: {model_type: wordlist, vocab_size: 1000}\ndata: {streams: 2, bptt: 8}\n"
+        "model: {embedding_dim: 8, hidden_size: 16, num_layers: 1}\ntrain: {max_steps: 30, validate_every: 15}\n"
+    )
+    run = tmp_path / "run"
+    args = ["--config", str(tmp_path / "cfg.yaml"), "--train", str(tmp_path / "train.txt"), "--quiet"]
+    assert main(["train", "lm", "--output", str(run), "--valid-fraction", "0.1", *args]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_ppl_per_word" in r for r in records if "val_loss" in r)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--data",
+                str(tmp_path / "test.txt"),
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    assert "1 words the word list never saw" in caplog.text
+    got = json.loads((tmp_path / "r.json").read_text())["sets"][0]
+
+    bundle = tasks.load(run)
+    ids = [BOS] + bundle.tokenizer.encode_stream("the cat sat\non a mat\n") + [EOS]
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    with torch.no_grad():
+        nll, count, _ = bundle.model.loss(x, y, bundle.model.initial_state(1))
+    assert count == 9 and got["tokens"] == 9 and got["words"] == 8 and got["unknown_words"] == 1
+    assert got["perplexity_per_word"] == pytest.approx(math.exp(float(nll) / 8), rel=1e-3)
+    assert got["perplexity"] == pytest.approx(math.exp(float(nll) / 9), rel=1e-3)
+
+
+def test_sampling_never_draws_unk_unless_asked() -> None:
+    torch.manual_seed(0)
+    model = LanguageModel(
+        LMModelConfig(cell="gru", embedding_dim=8, hidden_size=8, num_layers=1, dropout=0.0), 12
+    )
+    with torch.no_grad():
+        model.output.bias.zero_()
+        model.output.bias[UNK] = 8.0  # <unk> is by far the most probable word
+    batch = make_batch([[BOS]] * 16)
+    g = torch.Generator().manual_seed(1)
+    plain = sample(model, batch, SampleOptions(max_tokens=20), g)
+    banned = sample(model, batch, SampleOptions(max_tokens=20, banned=(UNK,)), g)
+    assert sum(h.tokens.count(UNK) for h in plain) > 100
+    assert all(UNK not in h.tokens for h in banned)
+    greedy_banned = sample(model, batch, SampleOptions(temperature=0, max_tokens=5, banned=(UNK,)), g)
+    assert all(UNK not in h.tokens for h in greedy_banned)

@@ -108,7 +108,7 @@ class LanguageModelTask(tasks.Task):
         train_ids: torch.Tensor,
         valid_ids: torch.Tensor,
         characters: int,
-        words: int,
+        words: Optional[int] = None,
     ) -> tasks.TrainingSetup:
         model: LanguageModel = bundle.model
         if train_ids.numel() <= cfg.data.bptt + 1:

@@ -17,10 +17,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from nlp_rnn.config import CELLS, _choice, _positive
 from nlp_rnn.data import Batch
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import rnn_module
 from nlp_rnn.nn.int8 import Int8Stack, int8_linear
 from nlp_rnn.nn.loss import linear_cross_entropy_sum
+from nlp_rnn.nn.regularise import LayerStack, dropout, embedding_rows_dropped, run_weight_dropped
 from nlp_rnn.tokenizer import PAD
 
 
@@ -35,20 +35,57 @@ class LMModelConfig:
     tie_output: bool = False  # share input embeddings and output weights (needs embedding_dim == hidden_size)
     condition_dim: int = 64  # size of a label's vector (conditional models only)
     condition_input: bool = False  # the label's vector also joins every input
+    # AWD-LSTM's regularisation (Merity et al. 2018; its WikiText-2 values in brackets). Off by default.
+    locked_dropout: bool = (
+        False  # one dropout mask per sequence on the embeddings, between layers and on the output
+    )
+    layer_dropout: Optional[float] = None  # between layers (dropouth 0.2); default: dropout
+    weight_dropout: float = 0.0  # DropConnect on the hidden-to-hidden weights (wdrop 0.5)
+    embedding_row_dropout: float = 0.0  # whole words dropped from the embedding table (dropoute 0.1)
+    last_layer_size: Optional[int] = (
+        None  # the top layer's hidden size (embedding_dim, to tie with a bigger hidden)
+    )
+    activation_reg: float = 0.0  # AR: alpha * mean(dropped top outputs^2) (alpha 2)
+    temporal_activation_reg: float = 0.0  # TAR: beta * mean((h_t - h_t-1)^2) of the top outputs (beta 1)
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
         for name in ("embedding_dim", "hidden_size", "num_layers", "condition_dim"):
             _positive(f"model.{name}", getattr(self, name))
-        for name in ("dropout", "embedding_dropout"):
+        for name in (
+            "dropout",
+            "embedding_dropout",
+            "layer_dropout",
+            "weight_dropout",
+            "embedding_row_dropout",
+        ):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise NlpRnnError(f"config: model.{name} must be in [0, 1), got {value}")
-        if self.tie_output and self.embedding_dim != self.hidden_size:
+        for name in ("activation_reg", "temporal_activation_reg"):
+            if getattr(self, name) < 0:
+                raise NlpRnnError(f"config: model.{name} must be at least 0, got {getattr(self, name)}")
+        if self.last_layer_size is not None:
+            _positive("model.last_layer_size", self.last_layer_size)
+        if self.tie_output and self.embedding_dim != self.top_size:
             raise NlpRnnError(
-                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == "
-                f"hidden_size ({self.hidden_size})"
+                f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == the top layer's size "
+                f"({self.top_size}: model.last_layer_size, else hidden_size)"
             )
+
+    @property
+    def top_size(self) -> int:
+        return self.last_layer_size or self.hidden_size
+
+    @property
+    def per_layer(self) -> bool:
+        """Single-layer networks one above the other (per-layer sizes, locked dropout between layers),
+        not torch's fused stack."""
+        return self.locked_dropout or self.last_layer_size is not None
+
+    @property
+    def state_size(self) -> int:
+        return max(self.hidden_size, self.top_size)
 
 
 @dataclass
@@ -84,28 +121,34 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
-        self.embed_dropout = Dropout(cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout)
+        self.embed_dropout = dropout(
+            cfg.dropout if cfg.embedding_dropout is None else cfg.embedding_dropout, cfg.locked_dropout
+        )
         self.condition = nn.Embedding(num_conditions, cfg.condition_dim) if num_conditions else None
         self.condition_init = (
-            nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.hidden_size) if num_conditions else None
+            nn.Linear(cfg.condition_dim, cfg.num_layers * cfg.state_size) if num_conditions else None
         )
         joins = self.condition is not None and cfg.condition_input
-        self.rnn = rnn_module(
-            cfg.cell,
-            cfg.embedding_dim + (cfg.condition_dim if joins else 0),
-            cfg.hidden_size,
-            cfg.num_layers,
-            cfg.dropout,
-            bidirectional=False,
-        )
-        self.dropout = Dropout(cfg.dropout)
-        self.output = nn.Linear(cfg.hidden_size, vocab_size)
+        inputs = cfg.embedding_dim + (cfg.condition_dim if joins else 0)
+        between = cfg.dropout if cfg.layer_dropout is None else cfg.layer_dropout
+        if cfg.per_layer:
+            sizes = [cfg.hidden_size] * (cfg.num_layers - 1) + [cfg.top_size]
+            self.rnn = LayerStack(cfg.cell, inputs, sizes, between, cfg.locked_dropout, cfg.weight_dropout)
+        else:
+            self.rnn = rnn_module(
+                cfg.cell, inputs, cfg.hidden_size, cfg.num_layers, between, bidirectional=False
+            )
+        self.dropout = dropout(cfg.dropout, cfg.locked_dropout)
+        self.output = nn.Linear(cfg.top_size, vocab_size)
         if cfg.tie_output:
             self.output.weight = self.embed.weight
 
     def int8_(self) -> None:
         """The recurrent stack and the linear layers in int8 (`nn.int8`), in place; for inference on the CPU."""
-        self.rnn = Int8Stack(self.rnn)
+        if isinstance(self.rnn, LayerStack):
+            self.rnn.int8_()
+        else:
+            self.rnn = Int8Stack(self.rnn)
         self.condition_init = int8_linear(self.condition_init)
         self.output = int8_linear(self.output)
 
@@ -132,11 +175,11 @@ class LanguageModel(nn.Module):
         """Zeros, or for a conditional model tanh(W c + b) per layer (the cell state of an LSTM starts at zero)."""
         cfg, weight = self.cfg, self.embed.weight
         if condition is None:
-            h = weight.new_zeros(cfg.num_layers, batch_size, cfg.hidden_size)  # (L, B, H)
+            h = weight.new_zeros(cfg.num_layers, batch_size, cfg.state_size)  # (L, B, H)
         else:
             h = (
                 torch.tanh(self.condition_init(condition))
-                .view(batch_size, cfg.num_layers, cfg.hidden_size)
+                .view(batch_size, cfg.num_layers, cfg.state_size)
                 .transpose(0, 1)
                 .contiguous()
             )
@@ -145,7 +188,8 @@ class LanguageModel(nn.Module):
     # ------------------------------------------------------------------ whole sequences
 
     def _inputs(self, tokens: torch.Tensor, condition: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.embed_dropout(self.embed(tokens))  # (B, T, E)
+        rows = embedding_rows_dropped(self.embed, tokens, self.cfg.embedding_row_dropout, self.training)
+        x = self.embed_dropout(rows)  # (B, T, E)
         if condition is not None and self.cfg.condition_input:
             x = torch.cat([x, condition.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)  # (B, T, E+C)
         return x
@@ -154,8 +198,19 @@ class LanguageModel(nn.Module):
         self, tokens: torch.Tensor, state: LMState, condition: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, LMState]:
         """tokens (B, T) from `state` -> top-layer outputs (B, T, H) and the state after the last column."""
-        out, hx = self.rnn(self._inputs(tokens, condition), state.as_hx())
-        return self.dropout(out), (LMState(*hx) if isinstance(hx, tuple) else LMState(hx))
+        out, state = self._recurrent(tokens, state, condition)
+        return self.dropout(out), state
+
+    def _recurrent(
+        self, tokens: torch.Tensor, state: LMState, condition: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, LMState]:
+        """The top layer's outputs before the output dropout (B, T, H), and the new state."""
+        x = self._inputs(tokens, condition)
+        if isinstance(self.rnn, LayerStack):
+            out, hx = self.rnn(x, state.as_hx())  # DropConnect inside, layer by layer
+        else:
+            out, hx = run_weight_dropped(self.rnn, self.cfg.weight_dropout, x, state.as_hx())
+        return out, (LMState(*hx) if isinstance(hx, tuple) else LMState(hx))
 
     def loss(
         self,
@@ -169,12 +224,32 @@ class LanguageModel(nn.Module):
 
         Right padding needs no packing: a unidirectional network's outputs at real positions never see it.
         """
-        out, state = self.hidden(inputs, state, condition)  # (B, T, H)
+        raw, state = self._recurrent(inputs, state, condition)  # (B, T, H)
+        out = self.dropout(raw)
         if mask is None:
             real, gold = out.reshape(-1, out.size(-1)), targets.reshape(-1)  # (B*T, H)
         else:
             real, gold = out[mask], targets[mask]  # (N, H): the output layer never sees padding
-        return linear_cross_entropy_sum(real, self.output.weight, self.output.bias, gold), gold.numel(), state
+        loss = linear_cross_entropy_sum(real, self.output.weight, self.output.bias, gold)
+        if self.training and (self.cfg.activation_reg or self.cfg.temporal_activation_reg):
+            loss = (
+                loss + self.activation_penalty(raw, out, mask) * gold.numel()
+            )  # per token, as the loss is divided
+        return loss, gold.numel(), state
+
+    def activation_penalty(
+        self, raw: torch.Tensor, dropped: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """AR + TAR (Merity et al. 2018): alpha * mean(dropped^2) + beta * mean((raw_t - raw_t-1)^2) over
+        the real positions of the top layer's outputs (B, T, H); TAR over pairs of real neighbours."""
+        real = (
+            torch.ones(raw.shape[:2], dtype=torch.bool, device=raw.device) if mask is None else mask
+        )  # (B, T)
+        ar = dropped.float().pow(2)[real].mean()
+        pairs = real[:, 1:] & real[:, :-1]  # (B, T-1)
+        step = (raw[:, 1:] - raw[:, :-1]).float().pow(2)[pairs]
+        tar = step.mean() if step.numel() else raw.new_zeros(())
+        return self.cfg.activation_reg * ar + self.cfg.temporal_activation_reg * tar
 
     # ------------------------------------------------------------------ search protocol
 

@@ -112,6 +112,13 @@ class TrainConfig:
         "fp32"  # fp32 | bf16 (autocast matrix products) | auto (bf16 where the CPU or GPU has it natively)
     )
     num_threads: int = 0  # 0: torch's default
+    optimizer: str = "adam"  # adam | sgd (AWD-LSTM: sgd, lr 30, clip_norm 0.25, weight_decay 1.2e-6)
+    # Weight averaging: none | mean (the mean of every iterate since it started: averaged SGD, AWD-LSTM's
+    # NT-ASGD) | ema (an exponential moving average). Validation, best/ and the final model use the average.
+    average: str = "none"
+    average_start: int = 0  # the step averaging starts; 0 with mean: when validation stops improving (below)
+    average_patience: int = 5  # NT-ASGD's n: start once a validation is worse than the best before the last n
+    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
         _positive("train.batch_tokens", self.batch_tokens)
@@ -119,6 +126,14 @@ class TrainConfig:
         _positive("train.validate_every", self.validate_every)
         _positive("train.log_every", self.log_every)
         _choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
+        _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
+        _choice("train.average", self.average, ("none", "mean", "ema"))
+        if not 0 < self.ema_decay < 1:
+            raise NlpRnnError(f"config: train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.average_start < 0 or self.average_patience < 1:
+            raise NlpRnnError(
+                "config: train.average_start must be at least 0 and train.average_patience at least 1"
+            )
         for name in ("teacher_forcing", "teacher_forcing_min"):
             if not 0 <= getattr(self, name) <= 1:
                 raise NlpRnnError(f"config: train.{name} must be in [0, 1], got {getattr(self, name)}")

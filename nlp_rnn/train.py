@@ -8,6 +8,7 @@ each takes its share of every batch, process 0 validates and writes, and all sta
 A run folder has one owner at a time (`RunLock`).
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn import devices, distributed
+from nlp_rnn.averaging import WeightAverage, non_monotone_trigger
 from nlp_rnn.config import TrainConfig
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.precision import resolve_precision
@@ -53,6 +55,8 @@ class TrainingSetup:
     # as when a model is refitted on its validation rows for a step count chosen before.
     select: bool = True
     lr_at: Optional[Callable[[int], float]] = None  # step -> learning rate, replacing the plateau schedule
+    # batch description -> a factor on the learning rate of that step (e.g. a window's length / bptt)
+    lr_scale: Optional[Callable[[Any], float]] = None
 
 
 @dataclass
@@ -148,7 +152,15 @@ class Trainer:
                 self.device,
             )
         self.scaler = devices.grad_scaler(self.device, self.amp)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = self.model.parameters()
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.average = (
+            None if cfg.average == "none" else WeightAverage(self.model, cfg.average, cfg.ema_decay)
+        )
+        self.scores: list[float] = []  # every scheduled validation's score (the NT-ASGD trigger reads them)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
@@ -176,6 +188,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "average": None if self.average is None else self.average.state_dict(),
+            "scores": list(self.scores),
             "world_size": self.world,
             "ranks": ranks,
         }
@@ -198,6 +212,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None and state.get("average"):
+            self.average.load_state_dict(state["average"])
+        self.scores = list(state.get("scores", []))
         mine = (
             state["ranks"][self.rank] if "ranks" in state else state
         )  # bundles of nlp-rnn 0.x kept one process's state
@@ -271,16 +288,28 @@ class Trainer:
         return st.bad_validations >= self.cfg.patience
 
     def _validate_main(self, started: float, scheduled: bool) -> dict:
+        with self._averaged():
+            return self._validate_and_keep(started, scheduled)
+
+    def _averaged(self):
+        """Validation and best/ see the averaged weights once averaging has started."""
+        return self.average.swapped() if self.average is not None else contextlib.nullcontext()
+
+    def _validate_and_keep(self, started: float, scheduled: bool) -> dict:
         self.model.eval()
         with torch.no_grad():
             metrics = self.validate()
         self.model.train()
         score = self.sign * metrics[self.score_key]  # the scheduler and best/ always maximise
         record = {"step": self.state.step, "elapsed_s": round(self._elapsed(started), 2), **metrics}
+        if self.average is not None:
+            record["averaged"] = self.average.count
         self._write_metrics(record)
         select = self.setup.select  # False: no early stopping or plateau schedule, the latest model is kept
         if scheduled and select and self.setup.lr_at is None:
             self.scheduler.step(score)
+        if scheduled:
+            self.scores.append(score)
         if score > self.state.best_score or not select:
             self.state.best_score = score if select else self.state.best_score
             self.state.bad_validations = 0 if scheduled else self.state.bad_validations
@@ -350,9 +379,34 @@ class Trainer:
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
+        if self.setup.lr_scale is not None:
+            base = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.setup.lr_scale(description)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.setup.lr_scale is not None:
+            for group, lr in zip(self.optimizer.param_groups, base):
+                group["lr"] = lr
+        if self.average is not None and self._averaging_now():
+            self.average.update()
         return total_loss, int(total_count)
+
+    def _averaging_now(self) -> bool:
+        """After this step's update: from `average_start`, or (mean, start 0) once validation stopped improving:
+        a score worse than the best before the last `average_patience` validations (NT-ASGD)."""
+        if self.average.started:
+            return True
+        cfg = self.cfg
+        if cfg.average_start > 0 or cfg.average == "ema":
+            return self.state.step + 1 >= cfg.average_start
+        triggered = non_monotone_trigger(self.scores, cfg.average_patience)
+        if triggered:
+            log.info(
+                "step %d: validation stopped improving; averaging the weights from here (NT-ASGD)",
+                self.state.step,
+            )
+        return triggered
 
     def _loop(self) -> str:
         cfg, st = self.cfg, self.state

@@ -144,3 +144,93 @@ def test_a_per_layer_model_runs_in_int8_close_to_fp32() -> None:
     fp32, _ = model.hidden(tokens, model.initial_state(2))
     int8, _ = quantize(model).hidden(tokens, model.initial_state(2))
     assert (int8 - fp32).abs().max() < 0.05 and not torch.equal(int8, fp32)
+
+
+# ----------------------------------------------------------------------------- weight averaging
+
+
+def test_averaged_weights_equal_the_mean_of_the_stored_iterates() -> None:
+    from nlp_rnn.averaging import WeightAverage
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    average = WeightAverage(model, "mean")
+    iterates = []
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        iterates.append([p.detach().clone() for p in model.parameters()])
+        average.update()
+    own = [p.detach().clone() for p in model.parameters()]
+    with average.swapped():
+        for p, *its in zip(model.parameters(), *iterates):
+            torch.testing.assert_close(p.detach(), torch.stack(its).mean(0))
+    assert all(torch.equal(p, o) for p, o in zip(model.parameters(), own))  # its own weights are back
+    ema = WeightAverage(model, "ema", decay=0.5)
+    ema.update()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update()
+    with ema.swapped():
+        torch.testing.assert_close(model.weight.detach(), own[0] + 1.0)
+
+
+def test_training_with_averaging_keeps_the_average_in_best_and_resumes_it(tmp_path) -> None:
+    from test_tasks import MajorityConfig
+
+    from nlp_rnn import bundle as bundles
+    from nlp_rnn.config import TrainConfig
+    from nlp_rnn.tasks import base as tasks
+
+    cfg = MajorityConfig(
+        train=TrainConfig(
+            lr=0.05,
+            validate_every=100,
+            log_every=5,
+            max_steps=12,
+            average="mean",
+            average_start=5,
+            optimizer="sgd",
+        )
+    )
+    tasks.train("majority", cfg, tmp_path / "run", progress_bar=False)
+    state = bundles.load_trainer_state(tmp_path / "run" / "last")
+    assert state["average"]["count"] == 8  # the updates of steps 5 .. 12
+    best, last = tasks.load(tmp_path / "run" / "best"), tasks.load(tmp_path / "run" / "last")
+    trained = [p for p in last.model.parameters()]
+    for p, avg, own in zip(best.model.parameters(), state["average"]["average"], trained):
+        torch.testing.assert_close(p.detach(), avg)  # best/ holds the average, last/ the iterate
+        assert not torch.equal(p, own)
+
+
+def test_nt_asgd_starts_averaging_when_validation_stops_improving() -> None:
+    from nlp_rnn.averaging import non_monotone_trigger
+
+    assert not non_monotone_trigger([1, 2, 3, 4, 5, 6], patience=2)  # still improving
+    assert not non_monotone_trigger([1, 5, 4], patience=2)  # worse than 5, but 5 is one of the last 2
+    assert non_monotone_trigger([1, 5, 4, 4.5], patience=2)  # worse than 5, from before the last 2
+    assert not non_monotone_trigger([1, 5], patience=2)
+
+
+def test_variable_length_windows_cover_the_stream_and_carry_the_state_like_one_pass() -> None:
+    torch.manual_seed(0)
+    model = lm(cell="gru").eval()
+    ids = torch.randint(4, 20, (3 * 400 + 1,))
+    batcher = StreamBatcher(ids, rows=3, bptt=20, seed=0, variable=True)
+    described = batcher.epoch(0)
+    lengths = [length for _, _, length in described]
+    assert len(set(lengths)) > 5 and min(lengths[:-1]) >= 5 and described == batcher.epoch(0)  # seeded: resumable
+    assert all(
+        b[1] == a[1] + a[2] for a, b in zip(described, described[1:])
+    )  # consecutive, no gap or overlap
+    assert batcher.lr_scale(described[0]) == described[0][2] / 20 and described != batcher.epoch(1)
+    windows = [batcher.window(w) for w in described]
+    inputs = torch.cat([w.inputs for w in windows], dim=1)
+    with torch.no_grad():
+        whole, _ = model.hidden(inputs, model.initial_state(3))
+        state, parts = model.initial_state(3), []
+        for w in windows:
+            out, state = model.hidden(w.inputs, state)
+            parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)

@@ -25,6 +25,9 @@ class LMDataConfig:
     mode: str = "stream"  # stream | sentence
     streams: int = 64  # stream mode: batch rows, each a contiguous part of the corpus
     bptt: int = 128  # stream mode: window length of truncated backpropagation through time
+    # Stream mode: AWD-LSTM's variable-length windows (bptt, or bptt/2 one time in 20, then normal with
+    # sd 5, at least 5), the learning rate of each step scaled by its window's length / bptt.
+    variable_bptt: bool = False
     max_len: int = 256  # sentence mode: pieces per sequence (longer ones are truncated)
 
     def __post_init__(self) -> None:

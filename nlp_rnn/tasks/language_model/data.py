@@ -154,10 +154,10 @@ class StreamBatcher:
     resumed run replays the same windows), so window boundaries move between epochs.
     """
 
-    def __init__(self, ids: torch.Tensor, rows: int, bptt: int, seed: int) -> None:
+    def __init__(self, ids: torch.Tensor, rows: int, bptt: int, seed: int, variable: bool = False) -> None:
         if ids.numel() < rows * 2 + 1:
             rows = max(1, (ids.numel() - 1) // 2)
-        self.ids, self.rows, self.bptt, self.seed = ids, rows, bptt, seed
+        self.ids, self.rows, self.bptt, self.seed, self.variable = ids, rows, bptt, seed, variable
         self._epoch: Optional[int] = None
         self._data: Optional[torch.Tensor] = None
 
@@ -174,21 +174,33 @@ class StreamBatcher:
             self._epoch = epoch
         return self._data
 
-    def epoch(self, epoch: int) -> list[tuple[int, int]]:
-        length = self._matrix(epoch).size(1) - 1
-        return [(epoch, k) for k in range(math.ceil(length / self.bptt))]
+    def epoch(self, epoch: int) -> list[tuple[int, int, int]]:
+        """The epoch's windows as (epoch, start, length): consecutive, covering every column once."""
+        total = self._matrix(epoch).size(1) - 1
+        if not self.variable:
+            return [(epoch, s, min(self.bptt, total - s)) for s in range(0, total, self.bptt)]
+        rng, windows, start = random.Random(self.seed * 7_919 + epoch), [], 0
+        while start < total:
+            mean = self.bptt if rng.random() < 0.95 else self.bptt / 2
+            length = min(max(5, int(rng.gauss(mean, 5))), total - start)
+            windows.append((epoch, start, length))
+            start += length
+        return windows
 
-    def shard(self, where: tuple[int, int], rank: int, world: int) -> tuple[int, int, int, int]:
+    def lr_scale(self, where: tuple) -> float:
+        """AWD-LSTM's learning-rate factor of a window: its length / bptt (1 for fixed windows)."""
+        return where[2] / self.bptt if self.variable else 1.0
+
+    def shard(self, where: tuple[int, int, int], rank: int, world: int) -> tuple[int, int, int, int, int]:
         """Process `rank`'s rows of a window: always the same rows, so each process carries its own rows' state."""
         rows = split_by_weight(list(range(self.rows)), [1] * self.rows, rank, world)
         return (*where, rows[0], rows[-1] + 1) if rows else (*where, 0, 0)
 
     def window(self, where: tuple) -> Window:
-        epoch, k = where[:2]
-        start, stop = where[2:] if len(where) == 4 else (0, self.rows)
-        data = self._matrix(epoch)
-        chunk = data[start:stop, k * self.bptt : (k + 1) * self.bptt + 1]  # (rows, T+1)
-        return Window(chunk[:, :-1], chunk[:, 1:], k == 0)
+        epoch, column, length = where[:3]
+        first, last = where[3:] if len(where) == 5 else (0, self.rows)
+        chunk = self._matrix(epoch)[first:last, column : column + length + 1]  # (rows, T+1)
+        return Window(chunk[:, :-1], chunk[:, 1:], column == 0)
 
 
 @dataclass

@@ -116,7 +116,9 @@ class LanguageModelTask(tasks.Task):
                 f"data.bptt {cfg.data.bptt} is longer than the training corpus ({train_ids.numel()} pieces); "
                 f"lower --bptt or give more text"
             )
-        batcher = StreamBatcher(train_ids, cfg.data.streams, cfg.data.bptt, cfg.train.seed)
+        batcher = StreamBatcher(
+            train_ids, cfg.data.streams, cfg.data.bptt, cfg.train.seed, cfg.data.variable_bptt
+        )
         carry: dict[str, Optional[LMState]] = {"state": None}
 
         def loss_fn(window: Window, step: int):
@@ -148,6 +150,7 @@ class LanguageModelTask(tasks.Task):
             higher_is_better=False,
             state_dict=state_dict,
             load_state_dict=load_state_dict,
+            lr_scale=batcher.lr_scale if cfg.data.variable_bptt else None,
         )
 
     def _sentence_setup(

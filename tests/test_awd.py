@@ -220,7 +220,9 @@ def test_variable_length_windows_cover_the_stream_and_carry_the_state_like_one_p
     batcher = StreamBatcher(ids, rows=3, bptt=20, seed=0, variable=True)
     described = batcher.epoch(0)
     lengths = [length for _, _, length in described]
-    assert len(set(lengths)) > 5 and min(lengths[:-1]) >= 5 and described == batcher.epoch(0)  # seeded: resumable
+    assert (
+        len(set(lengths)) > 5 and min(lengths[:-1]) >= 5 and described == batcher.epoch(0)
+    )  # seeded: resumable
     assert all(
         b[1] == a[1] + a[2] for a, b in zip(described, described[1:])
     )  # consecutive, no gap or overlap

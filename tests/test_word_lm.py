@@ -104,3 +104,58 @@ def test_sampling_never_draws_unk_unless_asked() -> None:
     assert all(UNK not in h.tokens for h in banned)
     greedy_banned = sample(model, batch, SampleOptions(temperature=0, max_tokens=5, banned=(UNK,)), g)
     assert all(UNK not in h.tokens for h in greedy_banned)
+
+
+# ----------------------------------------------------------------------------- the neural cache
+
+
+def test_the_cache_with_lambda_0_is_the_model_and_lowers_perplexity_on_repeated_text() -> None:
+    from nlp_rnn.tasks.language_model import cache_nll, stream_nll
+
+    torch.manual_seed(0)
+    model = LanguageModel(
+        LMModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0), 40
+    )
+    text = torch.randint(5, 40, (300,))
+    ids = torch.cat(
+        [torch.tensor([BOS]), text, text, torch.tensor([EOS])]
+    )  # the second half repeats the first
+    plain, count = stream_nll(model, ids, rows=1)
+    none, same_count = cache_nll(model, ids, size=500, theta=0.3, lam=0.0, window=64)
+    assert same_count == count == ids.numel() - 1
+    assert none == pytest.approx(plain, rel=1e-5)
+    cached, _ = cache_nll(model, ids, size=500, theta=20.0, lam=0.5, window=64)
+    assert cached < 0.95 * plain  # the cache remembers what follows each state of the first half
+    short, _ = cache_nll(model, ids, size=50, theta=20.0, lam=0.5, window=64)
+    assert cached < short  # a cache shorter than the repeat distance cannot see the first half
+
+
+def test_cache_settings_and_a_cache_on_another_task_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    from helpers import CHECKPOINTS
+
+    (tmp_path / "t.txt").write_text("ROMEO: hello\n")
+    sst = [
+        "evaluate",
+        "--model",
+        str(CHECKPOINTS / "sst2"),
+        "--data",
+        str(tmp_path / "t.txt"),
+        "--cache-size",
+        "10",
+    ]
+    assert main(sst) == 2
+    assert (
+        "--cache-size: classifiers have no neural cache (it is for: language_model models)"
+        in capsys.readouterr().err
+    )
+    lm = ["evaluate", "--model", str(CHECKPOINTS / "shakespeare-char"), "--data", str(tmp_path / "t.txt")]
+    for extra, message in (
+        (["--cache-size", "-1"], "--cache-size must be at least 0"),
+        (["--cache-size", "10", "--cache-lambda", "1.5"], "--cache-lambda must be in [0, 1]"),
+        (["--cache-size", "10", "--cache-theta", "0"], "--cache-theta must be positive"),
+    ):
+        assert main(lm + extra) == 2
+        assert message in capsys.readouterr().err
+    assert main(lm + ["--cache-size", "100", "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["cache"] == {"size": 100, "theta": 0.3, "lambda": 0.1} and report["sets"][0]["tokens"] == 14

@@ -54,6 +54,15 @@ def evaluate(
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Forecasters: PNG of forecast and actual over the test period."
     ),
+    cache_size: int = typer.Option(
+        0, "--cache-size", help="Language models: a neural cache of this many words."
+    ),
+    cache_theta: float = typer.Option(
+        0.3, "--cache-theta", help="Neural cache: the sharpness of its attention."
+    ),
+    cache_lambda: float = typer.Option(
+        0.1, "--cache-lambda", help="Neural cache: its weight beside the model's."
+    ),
     device: str = options.DEVICE,
     engine: str = options.ENGINE,
 ) -> None:
@@ -78,7 +87,11 @@ def evaluate(
         precision=precision,
         hyps=hyps,
         plot=plot,
+        cache_size=cache_size,
+        cache_theta=cache_theta,
+        cache_lambda=cache_lambda,
     )
+    tasks.check_request(task, request)
     result = task.evaluate(bundle, request)
     for line in task.report(result):
         typer.echo(line)

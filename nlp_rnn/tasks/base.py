@@ -63,6 +63,10 @@ class EvalRequest:
     precision: str = "auto"
     hyps: Optional[Path] = None
     plot: Optional[Path] = None  # a picture of the results, where the task draws one
+    # A neural cache over the test text (language models): 0 = none.
+    cache_size: int = 0
+    cache_theta: float = 0.3
+    cache_lambda: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Task:
     needs_tokenizer: bool = True
     default_bundle: Optional[str] = None  # folder under checkpoints/ used when --model is omitted
     plural: str = ""  # how messages name its models, e.g. "classifiers" (default: "NAME models")
+    reads_cache: bool = False  # its evaluation takes a neural cache (EvalRequest.cache_*)
     components: tuple = DEFAULT_COMPONENTS
     train_command: Optional[TrainCommand] = None
 
@@ -173,6 +178,19 @@ class Task:
     def describe(self, bundle: bundles.Bundle) -> dict:
         """Task-specific lines of `nlp-rnn info` (e.g. languages, labels), as {label: value}."""
         return {}
+
+
+def check_request(task: Task, request: EvalRequest) -> None:
+    """Refuses evaluation options the task does not read, and cache settings out of range, in one line."""
+    if request.cache_size and not task.reads_cache:
+        readers = ", ".join(t.models_name() for t in all_tasks() if t.reads_cache) or "none"
+        raise NlpRnnError(f"--cache-size: {task.models_name()} have no neural cache (it is for: {readers})")
+    if request.cache_size < 0:
+        raise NlpRnnError(f"--cache-size must be at least 0, got {request.cache_size}")
+    if request.cache_size and request.cache_theta <= 0:
+        raise NlpRnnError(f"--cache-theta must be positive, got {request.cache_theta}")
+    if request.cache_size and not 0 <= request.cache_lambda <= 1:
+        raise NlpRnnError(f"--cache-lambda must be in [0, 1], got {request.cache_lambda}")
 
 
 def register(task: Task) -> Task:

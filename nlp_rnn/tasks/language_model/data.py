@@ -248,6 +248,42 @@ def stream_nll(
 
 
 @torch.no_grad()
+def cache_nll(
+    model: LanguageModel, ids: torch.Tensor, size: int, theta: float, lam: float, window: int = 128
+) -> tuple[float, int]:
+    """Summed NLL with a neural cache (Grave et al. 2017) of every token of `ids` after the first, read
+    as one stream with the state carried: p(w) = (1 - lam) p_model(w) + lam p_cache(w), where p_cache
+    puts softmax(theta h_t . h_i) on the word that followed each of the last `size` top-layer outputs
+    h_i. While the cache is empty the model's probability stands alone. No retraining."""
+    model.eval()
+    device = devices.of(model)
+    inputs, targets = ids[:-1].to(device), ids[1:].to(device)
+    state, total = model.initial_state(1), 0.0
+    keys = torch.zeros(0, model.cfg.top_size, device=device)  # (M, H) the cache: outputs ...
+    values = torch.zeros(0, dtype=torch.long, device=device)  # (M,) ... and the words that followed them
+    for start in range(0, inputs.numel(), window):
+        x, y = inputs[start : start + window].unsqueeze(0), targets[start : start + window]  # (1, T), (T,)
+        out, state = model.hidden(x, state)
+        h = out[0].float()  # (T, H)
+        log_p = (
+            torch.log_softmax(model.output(out[0]).float(), dim=-1).gather(1, y.unsqueeze(1)).squeeze(1)
+        )  # (T,)
+        past, t = keys.size(0), h.size(0)
+        all_keys, all_values = torch.cat([keys, h]), torch.cat([values, y])  # (M+T, H), (M+T,)
+        j = torch.arange(past + t, device=device)
+        row = past + torch.arange(t, device=device).unsqueeze(1)  # position of each query in all_keys
+        visible = (j < row) & (j >= row - size)  # (T, M+T): strictly earlier outputs, at most `size` back
+        scores = (theta * h @ all_keys.T).masked_fill(~visible, float("-inf"))  # (T, M+T)
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with an empty cache: all zeros
+        p_cache = (weights * (all_values.unsqueeze(0) == y.unsqueeze(1))).sum(1)  # (T,)
+        has_cache = visible.any(1)
+        mixed = torch.where(has_cache, (1 - lam) * log_p.exp() + lam * p_cache, log_p.exp())
+        total -= float(torch.log(mixed.clamp_min(1e-30)).sum())
+        keys, values = all_keys[-size:], all_values[-size:]
+    return total, targets.numel()
+
+
+@torch.no_grad()
 def sequences_nll(
     model: LanguageModel, seqs: list[list[int]], conditions: Optional[list[int]], batch_size: int = 128
 ) -> tuple[float, int]:

@@ -23,6 +23,7 @@ from nlp_rnn.tasks.language_model.data import (
     Sequences,
     StreamBatcher,
     Window,
+    cache_nll,
     condition_ids,
     make_sequences,
     read_corpus,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 class LanguageModelTask(tasks.Task):
     name = NAME
+    reads_cache = True
     config_cls = LMConfig
     default_bundle = "shakespeare-char"
     train_command = tasks.TrainCommand(
@@ -223,11 +225,23 @@ class LanguageModelTask(tasks.Task):
             sets.append(read_corpus([], LMDataConfig(**{**vars(data), "valid_split": split}), "valid", True))
         if not sets:
             raise NlpRnnError("no test set: give --data FILE (text or table) or --dataset NAME")
+        if request.cache_size and cfg.data.mode != "stream":
+            raise NlpRnnError(
+                "--cache-size: the neural cache reads one stream; this model was trained in sentence mode"
+            )
         names = list(bundle.meta.get("conditions") or [])
         results = []
         for corpus in sets:
             started = time.perf_counter()
-            if cfg.data.mode == "stream":
+            if request.cache_size:
+                nll, tokens = cache_nll(
+                    model,
+                    stream_ids(bundle.tokenizer, corpus),
+                    request.cache_size,
+                    request.cache_theta,
+                    request.cache_lambda,
+                )
+            elif cfg.data.mode == "stream":
                 nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
             else:
                 nll, tokens = sequences_nll(
@@ -256,7 +270,10 @@ class LanguageModelTask(tasks.Task):
                     "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
                 }
             )
-        return {"task": self.name, "model": model_info(bundle), "sets": results}
+        cache = None
+        if request.cache_size:
+            cache = {"size": request.cache_size, "theta": request.cache_theta, "lambda": request.cache_lambda}
+        return {"task": self.name, "model": model_info(bundle), "sets": results, "cache": cache}
 
     def report(self, result: dict) -> list[str]:
         return table(

@@ -236,3 +236,23 @@ def test_variable_length_windows_cover_the_stream_and_carry_the_state_like_one_p
             out, state = model.hidden(w.inputs, state)
             parts.append(out)
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_an_adaptive_softmax_scores_with_its_full_normalised_distribution() -> None:
+    from nlp_rnn.tasks.language_model import cache_nll, stream_nll
+
+    torch.manual_seed(0)
+    model = lm(vocab=300, adaptive_softmax=(20, 100)).eval()
+    ids = torch.randint(4, 300, (200,))
+    with torch.no_grad():
+        out, _ = model.hidden(ids[:-1].unsqueeze(0), model.initial_state(1))
+        full = model.log_probs(out[0])  # (T, V)
+        nll, count, _ = model.loss(ids[:-1].unsqueeze(0), ids[1:].unsqueeze(0), model.initial_state(1))
+    torch.testing.assert_close(full.exp().sum(1), torch.ones(199))  # a distribution over every word
+    torch.testing.assert_close(nll, -full.gather(1, ids[1:].unsqueeze(1)).sum(), rtol=1e-5, atol=1e-4)
+    assert stream_nll(model, ids, rows=1)[0] == pytest.approx(float(nll), rel=1e-5)
+    assert cache_nll(model, ids, size=50, theta=0.3, lam=0.0)[0] == pytest.approx(float(nll), rel=1e-5)
+    with pytest.raises(NlpRnnError, match="model.adaptive_softmax cut-offs must stay below the vocabulary"):
+        lm(vocab=50, adaptive_softmax=(20, 100))
+    with pytest.raises(NlpRnnError, match="model.adaptive_softmax must be increasing"):
+        LMModelConfig(adaptive_softmax=(100, 20))

@@ -47,6 +47,9 @@ class LMModelConfig:
     )
     activation_reg: float = 0.0  # AR: alpha * mean(dropped top outputs^2) (alpha 2)
     temporal_activation_reg: float = 0.0  # TAR: beta * mean((h_t - h_t-1)^2) of the top outputs (beta 1)
+    # An adaptive softmax (Grave et al. 2017) with these cluster cut-offs, e.g. [2000, 10000]: the frequent
+    # words in the head, rarer ones in smaller tail clusters; empty: one full softmax.
+    adaptive_softmax: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -67,6 +70,13 @@ class LMModelConfig:
                 raise NlpRnnError(f"config: model.{name} must be at least 0, got {getattr(self, name)}")
         if self.last_layer_size is not None:
             _positive("model.last_layer_size", self.last_layer_size)
+        cuts = self.adaptive_softmax
+        if cuts and (any(c <= 0 for c in cuts) or list(cuts) != sorted(set(cuts))):
+            raise NlpRnnError(
+                f"config: model.adaptive_softmax must be increasing positive cut-offs, got {list(cuts)}"
+            )
+        if cuts and self.tie_output:
+            raise NlpRnnError("config: model.adaptive_softmax and model.tie_output do not go together")
         if self.tie_output and self.embedding_dim != self.top_size:
             raise NlpRnnError(
                 f"config: model.tie_output needs embedding_dim ({self.embedding_dim}) == the top layer's size "
@@ -139,7 +149,17 @@ class LanguageModel(nn.Module):
                 cfg.cell, inputs, cfg.hidden_size, cfg.num_layers, between, bidirectional=False
             )
         self.dropout = dropout(cfg.dropout, cfg.locked_dropout)
-        self.output = nn.Linear(cfg.top_size, vocab_size)
+        if cfg.adaptive_softmax:
+            if cfg.adaptive_softmax[-1] >= vocab_size - 1:
+                raise NlpRnnError(
+                    f"config: model.adaptive_softmax cut-offs must stay below the vocabulary ({vocab_size}), "
+                    f"got {list(cfg.adaptive_softmax)}"
+                )
+            self.output = nn.AdaptiveLogSoftmaxWithLoss(
+                cfg.top_size, vocab_size, list(cfg.adaptive_softmax), div_value=4.0, head_bias=True
+            )
+        else:
+            self.output = nn.Linear(cfg.top_size, vocab_size)
         if cfg.tie_output:
             self.output.weight = self.embed.weight
 
@@ -150,13 +170,16 @@ class LanguageModel(nn.Module):
         else:
             self.rnn = Int8Stack(self.rnn)
         self.condition_init = int8_linear(self.condition_init)
-        self.output = int8_linear(self.output)
+        if isinstance(self.output, nn.Linear):  # an adaptive softmax stays in fp32
+            self.output = int8_linear(self.output)
 
     @torch.no_grad()
     def init_output_bias(self, counts: torch.Tensor) -> None:
         """Output bias = log unigram frequencies (V,) of the training tokens, so training starts at the
         unigram loss instead of spending its first hundreds of steps pushing down the logits of pieces
-        that never occur (the 256 byte pieces of a character model, say)."""
+        that never occur (the 256 byte pieces of a character model, say). An adaptive softmax keeps its own."""
+        if not isinstance(self.output, nn.Linear):
+            return
         prior = (counts.float() + 0.01) / (counts.sum() + 0.01 * counts.numel())
         self.output.bias.copy_(prior.log() - prior.log().mean())
 
@@ -230,12 +253,24 @@ class LanguageModel(nn.Module):
             real, gold = out.reshape(-1, out.size(-1)), targets.reshape(-1)  # (B*T, H)
         else:
             real, gold = out[mask], targets[mask]  # (N, H): the output layer never sees padding
-        loss = linear_cross_entropy_sum(real, self.output.weight, self.output.bias, gold)
+        loss = self._nll_sum(real, gold)
         if self.training and (self.cfg.activation_reg or self.cfg.temporal_activation_reg):
             loss = (
                 loss + self.activation_penalty(raw, out, mask) * gold.numel()
             )  # per token, as the loss is divided
         return loss, gold.numel(), state
+
+    def _nll_sum(self, out: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        """Summed negative log-likelihood of gold (N,) given top outputs (N, H)."""
+        if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
+            return -self.output(out.float(), gold).output.sum()
+        return linear_cross_entropy_sum(out, self.output.weight, self.output.bias, gold)
+
+    def log_probs(self, out: torch.Tensor) -> torch.Tensor:
+        """Top outputs (N, H) -> the full normalised distribution (N, V) as log-probabilities."""
+        if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
+            return self.output.log_prob(out.float())
+        return torch.log_softmax(self.output(out).float(), dim=-1)
 
     def activation_penalty(
         self, raw: torch.Tensor, dropped: torch.Tensor, mask: Optional[torch.Tensor]
@@ -280,4 +315,6 @@ class LanguageModel(nn.Module):
     def step(self, prev: torch.Tensor, memory: LMMemory, state: LMState):
         """prev (B,) -> logits (B, V), the new state, no attention."""
         out, state = self.hidden(prev.unsqueeze(1), state, memory.condition)  # (B, 1, H)
+        if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):  # log-probabilities serve as logits
+            return self.output.log_prob(out.squeeze(1).float()), state, None
         return self.output(out.squeeze(1)), state, None

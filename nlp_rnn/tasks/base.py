@@ -258,13 +258,12 @@ class TokenizerChoice:
             return Tokenizer.load(self.folder)
         tokenizer = None
         if distributed.is_main():  # in multi-process training, process 0 trains it and hands it to the others
-            size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
-            log.info(
-                "training a %s sentencepiece model (%s%s)",
-                cfg.model_type,
-                size,
-                ", byte-exact" if cfg.byte_exact else "",
-            )
+            if cfg.model_type == "wordlist":
+                log.info("building a word list (the %d most frequent words at most)", cfg.vocab_size - 5)
+            else:
+                size = "one piece per character" if cfg.model_type == "char" else f"{cfg.vocab_size} pieces"
+                exact = ", byte-exact" if cfg.byte_exact else ""
+                log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, exact)
             tokenizer = Tokenizer.train(cfg, *texts)
         blobs = distributed.broadcast(None if tokenizer is None else (tokenizer.src_blob, tokenizer.tgt_blob))
         return tokenizer or Tokenizer(*blobs)

@@ -265,9 +265,7 @@ def cache_nll(
         x, y = inputs[start : start + window].unsqueeze(0), targets[start : start + window]  # (1, T), (T,)
         out, state = model.hidden(x, state)
         h = out[0].float()  # (T, H)
-        log_p = (
-            torch.log_softmax(model.output(out[0]).float(), dim=-1).gather(1, y.unsqueeze(1)).squeeze(1)
-        )  # (T,)
+        log_p = model.log_probs(out[0]).gather(1, y.unsqueeze(1)).squeeze(1)  # (T,)
         past, t = keys.size(0), h.size(0)
         all_keys, all_values = torch.cat([keys, h]), torch.cat([values, y])  # (M+T, H), (M+T,)
         j = torch.arange(past + t, device=device)

@@ -1,0 +1,270 @@
+"""Word-level language models on WikiText-2: validation perplexity per word against wall-clock minutes,
+test perplexity with and without the neural cache, beside PyTorch's word_language_model example.
+
+    python bench/wikitext2.py --config configs/wikitext2_small.yaml --minutes 10 --seeds 1,2,3
+    python bench/wikitext2.py --config configs/wikitext2_small.yaml --minutes 25 --threads 1 \\
+        --peer ../peers/examples/word_language_model --peer-epochs 1 --side-by-side --plot docs/wikitext2_curve.png
+    python bench/wikitext2.py --config configs/wikitext2_awd.yaml --minutes 60 --tune-cache
+
+The peer is run as its README says (`python main.py --data DIR --epochs N`, its defaults: 2-layer
+LSTM 200, dropout 0.2, bptt 35, batch 20, SGD lr 20); it validates once per epoch. `--side-by-side`
+runs it at the same time as nlp-rnn, each with `--threads` threads. Perplexity per word is
+exp(summed NLL / words), counting one end of line per line: the example's own measure. The cache
+(`--tune-cache`) is tuned on the validation file (size 2,000; theta and lambda on a grid) and then
+reported on the test file. Results go to bench/results/wikitext2/ (summary.json) and the terminal.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "text" / "wikitext-2"
+OUT = ROOT / "bench" / "results" / "wikitext2"
+CACHE_GRID = [(theta, lam) for theta in (0.1, 0.2, 0.3, 0.5) for lam in (0.1, 0.2)]
+
+
+def cpu() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = re.search(r"model name\s*:\s*(.*)", info)
+    bf16 = "avx512_bf16" in info or "amx_bf16" in info
+    return f"{name.group(1) if name else 'unknown CPU'}, {os.cpu_count()} cores, native bf16: {'yes' if bf16 else 'no'}"
+
+
+def env(threads: int) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
+def nlp_rnn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nlp_rnn", *args]
+
+
+def start_ours(config: Path, run: Path, minutes: float, seed: int, threads: int) -> subprocess.Popen:
+    command = nlp_rnn(
+        "train",
+        "lm",
+        "--config",
+        str(config),
+        "--output",
+        str(run),
+        "--train",
+        str(DATA / "wiki.train.tokens"),
+        "--valid",
+        str(DATA / "wiki.valid.tokens"),
+        "--max-minutes",
+        str(minutes),
+        "--seed",
+        str(seed),
+        "--quiet",
+    )
+    log = open(run.parent / f"{run.name}.log", "w")
+    return subprocess.Popen(command, env=env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def start_peer(peer: Path, epochs: int, threads: int, out: Path) -> subprocess.Popen:
+    """The example reads DIR/train.txt, valid.txt, test.txt: links to the shared files."""
+    data = out / "peer-data"
+    data.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        link = data / f"{split}.txt"
+        if not link.exists():
+            link.symlink_to(DATA / f"wiki.{split}.tokens")
+    log = open(out / "peer.log", "w")
+    command = [
+        sys.executable,
+        "main.py",
+        "--data",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--save",
+        str(out / "peer.pt"),
+    ]
+    return subprocess.Popen(command, env=env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=peer)
+
+
+def our_curve(run: Path) -> list[tuple[float, float]]:
+    """(minutes of training, validation perplexity per word) of every validation."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["elapsed_s"] / 60, r["val_ppl_per_word"]) for r in records if "val_ppl_per_word" in r]
+
+
+def our_speed(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
+
+
+def peer_results(log: Path) -> dict:
+    """The example's epochs (cumulative minutes, valid ppl), its words/s and its test ppl."""
+    text = log.read_text()
+    epochs = [
+        (float(t), float(p))
+        for t, p in re.findall(r"end of epoch\s+\d+ \| time:\s*([\d.]+)s.*?valid ppl\s+([\d.]+)", text)
+    ]
+    curve, total = [], 0.0
+    for seconds, ppl in epochs:
+        total += seconds
+        curve.append((total / 60, ppl))
+    ms = [float(m) for m in re.findall(r"ms/batch\s+([\d.]+)", text)]
+    test = re.search(r"End of training \| test loss\s+[\d.]+ \| test ppl\s+([\d.]+)", text)
+    return {
+        "curve": curve,
+        "words_per_s": 20 * 35 / (statistics.median(ms) / 1000) if ms else None,
+        "test_ppl": float(test.group(1)) if test else None,
+    }
+
+
+def evaluate(run: Path, split: str, cache: tuple = ()) -> float:
+    report = run.parent / f"{run.name}.{split}{'.cache' if cache else ''}.json"
+    args = [
+        "evaluate",
+        "--model",
+        str(run),
+        "--data",
+        str(DATA / f"wiki.{split}.tokens"),
+        "--report",
+        str(report),
+    ]
+    if cache:
+        size, theta, lam = cache
+        args += ["--cache-size", str(size), "--cache-theta", str(theta), "--cache-lambda", str(lam)]
+    subprocess.run(nlp_rnn(*args), check=True, capture_output=True, cwd=ROOT)
+    return json.loads(report.read_text())["sets"][0]["perplexity_per_word"]
+
+
+def at(curve: list[tuple[float, float]], minutes: float) -> float | None:
+    """The last validation at or before `minutes`."""
+    seen = [ppl for m, ppl in curve if m <= minutes + 1e-9]
+    return seen[-1] if seen else None
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("training minutes (wall clock)")
+    ax.set_ylabel("validation perplexity per word")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "wikitext2_small.yaml")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--peer", type=Path, help="pytorch/examples' word_language_model folder")
+    parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="run the peer at the same time as the first seed"
+    )
+    parser.add_argument(
+        "--tune-cache", action="store_true", help="tune the cache on validation, report it on test"
+    )
+    parser.add_argument("--cache-size", type=int, default=2000)
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started, summary = (
+        time.time(),
+        {"cpu": cpu(), "config": str(args.config), "minutes": args.minutes, "runs": {}},
+    )
+    print(f"machine: {summary['cpu']}; {args.threads} thread(s) per run", flush=True)
+    peer = None
+    curves = {}
+    for n, seed in enumerate(int(s) for s in args.seeds.split(",")):
+        run = args.out / f"{args.config.stem}-s{seed}"
+        if run.exists():
+            raise SystemExit(f"{run} exists: remove it or give --out elsewhere")
+        ours = start_ours(args.config, run, args.minutes, seed, args.threads)
+        if args.peer and n == 0:
+            if args.side_by_side:
+                peer = start_peer(args.peer, args.peer_epochs, args.threads, args.out)
+            else:
+                ours.wait()
+                peer = start_peer(args.peer, args.peer_epochs, args.threads, args.out)
+        ours.wait()
+        if ours.returncode:
+            raise SystemExit(f"nlp-rnn failed: see {run.parent / (run.name + '.log')}")
+        curve = our_curve(run)
+        result = {
+            "curve": curve,
+            "words_per_s": our_speed(run),
+            "valid_ppl": curve[-1][1],
+            "test_ppl": evaluate(run, "test"),
+        }
+        if args.tune_cache:
+            scores = {(t, lam): evaluate(run, "valid", (args.cache_size, t, lam)) for t, lam in CACHE_GRID}
+            theta, lam = min(scores, key=scores.get)
+            result["cache"] = {
+                "size": args.cache_size,
+                "theta": theta,
+                "lambda": lam,
+                "valid_ppl": scores[(theta, lam)],
+                "test_ppl": evaluate(run, "test", (args.cache_size, theta, lam)),
+            }
+        summary["runs"][f"nlp-rnn seed {seed}"] = result
+        curves[f"nlp-rnn {args.config.stem} (seed {seed})"] = curve
+        print(
+            f"seed {seed}: valid ppl/word {result['valid_ppl']:.1f} after {curve[-1][0]:.1f} min, test "
+            f"{result['test_ppl']:.1f}"
+            + (f", with the cache {result['cache']['test_ppl']:.1f}" if "cache" in result else "")
+            + f"; {result['words_per_s']:,.0f} words/s",
+            flush=True,
+        )
+    if peer is not None:
+        peer.wait()
+        summary["peer"] = peer_results(args.out / "peer.log")
+        curves["PyTorch example (its defaults)"] = summary["peer"]["curve"]
+        print(f"PyTorch example: {summary['peer']}", flush=True)
+    ours = [r for r in summary["runs"].values()]
+    marks = sorted({round(m, 1) for m, _ in summary.get("peer", {}).get("curve", [])} | {args.minutes})
+    for minutes in marks:
+        mine = [at(r["curve"], minutes) for r in ours]
+        line = f"at {minutes:.1f} min: nlp-rnn {', '.join('-' if p is None else f'{p:.1f}' for p in mine)}"
+        if "peer" in summary:
+            theirs = at(summary["peer"]["curve"], minutes)
+            line += f"; PyTorch example {'-' if theirs is None else f'{theirs:.1f}'}"
+            if theirs and all(mine):
+                line += f" (nlp-rnn {100 * (1 - statistics.mean(mine) / theirs):.1f} % lower)"
+        print(line)
+    if len(ours) > 1:
+        finals = [r["valid_ppl"] for r in ours]
+        print(
+            f"valid ppl/word over {len(ours)} seeds: {statistics.mean(finals):.1f} ± {statistics.stdev(finals):.1f}"
+        )
+    if "peer" in summary and summary["peer"]["words_per_s"]:
+        ratio = statistics.mean(r["words_per_s"] for r in ours) / summary["peer"]["words_per_s"]
+        print(
+            f"words/s: nlp-rnn {statistics.mean(r['words_per_s'] for r in ours):,.0f}, PyTorch example "
+            f"{summary['peer']['words_per_s']:,.0f} ({ratio:.2f}x)"
+        )
+    summary["seconds"] = round(time.time() - started)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.plot:
+        plot(curves, args.plot, f"WikiText-2, {summary['cpu']}, {args.threads} thread(s) per run")
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -94,6 +94,11 @@ class LanguageModelTask(tasks.Task):
                 "condition_column": data.condition_column,
             },
         }
+        if tok.words:
+            unseen = sum(map(tok.src.unknown, valid.texts))
+            if unseen:
+                log.warning("validation text: %d words the word list never saw, read as <unk>", unseen)
+            meta["data"]["valid_unknown_words"] = unseen
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
         if data.mode == "stream":
             train_ids = stream_ids(tok, train)

@@ -186,3 +186,21 @@ def call(base: str, path: str, body=None, raw: bytes = None) -> tuple[int, dict]
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+# ----------------------------------------------------------------------------- language models
+
+
+def windows_and_one_pass(model, batcher, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stream batcher's windows read one after another with the state carried, and the same columns
+    read in one pass from a fresh state: the top-layer outputs of both (rows, T, H)."""
+    windows = [batcher.window(w) for w in batcher.epoch(epoch)]
+    rows = windows[0].inputs.size(0)
+    inputs = torch.cat([w.inputs for w in windows], dim=1)
+    with torch.no_grad():
+        whole, _ = model.hidden(inputs, model.initial_state(rows))
+        state, parts = model.initial_state(rows), []
+        for w in windows:
+            out, state = model.hidden(w.inputs, state)
+            parts.append(out)
+    return torch.cat(parts, dim=1), whole

@@ -4,6 +4,7 @@ kept), locked dropout, embedding dropout of whole words, AR/TAR, per-layer sizes
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import windows_and_one_pass
 from torch import nn
 
 from nlp_rnn.errors import NlpRnnError
@@ -111,16 +112,9 @@ def test_a_per_layer_stack_carries_its_state_like_one_pass(cell: str) -> None:
     assert model.output.weight is model.embed.weight and model.initial_state(2).h.shape == (3, 2, 24)
     ids = torch.randint(4, 20, (2 * 60 + 1,))
     batcher = StreamBatcher(ids, rows=2, bptt=7, seed=0)
-    windows = [batcher.window(w) for w in batcher.epoch(0)]
-    inputs = torch.cat([w.inputs for w in windows], dim=1)
-    with torch.no_grad():
-        whole, _ = model.hidden(inputs, model.initial_state(2))
-        state, parts = model.initial_state(2), []
-        for w in windows:
-            out, state = model.hidden(w.inputs, state)
-            parts.append(out)
+    carried, whole = windows_and_one_pass(model, batcher)
     assert whole.shape[-1] == 8
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(carried, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_regularisation_settings_are_one_line_naming_the_field() -> None:
@@ -227,15 +221,8 @@ def test_variable_length_windows_cover_the_stream_and_carry_the_state_like_one_p
         b[1] == a[1] + a[2] for a, b in zip(described, described[1:])
     )  # consecutive, no gap or overlap
     assert batcher.lr_scale(described[0]) == described[0][2] / 20 and described != batcher.epoch(1)
-    windows = [batcher.window(w) for w in described]
-    inputs = torch.cat([w.inputs for w in windows], dim=1)
-    with torch.no_grad():
-        whole, _ = model.hidden(inputs, model.initial_state(3))
-        state, parts = model.initial_state(3), []
-        for w in windows:
-            out, state = model.hidden(w.inputs, state)
-            parts.append(out)
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+    carried, whole = windows_and_one_pass(model, batcher)
+    torch.testing.assert_close(carried, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_an_adaptive_softmax_scores_with_its_full_normalised_distribution() -> None:

@@ -238,7 +238,7 @@ def main() -> None:
         curves["PyTorch example (its defaults)"] = summary["peer"]["curve"]
         print(f"PyTorch example: {summary['peer']}", flush=True)
     ours = [r for r in summary["runs"].values()]
-    marks = sorted({round(m, 1) for m, _ in summary.get("peer", {}).get("curve", [])} | {args.minutes})
+    marks = sorted({m for m, _ in summary.get("peer", {}).get("curve", [])} | {args.minutes})
     for minutes in marks:
         mine = [at(r["curve"], minutes) for r in ours]
         line = f"at {minutes:.1f} min: nlp-rnn {', '.join('-' if p is None else f'{p:.1f}' for p in mine)}"

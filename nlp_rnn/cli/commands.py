@@ -151,7 +151,7 @@ def serve(
         if value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
     limits = server.Limits(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch)
-    specs = [_named_model(item) for item in model] or server.default_specs(limits)
+    specs = [_named_model(item) for item in model] or server.default_specs()
     server.serve(specs, host, port, device, precision, max_wait_ms, limits)
 
 

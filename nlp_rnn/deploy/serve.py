@@ -151,7 +151,7 @@ def _served_tasks() -> list[tasks.Task]:
     return [task for task in tasks.all_tasks() if task.endpoint(Limits()) is not None]
 
 
-def default_specs(limits: Limits) -> list[tuple[str, Path]]:
+def default_specs() -> list[tuple[str, Path]]:
     """The shipped model of every task that has an endpoint and a default model."""
     paths = [default_model(task.name) for task in _served_tasks() if task.default_bundle]
     return [(path.name, path) for path in paths]

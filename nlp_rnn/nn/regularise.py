@@ -55,7 +55,7 @@ def embedding_rows_dropped(
     keep = (
         torch.empty(embed.weight.size(0), 1, device=embed.weight.device).bernoulli_(1 - p).div_(1 - p)
     )  # (V, 1)
-    return F.embedding(tokens, embed.weight * keep, embed.padding_idx)
+    return embed(tokens) * keep[tokens]  # (B, T, E): the looked-up rows only, not the whole table scaled
 
 
 def hidden_weights(rnn: nn.RNNBase) -> list[str]:

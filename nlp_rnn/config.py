@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
+from nlp_rnn import normalise
 from nlp_rnn.errors import NlpRnnError
 
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
@@ -53,8 +54,13 @@ class DataConfig:
     label_names: Optional[dict[str, str]] = None
     max_src_len: int = 100
     max_tgt_len: int = 100
+    # classification without a validation table: this fraction of the training rows, shuffled with a
+    # fixed seed (the same rows whatever train.seed is), held out for validation
+    valid_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.valid_fraction < 1:
+            raise NlpRnnError(f"config: data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
         _positive("data.max_src_len", self.max_src_len)
         _positive("data.max_tgt_len", self.max_tgt_len)
 
@@ -73,8 +79,12 @@ class TokenizerConfig:
     # Byte-exact text (language-model streams): no normalisation, no whitespace folding, no dummy
     # prefix, a piece for the newline, so that decode(encode(text)) == text.
     byte_exact: bool = False
+    # Applied to every text before it is encoded, in training and prediction alike, and stored with the
+    # tokenizer: html (line breaks and tags out, entities decoded), nfkc, lower (`nlp_rnn.normalise`).
+    normalise: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalise", normalise.check(self.normalise))
         _choice("tokenizer.model_type", self.model_type, ("bpe", "unigram", "char", "word", "wordlist"))
         if self.model_type == "wordlist" and not self.joint:
             raise NlpRnnError(
@@ -119,8 +129,28 @@ class TrainConfig:
     average_start: int = 0  # the step averaging starts; 0 with mean: when validation stops improving (below)
     average_patience: int = 5  # NT-ASGD's n: start once a validation is worse than the best before the last n
     ema_decay: float = 0.999
+    # Learning-rate schedule: plateau (halve when validation stalls) | slanted (ULMFiT's slanted triangle:
+    # a linear warm-up over `warmup_fraction` of the budget — max_steps, max_epochs or max_minutes — to
+    # `lr`, then a linear decay to lr / slanted_ratio at its end).
+    schedule: str = "plateau"
+    warmup_fraction: float = 0.1
+    slanted_ratio: float = 32.0
+    # With a task's layer groups (a classifier started from a language model): layer k from the top learns
+    # at lr / layer_lr_decay**k (ULMFiT: 2.6), and with unfreeze_every N only the top group trains at first,
+    # one more group every N steps (gradual unfreezing; 0: all train from the start).
+    layer_lr_decay: float = 1.0
+    unfreeze_every: int = 0
 
     def __post_init__(self) -> None:
+        _choice("train.schedule", self.schedule, ("plateau", "slanted"))
+        if not 0 < self.warmup_fraction < 1 or self.slanted_ratio < 1:
+            raise NlpRnnError(
+                "config: train.warmup_fraction must be in (0, 1) and train.slanted_ratio at least 1"
+            )
+        if self.layer_lr_decay < 1 or self.unfreeze_every < 0:
+            raise NlpRnnError(
+                "config: train.layer_lr_decay must be at least 1 and train.unfreeze_every at least 0"
+            )
         _positive("train.batch_tokens", self.batch_tokens)
         _positive("train.lr", self.lr)
         _positive("train.validate_every", self.validate_every)
@@ -177,6 +207,15 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
     return float(value) if annotation is float else value
 
 
+def _optional_dataclass(annotation: Any) -> Optional[type]:
+    """X for Optional[X] where X is a dataclass, else None."""
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
 def from_dict(cls: type, raw: Any, where: str = "", base: Any = None) -> Any:
     """Builds dataclass `cls` from nested dicts, naming the first unknown key or bad value.
 
@@ -195,9 +234,15 @@ def from_dict(cls: type, raw: Any, where: str = "", base: Any = None) -> Any:
     defaults = base if base is not None else None
     for name, value in raw.items():
         path = f"{where}.{name}" if where else name
+        inner = _optional_dataclass(hints[name])
         if dataclasses.is_dataclass(hints[name]):
             defaults = defaults if defaults is not None else cls()
             kwargs[name] = from_dict(hints[name], value or {}, path, base=getattr(defaults, name))
+        elif inner is not None:  # Optional[Section]: null, or a section over the default's (if any)
+            defaults = defaults if defaults is not None else cls()
+            kwargs[name] = (
+                None if value is None else from_dict(inner, value, path, base=getattr(defaults, name))
+            )
         else:
             kwargs[name] = _check_type(path, value, hints[name])
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)

@@ -242,8 +242,10 @@ def tokenize_parallel(
 
 
 def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """Source ids ending in EOS (an empty text is still one token), truncated to max_len, one warning."""
+    """Source ids ending in EOS (an empty text is still one token), truncated to max_len (0: never), one warning."""
     ids = tokenizer.encode_src([t.strip() for t in texts])
+    if not max_len:
+        return [s + [EOS] for s in ids]
     too_long = sum(len(s) >= max_len for s in ids)
     if too_long:
         log.warning("truncated %d inputs to the model's %d source pieces", too_long, max_len)

@@ -16,6 +16,7 @@ from typing import Optional
 
 import sentencepiece as spm
 
+from nlp_rnn import normalise as normalisation
 from nlp_rnn.config import TokenizerConfig
 from nlp_rnn.errors import BundleError, NlpRnnError
 
@@ -26,6 +27,7 @@ WORDS_FILE = "vocabulary.txt"
 WORDS_HEADER = "# nlp-rnn word list v1: one word a line; ids 0-4 are <pad> <unk> <s> </s> and the end of line"
 SRC_FILE = "source.model"
 TGT_FILE = "target.model"
+NORMALISE_FILE = "normalise.txt"  # the normalisation steps, one a line; absent: none
 
 
 def _train_one(texts: Sequence[str], cfg: TokenizerConfig) -> bytes:
@@ -164,7 +166,14 @@ def _processor(blob: bytes, where: str):
 class Tokenizer:
     """Raw text <-> piece ids for the source and (for translation) the target side."""
 
-    def __init__(self, src_blob: bytes, tgt_blob: Optional[bytes] = None, where: str = "tokenizer") -> None:
+    def __init__(
+        self,
+        src_blob: bytes,
+        tgt_blob: Optional[bytes] = None,
+        where: str = "tokenizer",
+        normalise: Sequence[str] = (),
+    ) -> None:
+        self.normalise = normalisation.check(normalise, f"{where}: normalisation")
         self.src_blob = src_blob
         self.tgt_blob = tgt_blob  # None: joint model (or a classifier's only model)
         self.src = _processor(src_blob, where)
@@ -187,11 +196,19 @@ class Tokenizer:
         cls, cfg: TokenizerConfig, src_texts: Sequence[str], tgt_texts: Optional[Sequence[str]] = None
     ) -> "Tokenizer":
         """Trains a joint model on both sides (if `cfg.joint`) or one model per side."""
+        steps = cfg.normalise
+        if steps:
+            src_texts = [normalisation.normalise(t, steps) for t in src_texts]
+            tgt_texts = None if tgt_texts is None else [normalisation.normalise(t, steps) for t in tgt_texts]
         if tgt_texts is None:
-            return cls(_train_one(src_texts, cfg))
+            return cls(_train_one(src_texts, cfg), normalise=steps)
         if cfg.joint:
-            return cls(_train_one(list(src_texts) + list(tgt_texts), cfg))
-        return cls(_train_one(src_texts, cfg), _train_one(tgt_texts, cfg))
+            return cls(_train_one(list(src_texts) + list(tgt_texts), cfg), normalise=steps)
+        return cls(_train_one(src_texts, cfg), _train_one(tgt_texts, cfg), normalise=steps)
+
+    def normalised(self, texts: Iterable[str]) -> list[str]:
+        """Texts after the normalisation this tokenizer was trained with."""
+        return [normalisation.normalise(t, self.normalise) for t in texts]
 
     @property
     def words(self) -> bool:
@@ -207,6 +224,8 @@ class Tokenizer:
             files = {JOINT_FILE: self.src_blob}
         else:
             files = {SRC_FILE: self.src_blob, TGT_FILE: self.tgt_blob}
+        if self.normalise:
+            files[NORMALISE_FILE] = "".join(step + "\n" for step in self.normalise).encode()
         for name, blob in files.items():
             (folder / name).write_bytes(blob)
         return [folder / name for name in files]
@@ -214,21 +233,27 @@ class Tokenizer:
     @classmethod
     def load(cls, folder: str | Path) -> "Tokenizer":
         folder = Path(folder)
+        steps: list[str] = []
+        if (folder / NORMALISE_FILE).is_file():
+            text = (folder / NORMALISE_FILE).read_text(encoding="utf-8", errors="replace")
+            steps = [line.strip() for line in text.splitlines() if line.strip()]
+            normalisation.check(steps, str(folder / NORMALISE_FILE))
         if (folder / WORDS_FILE).is_file():
             blob, where = (folder / WORDS_FILE).read_bytes(), str(folder / WORDS_FILE)
             WordList.from_blob(blob, where)  # a foreign file is refused as a word list, not as sentencepiece
-            return cls(blob, where=where)
+            return cls(blob, where=where, normalise=steps)
         if (folder / JOINT_FILE).is_file():
-            return cls((folder / JOINT_FILE).read_bytes(), where=str(folder / JOINT_FILE))
+            return cls((folder / JOINT_FILE).read_bytes(), where=str(folder / JOINT_FILE), normalise=steps)
         if (folder / SRC_FILE).is_file() and (folder / TGT_FILE).is_file():
-            return cls((folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes(), where=str(folder))
+            src, tgt = (folder / SRC_FILE).read_bytes(), (folder / TGT_FILE).read_bytes()
+            return cls(src, tgt, where=str(folder), normalise=steps)
         raise BundleError(
             f"{folder}: no tokenizer ({JOINT_FILE}, {SRC_FILE} and {TGT_FILE}, or {WORDS_FILE})"
         )
 
     def encode_stream(self, text: str, chunk_lines: int = 2000) -> list[int]:
         """Ids of a whole text, newlines included (needs a byte-exact tokenizer to round-trip exactly)."""
-        lines = text.splitlines(keepends=True)
+        lines = normalisation.normalise(text, self.normalise).splitlines(keepends=True)
         ids: list[int] = []
         for start in range(0, len(lines), chunk_lines):
             for piece_ids in self.src.encode(lines[start : start + chunk_lines], out_type=int):
@@ -236,14 +261,26 @@ class Tokenizer:
         return ids
 
     def encode_src(self, texts: Iterable[str]) -> list[list[int]]:
-        return self.src.encode(list(texts), out_type=int)
+        return self.src.encode(self.normalised(texts), out_type=int)
 
     def encode_tgt(self, texts: Iterable[str]) -> list[list[int]]:
-        return self.tgt.encode(list(texts), out_type=int)
+        return self.tgt.encode(self.normalised(texts), out_type=int)
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         keep = UNK if self.words else EOS  # a word list writes <unk> back; sentencepiece drops the specials
         return [self.tgt.decode([i for i in seq if i > EOS or i == keep]) for seq in ids]
+
+    def unknown_share(self, ids: Iterable[Sequence[int]]) -> float:
+        """The share of source tokens that are the unknown token or (sentencepiece) byte-fallback pieces."""
+        if self.words:
+            unknown = lambda i: i == UNK  # noqa: E731
+        else:
+            unknown = lambda i: i == UNK or self.src.is_byte(i)  # noqa: E731
+        total = bad = 0
+        for seq in ids:
+            total += len(seq)
+            bad += sum(1 for i in seq if unknown(i))
+        return bad / max(total, 1)
 
     def src_pieces(self, ids: Sequence[int]) -> list[str]:
         return [self.src.id_to_piece(i) for i in ids]

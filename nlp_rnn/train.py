@@ -57,6 +57,9 @@ class TrainingSetup:
     lr_at: Optional[Callable[[int], float]] = None  # step -> learning rate, replacing the plateau schedule
     # batch description -> a factor on the learning rate of that step (e.g. a window's length / bptt)
     lr_scale: Optional[Callable[[Any], float]] = None
+    # The model's parameters in groups from the top layer down (e.g. head, recurrent layers, embeddings), for
+    # per-layer learning rates (train.layer_lr_decay) and gradual unfreezing (train.unfreeze_every).
+    layer_groups: Optional[list[list[torch.nn.Parameter]]] = None
 
 
 @dataclass
@@ -152,7 +155,11 @@ class Trainer:
                 self.device,
             )
         self.scaler = devices.grad_scaler(self.device, self.amp)
-        params = self.model.parameters()
+        if cfg.schedule == "slanted" and not (cfg.max_steps or cfg.max_epochs or cfg.max_minutes):
+            raise NlpRnnError(
+                "train.schedule slanted needs a budget to spread over: train.max_steps, max_epochs or max_minutes"
+            )
+        params = self._param_groups()
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
@@ -166,6 +173,60 @@ class Trainer:
         )
         self.state = Progress()
         self._stop_requested = False
+
+    # ------------------------------------------------------------------ learning rates
+
+    def _param_groups(self) -> list[dict]:
+        """One optimizer group per layer group (top first, lr_mult = 1 / layer_lr_decay**k), or one for all."""
+        groups = self.setup.layer_groups
+        if not groups:
+            return [{"params": list(self.model.parameters()), "lr_mult": 1.0}]
+        grouped = {id(p) for g in groups for p in g}
+        rest = [p for p in self.model.parameters() if id(p) not in grouped]
+        out = [
+            {
+                "params": list(g),
+                "lr_mult": self.cfg.layer_lr_decay**-k,
+                "lr": self.cfg.lr * self.cfg.layer_lr_decay**-k,
+            }
+            for k, g in enumerate(groups)
+        ]
+        out[0]["params"] += rest
+        return out
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def _budget_fraction(self, started: float, epoch_len: int) -> float:
+        cfg, st = self.cfg, self.state
+        done = []
+        if cfg.max_steps:
+            done.append(st.step / cfg.max_steps)
+        if cfg.max_epochs:
+            done.append((st.epoch + st.batch_in_epoch / max(epoch_len, 1)) / cfg.max_epochs)
+        if cfg.max_minutes:
+            done.append(self._elapsed(started) / (60 * cfg.max_minutes))
+        return min(1.0, max(done)) if done else 0.0
+
+    def _before_step(self, started: float, epoch_len: int) -> None:
+        """The slanted-triangular learning rate and gradual unfreezing for the coming step."""
+        cfg = self.cfg
+        if cfg.schedule == "slanted":
+            f, cut = self._budget_fraction(started, epoch_len), cfg.warmup_fraction
+            p = f / cut if f < cut else 1 - (f - cut) / (1 - cut)
+            self._set_lr(cfg.lr * (1 + p * (cfg.slanted_ratio - 1)) / cfg.slanted_ratio)
+        groups = self.setup.layer_groups
+        if cfg.unfreeze_every and groups:
+            stage = min(len(groups), 1 + self.state.step // cfg.unfreeze_every)
+            for k, group in enumerate(groups):
+                for p in group:
+                    p.requires_grad_(k < stage)
+            if stage != getattr(self, "_stage", None):
+                log.info(
+                    "step %d: training the top %d of %d layer groups", self.state.step, stage, len(groups)
+                )
+                self._stage = stage
 
     # ------------------------------------------------------------------ state
 
@@ -275,11 +336,11 @@ class Trainer:
         run does next. Process 0 validates; the others receive its decisions.
         """
         metrics = self._validate_main(started, scheduled) if self.main else None
-        lr, st = self.optimizer.param_groups[0]["lr"], self.state
-        metrics, lr, st.best_score, st.bad_validations = distributed.broadcast(
-            (metrics, lr, st.best_score, st.bad_validations)
+        lrs, st = [g["lr"] for g in self.optimizer.param_groups], self.state
+        metrics, lrs, st.best_score, st.bad_validations = distributed.broadcast(
+            (metrics, lrs, st.best_score, st.bad_validations)
         )
-        for group in self.optimizer.param_groups:
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         st.last_validated = st.step
         st.elapsed_s = self._elapsed(started)
@@ -306,7 +367,7 @@ class Trainer:
             record["averaged"] = self.average.count
         self._write_metrics(record)
         select = self.setup.select  # False: no early stopping or plateau schedule, the latest model is kept
-        if scheduled and select and self.setup.lr_at is None:
+        if scheduled and select and self.setup.lr_at is None and self.cfg.schedule == "plateau":
             self.scheduler.step(score)
         if scheduled:
             self.scores.append(score)
@@ -374,8 +435,7 @@ class Trainer:
             ).backward()  # every share over the whole batch's count
         distributed.sum_gradients(self.params)
         if self.setup.lr_at is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.setup.lr_at(self.state.step)
+            self._set_lr(self.setup.lr_at(self.state.step))
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
@@ -439,6 +499,7 @@ class Trainer:
                             if distributed.any_true(self._stop_requested, self.device)
                             else "budget"
                         )
+                    self._before_step(started, len(batches))
                     loss_sum, count = self._step(batches[st.batch_in_epoch])
                     st.batch_in_epoch += 1
                     st.step += 1

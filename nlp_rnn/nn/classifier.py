@@ -4,6 +4,14 @@ B batch, S length, E embedding, H hidden per direction, D directions, C classes.
 Pooling uses real tokens only: `last` is the forward direction's last real state and the backward
 direction's first (exactly what packing yields), `mean`/`max` ignore padding, `attention` learns
 a softmax over real tokens. `model.members: k` trains k classifiers side by side (`ClassifierEnsemble`).
+
+`model.encoder: language_model` is the document classifier of ULMFiT (Howard & Ruder 2018,
+`DocumentClassifier`): a language model's body (embeddings and unidirectional recurrent stack, the
+weights `--init-from` copies) reads a document of any length in windows of `window` tokens with the
+state carried across them; the top layer's outputs are pooled over the whole document (the last real
+token's, the maximum and the mean, concatenated) into a small head. In training, gradients flow
+through the last `grad_windows` windows only (earlier ones run without a graph), so memory is bounded
+by `grad_windows * window` tokens per document whatever its length; in prediction by one window.
 """
 
 import math
@@ -20,9 +28,11 @@ from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import Encoder, EncoderOutput
 from nlp_rnn.nn.int8 import Int8Encoder, int8_linear
+from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
 from nlp_rnn.tokenizer import PAD, UNK
 
 POOLINGS = ("last", "mean", "max", "attention")
+ENCODERS = ("rnn", "language_model")
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,23 @@ class ClassifierModelConfig:
     freeze_embeddings: bool = False
     word_dropout: float = 0.0  # training only: each input token becomes <unk> with this probability
     members: int = 1  # >1: an ensemble of this many classifiers trained side by side, probabilities averaged
+    # rnn: the sentence encoder above (cell, embedding_dim, hidden_size, ... bidirectional, pooling);
+    # language_model: a language model's body read in windows (`DocumentClassifier`), sized by `body`,
+    # which `train classifier --init-from LM` fills from the language model.
+    encoder: str = "rnn"
+    body: Optional[LMModelConfig] = None
+    window: int = 70  # language_model encoder: tokens per window (ULMFiT's bptt)
+    grad_windows: int = 20  # ... training backpropagates through the last this many windows of a batch
+    head_size: int = 50  # ... the head's hidden layer over the pooled [last, max, mean] features
+    # A language model (bundle or training folder) whose tokenizer, embeddings and recurrent stack the
+    # classifier starts from (`--init-from`); read once, when training starts.
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
+        _choice("model.encoder", self.encoder, ENCODERS)
+        for name in ("window", "grad_windows", "head_size"):
+            _positive(f"model.{name}", getattr(self, name))
         _choice("model.pooling", self.pooling, POOLINGS)
         for name in ("embedding_dim", "hidden_size", "num_layers"):
             _positive(f"model.{name}", getattr(self, name))
@@ -145,7 +169,78 @@ class ClassifierEnsemble(nn.Module):
         return sum(member(batch)[0] for member in self.members), batch.size
 
 
+class DocumentClassifier(nn.Module):
+    """A language model's body over a whole document in windows, concat pooling, a small head."""
+
+    def __init__(self, cfg: ClassifierModelConfig, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        if cfg.body is None:
+            raise NlpRnnError(
+                "config: model.encoder language_model needs model.body (or --init-from a language model)"
+            )
+        if cfg.members != 1:
+            raise NlpRnnError("config: model.members > 1 goes with model.encoder rnn only")
+        self.cfg = cfg
+        self.body = LanguageModel(cfg.body, vocab_size, output=False)
+        size = cfg.body.top_size
+        self.head = nn.Sequential(
+            nn.LayerNorm(3 * size),
+            Dropout(cfg.dropout),
+            nn.Linear(3 * size, cfg.head_size),
+            nn.ReLU(),
+            Dropout(cfg.dropout),
+            nn.Linear(cfg.head_size, num_classes),
+        )
+
+    def features(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded documents src (B, S) of `lengths` (B,) -> pooled features (B, 3H): the top layer's
+        output at the last real token, its maximum and its mean over the real tokens."""
+        size, width, batch = self.cfg.body.top_size, self.cfg.window, src.size(0)
+        windows = max(1, -(-src.size(1) // width))
+        grad = torch.is_grad_enabled()
+        first_graph = windows - self.cfg.grad_windows  # earlier windows run without a graph
+        state = self.body.initial_state(batch)
+        top = src.new_full((batch, size), float("-inf"), dtype=torch.float32)
+        total = src.new_zeros((batch, size), dtype=torch.float32)
+        last = src.new_zeros((batch, size), dtype=torch.float32)
+        for k in range(windows):
+            with torch.set_grad_enabled(grad and k >= first_graph):
+                tokens = src[:, k * width : (k + 1) * width]  # (B, w)
+                out, state = self.body._recurrent(tokens, state)
+                out = out.float()  # (B, w, H)
+                at = lengths - 1 - k * width  # (B,) the last real token's place in this window
+                real = torch.arange(tokens.size(1), device=src.device).unsqueeze(0) <= at.unsqueeze(
+                    1
+                )  # (B, w)
+                top = torch.maximum(top, out.masked_fill(~real.unsqueeze(2), float("-inf")).amax(1))
+                total = total + (out * real.unsqueeze(2)).sum(1)
+                picked = out.gather(1, at.clamp(0, tokens.size(1) - 1).view(-1, 1, 1).expand(-1, 1, size))
+                inside = ((at >= 0) & (at < tokens.size(1))).unsqueeze(1)  # (B, 1)
+                last = torch.where(inside, picked.squeeze(1), last)
+        mean = total / lengths.clamp(min=1).unsqueeze(1).float()
+        return torch.cat([last, top, mean], dim=1)  # (B, 3H)
+
+    def embedding_paths(self) -> list[str]:
+        return ["body.embed"]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the top: the head, the recurrent layers top to bottom, the embeddings."""
+        return [list(self.head.parameters()), *reversed(self.body.layer_groups())]
+
+    def int8_(self) -> None:
+        self.body.int8_()
+        self.head[2], self.head[5] = int8_linear(self.head[2]), int8_linear(self.head[5])
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.head(self.features(batch.src, batch.src_len))  # (B, C)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        return F.cross_entropy(self.logits(batch).float(), batch.labels, reduction="sum"), batch.size
+
+
 def build(cfg: ClassifierModelConfig, vocab_size: int, num_classes: int) -> nn.Module:
+    if cfg.encoder == "language_model":
+        return DocumentClassifier(cfg, vocab_size, num_classes)
     return (
         Classifier(cfg, vocab_size, num_classes)
         if cfg.members == 1

@@ -50,6 +50,9 @@ class LMModelConfig:
     # An adaptive softmax (Grave et al. 2017) with these cluster cut-offs, e.g. [2000, 10000]: the frequent
     # words in the head, rarer ones in smaller tail clusters; empty: one full softmax.
     adaptive_softmax: tuple[int, ...] = ()
+    # Fine-tune this language model (bundle or training folder) instead of starting from random weights: its
+    # tokenizer, model section and weights are taken (ULMFiT's second stage); read once, when training starts.
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -127,7 +130,10 @@ class LMMemory:
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, cfg: LMModelConfig, vocab_size: int, num_conditions: int = 0) -> None:
+    def __init__(
+        self, cfg: LMModelConfig, vocab_size: int, num_conditions: int = 0, output: bool = True
+    ) -> None:
+        """`output=False`: the body only (embeddings and recurrent stack), e.g. a classifier's encoder."""
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD)
@@ -149,7 +155,9 @@ class LanguageModel(nn.Module):
                 cfg.cell, inputs, cfg.hidden_size, cfg.num_layers, between, bidirectional=False
             )
         self.dropout = dropout(cfg.dropout, cfg.locked_dropout)
-        if cfg.adaptive_softmax:
+        if not output:
+            self.output = None
+        elif cfg.adaptive_softmax:
             if cfg.adaptive_softmax[-1] >= vocab_size - 1:
                 raise NlpRnnError(
                     f"config: model.adaptive_softmax cut-offs must stay below the vocabulary ({vocab_size}), "
@@ -160,8 +168,34 @@ class LanguageModel(nn.Module):
             )
         else:
             self.output = nn.Linear(cfg.top_size, vocab_size)
-        if cfg.tie_output:
+        if cfg.tie_output and output:
             self.output.weight = self.embed.weight
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the bottom: the embeddings (and condition layers), each recurrent layer, the
+        output layer if any (tied weights counted once, with the embeddings) — for per-layer learning
+        rates and gradual unfreezing."""
+        seen: set[int] = set()
+
+        def fresh(params) -> list[nn.Parameter]:
+            out = [p for p in params if id(p) not in seen]
+            seen.update(id(p) for p in out)
+            return out
+
+        groups = [fresh(self.embed.parameters())]
+        groups[0] += fresh(
+            p for m in (self.condition, self.condition_init) if m is not None for p in m.parameters()
+        )
+        if isinstance(self.rnn, LayerStack):
+            groups += [fresh(layer.parameters()) for layer in self.rnn.layers]
+        else:
+            named = dict(self.rnn.named_parameters())
+            groups += [
+                fresh(p for n, p in named.items() if n.endswith(f"_l{k}")) for k in range(self.cfg.num_layers)
+            ]
+        if self.output is not None:
+            groups.append(fresh(self.output.parameters()))
+        return [g for g in groups if g]
 
     def int8_(self) -> None:
         """The recurrent stack and the linear layers in int8 (`nn.int8`), in place; for inference on the CPU."""

@@ -265,8 +265,10 @@ class TokenizerChoice:
                 exact = ", byte-exact" if cfg.byte_exact else ""
                 log.info("training a %s sentencepiece model (%s%s)", cfg.model_type, size, exact)
             tokenizer = Tokenizer.train(cfg, *texts)
-        blobs = distributed.broadcast(None if tokenizer is None else (tokenizer.src_blob, tokenizer.tgt_blob))
-        return tokenizer or Tokenizer(*blobs)
+        blobs = distributed.broadcast(
+            None if tokenizer is None else (tokenizer.src_blob, tokenizer.tgt_blob, tokenizer.normalise)
+        )
+        return tokenizer or Tokenizer(blobs[0], blobs[1], normalise=blobs[2])
 
 
 def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict, seed: int) -> bundles.Bundle:

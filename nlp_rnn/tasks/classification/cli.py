@@ -29,8 +29,17 @@ def train_options(
     ),
     pretrained_embeddings: Optional[str] = options.PRETRAINED,
     freeze_embeddings: Optional[bool] = options.FREEZE,
+    init_from: Optional[str] = typer.Option(
+        None,
+        "--init-from",
+        help="Start from a language model (run folder or bundle): its tokenizer, embeddings and recurrent "
+        "stack read whole documents (config: model.init_from).",
+    ),
+    valid_fraction: Optional[float] = typer.Option(
+        None, "--valid-fraction", help="No --valid: hold out this fraction of the shuffled training rows."
+    ),
 ) -> dict:
-    """Train a sentence classifier (e.g. sentiment) from labelled text."""
+    """Train a text classifier (e.g. sentiment) from labelled sentences or documents."""
     return {
         "data": dict(
             train=train,
@@ -41,8 +50,13 @@ def train_options(
             text_column=text_column,
             label_column=label_column,
             label_names=options.mapping(label_names, "--label-names"),
+            valid_fraction=valid_fraction,
         ),
-        "model": dict(pretrained_embeddings=pretrained_embeddings, freeze_embeddings=freeze_embeddings),
+        "model": dict(
+            pretrained_embeddings=pretrained_embeddings,
+            freeze_embeddings=freeze_embeddings,
+            init_from=init_from,
+        ),
     }
 
 

@@ -82,7 +82,8 @@ class Predictor:
         self.labels: list[str] = list(bundle.meta["labels"])  # names
         self.values: list[str] = list(bundle.meta.get("label_values", self.labels))  # as in the training data
         self.ids = [int(v) if v.lstrip("-").isdigit() else i for i, v in enumerate(self.values)]
-        self.max_len = bundle.config.data.max_src_len
+        # a document classifier reads every text whole; the sentence encoder its data.max_src_len pieces
+        self.max_len = bundle.config.data.max_src_len if bundle.config.model.encoder == "rnn" else 0
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         empty = sum(not t.strip() for t in texts)

@@ -1,6 +1,7 @@
 """The classification task: labelled text, the sentence classifier, accuracy validation, test-set reports."""
 
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn import exported
 from nlp_rnn.nn.classifier import build, embeddings_of
 from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.classification import transfer
 from nlp_rnn.tasks.classification.cli import classify, endpoint, train_options
 from nlp_rnn.tasks.classification.config import NAME, ClassifierConfig
 from nlp_rnn.tasks.classification.interface import Predictor, display_names, gold_ids
@@ -30,6 +32,20 @@ from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
 from nlp_rnn.tasks.metrics import classification_report
 
 log = logging.getLogger(__name__)
+
+
+def held_out(texts: list[str], labels: list[str], fraction: float) -> tuple[list, list, list, list]:
+    """Training rows shuffled with a fixed seed, the last `fraction` of them split off for validation."""
+    order = list(range(len(texts)))
+    random.Random(20_13).shuffle(order)
+    cut = len(order) - max(1, round(fraction * len(order)))
+    keep, out = sorted(order[:cut]), sorted(order[cut:])
+    return (
+        [texts[i] for i in keep],
+        [labels[i] for i in keep],
+        [texts[i] for i in out],
+        [labels[i] for i in out],
+    )
 
 
 def labeled_source(data: DataConfig, split: str) -> LabeledSource:
@@ -58,9 +74,18 @@ class ClassificationTask(tasks.Task):
     def prepare(
         self, cfg: ClassifierConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice
     ) -> tasks.TrainingSetup:
-        train_spec, valid_spec = labeled_source(cfg.data, "train"), labeled_source(cfg.data, "valid")
+        train_spec = labeled_source(cfg.data, "train")
         train_texts, train_labels = read_labeled(train_spec)
-        valid_texts, valid_labels = read_labeled(valid_spec)
+        if cfg.data.valid_fraction and not (cfg.data.valid or cfg.data.dataset):
+            train_texts, train_labels, valid_texts, valid_labels = held_out(
+                train_texts, train_labels, cfg.data.valid_fraction
+            )
+            valid_spec = LabeledSource(table=f"{train_spec.describe()} (held out: {cfg.data.valid_fraction})")
+        else:
+            valid_spec = labeled_source(cfg.data, "valid")
+            valid_texts, valid_labels = read_labeled(valid_spec)
+        start = transfer.start_from(cfg) if cfg.model.init_from else None
+        cfg = start.config if start else cfg
         values = label_names(train_labels)
         if len(values) < 2:
             raise NlpRnnError(
@@ -75,9 +100,12 @@ class ClassificationTask(tasks.Task):
             len(valid_texts),
             ", ".join(v if v == n else f"{v} ({n})" for v, n in zip(values, names)),
         )
-        tok = tokenizer.get(cfg.tokenizer, [t for t in train_texts if t.strip()])
-        x_train = encode_sources(tok, train_texts, cfg.data.max_src_len)
-        x_valid = encode_sources(tok, valid_texts, cfg.data.max_src_len)
+        tok = (
+            start.tokenizer if start else tokenizer.get(cfg.tokenizer, [t for t in train_texts if t.strip()])
+        )
+        limit = cfg.data.max_src_len if cfg.model.encoder == "rnn" else 0  # documents are read whole
+        x_train = encode_sources(tok, train_texts, limit)
+        x_valid = encode_sources(tok, valid_texts, limit)
         meta = {
             "labels": names,
             "label_values": values,
@@ -87,10 +115,15 @@ class ClassificationTask(tasks.Task):
                 "train_examples": len(train_texts),
                 "text_column": cfg.data.text_column,
                 "label_column": cfg.data.label_column,
+                "unknown_share": round(tok.unknown_share(x_train), 6),
             },
         }
+        if start:
+            meta["init_from"] = start.describe()
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
         model = bundle.model
+        if start:
+            start.copy_into(model)
         embeddings.apply(
             cfg.model,
             model,
@@ -119,6 +152,7 @@ class ClassificationTask(tasks.Task):
 
         return tasks.TrainingSetup(
             bundle=bundle,
+            layer_groups=model.layer_groups() if hasattr(model, "layer_groups") else None,
             batcher=batcher,
             collate=lambda index: make_batch([x_train[i] for i in index], labels=[y_train[i] for i in index]),
             loss_fn=lambda batch, step: model(batch),

@@ -41,6 +41,12 @@ def train_options(
     streams: Optional[int] = typer.Option(
         None, help="Stream mode: batch rows (contiguous parts of the corpus)."
     ),
+    init_from: Optional[str] = typer.Option(
+        None,
+        "--init-from",
+        help="Fine-tune a language model (run folder or bundle) on this text: its tokenizer and weights "
+        "(config: model.init_from; the model's shape comes from it).",
+    ),
 ) -> dict:
     """Train a recurrent language model on raw text (character or subword level)."""
     if condition_column and mode is None:
@@ -58,7 +64,8 @@ def train_options(
             mode=mode,
             bptt=bptt,
             streams=streams,
-        )
+        ),
+        "model": dict(init_from=init_from),
     }
 
 

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from nlp_rnn.data import (
     TokenBatcher,
     label_names,
 )
-from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.nn.language_model import LanguageModel, LMState
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.evaluation import model_info, table
@@ -81,7 +82,16 @@ class LanguageModelTask(tasks.Task):
             raise NlpRnnError(
                 "config: data.mode stream needs tokenizer.byte_exact: true (newlines and spaces kept exactly)"
             )
-        tok = tokenizer.get(cfg.tokenizer, [line for t in train.texts for line in t.split("\n") if line])
+        source = self._source(cfg.model.init_from) if cfg.model.init_from else None
+        if source is not None:
+            cfg = replace(
+                cfg,
+                model=replace(source.config.model, init_from=cfg.model.init_from),
+                tokenizer=source.config.tokenizer,
+            )
+            tok = source.tokenizer
+        else:
+            tok = tokenizer.get(cfg.tokenizer, [line for t in train.texts for line in t.split("\n") if line])
         names = label_names(train.conditions) if train.conditions is not None else []
         meta = {
             "mode": data.mode,
@@ -99,14 +109,33 @@ class LanguageModelTask(tasks.Task):
             if unseen:
                 log.warning("validation text: %d words the word list never saw, read as <unk>", unseen)
             meta["data"]["valid_unknown_words"] = unseen
+        if source is not None:
+            meta["init_from"] = str(source.path)
         bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        if source is not None:
+            bundle.model.load_state_dict(source.model.state_dict())
+            log.info("fine-tuning the language model %s", source.path)
         if data.mode == "stream":
             train_ids = stream_ids(tok, train)
-            bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
+            if source is None:
+                bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
             return self._stream_setup(
                 cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters, valid.words
             )
         return self._sentence_setup(cfg, bundle, train, valid, names)
+
+    def _source(self, where: str) -> Bundle:
+        if not Path(where).exists():
+            raise NlpRnnError(f"--init-from {where}: no such folder")
+        try:
+            source = tasks.load(where)
+        except BundleError as err:
+            raise NlpRnnError(f"--init-from {where}: {err}") from None
+        if source.task != self.name:
+            raise NlpRnnError(
+                f"--init-from {where}: a {source.task} model; fine-tuning needs a language model"
+            )
+        return source
 
     def _stream_setup(
         self,

@@ -1,0 +1,85 @@
+"""`train classifier --init-from LM`: a classifier that starts from a language model (Dai & Le 2015, ULMFiT).
+
+The classifier takes the language model's tokenizer (with its normalisation), and its embeddings and
+recurrent stack become the document classifier's body (`model.encoder: language_model`). The body's
+shape (cell, sizes, layers, layer layout) comes from the language model; a config that states another
+shape is refused naming both. Its regularisation (dropouts, DropConnect) is the config's `model.body`
+where given, else the language model's. The vocabulary is the language model's own, so there are no
+new rows to initialise.
+"""
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch import nn
+
+from nlp_rnn.bundle import Bundle
+from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SHAPE = ("cell", "embedding_dim", "hidden_size", "num_layers", "last_layer_size", "per_layer")
+
+
+@dataclass
+class Start:
+    config: object  # the classifier's config with model.encoder language_model and model.body filled in
+    source: Bundle
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.source.tokenizer
+
+    def describe(self) -> dict:
+        return {"path": str(self.source.path), "parameters": self.source.meta.get("parameters")}
+
+    def copy_into(self, model: nn.Module) -> None:
+        """The language model's embeddings and recurrent stack into the classifier's body, exactly."""
+        weights = {k: v for k, v in self.source.model.state_dict().items() if not k.startswith("output.")}
+        missing, unexpected = model.body.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise NlpRnnError(
+                f"--init-from {self.source.path}: its weights do not fit the classifier's body "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        log.info("started from the language model %s (embeddings and recurrent stack)", self.source.path)
+
+
+def _shape(cfg: LMModelConfig) -> dict:
+    return {name: getattr(cfg, name) for name in SHAPE}
+
+
+def start_from(cfg) -> Start:
+    """The language model named by cfg.model.init_from, checked against the classifier config."""
+    where = cfg.model.init_from
+    if not Path(where).exists():
+        raise NlpRnnError(f"--init-from {where}: no such folder")
+    try:
+        source = tasks.load(where)
+    except BundleError as err:
+        raise NlpRnnError(f"--init-from {where}: {err}") from None
+    if not isinstance(source.model, LanguageModel):
+        raise NlpRnnError(
+            f"--init-from {where}: a {source.task} model; a classifier starts from a language model"
+        )
+    lm: LMModelConfig = source.config.model
+    if source.model.condition is not None:
+        raise NlpRnnError(f"--init-from {where}: a conditional language model; train an unconditional one")
+    given = cfg.model.body
+    if given is not None and _shape(given) != _shape(lm):
+        differ = [n for n in SHAPE if getattr(given, n) != getattr(lm, n)]
+        raise NlpRnnError(
+            f"--init-from {where}: its body ({', '.join(f'{n} {getattr(lm, n)}' for n in differ)}) does not fit "
+            f"the config's model.body ({', '.join(f'{n} {getattr(given, n)}' for n in differ)})"
+        )
+    body = lm if given is None else given
+    body = replace(body, tie_output=False, adaptive_softmax=(), condition_input=False)
+    if cfg.model.encoder != "language_model":
+        log.info("--init-from: model.encoder language_model (the language model's body reads the documents)")
+    model = replace(cfg.model, encoder="language_model", body=body)
+    config = replace(cfg, model=model, tokenizer=source.config.tokenizer)
+    return Start(config, source)

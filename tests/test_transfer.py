@@ -1,0 +1,234 @@
+"""Sentiment on real text: whole documents read in windows, raw text normalised by the tokenizer, and a
+classifier started from a language model (`--init-from`) with per-layer rates and gradual unfreezing."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CHECKPOINTS
+
+from nlp_rnn.cli import main
+from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
+from nlp_rnn.data import make_batch
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.classifier import ClassifierModelConfig, build
+from nlp_rnn.nn.language_model import LMModelConfig
+from nlp_rnn.normalise import normalise
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.classification import ClassifierConfig
+from nlp_rnn.tasks.classification.interface import Predictor
+from nlp_rnn.tokenizer import Tokenizer
+from nlp_rnn.train import Trainer
+
+BODY = LMModelConfig(embedding_dim=12, hidden_size=16, num_layers=2, dropout=0.0)
+
+
+def document_model(window: int, grad_windows: int = 20, **body) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ClassifierModelConfig(
+        encoder="language_model",
+        body=replace(BODY, **body),
+        window=window,
+        grad_windows=grad_windows,
+        dropout=0.0,
+    )
+    return build(cfg, 50, 3)
+
+
+def test_a_document_read_in_windows_equals_one_pass_with_the_state_carried() -> None:
+    windowed, whole = document_model(window=7), document_model(window=10_000)
+    whole.load_state_dict(windowed.state_dict())
+    torch.manual_seed(1)
+    docs = [torch.randint(5, 50, (35,)).tolist(), torch.randint(5, 50, (12,)).tolist(), [7]]  # 5x, <2x, 1
+    batch = make_batch(docs)
+    for model in (windowed, whole):
+        model.eval()
+    with torch.no_grad():
+        a, b = windowed.features(batch.src, batch.src_len), whole.features(batch.src, batch.src_len)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.softmax(windowed.logits(batch), -1),
+            torch.softmax(whole.logits(batch), -1),
+            atol=1e-5,
+            rtol=0,
+        )
+        alone = windowed.features(*(lambda x: (x.src, x.src_len))(make_batch([docs[1]])))
+    torch.testing.assert_close(alone[0], a[1], atol=1e-5, rtol=1e-5)  # alone equals inside a padded batch
+
+
+def saved_for_backward(model: torch.nn.Module, length: int) -> int:
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+
+    batch = make_batch([torch.randint(5, 50, (length,)).tolist()] * 2, labels=[0, 1])
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = model(batch)
+    loss.backward()
+    return count
+
+
+def test_memory_for_a_long_document_is_bounded_by_the_windows_with_gradients() -> None:
+    model = document_model(window=8, grad_windows=2, locked_dropout=True)
+    five, fifty = saved_for_backward(model, 5 * 8), saved_for_backward(model, 50 * 8)
+    assert five == fifty > 0
+
+
+def test_normalisation_is_idempotent_and_the_raw_and_normalised_text_classify_alike(tmp_path: Path) -> None:
+    raw = "A gripping, beautifully acted film!<br /><br />Go see it &amp; ﬁnd out."
+    steps = ("html", "nfkc", "lower")
+    assert normalise(raw, steps) == "a gripping, beautifully acted film!  go see it & find out."
+    assert normalise(normalise(raw, steps), steps) == normalise(raw, steps)
+    tok = Tokenizer.train(TokenizerConfig(model_type="unigram", vocab_size=300, normalise=steps), [raw] * 20)
+    tok.save(tmp_path)
+    assert Tokenizer.load(tmp_path).normalise == steps
+    assert tok.encode_src([raw]) == tok.encode_src([normalise(raw, steps)])
+
+
+# ----------------------------------------------------------------------------- transfer, real tiny runs
+
+REVIEWS = [
+    ("A gripping, beautifully acted film!<br /><br />Go see it.", 1),
+    ("Dull and far too long. I walked out.", 0),
+    ("Wonderful story, great cast and a moving ending.", 1),
+    ("The worst film of the year: boring, badly acted.", 0),
+] * 6
+
+
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    text = "\n".join(t for t, _ in REVIEWS) + "\n"
+    (folder / "train.txt").write_text(text * 3)
+    (folder / "cfg.yaml").write_text(
+        "tokenizer: {model_type: unigram, vocab_size: 300, byte_exact: true, normalise: [html, lower]}\n"
+        "data: {streams: 4, bptt: 16}\n"
+        "model: {embedding_dim: 12, hidden_size: 16, num_layers: 2, dropout: 0.0}\n"
+        "train: {max_steps: 6, validate_every: 3}\n"
+    )
+    args = ["--config", str(folder / "cfg.yaml"), "--train", str(folder / "train.txt"), "--quiet"]
+    assert main(["train", "lm", "--output", str(folder / "run"), "--valid-fraction", "0.2", *args]) == 0
+    return folder / "run"
+
+
+def classifier_config(tmp_path: Path, lm: Path, **train) -> ClassifierConfig:
+    table = tmp_path / "reviews.tsv"
+    table.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in REVIEWS))
+    return ClassifierConfig(
+        data=DataConfig(train=str(table), valid=str(table), text_column="text"),
+        model=ClassifierModelConfig(init_from=str(lm), window=8, head_size=8, dropout=0.0),
+        train=TrainConfig(**{"batch_tokens": 400, "validate_every": 100, **train}),
+    )
+
+
+def test_init_from_copies_the_language_model_exactly_and_takes_its_tokenizer(
+    tmp_path: Path, language_model
+) -> None:
+    cfg = classifier_config(tmp_path, language_model, max_steps=2)
+    setup = tasks.get("classification").prepare(
+        cfg, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run")
+    )
+    lm = tasks.load(language_model)
+    body = setup.bundle.model.body.state_dict()
+    for name, tensor in lm.model.state_dict().items():
+        if not name.startswith("output."):
+            assert torch.equal(body[name], tensor), name
+    assert setup.bundle.tokenizer.src_blob == lm.tokenizer.src_blob
+    assert setup.bundle.tokenizer.normalise == ("html", "lower")
+    assert (
+        setup.bundle.config.model.encoder == "language_model"
+        and setup.bundle.config.model.body.hidden_size == 16
+    )
+
+
+def test_discriminative_rates_and_gradual_unfreezing_are_applied(tmp_path: Path, language_model) -> None:
+    cfg = classifier_config(
+        tmp_path, language_model, max_steps=3, lr=0.01, layer_lr_decay=2.6, unfreeze_every=2
+    )
+    setup = tasks.get("classification").prepare(
+        cfg, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run")
+    )
+    model = setup.bundle.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(cfg.train, setup, tmp_path / "run", progress_bar=False)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx(
+        [0.01 / 2.6**k for k in range(4)]
+    )
+    trainer.run()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("head.") for k in changed)
+    assert any(k.startswith("body.rnn.weight_hh_l1") for k in changed)  # unfrozen at step 2
+    assert not any(
+        k.startswith(("body.embed", "body.rnn.weight_hh_l0", "body.rnn.bias_ih_l0")) for k in changed
+    )
+
+
+def test_the_slanted_triangle_warms_up_then_decays(tmp_path: Path, language_model) -> None:
+    cfg = classifier_config(tmp_path, language_model, max_steps=10, lr=0.01, schedule="slanted", log_every=1)
+    result = tasks.train("classification", cfg, tmp_path / "run", progress_bar=False)
+    lrs = [
+        json.loads(line)["lr"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "lr" in json.loads(line)
+    ]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and max(lrs) == pytest.approx(0.01, rel=0.2)
+    assert lrs[-1] < lrs[peak] / 4 and result
+
+
+def test_bad_starts_are_one_line_each(tmp_path: Path, language_model) -> None:
+    cfg = classifier_config(tmp_path, language_model)
+    prepare = tasks.get("classification").prepare
+    for where, message in (
+        (tmp_path / "missing", "no such folder"),
+        (CHECKPOINTS / "multi30k-de-en", "a translation model; a classifier starts from a language model"),
+        (CHECKPOINTS / "sst2", "a classification model"),
+    ):
+        bad = replace(cfg, model=replace(cfg.model, init_from=str(where)))
+        with pytest.raises(NlpRnnError, match=message):
+            prepare(bad, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+    wrong = replace(cfg, model=replace(cfg.model, body=replace(BODY, hidden_size=32)))
+    with pytest.raises(
+        NlpRnnError,
+        match=r"its body \(hidden_size 16\) does not fit the config's model.body \(hidden_size 32\)",
+    ):
+        prepare(wrong, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+
+
+def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
+    tmp_path: Path, language_model
+) -> None:
+    cfg = classifier_config(tmp_path, language_model, max_steps=4, validate_every=4)
+    tasks.train("classification", cfg, tmp_path / "run", progress_bar=False)
+    predictor = Predictor(tasks.load(tmp_path / "run"))
+    raw = "A gripping, beautifully acted film!<br /><br />Go see it."
+    texts = [raw, normalise(raw, ("html", "lower")), "", "<br /><br />", "great " * 20_000]
+    out = predictor.classify(texts)
+    assert out[0].probabilities == out[1].probabilities
+    assert all(math.isclose(sum(p.probabilities.values()), 1, rel_tol=1e-5) for p in out)
+
+
+def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(
+    tmp_path: Path, language_model
+) -> None:
+    (tmp_path / "target.txt").write_text("A moving ending and a great cast.<br />Wonderful.\n" * 30)
+    run = tmp_path / "tuned"
+    args = ["--train", str(tmp_path / "target.txt"), "--valid-fraction", "0.2", "--max-steps", "2", "--quiet"]
+    assert main(["train", "lm", "--output", str(run), "--init-from", str(language_model), *args]) == 0
+    source, tuned = tasks.load(language_model), tasks.load(run)
+    assert tuned.tokenizer.src_blob == source.tokenizer.src_blob and tuned.meta["init_from"]
+    assert tuned.config.model.hidden_size == 16  # the shape comes from the language model, not the defaults
+    changed = [
+        k for k, v in source.model.state_dict().items() if not torch.equal(v, tuned.model.state_dict()[k])
+    ]
+    assert changed  # trained on from there
+    with pytest.raises(NlpRnnError, match="a classification model; fine-tuning needs a language model"):
+        tasks.get("language_model")._source(str(CHECKPOINTS / "sst2"))

@@ -140,9 +140,12 @@ class TrainConfig:
     # one more group every N steps (gradual unfreezing; 0: all train from the start).
     layer_lr_decay: float = 1.0
     unfreeze_every: int = 0
+    # A step whose loss or gradient norm is NaN/inf is skipped; this many in a row stop training (one line).
+    nonfinite_patience: int = 10
 
     def __post_init__(self) -> None:
         _choice("train.schedule", self.schedule, ("plateau", "slanted"))
+        _positive("train.nonfinite_patience", self.nonfinite_patience)
         if not 0 < self.warmup_fraction < 1 or self.slanted_ratio < 1:
             raise NlpRnnError(
                 "config: train.warmup_fraction must be in (0, 1) and train.slanted_ratio at least 1"

@@ -73,6 +73,8 @@ class Progress:
     best_score: float = -math.inf
     bad_validations: int = 0
     last_validated: int = -1
+    nonfinite_in_a_row: int = 0  # steps skipped for a NaN/inf loss or gradient, consecutively
+    nonfinite_total: int = 0
 
 
 class RunLock:
@@ -312,6 +314,12 @@ class Trainer:
         ranks = distributed.gather(self._rank_state()) if which == "last" else None
         if not self.main:
             return
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NlpRnnError(
+                f"step {self.state.step}: parameter {bad[0]} is not finite; {which}/ was not written "
+                f"({self.out_dir / 'best'} holds the best model so far)"
+            )
         self.bundle.meta["step"] = self.state.step
         bundles.save(
             self.out_dir / which, self.bundle, self._trainer_state(ranks) if which == "last" else None
@@ -380,11 +388,14 @@ class Trainer:
             self.state.bad_validations += 1
         return metrics
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:
+    def _on_signal(self, signum, frame) -> None:
+        """SIGINT (Ctrl-C), SIGTERM (what Slurm, Kubernetes and torchrun send before a kill) and SIGUSR1
+        (Slurm's advance warning): finish this step, validate, save last/ and return; a second Ctrl-C aborts."""
+        if self._stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self._stop_requested = True
-        log.warning("interrupted: finishing this step and saving last/ (Ctrl-C again to abort)")
+        name = signal.Signals(signum).name
+        log.warning("%s: finishing this step and saving last/ (resume with --resume)", name)
 
     def run(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -400,11 +411,13 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)  # each process its own dropout masks
         if self.cfg.num_threads > 0:
             torch.set_num_threads(self.cfg.num_threads)
-        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        caught = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in caught}
         try:
             reason = self._loop()
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         distributed.barrier()  # nobody reads best/ before process 0 has written it
         return {
             "stopped": reason,
@@ -429,6 +442,8 @@ class Trainer:
                 loss_sum, count = self.loss_fn(batch, self.state.step)
         local = float(loss_sum.detach()) if loss_sum is not None else 0.0
         total_loss, total_count = distributed.sum_floats([local, count], self.device)
+        if not math.isfinite(total_loss):
+            return self._skip_nonfinite("loss", total_loss)
         if loss_sum is not None:
             self.scaler.scale(
                 loss_sum / max(total_count, 1)
@@ -436,9 +451,12 @@ class Trainer:
         distributed.sum_gradients(self.params)
         if self.setup.lr_at is not None:
             self._set_lr(self.setup.lr_at(self.state.step))
-        if self.cfg.clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
+        self.scaler.unscale_(self.optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm or math.inf))
+        if not math.isfinite(norm) and not self.scaler.is_enabled():  # an fp16 scaler skips these by itself
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip_nonfinite("gradient norm", norm)
+        self.state.nonfinite_in_a_row = 0
         if self.setup.lr_scale is not None:
             base = [group["lr"] for group in self.optimizer.param_groups]
             for group in self.optimizer.param_groups:
@@ -451,6 +469,22 @@ class Trainer:
         if self.average is not None and self._averaging_now():
             self.average.update()
         return total_loss, int(total_count)
+
+    def _skip_nonfinite(self, what: str, value: float) -> tuple[float, int]:
+        """A step whose loss or gradient is NaN/inf changes nothing; `nonfinite_patience` in a row stop the run."""
+        st = self.state
+        st.nonfinite_in_a_row += 1
+        st.nonfinite_total += 1
+        log.warning(
+            "step %d: %s is %s; step skipped (%d in a row)", st.step + 1, what, value, st.nonfinite_in_a_row
+        )
+        if st.nonfinite_in_a_row >= self.cfg.nonfinite_patience:
+            raise NlpRnnError(
+                f"step {st.step + 1}: {st.nonfinite_in_a_row} steps in a row with a non-finite {what}; "
+                f"training stopped (lower train.lr or check the data); {self.out_dir / 'best'} holds the best "
+                "model so far"
+            )
+        return 0.0, 0
 
     def _averaging_now(self) -> bool:
         """After this step's update: from `average_start`, or (mean, start 0) once validation stopped improving:
@@ -516,6 +550,8 @@ class Trainer:
                             "tokens_per_s": round(window_tokens / max(seconds, 1e-9), 1),
                             "lr": self.optimizer.param_groups[0]["lr"],
                         }
+                        if st.nonfinite_total:
+                            record["nonfinite_skipped"] = st.nonfinite_total
                         self._write_metrics(record)
                         bar.set_postfix(
                             loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}"

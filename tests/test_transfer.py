@@ -214,6 +214,11 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     out = predictor.classify(texts)
     assert out[0].probabilities == out[1].probabilities
     assert all(math.isclose(sum(p.probabilities.values()), 1, rel_tol=1e-5) for p in out)
+    assert predictor.reads_documents  # the server takes long texts for it (--max-document-chars)
+    int8 = Predictor(tasks.load(tmp_path / "run"), "int8").classify(texts[:2])
+    for a, b in zip(int8, out):
+        assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 1
 
 
 def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(

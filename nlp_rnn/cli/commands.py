@@ -139,6 +139,11 @@ def serve(
     ),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
+    max_document_chars: int = typer.Option(
+        100_000,
+        "--max-document-chars",
+        help="Most characters in one text for models that read whole documents.",
+    ),
     device: str = options.DEVICE,
 ) -> None:
     """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET
@@ -147,10 +152,17 @@ def serve(
 
     if port < 0:
         raise NlpRnnError(f"--port must be at least 0, got {port}")
-    for name, value in (("--max-batch", max_batch), ("--max-texts", max_texts), ("--max-chars", max_chars)):
+    for name, value in (
+        ("--max-batch", max_batch),
+        ("--max-texts", max_texts),
+        ("--max-chars", max_chars),
+        ("--max-document-chars", max_document_chars),
+    ):
         if value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
-    limits = server.Limits(max_texts=max_texts, max_chars=max_chars, max_batch=max_batch)
+    limits = server.Limits(
+        max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_document_chars=max_document_chars
+    )
     specs = [_named_model(item) for item in model] or server.default_specs()
     server.serve(specs, host, port, device, precision, max_wait_ms, limits)
 

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from nlp_rnn import options
+from nlp_rnn.bundle import META
 from nlp_rnn.config import load_config
 from nlp_rnn.tasks import base as tasks
 
@@ -43,6 +44,15 @@ def _shared(task: tasks.Task) -> list[inspect.Parameter]:
             "resume",
             bool,
             typer.Option(False, "--resume", help="Continue from OUTPUT/last/ exactly where it stopped."),
+        ),
+        (
+            "auto_resume",
+            bool,
+            typer.Option(
+                False,
+                "--auto-resume",
+                help="Resume if OUTPUT/last/ exists, else start (for jobs restarted by a scheduler or torchrun).",
+            ),
         ),
         ("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
         ("device", str, options.DEVICE),
@@ -98,10 +108,12 @@ def run(
     quiet: bool,
     device: str,
     tokenizer: Optional[Path] = None,
+    auto_resume: bool = False,
     **budget,
 ) -> None:
     """Trains with the common options and prints the one-line summary (process 0 only under torchrun)."""
     cfg = tasks.with_overrides(cfg, "train", **budget)
+    resume = resume or (auto_resume and (Path(output) / "last" / META).is_file())
     summary = tasks.train(
         task.name, cfg, output, resume=resume, tokenizer_dir=tokenizer, progress_bar=not quiet, device=device
     )

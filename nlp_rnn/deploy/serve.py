@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class Limits:
     max_texts: int = 64  # texts per request
     max_chars: int = 2000  # characters per text
+    max_document_chars: int = 100_000  # characters per text for models that read whole documents
     max_body: int = 1_000_000  # bytes per request body
     max_beam: int = 16
     max_tokens: int = 1024  # generate
@@ -232,10 +233,16 @@ def _add_endpoint(
 
     async def handle(req: request_model) -> dict:
         model = _pick(served, owners, kind, endpoint.path, req.model)
+        cap = (
+            limits.max_document_chars
+            if getattr(model.interface, "reads_documents", False)
+            else limits.max_chars
+        )
         for i, text in enumerate(req.texts):
-            if len(text) > limits.max_chars:
+            if len(text) > cap:
                 raise RequestError(
-                    413, f"texts.{i}: {len(text):,} characters; at most {limits.max_chars:,} per text"
+                    413,
+                    f"texts.{i}: {len(text):,} characters; at most {cap:,} per text for model {model.name}",
                 )
         if endpoint.check is not None:
             endpoint.check(model.interface, req)

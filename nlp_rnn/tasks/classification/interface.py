@@ -84,6 +84,7 @@ class Predictor:
         self.ids = [int(v) if v.lstrip("-").isdigit() else i for i, v in enumerate(self.values)]
         # a document classifier reads every text whole; the sentence encoder its data.max_src_len pieces
         self.max_len = bundle.config.data.max_src_len if bundle.config.model.encoder == "rnn" else 0
+        self.reads_documents = self.max_len == 0  # the server lets it take long texts (--max-document-chars)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         empty = sum(not t.strip() for t in texts)

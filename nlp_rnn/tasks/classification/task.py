@@ -22,7 +22,7 @@ from nlp_rnn.data import (
 )
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn import exported
-from nlp_rnn.nn.classifier import build, embeddings_of
+from nlp_rnn.nn.classifier import DocumentClassifier, build, embeddings_of
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.classification import transfer
 from nlp_rnn.tasks.classification.cli import classify, endpoint, train_options
@@ -164,6 +164,11 @@ class ClassificationTask(tasks.Task):
         return Predictor(bundle, precision)
 
     def export_onnx(self, model: torch.nn.Module, folder: Path) -> dict:
+        if isinstance(model, DocumentClassifier):
+            raise NlpRnnError(
+                "export: a document classifier (model.encoder language_model) reads in windows of a loop that "
+                "ONNX does not take; serve it with torch (int8 works: --precision int8)"
+            )
         return exported.export_classifier(model, folder)
 
     def onnx_model(self, folder: Path, manifest: dict) -> torch.nn.Module:

@@ -1,0 +1,111 @@
+"""The sentiment-transfer pipeline on IMDb, each stage timed: pretrain a language model, fine-tune it on the
+reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, raw text in).
+
+    python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 25]
+                         [--stages pretrain,finetune,classifier,evaluate]
+
+Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language model on WikiText-2's training
+text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
+3. the classifier started from it (`--init-from`), chosen on a held-out 5% of train.csv; 4. `nlp-rnn evaluate`
+on IMDb's test.csv (25,000 reviews) and SST-2's test.tsv.
+Results go to bench/results/imdb.json; each stage's command line, minutes and score are printed.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+WIKI = DATA / "text" / "wikitext-2"
+IMDB = DATA / "imdb"
+SST2 = DATA / "sst" / "sst2" / "test.tsv"
+
+
+def run(cmd: list[str], log: dict, name: str) -> float:
+    print("$ " + " ".join(cmd), flush=True)
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    minutes = (time.monotonic() - started) / 60
+    log[name] = {"command": " ".join(cmd), "minutes": round(minutes, 2)}
+    print(f"{name}: {minutes:.1f} minutes", flush=True)
+    return minutes
+
+
+def evaluate(model: Path, data: Path, text_column: str, out: Path) -> dict:
+    cmd = ["nlp-rnn", "evaluate", "--model", str(model), "--data", str(data), "--text-column", text_column]
+    cmd += ["--label-column", "label", "--precision", "fp32", "--report", str(out)]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    result = json.loads(out.read_text())["sets"][0]
+    return {"command": " ".join(cmd), "accuracy": result["accuracy"], "seconds": result["seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pretrain-minutes", type=float, default=25)
+    parser.add_argument("--finetune-minutes", type=float, default=8)
+    parser.add_argument("--classifier-minutes", type=float, default=25)
+    parser.add_argument("--stages", default="pretrain,finetune,classifier,evaluate")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
+    args = parser.parse_args()
+    runs, stages = Path(args.runs), args.stages.split(",")
+    runs.mkdir(parents=True, exist_ok=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log: dict = json.loads(out.read_text()) if out.exists() else {}
+    log["cpu"] = cpu_name()
+    common = ["--quiet"]
+    lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / "classifier"
+    if "pretrain" in stages:
+        cmd = ["nlp-rnn", "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
+        cmd += ["--train", str(WIKI / "wiki.train.tokens"), "--train", str(IMDB / "train.csv")]
+        cmd += ["--valid", str(WIKI / "wiki.valid.tokens"), "--max-minutes", str(args.pretrain_minutes)]
+        run(cmd + common, log, "pretrain")
+        log["pretrain"]["best"] = best_of(lm)
+    if "finetune" in stages:
+        cmd = ["nlp-rnn", "train", "lm", "--config", "configs/imdb_lm_finetune.yaml", "--init-from", str(lm)]
+        cmd += ["--output", str(tuned), "--train", str(IMDB / "train.csv"), "--valid-fraction", "0.05"]
+        run(cmd + ["--max-minutes", str(args.finetune_minutes)] + common, log, "finetune")
+        log["finetune"]["best"] = best_of(tuned)
+    if "classifier" in stages:
+        cmd = ["nlp-rnn", "train", "classifier", "--config", "configs/imdb.yaml", "--output", str(clf)]
+        cmd += [
+            "--init-from",
+            str(tuned if tuned.exists() else lm),
+            "--max-minutes",
+            str(args.classifier_minutes),
+        ]
+        run(cmd + common, log, "classifier")
+        log["classifier"]["best"] = best_of(clf)
+    if "evaluate" in stages:
+        log["evaluate"] = {
+            "imdb_test": evaluate(clf, IMDB / "test.csv", "text", runs / "imdb_test.json"),
+            "sst2_test": evaluate(clf, SST2, "sentence", runs / "sst2_test.json"),
+        }
+        print(json.dumps(log["evaluate"], indent=2), flush=True)
+    out.write_text(json.dumps(log, indent=2))
+    print(f"results: {out}")
+
+
+def best_of(run_dir: Path) -> dict:
+    meta = json.loads((run_dir / "best" / "meta.json").read_text())
+    return meta.get("best", {})
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

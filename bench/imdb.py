@@ -52,7 +52,13 @@ def main() -> None:
     parser.add_argument("--pretrain-minutes", type=float, default=25)
     parser.add_argument("--finetune-minutes", type=float, default=8)
     parser.add_argument("--classifier-minutes", type=float, default=25)
-    parser.add_argument("--stages", default="pretrain,finetune,classifier,evaluate")
+    parser.add_argument(
+        "--stages",
+        default="pretrain,finetune,classifier,evaluate",
+        help="any of pretrain, finetune, classifier, evaluate, sst, default, ablation",
+    )
+    parser.add_argument("--ablation-minutes", type=float, default=6)
+    parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
     args = parser.parse_args()
@@ -91,8 +97,101 @@ def main() -> None:
             "sst2_test": evaluate(clf, SST2, "sentence", runs / "sst2_test.json"),
         }
         print(json.dumps(log["evaluate"], indent=2), flush=True)
+        out.write_text(json.dumps(log, indent=2))
+    if "sst" in stages:
+        sst(runs, tuned, log)
+        out.write_text(json.dumps(log, indent=2))
+    if "default" in stages:
+        default_model(runs, tuned, log, Path(args.ship) if args.ship else None)
+        out.write_text(json.dumps(log, indent=2))
+    if "ablation" in stages:
+        ablation(runs, lm, tuned, log, args.ablation_minutes)
     out.write_text(json.dumps(log, indent=2))
     print(f"results: {out}")
+
+
+def sst(runs: Path, tuned: Path, log: dict) -> None:
+    """SST-2 (phrase-level training set) and SST-5 (sentences only), both started from the fine-tuned LM."""
+    for name, config, test in (
+        ("sst2_transfer", "configs/sst2_transfer.yaml", SST2),
+        ("sst5_transfer", "configs/sst5_transfer.yaml", DATA / "sst" / "sst5" / "test.tsv"),
+    ):
+        folder = runs / name
+        cmd = ["nlp-rnn", "train", "classifier", "--config", config, "--init-from", str(tuned)]
+        run(cmd + ["--output", str(folder), "--quiet"], log, name)
+        log[name]["best"] = best_of(folder)
+        log[name]["test"] = evaluate(folder, test, "sentence", runs / f"{name}_test.json")
+        print(json.dumps(log[name], indent=2), flush=True)
+
+
+def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None) -> None:
+    """The shipped default: IMDb's training reviews and SST-2's training phrases together (configs/sentiment.yaml)."""
+    import csv
+
+    table = (
+        runs / "sentiment-train.tsv"
+    )  # TSV is read without quoting: one row a line, tabs only between fields
+    with open(table, "w", encoding="utf-8") as out:
+        out.write("text\tlabel\n")
+        with open(IMDB / "train.csv", encoding="utf-8", newline="") as rows:
+            for row in csv.DictReader(rows):
+                out.write(" ".join(row["text"].split()) + "\t" + row["label"] + "\n")
+        with open(DATA / "sst" / "sst2" / "train_phrases.tsv", encoding="utf-8") as rows:
+            next(rows)
+            for line in rows:
+                text, label = line.rstrip("\n").rsplit("\t", 1)
+                out.write(" ".join(text.split()) + "\t" + label + "\n")
+    folder = runs / "sentiment"
+    cmd = ["nlp-rnn", "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
+    run(cmd + ["--output", str(folder), "--quiet"], log, "default")
+    log["default"]["best"] = best_of(folder)
+    model = folder
+    if ship is not None:
+        sys.path.insert(0, str(ROOT))
+        from nlp_rnn import bundle as bundles
+        from nlp_rnn.tasks.base import load
+
+        bundle = load(folder)
+        bundles.save(ship, bundle, half=True)
+        model = ship
+        log["default"]["shipped"] = {"path": str(ship), "megabytes": round(folder_size(ship) / 1e6, 1)}
+    log["default"]["imdb_test"] = evaluate(model, IMDB / "test.csv", "text", runs / "default_imdb.json")
+    log["default"]["sst2_test"] = evaluate(model, SST2, "sentence", runs / "default_sst2.json")
+    print(json.dumps(log["default"], indent=2), flush=True)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float) -> None:
+    """configs/imdb.yaml with each fine-tuning switch off in turn, all at the same budget; held-out accuracy."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "configs" / "imdb.yaml").read_text())
+    body = json.loads((lm / "best" / "config.json").read_text())["model"]
+    body = {k: v for k, v in body.items() if k not in ("init_from", "adaptive_softmax", "tie_output")}
+    variants = {
+        "full recipe": ({}, tuned),
+        "no slanted schedule (plateau)": ({"train": {"schedule": "plateau"}}, tuned),
+        "no discriminative rates": ({"train": {"layer_lr_decay": 1.0}}, tuned),
+        "no gradual unfreezing": ({"train": {"unfreeze_every": 0}}, tuned),
+        "no LM fine-tuning (stage-1 LM)": ({}, lm),
+        "no pretraining (random body, same tokenizer)": ({"model": {"body": body}}, None),
+    }
+    results = log.setdefault("ablation", {"minutes": minutes, "runs": {}})
+    for k, (name, (change, start)) in enumerate(variants.items()):
+        cfg = json.loads(json.dumps(base))
+        for section, values in change.items():
+            cfg[section].update(values)
+        path = runs / f"ablation-{k}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        folder = runs / f"ablation-{k}"
+        cmd = ["nlp-rnn", "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+        cmd += ["--init-from", str(start)] if start else ["--tokenizer", str(lm / "best")]
+        run(cmd + ["--max-minutes", str(minutes)], results["runs"], name)
+        results["runs"][name]["val_acc"] = best_of(folder).get("val_acc")
+        print(name, results["runs"][name]["val_acc"], flush=True)
 
 
 def best_of(run_dir: Path) -> dict:

@@ -218,7 +218,7 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     int8 = Predictor(tasks.load(tmp_path / "run"), "int8").classify(texts[:2])
     for a, b in zip(int8, out):
         assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05
-    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 1
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 2
 
 
 def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(

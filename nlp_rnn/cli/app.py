@@ -39,7 +39,7 @@ def build_app() -> typer.Typer:
             app.command()(command)
         if task.train_command is not None:
             train_app.command(task.train_command.name)(train_command(task))
-    for command in (commands.evaluate, commands.export, commands.serve, commands.info):
+    for command in (commands.evaluate, commands.export, commands.serve, commands.info, commands.plot):
         app.command()(command)
     tokenizer_app.command("train")(commands.tokenizer_train)
     demo_app.command("adding")(adding.command)

@@ -1,4 +1,4 @@
-"""The commands every task shares: evaluate, export, serve, info and `tokenizer train`. Each finds what
+"""The commands every task shares: evaluate, export, serve, info, plot and `tokenizer train`. Each finds what
 is particular to a model through its task in the registry."""
 
 import json
@@ -205,6 +205,21 @@ def info(
     typer.echo("parameters:")
     for name, count in details["parameters"].items():
         typer.echo(f"  {name:<17}{count:>12,}")
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Training folders (each with its metrics.jsonl)."),
+    output: Path = typer.Option(..., "--output", help="Image file: .png, .svg or .pdf."),
+    x: str = typer.Option("steps", "--x", help="steps or minutes (of training, validation excluded)."),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", help="Validation score to draw (default: BLEU, accuracy, R², perplexity, loss)."
+    ),
+) -> None:
+    """Learning curves of one or more runs: training loss and a validation score, the best point marked."""
+    from nlp_rnn import curves
+
+    key = curves.plot(runs, output, x, metric)
+    typer.echo(f"{output}: training loss and {key} of {len(runs)} run(s) against {x}")
 
 
 def tokenizer_train(

@@ -144,10 +144,24 @@ def serve(
         "--max-document-chars",
         help="Most characters in one text for models that read whole documents.",
     ),
+    max_pending: int = typer.Option(
+        512, "--max-pending", help="Most texts waiting or running per model; beyond it: 503 with Retry-After."
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a request may take before a 504."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", help="Require 'Authorization: Bearer KEY' on every endpoint but /health."
+    ),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help="Read the key from this file (else --api-key, else $NLP_RNN_API_KEY)."
+    ),
+    grace: float = typer.Option(
+        30.0, "--grace", help="Seconds to finish in-flight requests on SIGTERM/Ctrl-C."
+    ),
     device: str = options.DEVICE,
 ) -> None:
     """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET
-    /health, /models, /docs."""
+    /health, /ready, /models, /metrics, /docs."""
+    from nlp_rnn.deploy import guard
     from nlp_rnn.deploy import serve as server
 
     if port < 0:
@@ -157,14 +171,23 @@ def serve(
         ("--max-texts", max_texts),
         ("--max-chars", max_chars),
         ("--max-document-chars", max_document_chars),
+        ("--max-pending", max_pending),
     ):
         if value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
+    if timeout <= 0 or grace < 0:
+        raise NlpRnnError("--timeout must be above 0 and --grace at least 0")
     limits = server.Limits(
-        max_texts=max_texts, max_chars=max_chars, max_batch=max_batch, max_document_chars=max_document_chars
+        max_texts=max_texts,
+        max_chars=max_chars,
+        max_batch=max_batch,
+        max_document_chars=max_document_chars,
+        max_pending=max_pending,
+        timeout_s=timeout,
     )
+    key = guard.api_key(api_key, api_key_file)
     specs = [_named_model(item) for item in model] or server.default_specs()
-    server.serve(specs, host, port, device, precision, max_wait_ms, limits)
+    server.serve(specs, host, port, device, precision, max_wait_ms, limits, key, grace)
 
 
 def _named_model(item: str) -> tuple[str, Path]:

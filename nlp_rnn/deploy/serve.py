@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from nlp_rnn.deploy.guard import Admission, RequestError, add_guards, answer_or_drop
 from nlp_rnn.errors import InvalidRequest, NlpRnnError
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.defaults import default_model
@@ -38,6 +39,8 @@ class Limits:
     max_beam: int = 16
     max_tokens: int = 1024  # generate
     max_batch: int = 64  # texts in one forward pass
+    max_pending: int = 512  # texts waiting or running per model; beyond it: 503 with Retry-After
+    timeout_s: float = 60.0  # a request not answered by then: 504, its texts dropped from pending work
 
 
 @dataclass
@@ -49,12 +52,6 @@ class Served:
     task: str
     interface: Any  # Translator, Predictor or Generator
     info: dict = field(default_factory=dict)
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class BatchQueue:
@@ -95,6 +92,9 @@ class BatchQueue:
             if self.max_wait_s > 0:
                 await asyncio.sleep(self.max_wait_s)
             while self.pending:
+                self.pending = [item for item in self.pending if not item[2].done()]  # cancelled: dropped
+                if not self.pending:
+                    break
                 key, batch, rest, size = self.pending[0][1], [], [], 0
                 for (
                     item
@@ -110,11 +110,15 @@ class BatchQueue:
             self.busy = False
 
     async def _run(self, batch: list[tuple[list[str], tuple, asyncio.Future, Any]], key: tuple) -> None:
-        texts = [t for texts, _, _, _ in batch for t in texts]
+        def job() -> tuple[list, list]:
+            # On the model thread, when its turn comes: requests cancelled meanwhile (a client that left, a
+            # deadline) are left out, so their texts never run.
+            live = [item for item in batch if not item[2].done()]
+            texts = [t for texts, _, _, _ in live for t in texts]
+            return live, (self.run(texts, live[0][3]) if live else [])
+
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run, texts, batch[0][3]
-            )
+            batch, results = await asyncio.get_running_loop().run_in_executor(self.executor, job)
         except Exception as err:  # a failure answers every request of the batch, and the server goes on
             for _, _, future, _ in batch:
                 if not future.done():
@@ -169,6 +173,7 @@ def create_app(
     limits: Limits = Limits(),
     max_batch: Optional[int] = None,
     max_wait_ms: float = 0.0,
+    api_key: Optional[str] = None,
 ):
     """The FastAPI application: POST /PATH of every served task's endpoint; GET /health, /models; /docs."""
     from fastapi import FastAPI
@@ -186,6 +191,7 @@ def create_app(
     )
     _add_error_handlers(app, limits)
     _add_status_routes(app, served, time.time())
+    admissions = {name: Admission(name, limits.max_pending) for name in served}
     endpoints = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
     for endpoint in {e.path: e for e in endpoints.values()}.values():
         owners = {task for task, e in endpoints.items() if e.path == endpoint.path}
@@ -198,7 +204,8 @@ def create_app(
             if endpoint.batch_key
             else {}
         )
-        _add_endpoint(app, endpoint, served, owners, queues, executor, limits)
+        _add_endpoint(app, endpoint, served, owners, queues, executor, limits, admissions)
+    add_guards(app, api_key, admissions, limits.max_body)
     app.state.executor = executor
     return app
 
@@ -215,12 +222,14 @@ def _add_endpoint(
     queues: dict,
     executor: ThreadPoolExecutor,
     limits: Limits,
+    admissions: dict[str, Admission],
 ) -> None:
     """POST /PATH: the request model made from the endpoint's fields; batched through `queues` or run alone."""
+    from fastapi import Request
     from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
     class TextsRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # no lax coercion: "7" is not 7, false not 0
         texts: list[StrictStr] = Field(
             min_length=1, max_length=limits.max_texts, description="The texts (at least one)."
         )
@@ -231,7 +240,7 @@ def _add_endpoint(
     request_model = create_model(f"{endpoint.path.title()}Request", __base__=TextsRequest, **endpoint.fields)
     kind = " or ".join(sorted(owners))
 
-    async def handle(req: request_model) -> dict:
+    async def handle(req: request_model, request: Request) -> dict:
         model = _pick(served, owners, kind, endpoint.path, req.model)
         cap = (
             limits.max_document_chars
@@ -246,15 +255,45 @@ def _add_endpoint(
                 )
         if endpoint.check is not None:
             endpoint.check(model.interface, req)
-        if model.name in queues:
-            results = await queues[model.name].submit(list(req.texts), endpoint.batch_key(req), req)
-        else:
-            run = lambda: endpoint.run(model.interface, list(req.texts), req)  # noqa: E731
-            results = await asyncio.get_running_loop().run_in_executor(executor, run)
+        admission = admissions[model.name]
+        admission.enter(len(req.texts))
+        try:
+            if model.name in queues:
+                work = queues[model.name].submit(list(req.texts), endpoint.batch_key(req), req)
+            else:
+                run = lambda: endpoint.run(model.interface, list(req.texts), req)  # noqa: E731
+                work = asyncio.get_running_loop().run_in_executor(executor, run)
+            results = await answer_or_drop(work, request, limits.timeout_s)
+        finally:
+            admission.leave(len(req.texts))
         return {"model": model.name, **endpoint.answer(results, req)}
 
     handle.__doc__ = endpoint.summary
-    app.post(f"/{endpoint.path}", name=endpoint.path, description=endpoint.summary)(handle)
+    app.post(f"/{endpoint.path}", name=endpoint.path, description=endpoint.summary, responses=RESPONSES)(
+        handle
+    )
+
+
+_ERROR = {
+    "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}
+    }
+}
+RESPONSES = {  # every status a POST endpoint answers besides 200, each with {"error": one line}
+    400: {
+        "description": "Bad request: not JSON or UTF-8, NUL bytes, a setting the model cannot take.",
+        **_ERROR,
+    },
+    401: {"description": "The server needs an API key (Authorization: Bearer KEY).", **_ERROR},
+    404: {"description": "No such model.", **_ERROR},
+    413: {"description": "Body or text too large.", **_ERROR},
+    422: {"description": "A field is missing, of the wrong type or out of range.", **_ERROR},
+    503: {
+        "description": "Busy: too much work waiting for the model; retry after Retry-After seconds.",
+        **_ERROR,
+    },
+    504: {"description": "Deadline: no answer within the server's --timeout.", **_ERROR},
+}
 
 
 def _pick(served: dict[str, Served], owners: set[str], kind: str, path: str, name: Optional[str]) -> Served:
@@ -281,7 +320,8 @@ def _add_error_handlers(app, limits: Limits) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError):
-        return JSONResponse({"error": err.message}, status_code=err.status)
+        headers = {"Retry-After": "1"} if err.status == 503 else None
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
@@ -297,30 +337,6 @@ def _add_error_handlers(app, limits: Limits) -> None:
     async def user_error(request: Request, err: NlpRnnError):
         status = 422 if isinstance(err, InvalidRequest) else 400
         return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status)
-
-    @app.middleware("http")
-    async def body_limits(request: Request, call_next):
-        if request.method == "POST":
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > 64 * limits.max_body:
-                return JSONResponse(
-                    {"error": f"body: {int(declared):,} bytes; at most {limits.max_body:,}"}, status_code=413
-                )
-            # Read the whole body even when it is too large: answering before the client has sent it
-            # would reset the connection under it (the client sees a broken pipe, not the 413).
-            body = await request.body()  # starlette keeps it for the endpoint
-            if len(body) > limits.max_body:
-                return JSONResponse(
-                    {"error": f"body: {len(body):,} bytes; at most {limits.max_body:,}"}, status_code=413
-                )
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as err:
-                return JSONResponse(
-                    {"error": f"body: not valid UTF-8 (byte {body[err.start]:#04x} at offset {err.start})"},
-                    status_code=400,
-                )
-        return await call_next(request)
 
 
 def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
@@ -347,12 +363,43 @@ def serve(
     precision: str = "auto",
     max_wait_ms: float = 0.0,
     limits: Limits = Limits(),
+    api_key: Optional[str] = None,
+    grace_s: float = 30.0,
 ) -> None:
-    """Loads the models and serves until interrupted (Ctrl-C or SIGTERM end it cleanly)."""
+    """Loads the models and serves until Ctrl-C or SIGTERM: then /ready turns false, no new connection is
+    taken and the requests in flight are answered (for at most `grace_s` seconds) before it stops."""
     try:
         import uvicorn
     except ImportError:
         raise NlpRnnError('nlp-rnn serve needs FastAPI and uvicorn: pip install -e ".[serve]"') from None
-    app = create_app(load_models(specs, device, precision), limits, max_wait_ms=max_wait_ms)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s without an API key: anyone who can reach it can use it (--api-key)", host
+        )
+    app = create_app(load_models(specs, device, precision), limits, max_wait_ms=max_wait_ms, api_key=api_key)
     log.info("listening on http://%s:%d (API docs: /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s
+    )
+    Draining(config, app).run()
+
+
+def _server_class():
+    import uvicorn
+
+    class Draining(uvicorn.Server):
+        """uvicorn's server that marks the app as draining (/ready false) as soon as it is asked to stop."""
+
+        def __init__(self, config, app) -> None:
+            super().__init__(config)
+            self.app = app
+
+        def handle_exit(self, sig, frame) -> None:
+            self.app.state.draining = True
+            super().handle_exit(sig, frame)
+
+    return Draining
+
+
+def Draining(config, app):  # noqa: N802  (a class made on first use: uvicorn is an optional extra)
+    return _server_class()(config, app)

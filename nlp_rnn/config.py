@@ -142,6 +142,9 @@ class TrainConfig:
     unfreeze_every: int = 0
     # A step whose loss or gradient norm is NaN/inf is skipped; this many in a row stop training (one line).
     nonfinite_patience: int = 10
+    # TensorBoard event files in OUTPUT/tensorboard/ beside metrics.jsonl, the same scalars (needs the
+    # tensorboard extra; without it, nothing): on by default, --no-tensorboard or false to stop it.
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         _choice("train.schedule", self.schedule, ("plateau", "slanted"))

@@ -175,6 +175,7 @@ class Trainer:
         )
         self.state = Progress()
         self._stop_requested = False
+        self._writer = None  # TensorBoard's, made on the first metrics record
 
     # ------------------------------------------------------------------ learning rates
 
@@ -308,6 +309,30 @@ class Trainer:
             return
         with open(self.out_dir / METRICS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        board = self._board()
+        if board is not None:
+            kind = "valid" if any(k.startswith("val_") for k in record) else "train"
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    board.add_scalar(f"{kind}/{key.removeprefix('val_')}", value, record["step"])
+            board.flush()
+
+    def _board(self):
+        """TensorBoard's writer (OUTPUT/tensorboard/) when train.tensorboard and the package is installed."""
+        if self._writer is None and self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.info(
+                    "no TensorBoard event files: pip install 'nlp-rnn[tensorboard]' (metrics.jsonl has it all)"
+                )
+                self._writer = False
+                return None
+            # a resumed run drops the events a killed run wrote after its last save, as metrics.jsonl does
+            self._writer = SummaryWriter(
+                str(self.out_dir / "tensorboard"), purge_step=self.state.step or None
+            )
+        return self._writer or None
 
     def _save(self, which: str) -> None:
         """Process 0 writes; for last/ every process hands it its own state first (so all must call this)."""
@@ -418,6 +443,8 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._writer:
+                self._writer.close()
         distributed.barrier()  # nobody reads best/ before process 0 has written it
         return {
             "stopped": reason,

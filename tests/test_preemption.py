@@ -109,3 +109,20 @@ def test_nonfinite_losses_are_skipped_and_too_many_in_a_row_stop_with_best_intac
         stop.run()
     best = tasks.load(tmp_path / "stop")
     assert best.meta["step"] == 4 and all(torch.isfinite(p).all() for p in best.model.parameters())
+
+
+def test_tensorboard_event_files_hold_the_scalars_of_metrics_jsonl(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer(config(tmp_path, max_steps=8), tmp_path / "run").run()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for tag, key in (("train/train_loss", "train_loss"), ("train/lr", "lr"), ("valid/acc", "val_acc")):
+        logged = [r for r in records if key in r]
+        scalars = events.Scalars(tag)
+        assert [e.step for e in scalars] == [r["step"] for r in logged], tag
+        assert [e.value for e in scalars] == pytest.approx([r[key] for r in logged], rel=1e-6), tag
+    off = config(tmp_path, max_steps=2, tensorboard=False)
+    trainer(off, tmp_path / "off").run()
+    assert not (tmp_path / "off" / "tensorboard").exists()

@@ -115,7 +115,11 @@ def test_the_api_key_is_required_everywhere_but_health_and_ready_turns_false_whi
     with running(app) as base:
         assert ask(base, "/health")[0] == 200
         status, body, headers = ask(base, "/classify", {"texts": ["good"]})
-        assert status == 401 and headers.get("www-authenticate", headers.get("WWW-Authenticate")) == "Bearer" and "Bearer" in body["error"]
+        assert (
+            status == 401
+            and headers.get("www-authenticate", headers.get("WWW-Authenticate")) == "Bearer"
+            and "Bearer" in body["error"]
+        )
         assert ask(base, "/classify", {"texts": ["good"]}, key="wrong-key-123")[0] == 401
         assert ask(base, "/classify", {"texts": ["good"]}, key=KEY)[0] == 200
         assert ask(base, "/ready", key=KEY)[:2] == (200, {"ready": True})

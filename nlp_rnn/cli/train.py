@@ -55,6 +55,15 @@ def _shared(task: tasks.Task) -> list[inspect.Parameter]:
             ),
         ),
         ("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
+        (
+            "tensorboard",
+            Optional[bool],
+            typer.Option(
+                None,
+                "--tensorboard/--no-tensorboard",
+                help="TensorBoard event files in OUTPUT/tensorboard/ (default: on when installed; train.tensorboard).",
+            ),
+        ),
         ("device", str, options.DEVICE),
     ]
     if not task.needs_tokenizer:

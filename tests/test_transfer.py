@@ -237,3 +237,30 @@ def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(
     assert changed  # trained on from there
     with pytest.raises(NlpRnnError, match="a classification model; fine-tuning needs a language model"):
         tasks.get("language_model")._source(str(CHECKPOINTS / "sst2"))
+
+
+def test_a_resumed_fine_tuning_continues_at_its_unfreezing_stage_exactly(
+    tmp_path: Path, language_model
+) -> None:
+    cfg = classifier_config(
+        tmp_path, language_model, max_steps=6, unfreeze_every=2, layer_lr_decay=2.6, log_every=1
+    )
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.2))
+    tasks.train("classification", cfg, tmp_path / "whole", progress_bar=False)
+    first = replace(cfg, train=replace(cfg.train, max_steps=3))  # stops inside stage 2 (steps 2-3)
+    tasks.train("classification", first, tmp_path / "split", progress_bar=False)
+    tasks.train("classification", cfg, tmp_path / "split", resume=True, progress_bar=False)
+
+    def losses(run: Path) -> dict:
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train_loss"] for r in lines if "train_loss" in r}
+
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(split) == sorted(whole) == list(range(1, 7))
+    assert [split[s] for s in range(4, 7)] == pytest.approx([whole[s] for s in range(4, 7)], rel=1e-5)
+    a, b = (
+        tasks.load(tmp_path / "whole").model.state_dict(),
+        tasks.load(tmp_path / "split").model.state_dict(),
+    )
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.allclose(a[k], b[k], atol=1e-6)}
+    assert not differ, sorted(differ)

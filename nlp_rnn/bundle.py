@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nlp_rnn import devices
+from nlp_rnn import card, devices
 from nlp_rnn.config import from_dict, to_dict
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
@@ -43,7 +43,11 @@ class Bundle:
 
 
 def resolve(path: str | Path) -> Path:
-    """A bundle folder, or a training output folder meaning its `best/` bundle."""
+    """A bundle folder, a training output folder meaning its `best/` bundle, or `hf://ORG/NAME[@REVISION]`
+    (downloaded once into the Hugging Face cache)."""
+    hub = card.hub_reference(path)
+    if hub is not None:
+        path = card.from_hub(*hub)
     path = Path(path)
     if (path / META).is_file():
         return path
@@ -134,7 +138,9 @@ def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool)
     if half:
         meta["weights_dtype"] = "float16"  # loaded back into the model's float32 parameters
     (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    (tmp / CONFIG).write_text(json.dumps(portable(to_dict(bundle.config)), indent=2), encoding="utf-8")
+    config = portable(to_dict(bundle.config))
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (tmp / card.CARD).write_text(card.model_card(bundle.task, config, meta), encoding="utf-8")
     if bundle.tokenizer is not None:
         bundle.tokenizer.save(tmp)
     if trainer_state is not None:

@@ -81,3 +81,18 @@ def autocast(device: torch.device, enabled: bool):
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """Loss scaling where autocast runs in fp16 (older GPUs); disabled (a pass-through) otherwise."""
     return torch.amp.GradScaler(device.type, enabled=enabled and half_dtype(device) == torch.float16)
+
+
+def describe(device: torch.device) -> str:
+    """The machine in words, for model cards: the GPU's name, or the CPU's model name and core count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    name = "CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"

@@ -35,6 +35,7 @@ from nlp_rnn.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
+COMMAND: Optional[str] = None  # the nlp-rnn command line being run (set by the CLI), for model cards
 
 
 @dataclass
@@ -173,6 +174,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
+        meta = self.bundle.meta
+        meta["hardware"] = devices.describe(self.device)
+        if COMMAND:
+            meta["command"] = COMMAND
         self.state = Progress()
         self._stop_requested = False
         self._writer = None  # TensorBoard's, made on the first metrics record

@@ -7,11 +7,13 @@ one line `error: ...` on stderr with exit status 2.
 
 import logging
 import os
+import shlex
 import sys
 from typing import Optional
 
 import typer
 
+from nlp_rnn import train as train_loop
 from nlp_rnn.cli import commands
 from nlp_rnn.cli.train import train_command
 from nlp_rnn.demos import adding
@@ -39,7 +41,14 @@ def build_app() -> typer.Typer:
             app.command()(command)
         if task.train_command is not None:
             train_app.command(task.train_command.name)(train_command(task))
-    for command in (commands.evaluate, commands.export, commands.serve, commands.info, commands.plot):
+    for command in (
+        commands.evaluate,
+        commands.export,
+        commands.serve,
+        commands.info,
+        commands.plot,
+        commands.push,
+    ):
         app.command()(command)
     tokenizer_app.command("train")(commands.tokenizer_train)
     demo_app.command("adding")(adding.command)
@@ -59,6 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("datasets").setLevel(logging.WARNING)
+    train_loop.COMMAND = shlex.join(["nlp-rnn", *(sys.argv[1:] if argv is None else argv)])  # for model cards
     try:
         build_app()(args=argv, standalone_mode=False, prog_name="nlp-rnn")
     except NlpRnnError as err:

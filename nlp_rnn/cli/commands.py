@@ -245,6 +245,34 @@ def plot(
     typer.echo(f"{output}: training loss and {key} of {len(runs)} run(s) against {x}")
 
 
+def push(
+    model: Path = typer.Argument(..., help="Bundle or training folder (its best/)."),
+    repo: str = typer.Option(..., "--repo", help="Hugging Face Hub model repository, ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    dry_run: Optional[Path] = typer.Option(
+        None, "--dry-run", help="Write the exact folder that would be uploaded here, and upload nothing."
+    ),
+) -> None:
+    """Upload a bundle to the Hugging Face Hub (model card included, trainer state left out); load it
+    anywhere with --model hf://ORG/NAME."""
+    from nlp_rnn import card
+    from nlp_rnn.bundle import resolve
+
+    if card.hub_reference(f"hf://{repo}") is None:
+        raise NlpRnnError(f"--repo {repo}: expected ORG/NAME")
+    folder = resolve(model)
+    tasks.load(folder)  # refuses a corrupt or foreign bundle before anything leaves the machine
+    if dry_run is not None:
+        out = card.upload_folder(folder, dry_run)
+        typer.echo(f"{out}: {', '.join(sorted(p.name for p in out.iterdir()))} (not uploaded)")
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as staging:
+        url = card.push(folder, repo, private, Path(staging) / "upload")
+    typer.echo(f"pushed {folder} to {url}")
+
+
 def tokenizer_train(
     output: Path = typer.Option(..., "--output", help="Folder for the sentencepiece model(s)."),
     src: list[Path] = typer.Option(..., "--src", help="Source-side text file(s), one sentence per line."),

@@ -193,6 +193,13 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
+def save_weights(folder: Path, model: nn.Module) -> Path:
+    """The model's weights alone (a kept checkpoint: `folder/model.safetensors`), readable by `read_weights`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_state_without_aliases(model), str(folder / WEIGHTS), metadata={"format": FORMAT})
+    return folder
+
+
 def read_header(file: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors file's JSON header, without reading the tensors."""
     try:

@@ -145,10 +145,16 @@ class TrainConfig:
     # TensorBoard event files in OUTPUT/tensorboard/ beside metrics.jsonl, the same scalars (needs the
     # tensorboard extra; without it, nothing): on by default, --no-tensorboard or false to stop it.
     tensorboard: bool = True
+    # Keep the weights of the last N validations in OUTPUT/checkpoints/ (0: none), for `nlp-rnn average`.
+    keep_checkpoints: int = 0
 
     def __post_init__(self) -> None:
         _choice("train.schedule", self.schedule, ("plateau", "slanted"))
         _positive("train.nonfinite_patience", self.nonfinite_patience)
+        if self.keep_checkpoints < 0:
+            raise NlpRnnError(
+                f"config: train.keep_checkpoints must be at least 0, got {self.keep_checkpoints}"
+            )
         if not 0 < self.warmup_fraction < 1 or self.slanted_ratio < 1:
             raise NlpRnnError(
                 "config: train.warmup_fraction must be in (0, 1) and train.slanted_ratio at least 1"

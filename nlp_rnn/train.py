@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -409,6 +410,8 @@ class Trainer:
             self.scheduler.step(score)
         if scheduled:
             self.scores.append(score)
+        if self.cfg.keep_checkpoints and self.main:
+            self._keep_checkpoint(record, score)
         if score > self.state.best_score or not select:
             self.state.best_score = score if select else self.state.best_score
             self.state.bad_validations = 0 if scheduled else self.state.bad_validations
@@ -417,6 +420,20 @@ class Trainer:
         elif scheduled:
             self.state.bad_validations += 1
         return metrics
+
+    def _keep_checkpoint(self, record: dict, score: float) -> None:
+        """The validated weights (averaged, when averaging runs) in OUTPUT/checkpoints/step-N/, the last
+        `train.keep_checkpoints` of them, listed with their scores in checkpoints/index.jsonl."""
+        folder = self.out_dir / "checkpoints"
+        name = f"step-{record['step']:08d}"
+        bundles.save_weights(folder / name, self.model)
+        index = folder / "index.jsonl"
+        lines = [json.loads(line) for line in index.read_text().splitlines()] if index.is_file() else []
+        lines = [r for r in lines if r["name"] != name] + [{"name": name, "score": score, **record}]
+        for old in lines[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(folder / old["name"], ignore_errors=True)
+        lines = lines[-self.cfg.keep_checkpoints :]
+        index.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
     def _on_signal(self, signum, frame) -> None:
         """SIGINT (Ctrl-C), SIGTERM (what Slurm, Kubernetes and torchrun send before a kill) and SIGUSR1

@@ -245,6 +245,21 @@ def plot(
     typer.echo(f"{output}: training loss and {key} of {len(runs)} run(s) against {x}")
 
 
+def average(
+    run: Path = typer.Argument(..., help="Training folder trained with train.keep_checkpoints: N."),
+    output: Path = typer.Option(..., "--output", help="Folder for the averaged bundle."),
+    last: Optional[int] = typer.Option(None, "--last", help="Average the last N kept checkpoints."),
+    best: Optional[int] = typer.Option(None, "--best", help="... or the N of best validation score."),
+) -> None:
+    """Average a run's kept checkpoints into one bundle (checkpoint averaging, as OpenNMT-py and fairseq)."""
+    from nlp_rnn.tasks.averaged import average_checkpoints
+
+    result = average_checkpoints(run, output, last, best)
+    typer.echo(
+        f"{result['output']}: the mean of the checkpoints of steps {', '.join(map(str, result['steps']))}"
+    )
+
+
 def push(
     model: Path = typer.Argument(..., help="Bundle or training folder (its best/)."),
     repo: str = typer.Option(..., "--repo", help="Hugging Face Hub model repository, ORG/NAME."),

@@ -16,7 +16,10 @@ from nlp_rnn.errors import NlpRnnError
 log = logging.getLogger(__name__)
 
 KEY_ENV = "NLP_RNN_API_KEY"
-OPEN_PATHS = ("/health",)  # answered without the API key (liveness probes)
+OPEN_PATHS = (
+    "/health",
+    "/",
+)  # answered without the API key: liveness probes, the demo page (it asks for the key)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nlp_rnn.deploy.guard import Admission, RequestError, add_guards, answer_or_drop
+from nlp_rnn.deploy.page import PAGE
+from nlp_rnn.deploy.streaming import add_stream_route
 from nlp_rnn.errors import InvalidRequest, NlpRnnError
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.defaults import default_model
@@ -240,7 +242,8 @@ def _add_endpoint(
     request_model = create_model(f"{endpoint.path.title()}Request", __base__=TextsRequest, **endpoint.fields)
     kind = " or ".join(sorted(owners))
 
-    async def handle(req: request_model, request: Request) -> dict:
+    def accepted(req) -> Served:
+        """The request's model, once its texts and settings are within bounds."""
         model = _pick(served, owners, kind, endpoint.path, req.model)
         cap = (
             limits.max_document_chars
@@ -255,6 +258,10 @@ def _add_endpoint(
                 )
         if endpoint.check is not None:
             endpoint.check(model.interface, req)
+        return model
+
+    async def handle(req: request_model, request: Request) -> dict:
+        model = accepted(req)
         admission = admissions[model.name]
         admission.enter(len(req.texts))
         try:
@@ -272,6 +279,10 @@ def _add_endpoint(
     app.post(f"/{endpoint.path}", name=endpoint.path, description=endpoint.summary, responses=RESPONSES)(
         handle
     )
+    if endpoint.stream is not None:
+        add_stream_route(
+            app, endpoint, request_model, accepted, admissions, executor, limits.timeout_s, RESPONSES
+        )
 
 
 _ERROR = {
@@ -340,6 +351,13 @@ def _add_error_handlers(app, limits: Limits) -> None:
 
 
 def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
+    from fastapi.responses import HTMLResponse
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        """The demo page: a text box per served model and its results."""
+        return PAGE
+
     @app.get("/health")
     async def health() -> dict:
         """Liveness: the models are loaded and requests are served."""

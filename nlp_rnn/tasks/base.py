@@ -78,7 +78,9 @@ class Endpoint:
     text; `answer(results, request)` is the response body (the server adds "model"). With a
     `batch_key`, requests with equal keys that arrive while the model is busy run together;
     without, one request at a time (e.g. seeded sampling). `check(interface, request)` refuses a
-    request before it waits (raise `InvalidRequest`).
+    request before it waits (raise `InvalidRequest`). With `stream(interface, text, request, on_text)`,
+    POST /PATH/stream answers one text as server-sent events while it is produced (`on_text` receives
+    each new piece of text; the return value is the final result, given to `answer`).
     """
 
     path: str
@@ -88,6 +90,7 @@ class Endpoint:
     answer: Callable[[list, Any], dict]
     check: Optional[Callable[[Any, Any], None]] = None
     batch_key: Optional[Callable[[Any], tuple]] = None
+    stream: Optional[Callable[[Any, str, Any, Callable[[str], None]], Any]] = None
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def endpoint(limits) -> tasks.Endpoint:
     def check(generator: "Generator", req) -> None:
         generator.check(1, req.temperature, req.top_k, req.top_p, req.max_tokens, req.beam_size)
 
-    def run(generator: "Generator", texts: list[str], req) -> list:
+    def run(generator: "Generator", texts: list[str], req, on_text=None) -> list:
         return generator.generate(
             texts,
             temperature=req.temperature,
@@ -188,7 +188,11 @@ def endpoint(limits) -> tasks.Endpoint:
             max_tokens=req.max_tokens,
             seed=req.seed,
             beam_size=req.beam_size,
+            on_text=on_text,
         )
+
+    def stream(generator: "Generator", text: str, req, on_text) -> list:
+        return run(generator, [text], req, on_text)
 
     def answer(samples: list, req) -> dict:
         return {
@@ -212,4 +216,5 @@ def endpoint(limits) -> tasks.Endpoint:
         run,
         answer,
         check,
+        stream=stream,
     )

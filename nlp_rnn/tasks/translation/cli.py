@@ -170,7 +170,9 @@ def endpoint(limits) -> tasks.Endpoint:
 
     def run(translator: Translator, texts: list[str], req) -> list:
         opts = translator.options(
-            beam_size=req.beam_size or translator.options().beam_size, n_best=req.n_best
+            beam_size=req.beam_size or translator.options().beam_size,
+            n_best=req.n_best,
+            attention=req.attention,
         )
         return translator.translate(texts, opts, limits.max_batch)
 
@@ -180,6 +182,13 @@ def endpoint(limits) -> tasks.Endpoint:
             best = {"text": hyps[0].text, "score": hyps[0].score} if hyps else {"text": "", "score": 0.0}
             if req.n_best > 1:
                 best["n_best"] = [{"text": h.text, "score": h.score} for h in hyps[: req.n_best]]
+            if req.attention and hyps and hyps[0].attention is not None:
+                weights = hyps[0].attention.float()
+                best["attention"] = {
+                    "source": hyps[0].src_pieces,
+                    "target": hyps[0].pieces,
+                    "weights": [[round(float(w), 4) for w in row] for row in weights],
+                }
             out.append(best)
         return {"translations": out}
 
@@ -192,6 +201,12 @@ def endpoint(limits) -> tasks.Endpoint:
             int,
             Field(1, ge=1, le=limits.max_beam, description="Hypotheses per text (at most beam_size)."),
         ),
+        "attention": (
+            bool,
+            Field(
+                False, description="Also the best hypothesis's attention: source and target pieces, weights."
+            ),
+        ),
     }
     return tasks.Endpoint(
         "translate",
@@ -200,5 +215,5 @@ def endpoint(limits) -> tasks.Endpoint:
         run,
         answer,
         check,
-        batch_key=lambda req: (req.beam_size, req.n_best),
+        batch_key=lambda req: (req.beam_size, req.n_best, req.attention),
     )

@@ -48,6 +48,7 @@ def build_app() -> typer.Typer:
         commands.info,
         commands.plot,
         commands.push,
+        commands.average,
     ):
         app.command()(command)
     tokenizer_app.command("train")(commands.tokenizer_train)

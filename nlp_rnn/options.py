@@ -40,6 +40,15 @@ def model(default_hint: str):
     return typer.Option(None, "--model", help=f"Bundle or training folder (default: {default_hint}).")
 
 
+def models(default_hint: str):
+    """--model, repeatable: two or more make an ensemble (same task and tokenizer; probabilities averaged)."""
+    return typer.Option(
+        None,
+        "--model",
+        help=f"Bundle, training folder or hf://ORG/NAME (default: {default_hint}); repeat it for an ensemble.",
+    )
+
+
 def columns(text: Optional[str]) -> Optional[tuple[str, ...]]:
     """'a, b,c' -> ('a', 'b', 'c'); None stays None."""
     return None if text is None else tuple(c.strip() for c in text.split(",") if c.strip())

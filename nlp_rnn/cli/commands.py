@@ -15,7 +15,7 @@ from nlp_rnn.tasks.engines import load_for
 
 
 def evaluate(
-    model: Optional[Path] = typer.Option(None, "--model", help="Bundle or training folder."),
+    model: Optional[list[Path]] = options.models("the shipped model of the test set's task"),
     src: list[Path] = typer.Option(
         [], "--src", help="Source file (translation); repeat with --ref for several test sets."
     ),

@@ -1,12 +1,12 @@
 """The engines a model runs on: PyTorch (a bundle) or ONNX Runtime (an exported folder, `nlp-rnn export`)."""
 
 from pathlib import Path
-from typing import Optional
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn import onnxrt
 from nlp_rnn.config import from_dict
 from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.nn.ensemble import Ensemble
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tokenizer import Tokenizer
 
@@ -36,12 +36,50 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
     )
 
 
-def load_for(engine: str, path: Optional[Path], device: str = "cpu"):
-    """The bundle for `--engine torch|onnxruntime`."""
+def load_for(engine: str, path, device: str = "cpu"):
+    """The bundle for `--engine torch|onnxruntime`; several paths (repeated --model) make an ensemble."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
     if engine == "onnxruntime":
         if device not in ("auto", "cpu"):
             raise NlpRnnError("--engine onnxruntime runs on the CPU here; leave out --device")
-        return load_exported(path)
+        if len(paths) > 1:
+            raise NlpRnnError("--engine onnxruntime takes one --model; ensembles run on torch")
+        return load_exported(paths[0])
     if engine != "torch":
         raise NlpRnnError(f"--engine must be torch or onnxruntime, got {engine!r}")
-    return tasks.load(path, device=device)
+    if len(paths) == 1:
+        return tasks.load(paths[0], device=device)
+    return ensemble_of([tasks.load(p, device=device) for p in paths])
+
+
+def ensemble_of(bundles_: list) -> bundles.Bundle:
+    """One bundle whose model is the members' ensemble; same task and tokenizer required."""
+    first = bundles_[0]
+    for other in bundles_[1:]:
+        if other.task != first.task:
+            raise NlpRnnError(
+                f"ensemble: {other.path} is a {other.task} model, {first.path} a {first.task} model"
+            )
+        a, b = first.tokenizer, other.tokenizer
+        same = (
+            a is None
+            and b is None
+            or (
+                a is not None
+                and b is not None
+                and (a.src_blob, a.tgt_blob, a.normalise) == (b.src_blob, b.tgt_blob, b.normalise)
+            )
+        )
+        if not same:
+            raise NlpRnnError(f"ensemble: {other.path} and {first.path} have different tokenizers")
+        if first.meta.get("labels") != other.meta.get("labels"):
+            raise NlpRnnError(f"ensemble: {other.path} and {first.path} have different labels")
+    meta = dict(first.meta, ensemble=[str(b.path) for b in bundles_])
+    return bundles.Bundle(
+        first.task,
+        first.config,
+        Ensemble([b.model for b in bundles_]).eval(),
+        first.tokenizer,
+        meta,
+        first.path,
+    )

@@ -64,7 +64,7 @@ def classify(
     texts: Optional[list[str]] = typer.Argument(
         None, help="Texts to classify; none: read --input or standard input."
     ),
-    model: Optional[Path] = options.model("checkpoints/sst2, the shipped SST-2 sentiment model"),
+    model: Optional[list[Path]] = options.models("checkpoints/sst2, the shipped SST-2 sentiment model"),
     input: Optional[Path] = options.input_file(),
     output: Optional[Path] = options.output(),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),

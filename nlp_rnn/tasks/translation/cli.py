@@ -63,7 +63,7 @@ def translate(
     texts: Optional[list[str]] = typer.Argument(
         None, help="Sentences to translate; none: read --input or standard input."
     ),
-    model: Optional[Path] = options.model(
+    model: Optional[list[Path]] = options.models(
         "checkpoints/multi30k-de-en, the shipped German->English Multi30k model"
     ),
     input: Optional[Path] = options.input_file("File with one sentence per line."),

@@ -278,14 +278,17 @@ class SampleOptions:
 
 def _filter(logits: torch.Tensor, opts: SampleOptions) -> torch.Tensor:
     """logits (b, V) scaled by the temperature, -inf outside top-k and the top-p nucleus."""
-    logits = logits / opts.temperature
+    logits = logits.float() / max(
+        opts.temperature, 1e-4
+    )  # a vanishing temperature stays finite (near greedy)
     if 0 < opts.top_k < logits.size(-1):
         kth = logits.topk(opts.top_k, dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth, NEG_INF)
     if opts.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs >= opts.top_p  # the most probable token always stays
+        outside = probs.cumsum(dim=-1) - probs >= opts.top_p
+        outside[:, 0] = False  # the most probable token always stays (even for a p that rounds to 0)
         logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, NEG_INF))
     return logits
 

@@ -369,7 +369,7 @@ def test_bad_language_model_input_is_one_line_naming_the_culprit(
     assert "--top-p must be in (0, 1]" in error(["generate", "--model", run, "x", "--top-p", "0"])
     assert "--top-p must be in (0, 1]" in error(["generate", "--model", run, "x", "--top-p", "1.5"])
     assert "--top-k must be 0 (off) or positive" in error(["generate", "--model", run, "x", "--top-k", "-1"])
-    assert "--temperature must be 0 (greedy) or positive" in error(
+    assert "--temperature must be 0 (greedy) to 100" in error(
         ["generate", "--model", run, "x", "--temperature", "-1"]
     )
     assert "is not a conditional language model" in error(

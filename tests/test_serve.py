@@ -108,9 +108,9 @@ def test_classify_answers_with_label_names_like_the_predictor(server: str) -> No
             "beam_size: Input should be less than or equal to 16",
         ),
         (
-            json.dumps({"texts": ["x"], "beam_size": 2, "n_best": 3}).encode(),
+            json.dumps({"texts": ["x"], "beam_size": "2"}).encode(),
             422,
-            "n_best: 3 needs beam_size of at least 3",
+            'body: Value error, beam_size must be a number, got "2"',
         ),
         (
             json.dumps({"texts": ["x"], "colour": "red"}).encode(),
@@ -126,3 +126,10 @@ def test_every_bad_request_is_a_4xx_with_one_line_and_the_next_request_is_served
     got, body = call(server, "/translate", raw=raw)
     assert got == status and body["error"].startswith(message) and "\n" not in body["error"], body
     assert call(server, "/translate", {"texts": ["ein Hund"], "beam_size": 1})[0] == 200
+
+
+def test_n_best_above_the_beam_widens_the_beam(server: str) -> None:
+    status, body = call(server, "/translate", {"texts": ["Ein Hund rennt."], "beam_size": 2, "n_best": 3})
+    wide = call(server, "/translate", {"texts": ["Ein Hund rennt."], "beam_size": 3, "n_best": 3})[1]
+    narrow = call(server, "/translate", {"texts": ["Ein Hund rennt."], "beam_size": 2, "n_best": 2})[1]
+    assert status == 200 and body == wide and body != narrow

@@ -12,8 +12,10 @@ the server keeps serving.
 """
 
 import asyncio
+import json
 import logging
 import time
+import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -228,10 +230,27 @@ def _add_endpoint(
 ) -> None:
     """POST /PATH: the request model made from the endpoint's fields; batched through `queues` or run alone."""
     from fastapi import Request
-    from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model, model_validator
 
     class TextsRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)  # no lax coercion: "7" is not 7, false not 0
+        model_config = ConfigDict(extra="forbid")
+
+        @model_validator(mode="before")
+        @classmethod
+        def no_lax_coercion(cls, data: Any) -> Any:
+            """JSON's own types only: "7" is not a number, false is not 0, 1 is not true (3.0 is the integer
+            3, as JSON Schema says)."""
+            if isinstance(data, dict):
+                for name, field in cls.model_fields.items():
+                    value, kind = data.get(name), _scalar(field.annotation)
+                    if value is None or kind is None:
+                        continue
+                    if kind in (int, float) and isinstance(value, (str, bool)):
+                        raise ValueError(f"{name} must be a number, got {json.dumps(value)}")
+                    if kind is bool and not isinstance(value, bool):
+                        raise ValueError(f"{name} must be true or false, got {json.dumps(value)}")
+            return data
+
         texts: list[StrictStr] = Field(
             min_length=1, max_length=limits.max_texts, description="The texts (at least one)."
         )
@@ -305,6 +324,12 @@ RESPONSES = {  # every status a POST endpoint answers besides 200, each with {"e
     },
     504: {"description": "Deadline: no answer within the server's --timeout.", **_ERROR},
 }
+
+
+def _scalar(annotation: Any) -> Optional[type]:
+    """int, float or bool for a field annotated with one of them (or Optional of one), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 and args[0] in (int, float, bool) else None
 
 
 def _pick(served: dict[str, Served], owners: set[str], kind: str, path: str, name: Optional[str]) -> Served:

@@ -98,7 +98,7 @@ def add_stream_route(
         responses={
             200: {
                 "description": "text/event-stream: data {text}, then event done (the answer) or error",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": {"type": "object"}}},
             },
             **responses,
         },

@@ -203,7 +203,7 @@ def endpoint(limits) -> tasks.Endpoint:
 
     fields = {
         "max_tokens": (Optional[int], Field(None, ge=1, le=limits.max_tokens)),
-        "temperature": (Optional[float], Field(None, ge=0)),
+        "temperature": (Optional[float], Field(None, ge=0, le=100)),
         "top_k": (Optional[int], Field(None, ge=0)),
         "top_p": (Optional[float], Field(None, gt=0, le=1)),
         "seed": (Optional[int], None),

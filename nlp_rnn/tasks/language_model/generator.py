@@ -196,8 +196,8 @@ class _Watcher:
 
 
 def check_sampling(opts: SampleOptions, beam_size: int, num_samples: int) -> None:
-    if opts.temperature < 0:
-        raise NlpRnnError(f"--temperature must be 0 (greedy) or positive, got {opts.temperature}")
+    if not 0 <= opts.temperature <= 100:
+        raise NlpRnnError(f"--temperature must be 0 (greedy) to 100, got {opts.temperature}")
     if opts.top_k < 0:
         raise NlpRnnError(f"--top-k must be 0 (off) or positive, got {opts.top_k}")
     if not 0 < opts.top_p <= 1:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from nlp_rnn import options, textio
-from nlp_rnn.errors import InvalidRequest, NlpRnnError
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.defaults import default_model
 from nlp_rnn.tasks.engines import load_for
@@ -161,19 +161,9 @@ def endpoint(limits) -> tasks.Endpoint:
     """POST /translate: {"texts": [...], "beam_size": K, "n_best": N}."""
     from pydantic import Field
 
-    def check(translator: Translator, req) -> None:
-        beam = req.beam_size or translator.options().beam_size
-        if req.n_best > beam:
-            raise InvalidRequest(
-                f"n_best: {req.n_best} needs beam_size of at least {req.n_best} (got {beam})"
-            )
-
     def run(translator: Translator, texts: list[str], req) -> list:
-        opts = translator.options(
-            beam_size=req.beam_size or translator.options().beam_size,
-            n_best=req.n_best,
-            attention=req.attention,
-        )
+        beam = max(req.beam_size or translator.options().beam_size, req.n_best)  # n_best widens the beam
+        opts = translator.options(beam_size=beam, n_best=req.n_best, attention=req.attention)
         return translator.translate(texts, opts, limits.max_batch)
 
     def answer(results: list, req) -> dict:
@@ -199,7 +189,12 @@ def endpoint(limits) -> tasks.Endpoint:
         ),
         "n_best": (
             int,
-            Field(1, ge=1, le=limits.max_beam, description="Hypotheses per text (at most beam_size)."),
+            Field(
+                1,
+                ge=1,
+                le=limits.max_beam,
+                description="Hypotheses per text; the beam is at least this wide.",
+            ),
         ),
         "attention": (
             bool,
@@ -214,6 +209,5 @@ def endpoint(limits) -> tasks.Endpoint:
         fields,
         run,
         answer,
-        check,
         batch_key=lambda req: (req.beam_size, req.n_best, req.attention),
     )

@@ -64,6 +64,7 @@ def wait_for(browser, condition, timeout: float = 60):
     return WebDriverWait(browser, timeout).until(condition)
 
 
+@pytest.mark.slow
 def test_the_page_translates_classifies_streams_and_shows_errors(browser, models) -> None:
     from selenium.webdriver.common.by import By
 
@@ -104,6 +105,7 @@ def test_the_page_translates_classifies_streams_and_shows_errors(browser, models
         assert "max_tokens" in browser.find_element(By.ID, "error-chars").text
 
 
+@pytest.mark.slow
 def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, models) -> None:
     from selenium.webdriver.common.by import By
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 
 from nlp_rnn.cli import main
@@ -46,6 +47,7 @@ def test_a_trained_bundle_has_a_model_card_and_push_dry_run_writes_the_upload(tm
     assert "--repo not a repo: expected ORG/NAME" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_hf_names_load_from_a_prefilled_cache_in_offline_mode(tmp_path: Path) -> None:
     cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--someone--sst2-test"

@@ -21,6 +21,7 @@ def api_schema():
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
+@pytest.mark.slow
 def test_the_server_keeps_its_schema_under_generated_requests(api_schema) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {

@@ -51,11 +51,11 @@ def main() -> None:
     )
     parser.add_argument("--pretrain-minutes", type=float, default=25)
     parser.add_argument("--finetune-minutes", type=float, default=8)
-    parser.add_argument("--classifier-minutes", type=float, default=25)
+    parser.add_argument("--classifier-minutes", type=float, default=20)
     parser.add_argument(
         "--stages",
         default="pretrain,finetune,classifier,evaluate",
-        help="any of pretrain, finetune, classifier, evaluate, sst, default, ablation",
+        help="any of pretrain, finetune, classifier, evaluate, baseline, sst, default, ablation",
     )
     parser.add_argument("--ablation-minutes", type=float, default=6)
     parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
@@ -98,6 +98,9 @@ def main() -> None:
         }
         print(json.dumps(log["evaluate"], indent=2), flush=True)
         out.write_text(json.dumps(log, indent=2))
+    if "baseline" in stages:  # the same classifier from random weights, the same tokenizer and budget
+        baseline(runs, lm, log, args.classifier_minutes)
+        out.write_text(json.dumps(log, indent=2))
     if "sst" in stages:
         sst(runs, tuned, log)
         out.write_text(json.dumps(log, indent=2))
@@ -108,6 +111,24 @@ def main() -> None:
         ablation(runs, lm, tuned, log, args.ablation_minutes)
     out.write_text(json.dumps(log, indent=2))
     print(f"results: {out}")
+
+
+def baseline(runs: Path, lm: Path, log: dict, minutes: float) -> None:
+    """configs/imdb.yaml without --init-from: the language model's shape and tokenizer, random weights."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "imdb.yaml").read_text())
+    body = json.loads((lm / "best" / "config.json").read_text())["model"]
+    cfg["model"]["body"] = {
+        k: v for k, v in body.items() if k not in ("init_from", "adaptive_softmax", "tie_output")
+    }
+    path, folder = runs / "baseline.yaml", runs / "baseline"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = ["nlp-rnn", "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+    run(cmd + ["--tokenizer", str(lm / "best"), "--max-minutes", str(minutes)], log, "baseline")
+    log["baseline"]["best"] = best_of(folder)
+    log["baseline"]["imdb_test"] = evaluate(folder, IMDB / "test.csv", "text", runs / "baseline_imdb.json")
+    print(json.dumps(log["baseline"], indent=2), flush=True)
 
 
 def sst(runs: Path, tuned: Path, log: dict) -> None:

@@ -204,3 +204,37 @@ def windows_and_one_pass(model, batcher, epoch: int = 0) -> tuple[torch.Tensor, 
             out, state = model.hidden(w.inputs, state)
             parts.append(out)
     return torch.cat(parts, dim=1), whole
+
+
+# ----------------------------------------------------------------------------- a tiny classifier, trained for real
+
+
+def train_tiny_classifier(
+    folder: Path, steps: int = 2, train: str = "batch_tokens: 60, validate_every: 2"
+) -> Path:
+    """`nlp-rnn train classifier` on a 3-sentence sentiment table (label names, unigram tokenizer, LSTM 8) for
+    `steps` steps; the run folder. `train` is the config's train section (YAML flow mapping body)."""
+    from nlp_rnn.cli import main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "rows.tsv"
+    table.write_text("sentence\tlabel\n" + "a fine film\t1\ndull and bad\t0\ngreat cast\t1\n" * 10)
+    cfg = folder / "cfg.yaml"
+    cfg.write_text(
+        "data: {label_names: {0: negative, 1: positive}}\ntokenizer: {model_type: unigram, vocab_size: 300}\n"
+        f"model: {{embedding_dim: 8, hidden_size: 8}}\ntrain: {{{train}}}\n"
+    )
+    run = folder / "run"
+    args = [
+        "--config",
+        str(cfg),
+        "--train",
+        str(table),
+        "--valid",
+        str(table),
+        "--max-steps",
+        str(steps),
+        "--quiet",
+    ]
+    assert main(["train", "classifier", "--output", str(run), *args]) == 0
+    return run

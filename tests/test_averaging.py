@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import train_tiny_classifier
 from safetensors.torch import load_file
 
 from nlp_rnn.cli import main
@@ -12,16 +13,9 @@ from nlp_rnn.tasks.base import load
 
 
 def test_average_of_the_last_and_best_kept_checkpoints(tmp_path: Path, capsys) -> None:
-    table = tmp_path / "rows.tsv"
-    table.write_text("sentence\tlabel\n" + "a fine film\t1\ndull and bad\t0\ngreat cast\t1\n" * 10)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        "tokenizer: {model_type: unigram, vocab_size: 300}\nmodel: {embedding_dim: 8, hidden_size: 8}\n"
-        "train: {batch_tokens: 40, validate_every: 2, keep_checkpoints: 2, lr: 0.01}\n"
+    run = train_tiny_classifier(
+        tmp_path, 6, "batch_tokens: 40, validate_every: 2, keep_checkpoints: 2, lr: 0.01"
     )
-    run = tmp_path / "run"
-    args = ["--config", str(cfg), "--train", str(table), "--valid", str(table), "--max-steps", "6", "--quiet"]
-    assert main(["train", "classifier", "--output", str(run), *args]) == 0
     kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["step-00000004", "step-00000006"]  # step 2's was dropped
     weights = [load_file(str(run / "checkpoints" / k / "model.safetensors")) for k in kept]

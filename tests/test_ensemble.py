@@ -5,7 +5,7 @@ model; models of other tasks or tokenizers are refused in one line."""
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, train_tiny_classifier
 
 from nlp_rnn.cli import main
 from nlp_rnn.errors import NlpRnnError
@@ -46,16 +46,8 @@ def test_a_classifier_with_itself_gives_the_same_probabilities_and_int8_covers_i
 def test_models_that_cannot_be_ensembled_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(NlpRnnError, match="is a translation model"):
         load_for("torch", [CHECKPOINTS / "sst2", CHECKPOINTS / "multi30k-de-en"])
-    table = tmp_path / "rows.tsv"
-    table.write_text("sentence\tlabel\n" + "a fine film\t1\ndull and bad\t0\n" * 10)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        "data: {label_names: {0: negative, 1: positive}}\ntokenizer: {model_type: unigram, vocab_size: 300}\n"
-        "model: {embedding_dim: 8, hidden_size: 8}\ntrain: {batch_tokens: 60, validate_every: 2}\n"
-    )
-    args = ["--config", str(cfg), "--train", str(table), "--valid", str(table), "--max-steps", "2", "--quiet"]
-    assert main(["train", "classifier", "--output", str(tmp_path / "run"), *args]) == 0
+    run = train_tiny_classifier(tmp_path)
     with pytest.raises(NlpRnnError, match="have different tokenizers"):
-        load_for("torch", [CHECKPOINTS / "sst2", tmp_path / "run"])
+        load_for("torch", [CHECKPOINTS / "sst2", run])
     with pytest.raises(NlpRnnError, match="ensembles run on torch"):
-        load_for("onnxruntime", [CHECKPOINTS / "sst2", tmp_path / "run"])
+        load_for("onnxruntime", [CHECKPOINTS / "sst2", run])

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, train_tiny_classifier
 
 from nlp_rnn.cli import main
 
@@ -16,16 +16,7 @@ CHECKPOINTS = ROOT / "checkpoints"
 
 
 def test_a_trained_bundle_has_a_model_card_and_push_dry_run_writes_the_upload(tmp_path: Path, capsys) -> None:
-    table = tmp_path / "rows.tsv"
-    table.write_text("sentence\tlabel\n" + "a fine film\t1\ndull and bad\t0\n" * 20)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        "data: {label_names: {0: negative, 1: positive}}\ntokenizer: {model_type: unigram, vocab_size: 300}\n"
-        "model: {embedding_dim: 8, hidden_size: 8}\ntrain: {batch_tokens: 60, validate_every: 2}\n"
-    )
-    run = tmp_path / "run"
-    args = ["--config", str(cfg), "--train", str(table), "--valid", str(table), "--max-steps", "2", "--quiet"]
-    assert main(["train", "classifier", "--output", str(run), *args]) == 0
+    run = train_tiny_classifier(tmp_path)
     card = (run / "best" / "README.md").read_text()
     for fact in (
         "# nlp-rnn classification model",

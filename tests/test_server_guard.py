@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from helpers import ROOT, free_port, running
 
-from nlp_rnn.deploy.serve import Draining, Limits, create_app, load_models
+from nlp_rnn.deploy.serve import Limits, create_app, draining_server, load_models
 
 CHECKPOINTS = ROOT / "checkpoints"
 KEY = "test-key-12345"
@@ -146,7 +146,7 @@ def test_sigterm_drains_the_requests_in_flight_before_stopping(models) -> None:
 
     app = create_app(models, Limits())
     port = free_port()
-    server = Draining(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app)
+    server = draining_server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

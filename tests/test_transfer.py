@@ -210,8 +210,16 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     tasks.train("classification", cfg, tmp_path / "run", progress_bar=False)
     predictor = Predictor(tasks.load(tmp_path / "run"))
     raw = "A gripping, beautifully acted film!<br /><br />Go see it."
-    texts = [raw, normalise(raw, ("html", "lower")), "", "<br /><br />", "great film " * 100_000]  # 1.1 MB, 1 line
-    predictor.model.cfg = replace(predictor.model.cfg, window=4096)  # the same result in fewer windows, faster
+    texts = [
+        raw,
+        normalise(raw, ("html", "lower")),
+        "",
+        "<br /><br />",
+        "great film " * 100_000,
+    ]  # 1.1 MB, 1 line
+    predictor.model.cfg = replace(
+        predictor.model.cfg, window=4096
+    )  # the same result in fewer windows, faster
     out = predictor.classify(texts)
     assert out[0].probabilities == out[1].probabilities
     assert all(math.isclose(sum(p.probabilities.values()), 1, rel_tol=1e-5) for p in out)

@@ -424,7 +424,7 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s
     )
-    Draining(config, app).run()
+    draining_server(config, app).run()
 
 
 def _server_class():
@@ -444,5 +444,7 @@ def _server_class():
     return Draining
 
 
-def Draining(config, app):  # noqa: N802  (a class made on first use: uvicorn is an optional extra)
+def draining_server(config, app):
+    """uvicorn's server that turns /ready false as soon as it is asked to stop (uvicorn is an optional extra,
+    so the class is made on first use)."""
     return _server_class()(config, app)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn import devices, distributed
-from nlp_rnn.errors import NlpRnnError
+from nlp_rnn import card, devices, distributed
+from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
 from nlp_rnn.train import RunLock, Trainer, TrainingSetup  # TrainingSetup: part of the task contract
 
@@ -240,6 +240,16 @@ def of(bundle: bundles.Bundle) -> Task:
 def load(path: str | Path, task: Optional[str] = None, device: str | torch.device = "cpu") -> bundles.Bundle:
     """A bundle (or a training folder's best/) with its model rebuilt by its task, on `device`."""
     return bundles.load(path, get, task, device)
+
+
+def load_start(where: str) -> bundles.Bundle:
+    """The bundle `--init-from` names (a bundle, a training folder or hf://ORG/NAME), or one line why not."""
+    if not Path(where).exists() and card.hub_reference(where) is None:
+        raise NlpRnnError(f"--init-from {where}: no such folder")
+    try:
+        return load(where)
+    except BundleError as err:
+        raise NlpRnnError(f"--init-from {where}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- shared set-up

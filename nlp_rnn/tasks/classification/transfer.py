@@ -10,12 +10,11 @@ new rows to initialise.
 
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from torch import nn
 
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tokenizer import Tokenizer
@@ -56,12 +55,7 @@ def _shape(cfg: LMModelConfig) -> dict:
 def start_from(cfg) -> Start:
     """The language model named by cfg.model.init_from, checked against the classifier config."""
     where = cfg.model.init_from
-    if not Path(where).exists():
-        raise NlpRnnError(f"--init-from {where}: no such folder")
-    try:
-        source = tasks.load(where)
-    except BundleError as err:
-        raise NlpRnnError(f"--init-from {where}: {err}") from None
+    source = tasks.load_start(where)
     if not isinstance(source.model, LanguageModel):
         raise NlpRnnError(
             f"--init-from {where}: a {source.task} model; a classifier starts from a language model"

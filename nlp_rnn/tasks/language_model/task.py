@@ -13,7 +13,7 @@ from nlp_rnn.data import (
     TokenBatcher,
     label_names,
 )
-from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.language_model import LanguageModel, LMState
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.evaluation import model_info, table
@@ -125,12 +125,7 @@ class LanguageModelTask(tasks.Task):
         return self._sentence_setup(cfg, bundle, train, valid, names)
 
     def _source(self, where: str) -> Bundle:
-        if not Path(where).exists():
-            raise NlpRnnError(f"--init-from {where}: no such folder")
-        try:
-            source = tasks.load(where)
-        except BundleError as err:
-            raise NlpRnnError(f"--init-from {where}: {err}") from None
+        source = tasks.load_start(where)
         if source.task != self.name:
             raise NlpRnnError(
                 f"--init-from {where}: a {source.task} model; fine-tuning needs a language model"

@@ -80,7 +80,7 @@ def plot(runs: list[Path], output: Path, x: str = "steps", metric: Optional[str]
             f"{best[key]:.4g}", (where(best), best[key]), textcoords="offset points", xytext=(4, 6)
         )
     label = "step" if x == "steps" else "minutes of training"
-    left.set(xlabel=label, ylabel="training loss (per token)", title="training")
+    left.set(xlabel=label, ylabel="training loss (per token or example)", title="training")
     right.set(xlabel=label, ylabel=key, title=f"validation ({key}; best marked)")
     if key in ("val_ppl", "val_ppl_per_word"):
         right.set_yscale("log")

@@ -46,7 +46,9 @@ def main() -> None:
         result = subprocess.run(cmd + ["--request-timeout", "60"], capture_output=True, text=True)
         report = result.stdout + result.stderr
         alive = server.poll() is None
-        report += f"\nexit status {result.returncode}; {time.monotonic() - started:.0f} s; server alive: {alive}\n"
+        report += (
+            f"\nexit status {result.returncode}; {time.monotonic() - started:.0f} s; server alive: {alive}\n"
+        )
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -49,6 +49,18 @@ def post(base: str, path: str, body: bytes, timeout: float = 60) -> tuple[int, d
         return err.code, json.loads(err.read() or b"{}"), time.perf_counter() - started
 
 
+def same(a, b) -> bool:
+    """The answer a text gets among others equals the one it gets alone: the same model, texts and labels,
+    scores and probabilities within 1e-4 (batched float sums differ in the last digits)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    return a == b
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -98,11 +110,11 @@ def main() -> None:
                     status, body, seconds = post(
                         base, "/translate", json.dumps({"texts": [s], "beam_size": 1}).encode()
                     )
-                    ok = status != 200 or body == expected[("translate", s)]
+                    ok = status != 200 or same(body, expected[("translate", s)])
                 elif kind < 0.7:
                     r = rng.choice(REVIEWS)
                     status, body, seconds = post(base, "/classify", json.dumps({"texts": [r]}).encode())
-                    ok = status != 200 or body == expected[("classify", r)]
+                    ok = status != 200 or same(body, expected[("classify", r)])
                 elif kind < 0.8:
                     body_ = {"texts": ["ROMEO:"], "max_tokens": 20, "seed": rng.randrange(10)}
                     status, body, seconds = post(base, "/generate", json.dumps(body_).encode())

@@ -90,3 +90,24 @@ def test_word_lists_and_normalisation_take_any_text(text: str) -> None:
     assert all(0 <= i < words.get_piece_size() for i in ids)
     once = normalise(text, STEPS)
     assert normalise(once, STEPS) == once
+
+
+LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=40)
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(LINE, min_size=1, max_size=6))
+def test_classify_and_translate_keep_line_alignment_for_any_input_lines(lines: list) -> None:
+    from helpers import CHECKPOINTS
+
+    from nlp_rnn.cli import main
+
+    folder = Path(tempfile.mkdtemp())
+    source = folder / "in.txt"
+    source.write_bytes("".join(line + "\n" for line in lines).encode("utf-8"))
+    for command, model in (("classify", "sst2"), ("translate", "multi30k-de-en")):
+        out = folder / f"{command}.txt"
+        args = [command, "--model", str(CHECKPOINTS / model), "--input", str(source), "--output", str(out)]
+        assert main([*args, "--precision", "fp32"]) == 0
+        assert len(out.read_bytes().decode("utf-8").split("\n")) - 1 == len(lines), command

@@ -94,21 +94,28 @@ def read_table(path: str | Path, columns: Sequence[str]) -> dict[str, list[Any]]
             delimiter="\t" if fmt == "tsv" else ",",
             quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
         )
-        header = next(reader)
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise NlpRnnError(f"{path}:1: missing column '{missing[0]}' (header has: {', '.join(header)})")
-        where = [header.index(c) for c in columns]
-        for number, row in enumerate(reader, 2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(header):
-                raise NlpRnnError(f"{path}:{number}: {len(row)} fields, header has {len(header)}")
-            for c, i in zip(columns, where):
-                out[c].append(row[i])
+        try:
+            _read_rows(reader, path, columns, out)
+        except csv.Error as err:  # e.g. a bare carriage return inside a field
+            raise NlpRnnError(f"{path}:{reader.line_num}: {err}") from None
     if not out[columns[0]]:
         raise NlpRnnError(f"{path}: no rows after the header")
     return out
+
+
+def _read_rows(reader, path: Path, columns: Sequence[str], out: dict[str, list[Any]]) -> None:
+    header = next(reader)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise NlpRnnError(f"{path}:1: missing column '{missing[0]}' (header has: {', '.join(header)})")
+    where = [header.index(c) for c in columns]
+    for number, row in enumerate(reader, 2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise NlpRnnError(f"{path}:{number}: {len(row)} fields, header has {len(header)}")
+        for c, i in zip(columns, where):
+            out[c].append(row[i])
 
 
 def read_hub(

@@ -104,7 +104,9 @@ def test_two_processes_make_the_update_one_process_makes_and_only_process_0_writ
         "cache",
         "last",
         "metrics.jsonl",
+        "tensorboard",
     ]
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one event file: process 0's
     assert bundles.load_trainer_state(tmp_path / "two/last")["world_size"] == 2
 
 

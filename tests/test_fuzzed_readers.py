@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nlp_rnn.config import TokenizerConfig
@@ -17,7 +17,12 @@ from nlp_rnn.tasks.forecasting.config import ForecastDataConfig
 from nlp_rnn.tasks.forecasting.data import read_series
 from nlp_rnn.tokenizer import Tokenizer, WordList
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".txt")
 
 
@@ -52,6 +57,7 @@ ROW = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 @FAST
 @given(rows=st.lists(ROW, max_size=8), header=st.booleans())
+@example(rows=[["a\rb", "1"]], header=True)  # found by hypothesis: csv's error for a bare CR, now one line
 def test_tables_of_arbitrary_unicode_read_or_refuse_in_one_line(rows: list, header: bool) -> None:
     lines = (["sentence\tlabel"] if header else []) + ["\t".join(r) for r in rows]
     path = written("\n".join(lines).encode("utf-8"), ".tsv")
@@ -96,7 +102,7 @@ LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 
 
 @pytest.mark.slow
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(lines=st.lists(LINE, min_size=1, max_size=6))
 def test_classify_and_translate_keep_line_alignment_for_any_input_lines(lines: list) -> None:
     from helpers import CHECKPOINTS

@@ -36,7 +36,13 @@ def test_the_server_keeps_its_schema_under_generated_requests(api_schema) -> Non
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=25,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
         def check(case) -> None:
             case.call_and_validate()
 

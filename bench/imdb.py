@@ -13,11 +13,12 @@ Results go to bench/results/imdb.json; each stage's command line, minutes and sc
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -218,13 +219,6 @@ def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float) -> No
 def best_of(run_dir: Path) -> dict:
     meta = json.loads((run_dir / "best" / "meta.json").read_text())
     return meta.get("best", {})
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import argparse
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+from common import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,12 +28,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{args.port}"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for(base)
         started = time.monotonic()
         cmd = [
             "schemathesis",

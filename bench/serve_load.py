@@ -11,7 +11,6 @@ wrong). Reported: throughput, p50/p99 latency of accepted requests, status count
 
 import argparse
 import json
-import os
 import random
 import socket
 import statistics
@@ -23,6 +22,8 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+
+from common import cpu_name, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = [
@@ -83,12 +84,7 @@ def main() -> None:
     cmd += ["--model", "chars=checkpoints/shakespeare-char", "--precision", "fp32"]
     server = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{args.port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
+    wait_for(base)
     expected = {}
     for s in SENTENCES:
         expected[("translate", s)] = post(
@@ -176,15 +172,7 @@ def main() -> None:
         else None,
         "memory_mb_after_warmup": round(memory_start, 1),
         "memory_mb_end": round(memory_end, 1),
-        "cpu": next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if line.startswith("model name")
-            ),
-            "?",
-        ),
-        "cores": os.cpu_count(),
+        "cpu": cpu_name(),
         "first_errors": errors[:3],
         "median_latency_s": round(statistics.median(latencies), 3) if latencies else None,
     }

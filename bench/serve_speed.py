@@ -19,6 +19,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
@@ -83,12 +85,7 @@ def main() -> None:
         "max_wait_ms": args.max_wait_ms,
     }
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(base)
         for text in sentences[:5]:  # warm-up
             post(base + "/translate", {"texts": [text], "beam_size": 1})
         single = [post(base + "/translate", {"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]

@@ -182,6 +182,7 @@ class Trainer:
         self.state = Progress()
         self._stop_requested = False
         self._writer = None  # TensorBoard's, made on the first metrics record
+        self._stage: Optional[int] = None  # gradual unfreezing: how many layer groups train now
 
     # ------------------------------------------------------------------ learning rates
 
@@ -228,10 +229,10 @@ class Trainer:
         groups = self.setup.layer_groups
         if cfg.unfreeze_every and groups:
             stage = min(len(groups), 1 + self.state.step // cfg.unfreeze_every)
-            for k, group in enumerate(groups):
-                for p in group:
-                    p.requires_grad_(k < stage)
-            if stage != getattr(self, "_stage", None):
+            if stage != self._stage:  # the stage follows from the step, so a resumed run takes it up again
+                for k, group in enumerate(groups):
+                    for p in group:
+                        p.requires_grad_(k < stage)
                 log.info(
                     "step %d: training the top %d of %d layer groups", self.state.step, stage, len(groups)
                 )

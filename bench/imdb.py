@@ -115,10 +115,13 @@ def main() -> None:
 
 
 def baseline(runs: Path, lm: Path, log: dict, minutes: float) -> None:
-    """configs/imdb.yaml without --init-from: the language model's shape and tokenizer, random weights."""
+    """configs/imdb.yaml without --init-from: the language model's shape and tokenizer, random weights,
+    tuned for a random start: every layer trained from the first step at one learning rate (gradual
+    unfreezing and discriminative rates only make sense for pretrained layers)."""
     import yaml
 
     cfg = yaml.safe_load((ROOT / "configs" / "imdb.yaml").read_text())
+    cfg["train"].update({"unfreeze_every": 0, "layer_lr_decay": 1.0})
     body = json.loads((lm / "best" / "config.json").read_text())["model"]
     cfg["model"]["body"] = {
         k: v for k, v in body.items() if k not in ("init_from", "adaptive_softmax", "tie_output")

@@ -32,6 +32,10 @@ FORMAT_VERSION = 1
 META, CONFIG, WEIGHTS, TRAINER = "meta.json", "config.json", "model.safetensors", "trainer.pt"
 
 
+SHORTLIST = "shortlist.safetensors"  # a translation model's vocabulary shortlist (nn/shortlist.py)
+EXTRA_FILES = (SHORTLIST,)
+
+
 @dataclass
 class Bundle:
     task: str
@@ -143,6 +147,10 @@ def _write(tmp: Path, bundle: Bundle, trainer_state: Optional[dict], half: bool)
     (tmp / card.CARD).write_text(card.model_card(bundle.task, config, meta), encoding="utf-8")
     if bundle.tokenizer is not None:
         bundle.tokenizer.save(tmp)
+    if bundle.path is not None and Path(bundle.path).resolve() != tmp.resolve():
+        for name in EXTRA_FILES:  # what a task keeps beside the weights goes along with a re-save
+            if (Path(bundle.path) / name).is_file():
+                shutil.copyfile(Path(bundle.path) / name, tmp / name)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER)
     _fsync_tree(tmp)

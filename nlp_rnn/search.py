@@ -55,6 +55,17 @@ class Generative(Protocol):
         """prev (B,) -> logits (B, V), the new state, attention weights (B, S) or None."""
 
 
+def columns_of(memory: Any) -> Optional[torch.Tensor]:
+    """The token ids that the columns of a step's logits stand for, sorted (K,): a vocabulary shortlist
+    (`nn.shortlist`); None when the logits cover the whole vocabulary."""
+    return getattr(memory, "vocab", None)
+
+
+def _column(cols: Optional[torch.Tensor], token: int) -> int:
+    """The logits column of `token` (always in a shortlist: the special tokens are)."""
+    return token if cols is None else int(torch.searchsorted(cols, token))
+
+
 def max_lengths(src_len: torch.Tensor, opts: SearchOptions) -> torch.Tensor:
     """(B,) output budget from the source length (which counts the appended EOS)."""
     pieces = (src_len - 1).clamp(min=1).float()
@@ -93,12 +104,16 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
     lengths = torch.zeros(size, dtype=torch.long, device=dev)
     scores = torch.zeros(size, device=dev)
     weights = torch.zeros(size, steps, batch.src.size(1), device=dev) if opts.attention else None
+    cols = columns_of(memory)
+    eos = _column(cols, EOS)
     for t in range(steps):
-        logits, state, att = model.step(prev, memory, state)  # (b, V)
+        logits, state, att = model.step(prev, memory, state)  # (b, V), or (b, K) over a shortlist
         logits = logits.float()
         if t < opts.min_length:
-            logits[:, EOS] = NEG_INF
+            logits[:, eos] = NEG_INF
         best, prev = logits.max(dim=-1)  # (b,) argmax of logits == argmax of log-probabilities
+        if cols is not None:
+            prev = cols[prev]
         tokens[active, t] = prev
         scores[active] += best - torch.logsumexp(logits, dim=-1)
         lengths[active] = t + 1
@@ -169,22 +184,30 @@ def beam_search(
     alive_seq = torch.zeros(size * k, 0, dtype=torch.long, device=dev)  # (b*K, t)
     alive_att = torch.zeros(size * k, 0, src_width, device=dev) if opts.attention else None
     beam_rows = torch.arange(k, device=dev)
+    cols = columns_of(memory)
+    eos = _column(cols, EOS)
 
     for t in range(steps):
         b = active.numel()
         limit = limit_all[active]  # (b,)
-        logits, state, att = model.step(prev, memory, state)  # (b*K, V)
+        logits, state, att = model.step(prev, memory, state)  # (b*K, V), or (b*K, K') over a shortlist
         vocab = logits.size(-1)
         logits = logits.float()
         if t < opts.min_length:
-            logits[:, EOS] = NEG_INF
+            logits[:, eos] = NEG_INF
         if opts.no_repeat_ngram > 0:
-            logits.masked_fill_(_banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab), NEG_INF)
+            if cols is None:
+                banned = _banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab)
+            else:
+                banned = _banned_ngrams(alive_seq, opts.no_repeat_ngram, int(cols[-1]) + 1)[:, cols]
+            logits.masked_fill_(banned, NEG_INF)
         # The best K extensions of a sentence are among the best K of each of its rows, so only
         # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
         per_row = min(k, vocab)
         row_top, row_token = logits.topk(per_row, dim=-1)  # (b*K, k')
         row_logp = row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # (b*K, k')
+        if cols is not None:
+            row_token = cols[row_token]
         cand = (alive_logp.view(-1, 1) + row_logp).view(b, k * per_row)  # (b, K*k')
         top_logp, flat = cand.topk(k, dim=1)  # (b, K)
         beam = flat // per_row  # (b, K) which alive row each candidate extends
@@ -315,9 +338,14 @@ def sample(
     lengths = torch.zeros(size, dtype=torch.long, device=dev)
     scores = torch.zeros(size, device=dev)
     banned = torch.tensor(opts.banned, dtype=torch.long)
+    cols = columns_of(memory)
     for t in range(steps):
         logits, state, _ = model.step(prev, memory, state)
         logits = logits.float()  # (b, V)
+        if cols is not None:  # a shortlist's columns back in their vocabulary places
+            logits = logits.new_full((logits.size(0), int(cols[-1]) + 1), NEG_INF).index_copy_(
+                1, cols, logits
+            )
         allowed = logits if not opts.banned else logits.index_fill(1, banned.to(dev), NEG_INF)
         if opts.temperature == 0:
             prev = allowed.argmax(dim=-1)

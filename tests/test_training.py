@@ -43,6 +43,7 @@ def test_output_folder_bundles_metrics_and_round_trip(multi30k: Path, tmp_path: 
     assert summary["stopped"] == "budget" and summary["step"] == 6
     assert {p.name for p in out.iterdir()} >= {"best", "last", "metrics.jsonl"}
     assert (out / "last" / bundles.TRAINER).is_file() and not (out / "best" / bundles.TRAINER).exists()
+    assert summary["shortlist"]["coverage"] > 0.5 and (out / "best" / bundles.SHORTLIST).is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_keys = {"step", "elapsed_s", "train_loss", "target_tokens", "tokens_per_s"}
     val_keys = {"step", "elapsed_s", "val_loss", "val_ppl", "val_bleu"}

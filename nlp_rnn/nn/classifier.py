@@ -33,6 +33,21 @@ from nlp_rnn.tokenizer import PAD, UNK
 
 POOLINGS = ("last", "mean", "max", "attention")
 ENCODERS = ("rnn", "language_model")
+HEAD_NORMS = ("batch", "layer")
+
+
+class PooledBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over pooled document features (ULMFiT's head): it standardises each feature across the
+    batch, which makes the small differences between documents' averaged states visible to the head (a
+    LayerNorm, across the features of one document, does not: IMDb from the language model stayed near
+    chance for hundreds of steps with it). A training batch of one document uses the running statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.size(0) == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,9 @@ class ClassifierModelConfig:
     window: int = 70  # language_model encoder: tokens per window (ULMFiT's bptt)
     grad_windows: int = 20  # ... training backpropagates through the last this many windows of a batch
     head_size: int = 50  # ... the head's hidden layer over the pooled [last, max, mean] features
+    head_norm: str = (
+        "batch"  # ... batch (ULMFiT's BatchNorm across documents) | layer (LayerNorm per document)
+    )
     # A language model (bundle or training folder) whose tokenizer, embeddings and recurrent stack the
     # classifier starts from (`--init-from`); read once, when training starts.
     init_from: Optional[str] = None
@@ -66,6 +84,7 @@ class ClassifierModelConfig:
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
         _choice("model.encoder", self.encoder, ENCODERS)
+        _choice("model.head_norm", self.head_norm, HEAD_NORMS)
         for name in ("window", "grad_windows", "head_size"):
             _positive(f"model.{name}", getattr(self, name))
         _choice("model.pooling", self.pooling, POOLINGS)
@@ -184,7 +203,7 @@ class DocumentClassifier(nn.Module):
         self.body = LanguageModel(cfg.body, vocab_size, output=False)
         size = cfg.body.top_size
         self.head = nn.Sequential(
-            nn.LayerNorm(3 * size),
+            PooledBatchNorm(3 * size) if cfg.head_norm == "batch" else nn.LayerNorm(3 * size),
             Dropout(cfg.dropout),
             nn.Linear(3 * size, cfg.head_size),
             nn.ReLU(),

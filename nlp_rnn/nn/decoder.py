@@ -10,7 +10,7 @@ real target positions only). The per-step loop holds the recurrent cells and the
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -35,11 +35,21 @@ class Memory:
     keys: Optional[torch.Tensor]  # (B, S, A) attention keys; None without attention
     context: Optional[torch.Tensor]  # (B, Dv) fixed context vector when there is no attention
     static_gates: Optional[torch.Tensor]  # (B, G) that context's share of the first layer's input gates
+    # A vocabulary shortlist for the whole batch (`nn.shortlist`): the target ids (K,) the output layer
+    # scores, and that layer restricted to them; None: the whole vocabulary.
+    vocab: Optional[torch.Tensor] = None
+    output: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def select(self, index: torch.Tensor) -> "Memory":
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
         return Memory(
-            pick(self.values), pick(self.mask), pick(self.keys), pick(self.context), pick(self.static_gates)
+            pick(self.values),
+            pick(self.mask),
+            pick(self.keys),
+            pick(self.context),
+            pick(self.static_gates),
+            self.vocab,
+            self.output,
         )
 
 
@@ -204,10 +214,28 @@ class Decoder(nn.Module):
         return attentional, new_state, weights
 
     def step(self, prev: torch.Tensor, memory: Memory, state: DecoderState):
-        """prev (B,) previous tokens -> logits (B, V), new state, attention weights (B, S) or None."""
+        """prev (B,) previous tokens -> logits (B, V), new state, attention weights (B, S) or None.
+
+        With a shortlist, logits (B, K) over its token ids `memory.vocab` (the searches map them back)."""
         pre = self._precompute(prev.unsqueeze(1), memory).squeeze(1)  # (B, G)
         attentional, state, weights = self._advance(pre, memory, state)
-        return self.output(attentional), state, weights
+        output = self.output if memory.output is None else memory.output
+        return output(attentional), state, weights
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.num_embeddings
+
+    def shortlisted(self, memory: Memory, vocab: torch.Tensor) -> Memory:
+        """`memory` whose steps score only the target ids `vocab` (K,): the output layer's rows for them."""
+        output = self.output
+        if isinstance(output, nn.Linear):
+            weight = output.weight.index_select(0, vocab)  # (K, H)
+            bias = None if output.bias is None else output.bias.index_select(0, vocab)
+            restricted = lambda x: F.linear(x, weight, bias)  # noqa: E731
+        else:  # int8: the rows of the original weight, quantised for this batch
+            restricted = output.rows(vocab)
+        return replace(memory, vocab=vocab, output=restricted)
 
     # ------------------------------------------------------------------ whole sequences
 

@@ -41,6 +41,7 @@ class Int8Linear(nn.Module):
         if not available():
             raise NlpRnnError("--precision int8 needs torch's fbgemm int8 kernels (x86 CPU builds have them)")
         weight = weight.detach().float().cpu()
+        self.source = (weight, None if bias is None else bias.detach().float().cpu())  # for `rows`
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -54,6 +55,15 @@ class Int8Linear(nn.Module):
                 qweight, None if bias is None else bias.detach().float().cpu()
             )
         self.out_features = weight.size(0)
+
+    def rows(self, index: torch.Tensor) -> "Int8Linear":
+        """The same product restricted to the output rows `index` (a vocabulary shortlist); the rows'
+        int8 values and scales are the same as in the whole matrix (quantisation is per row)."""
+        weight, bias = self.source
+        index = index.cpu()
+        return Int8Linear(
+            weight.index_select(0, index), None if bias is None else bias.index_select(0, index)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1)).float().contiguous()

@@ -31,6 +31,7 @@ class Seq2Seq(nn.Module):
             cfg.dropout,
         )
         self.decoder = Decoder(cfg, tgt_vocab, self.encoder.output_size)
+        self.shortlist = None  # an `nn.shortlist.Shortlist` decoding uses when set (not a weight)
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor, src_mask: torch.Tensor) -> EncoderOutput:
         """src (B, S) ids -> states (B, S, D*H), final (B, D*H)."""
@@ -39,8 +40,11 @@ class Seq2Seq(nn.Module):
     def start(self, batch: Batch):
         """Search protocol: encode once -> (memory, decoder state, BOS tokens (B,))."""
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
+        memory = self.decoder.memory(enc)
+        if self.shortlist is not None:
+            memory = self.decoder.shortlisted(memory, self.shortlist.union(batch.src))
         return (
-            self.decoder.memory(enc),
+            memory,
             self.decoder.init_state(enc),
             torch.full((batch.size,), BOS, dtype=torch.long, device=batch.src.device),
         )

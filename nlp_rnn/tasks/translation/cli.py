@@ -13,7 +13,15 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.defaults import default_model
 from nlp_rnn.tasks.engines import load_for
 from nlp_rnn.tasks.translation.config import NAME
-from nlp_rnn.tasks.translation.interface import Translation, Translator
+from nlp_rnn.tasks.translation.interface import SHORTLIST_CHOICES, Translation, Translator
+from nlp_rnn.tasks.translation.shortlists import write_shortlist
+
+SHORTLIST = typer.Option(
+    "auto",
+    "--shortlist",
+    help=f"{'|'.join(SHORTLIST_CHOICES)}: score only the vocabulary shortlist the bundle holds (nlp-rnn shortlist);"
+    " auto: when it holds one.",
+)
 
 
 def train_options(
@@ -87,12 +95,13 @@ def translate(
     ),
     device: str = options.DEVICE,
     engine: str = options.ENGINE,
+    shortlist: str = SHORTLIST,
 ) -> None:
     """Translate raw text: output line N belongs to input line N."""
     textio.check_format(fmt)
     textio.check_at_least(1, beam_size=beam_size, n_best=n_best, max_length=max_length)
     textio.check_at_least(0, batch_size=batch_size)
-    translator = Translator(load_for(engine, model or default_model(NAME), device), precision)
+    translator = Translator(load_for(engine, model or default_model(NAME), device), precision, shortlist)
     opts = translator.options(
         beam_size=beam_size,
         max_length=max_length,
@@ -112,6 +121,41 @@ def translate(
                 plot_attention(hyps[0], attention_plot)
             sink.write(format_translation(number, source, hyps, n_best, fmt) + "\n")
             bar.update(1)
+
+
+def shortlist(
+    model: Path = typer.Argument(
+        ..., help="The translation bundle (or training folder) to add a shortlist to."
+    ),
+    train_src: Optional[str] = typer.Option(None, help="Training source file (default: the model's config)."),
+    train_tgt: Optional[str] = typer.Option(None, help="Training target file."),
+    train: Optional[str] = typer.Option(
+        None, "--train", help="Training TSV/CSV/JSONL (src_lang, tgt_lang columns)."
+    ),
+    per_source: Optional[int] = typer.Option(
+        None, "--per-source", help="Target pieces kept per source piece (default: the config's, 50)."
+    ),
+    frequent: Optional[int] = typer.Option(
+        None, "--frequent", help="Most frequent target pieces always kept (default: the config's, 300)."
+    ),
+) -> None:
+    """Build a vocabulary shortlist for decoding and store it in the bundle (`translate --shortlist`)."""
+    textio.check_at_least(1, per_source=per_source)
+    textio.check_at_least(0, frequent=frequent)
+    bundle = tasks.load(model, NAME)
+    cfg = bundle.config
+    if train_src or train_tgt or train:
+        if train and (train_src or train_tgt):
+            raise NlpRnnError("give either --train TABLE or --train-src/--train-tgt, not both")
+        if not train and not (train_src and train_tgt):
+            raise NlpRnnError("--train-src and --train-tgt go together")
+        data = replace(cfg.data, train_src=train_src, train_tgt=train_tgt, train=train, dataset=None)
+        cfg = replace(cfg, data=data)
+    info = write_shortlist(bundle, cfg, None, per_source, frequent)
+    typer.echo(
+        f"{bundle.path / 'shortlist.safetensors'}: {info['per_source']} per source piece + {info['frequent']} "
+        f"frequent; covers {100 * info['coverage']:.2f}% of the training target tokens"
+    )
 
 
 def format_translation(number: int, source: str, hyps: list, n_best: int, fmt: str) -> str:

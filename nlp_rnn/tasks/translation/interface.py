@@ -11,9 +11,13 @@ from nlp_rnn.data import (
     encode_sources,
 )
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.seq2seq import Seq2Seq
+from nlp_rnn.nn.shortlist import Shortlist
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.predict import chunked, precision_for, search_ids, with_precision
 from nlp_rnn.tasks.translation.config import NAME
+
+SHORTLIST_CHOICES = ("auto", "on", "off")
 
 
 @dataclass
@@ -30,15 +34,45 @@ class Translator:
     """Raw text in, raw text out. `precision` bf16 runs the model in bfloat16 (about 2x faster on
     CPUs with native bf16, BLEU within a few tenths); fp32 is exact and bit-stable across batches."""
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32") -> None:
+    def __init__(self, bundle: Bundle, precision: str = "fp32", shortlist: str = "auto") -> None:
+        """`shortlist`: on (the bundle's vocabulary shortlist; refused without one), off, or auto (on
+        where the bundle has one)."""
         if bundle.task != NAME:
             raise NlpRnnError(
                 f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model"
             )
+        if shortlist not in SHORTLIST_CHOICES:
+            raise NlpRnnError(f"--shortlist must be on, off or auto, got {shortlist!r}")
         self.precision = precision_for(bundle.model, precision)
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
         self.model = with_precision(bundle.model, self.precision)
         self.max_src_len = bundle.config.data.max_src_len
+        self.shortlist = self._shortlist(shortlist)
+
+    def _shortlist(self, choice: str) -> Optional[Shortlist]:
+        if choice == "off":
+            return None
+        if not isinstance(self.model, Seq2Seq):  # an exported model (--engine onnxruntime)
+            if choice == "on":
+                raise NlpRnnError(
+                    "--shortlist on works with one torch model: an ensemble or an exported ONNX model (--engine "
+                    "onnxruntime) computes the whole output layer"
+                )
+            return None
+        found = (
+            None
+            if self.bundle.path is None
+            else Shortlist.load(
+                self.bundle.path, self.model.src_embed.num_embeddings, self.model.decoder.vocab_size
+            )
+        )
+        if found is None and choice == "on":
+            raise NlpRnnError(
+                f"--shortlist on: {self.bundle.path} has no vocabulary shortlist; build one with "
+                "`nlp-rnn shortlist MODEL --train-src F --train-tgt F`"
+            )
+        self.model.shortlist = found
+        return found
 
     def options(self, **overrides) -> SearchOptions:
         d = self.bundle.config.decode

@@ -9,11 +9,9 @@ from typing import Optional
 
 import torch
 
-from nlp_rnn import devices, embeddings
+from nlp_rnn import devices, distributed, embeddings
 from nlp_rnn.bundle import Bundle
-from nlp_rnn.config import DataConfig
 from nlp_rnn.data import (
-    ParallelSource,
     TokenBatcher,
     make_batch,
     ordered_batches,
@@ -31,25 +29,12 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
 from nlp_rnn.tasks.metrics import bleu, chrf
 from nlp_rnn.tasks.predict import search_ids
-from nlp_rnn.tasks.translation.cli import endpoint, train_options, translate
+from nlp_rnn.tasks.translation.cli import endpoint, shortlist, train_options, translate
 from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
 from nlp_rnn.tasks.translation.interface import Translator
+from nlp_rnn.tasks.translation.shortlists import parallel_source, write_shortlist
 
 log = logging.getLogger(__name__)
-
-
-def parallel_source(data: DataConfig, split: str) -> ParallelSource:
-    """The train or valid split as configured: files, a table, or a Hub dataset."""
-    files = (data.train_src, data.train_tgt) if split == "train" else (data.valid_src, data.valid_tgt)
-    common = dict(src_lang=data.src_lang, tgt_lang=data.tgt_lang)
-    if any(files):
-        return ParallelSource(src_file=files[0], tgt_file=files[1], **common)
-    where = tasks.hub_or_table(data, split)
-    if not where:
-        raise NlpRnnError(
-            f"no {split} data: give --{split}-src/--{split}-tgt, --{split} TABLE, or --dataset NAME"
-        )
-    return ParallelSource(**where, **common)
 
 
 def teacher_forcing_ratio(cfg: TranslationConfig, step: int) -> float:
@@ -95,7 +80,7 @@ class TranslationTask(tasks.Task):
     train_command = tasks.TrainCommand("translation", train_options, example_config="configs/")
 
     def commands(self) -> list:
-        return [translate]
+        return [translate, shortlist]
 
     def endpoint(self, limits) -> tasks.Endpoint:
         return endpoint(limits)
@@ -180,6 +165,14 @@ class TranslationTask(tasks.Task):
             validate=validate,
             score_key="val_bleu",
         )
+
+    def fit(self, cfg, out_dir, tokenizer, resume, progress_bar, device) -> dict:
+        """Training, then the vocabulary shortlist of the best bundle (from the cached training ids)."""
+        result = super().fit(cfg, out_dir, tokenizer, resume, progress_bar, device)
+        if distributed.is_main() and cfg.decode.shortlist_per_source and (out_dir / "best").is_dir():
+            best = tasks.load(out_dir / "best", NAME)
+            result["shortlist"] = write_shortlist(best, cfg, out_dir / "cache")
+        return result
 
     def wrap(self, bundle: Bundle, precision: str = "fp32") -> Translator:
         return Translator(bundle, precision)

@@ -1,0 +1,139 @@
+"""The vocabulary shortlist for decoding: what it keeps, that decoding over it equals decoding over the
+whole vocabulary where the chosen tokens are in it, and how a bundle carries it."""
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CHECKPOINTS, MULTI30K
+
+from nlp_rnn import bundle as bundles
+from nlp_rnn.cli import main
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn.shortlist import FILE, Shortlist
+from nlp_rnn.search import SearchOptions
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.predict import search_ids
+from nlp_rnn.tasks.translation import Translator
+from nlp_rnn.tokenizer import BOS, EOS, PAD, UNK
+
+
+def random_corpus(seed: int, pairs: int, src_vocab: int, tgt_vocab: int) -> tuple[list, list]:
+    rng = random.Random(seed)
+    src = [[rng.randrange(4, src_vocab) for _ in range(rng.randint(1, 8))] for _ in range(pairs)]
+    tgt = [[rng.randrange(4, tgt_vocab) for _ in range(rng.randint(1, 8))] for _ in range(pairs)]
+    return src, tgt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_long_enough_shortlist_covers_every_training_target(seed: int) -> None:
+    src, tgt = random_corpus(seed, 40, 30, 50)
+    full = Shortlist.build(src, tgt, 30, 50, per_source=50, frequent=0)  # every co-occurring target kept
+    assert full.coverage(src, tgt) == 1.0
+    small = Shortlist.build(src, tgt, 30, 50, per_source=3, frequent=5)
+    union = small.union(torch.tensor([src[0]]))
+    assert torch.equal(union, union.unique())  # sorted, no repeats
+    assert {PAD, UNK, BOS, EOS} <= set(union.tolist()) and set(small.frequent.tolist()) <= set(union.tolist())
+    assert all(int((row >= 0).sum()) <= 3 for row in small.table)
+    assert small.coverage(src, tgt) < 1.0  # it does cut
+
+
+def test_the_most_associated_target_comes_first() -> None:
+    src, tgt = random_corpus(3, 60, 30, 50)
+    src = [s + [29] for s in src[:20]] + src[20:]  # source 29 appears exactly where target 49 does
+    tgt = [t + [49] for t in tgt[:20]] + [[x for x in t if x != 49] or [5] for t in tgt[20:]]
+    shortlist = Shortlist.build(src, tgt, 30, 50, per_source=4, frequent=0)
+    assert int(shortlist.table[29, 0]) == 49
+
+
+def test_shortlist_refuses_bad_settings_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(NlpRnnError, match="per_source"):
+        Shortlist.build([[5]], [[6]], 10, 10, per_source=0)
+    src, tgt = random_corpus(0, 10, 30, 50)
+    Shortlist.build(src, tgt, 30, 50).save(tmp_path)
+    with pytest.raises(NlpRnnError, match="does not fit"):
+        Shortlist.load(tmp_path, 31, 50)
+    (tmp_path / FILE).write_bytes(b"not safetensors")
+    with pytest.raises(NlpRnnError, match="not a shortlist"):
+        Shortlist.load(tmp_path, 30, 50)
+
+
+@pytest.fixture(scope="module")
+def shortlisted(tmp_path_factory) -> tuple[Path, Shortlist]:
+    """The shipped de->en model with a shortlist from the first 3,000 training pairs."""
+    folder = tmp_path_factory.mktemp("m") / "de-en"
+    shutil.copytree(CHECKPOINTS / "multi30k-de-en", folder)
+    bundle = load(folder)
+    src = (MULTI30K / "train.de").read_text(encoding="utf-8").splitlines()[:3000]
+    tgt = (MULTI30K / "train.en").read_text(encoding="utf-8").splitlines()[:3000]
+    tok, model = bundle.tokenizer, bundle.model
+    src_ids = [ids + [EOS] for ids in tok.encode_src(src)]
+    tgt_ids = [ids + [EOS] for ids in tok.encode_tgt(tgt)]
+    shortlist = Shortlist.build(
+        src_ids, tgt_ids, model.src_embed.num_embeddings, model.decoder.vocab_size, 50, 300
+    )
+    shortlist.save(folder)
+    return folder, shortlist
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_greedy_over_the_shortlist_equals_the_whole_vocabulary_where_it_holds_the_choice(
+    shortlisted, precision: str
+) -> None:
+    folder, shortlist = shortlisted
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:60]
+    translator = Translator(load(folder), precision, "off")
+    model, src_ids = translator.model, translator.encode(texts)
+    opts = SearchOptions(beam_size=1)
+    full = search_ids(model, src_ids, opts, 16)
+    model.shortlist = shortlist
+    short = search_ids(model, src_ids, opts, 16)
+    compared = 0
+    for ids, a, b in zip(src_ids, full, short):
+        if set(a[0].tokens) <= set(shortlist.union(torch.tensor([ids])).tolist()):
+            compared += 1
+            assert a[0].tokens == b[0].tokens
+            assert b[0].log_prob >= a[0].log_prob - 1e-4  # normalised over fewer tokens: never less likely
+    everywhere = set(shortlist.union(torch.tensor([t for ids in src_ids for t in ids])).tolist())
+    assert all(set(b[0].tokens) <= everywhere for b in short)  # a batch's union holds its sentences' lists
+    assert compared >= 30
+
+
+def test_beam_search_over_a_shortlist_of_everything_equals_the_whole_vocabulary(shortlisted) -> None:
+    """The column mapping of the searches (EOS's column for min_length, banned n-grams, tokens)."""
+    folder, _ = shortlisted
+    translator = Translator(load(folder), "fp32", "off")
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:24]
+    model, src_ids = translator.model, translator.encode(texts)
+    opts = SearchOptions(beam_size=4, n_best=2, no_repeat_ngram=2, min_length=3)
+    expected = search_ids(model, src_ids, opts, 8)
+    vocab = model.decoder.vocab_size
+    model.shortlist = Shortlist(
+        torch.arange(vocab).repeat(model.src_embed.num_embeddings, 1), torch.arange(0), vocab
+    )
+    for a, b in zip(expected, search_ids(model, src_ids, opts, 8)):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_shortlist_command_a_resave_keeps_it_and_refusals(tmp_path: Path, multi30k: Path, capsys) -> None:
+    folder = tmp_path / "de-en"
+    shutil.copytree(CHECKPOINTS / "multi30k-de-en", folder)
+    with pytest.raises(NlpRnnError, match="has no vocabulary shortlist"):
+        Translator(load(folder), "fp32", "on")
+    src, tgt = tmp_path / "s.de", tmp_path / "t.en"
+    src.write_text("\n".join((multi30k / "train.de").read_text(encoding="utf-8").splitlines()[:500]) + "\n")
+    tgt.write_text("\n".join((multi30k / "train.en").read_text(encoding="utf-8").splitlines()[:500]) + "\n")
+    code = main(
+        ["shortlist", str(folder), "--train-src", str(src), "--train-tgt", str(tgt), "--per-source", "10"]
+    )
+    assert code == 0 and "covers" in capsys.readouterr().out and (folder / FILE).is_file()
+    assert main(["shortlist", str(folder), "--train-src", str(src)]) == 2
+    assert "go together" in capsys.readouterr().err
+    bundles.save(tmp_path / "copy", load(folder), half=True)
+    assert (tmp_path / "copy" / FILE).read_bytes() == (folder / FILE).read_bytes()
+    assert Translator(load(tmp_path / "copy"), "fp32", "auto").shortlist is not None
+    with pytest.raises(NlpRnnError, match="on, off or auto"):
+        Translator(load(folder), "fp32", "maybe")

@@ -25,3 +25,32 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
     return f"unknown CPU, {os.cpu_count()} cores"
+
+
+def product_rate(dtype: str = "fp32", seconds: float = 1.0) -> float:
+    """Multiply-adds per second this machine sustains in a large matrix product at torch's current thread
+    count (fp32, bf16, or int8 through the same fbgemm kernel the int8 models use): the roofline that
+    the bench scripts' fractions divide by."""
+    import torch
+    import torch.nn.functional as F
+
+    x, w = torch.randn(256, 1024), torch.randn(4096, 1024) * 0.03
+    if dtype == "int8":
+        sys_path_root = Path(__file__).resolve().parent.parent
+        import sys
+
+        sys.path.insert(0, str(sys_path_root))
+        from nlp_rnn.nn.int8 import Int8Linear
+
+        layer = Int8Linear(w, None)
+        run = lambda: layer(x)  # noqa: E731
+    else:
+        if dtype == "bf16":
+            x, w = x.bfloat16(), w.bfloat16()
+        run = lambda: F.linear(x, w)  # noqa: E731
+    run()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run()
+        count += 1
+    return count * 256 * 1024 * 4096 / (time.perf_counter() - started)

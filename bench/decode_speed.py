@@ -5,6 +5,11 @@
     nlp-rnn export checkpoints/multi30k-de-en --format onnx --output exported/de-en
     python bench/decode_speed.py --engine onnxruntime --model exported/de-en --precision fp32
 
+`--shortlist on|off|auto` decodes over the bundle's vocabulary shortlist (auto: when it has one).
+Each figure comes with the multiply-adds a sentence needs (counted from the model's shapes, over the
+output columns actually computed) and the fraction of the roofline: the product rate this machine
+sustains in a large matrix product at this precision and thread count, divided by those multiply-adds.
+
 "generation" times `Translator.translate` over all sentences (tokenising, search, detokenising)
 after the model is loaded; "whole command" times `nlp-rnn translate --input F --output F` as a
 user runs it, start-up and model loading included. Medians over --repeats runs.
@@ -37,10 +42,20 @@ def main() -> None:
         "--engine", default="torch", help="torch, or onnxruntime with --model an exported folder"
     )
     parser.add_argument("--beams", default="1,5")
+    parser.add_argument(
+        "--shortlist", default="auto", help="auto, on, off (the bundle's vocabulary shortlist)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--no-command", action="store_true", help="time generation only (not the whole command)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
+    import torch
+    from common import cpu_name, product_rate
+
     from nlp_rnn.deploy.onnx import load_for
     from nlp_rnn.tasks.metrics import bleu
     from nlp_rnn.tasks.translation import Translator
@@ -48,12 +63,21 @@ def main() -> None:
     src_file, ref_file = Path(args.data) / "test_2016_flickr.de", Path(args.data) / "test_2016_flickr.en"
     sources = src_file.read_text(encoding="utf-8").splitlines()
     refs = ref_file.read_text(encoding="utf-8").splitlines()
-    translator = Translator(load_for(args.engine, Path(args.model), args.device), args.precision)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    translator = Translator(
+        load_for(args.engine, Path(args.model), args.device), args.precision, args.shortlist
+    )
+    rate = product_rate(translator.precision)
     results = {
         "model": args.model,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
         "sentences": len(sources),
         "precision": translator.precision,
         "engine": args.engine,
+        "shortlist": translator.shortlist is not None,
+        "product_rate_gmacs": round(rate / 1e9, 1),
     }
     for beam in (int(b) for b in args.beams.split(",")):
         opts = translator.options(beam_size=beam)
@@ -64,9 +88,12 @@ def main() -> None:
             outputs = translator.translate(sources, opts, batch_size)
             times.append(time.perf_counter() - started)
             texts = [o[0].text if o else "" for o in outputs]
+        macs = (
+            None if args.engine != "torch" else decoding_macs(translator, sources, outputs, beam, batch_size)
+        )
         whole = []
         with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.repeats):
+            for _ in range(0 if args.no_command else args.repeats):
                 started = time.perf_counter()
                 subprocess.run(
                     [
@@ -95,11 +122,15 @@ def main() -> None:
                     capture_output=True,
                 )
                 whole.append(time.perf_counter() - started)
-        gen, cmd = statistics.median(times), statistics.median(whole)
+        gen, cmd = statistics.median(times), statistics.median(whole) if whole else float("nan")
+        roofline = rate / macs if macs else None
         results[f"beam{beam}"] = {
             "batch_size": batch_size,
             "generation_sentences_per_s": round(len(sources) / gen, 1),
             "whole_command_sentences_per_s": round(len(sources) / cmd, 1),
+            "macs_per_sentence_m": None if macs is None else round(macs / 1e6, 2),
+            "roofline_sentences_per_s": None if roofline is None else round(roofline, 1),
+            "roofline_fraction": None if roofline is None else round(len(sources) / gen / roofline, 3),
             "generation_s_runs": [round(t, 3) for t in times],
             "whole_command_s_runs": [round(t, 3) for t in whole],
             "bleu": round(bleu(texts, refs)[0].score, 2),
@@ -108,6 +139,39 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def decoding_macs(translator, sources: list[str], outputs: list, beam: int, batch_size: int) -> float:
+    """Multiply-adds per sentence that this decoding needs, counted from the model's shapes: the encoder
+    and the attention keys per source piece; per decoded step and hypothesis the decoder cell, the
+    attention (query, scores and context over the source), the combination and the output layer — over
+    the columns actually computed (a batch's shortlist union, or the whole vocabulary). Beam search
+    counts every live hypothesis (beam × the best hypothesis' length: an upper bound for finished ones)."""
+    from nlp_rnn.data import make_batch, ordered_batches
+
+    shortlist = translator.model.shortlist
+    model = translator.bundle.model  # the shapes (an int8 copy keeps them in packed kernels)
+    dec, enc = model.decoder, model.encoder
+    rnn = getattr(enc, "rnn", None)
+    enc_per_token = 0 if rnn is None else sum(p.numel() for n, p in rnn.named_parameters() if "weight" in n)
+    att = dec.attention
+    key_size = 0 if att is None or getattr(att, "key_layer", None) is None else att.key_layer.weight.numel()
+    query = 0 if att is None or getattr(att, "query_layer", None) is None else att.query_layer.weight.numel()
+    step = sum(p.numel() for c in dec.cells for n, p in c.named_parameters() if "weight" in n)
+    step += dec.combine.weight.numel() + query
+    per_source = 0 if att is None else 2 * dec.combine.weight.size(1)  # score (A) and context (Dv), about
+    hidden = dec.cfg.decoder_hidden
+    src_ids = translator.encode(sources)
+    total = 0.0
+    for index in ordered_batches([len(s) for s in src_ids], batch_size):
+        batch = make_batch([src_ids[i] for i in index])
+        columns = dec.vocab_size if shortlist is None else shortlist.union(batch.src).numel()
+        for i in index:
+            src_len = len(src_ids[i])
+            steps = (len(outputs[i][0].pieces) + 1) * beam if outputs[i] else 0
+            total += src_len * (enc_per_token + key_size)
+            total += steps * (step + per_source * src_len + hidden * columns)
+    return total / len(sources)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,64 @@
-"""Which numeric precision a model runs at: `auto` resolved for a device, and models fixed to one precision."""
+"""Which numeric precision a model runs at: `auto` resolved for a device, and models fixed to one precision.
+
+Training and inference have separate rules. Training (`resolve_precision`): bf16 autocast where the
+device multiplies bf16 natively, else fp32. Inference (`precision_for`, `--precision auto` of
+translate/classify/generate/serve): the fastest precision measured on this kind of CPU that stays
+within the quality tolerance (BLEU within 0.2 of fp32, sentiment labels agreeing on 99 %), looked up
+in `INFERENCE_TABLE` by CPU kind and task. Kinds nobody measured fall back to the training rule.
+"""
+
+from pathlib import Path
+from typing import Optional
 
 import torch
 
 from nlp_rnn import devices
 from nlp_rnn.errors import NlpRnnError
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+# `--precision auto` for inference on a CPU: kind -> task (or "*") -> precision, from
+# `bench/decode_speed.py` side by side on one machine (docs/performance.md has the runs). None: unmeasured.
+INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
+    # AMD EPYC (Zen 4), AVX-512 BF16, 2 cores: greedy de->en 824 (int8) / 661 (bf16) / 335 (fp32) sentences/s.
+    "amd-avx512-bf16": {"translation": "int8", "classification": "int8", "*": "bf16"},
+    # Intel Xeon with AVX-512 BF16 and no AMX (KVM, model 207), 1 thread: 540 (int8) / 338 (fp32) / 210 (bf16):
+    # bf16 products run at 41 GMAC/s against fp32's 73 here, so bf16 is never the choice.
+    "intel-avx512-bf16": {"translation": "int8", "classification": "int8", "*": "fp32"},
+    "amx": None,  # unmeasured (expected: bf16 on AMX tiles)
+    "avx512": None,  # unmeasured
+    "avx2": None,  # unmeasured
+}
+
+
+def cpu_kind() -> str:
+    """amx, {vendor}-avx512-bf16, avx512, avx2 or other: what decides the products' speed."""
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "amx"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return f"{cpu_vendor()}-avx512-bf16"
+    if getattr(cpu, "_is_avx512_supported", lambda: False)():
+        return "avx512"
+    return "avx2" if getattr(cpu, "_is_avx2_supported", lambda: False)() else "other"
+
+
+def cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(
+                    line.split(":", 1)[1].strip(), "other"
+                )
+    except OSError:
+        pass
+    return "other"
+
 
 def resolve_precision(precision: str, device: torch.device = torch.device("cpu")) -> str:
-    """`auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else fp32.
-    int8 is never chosen automatically (opt-in: a small loss of accuracy for speed)."""
-    if precision not in ("auto", "fp32", "bf16", "int8"):
+    """Training's rule. `auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively
+    (AVX512-BF16 or AMX), else fp32. int8 is never chosen for training."""
+    if precision not in PRECISIONS:
         raise NlpRnnError(f"--precision must be auto, fp32, bf16 or int8, got {precision!r}")
     if precision == "int8" and device.type != "cpu":
         raise NlpRnnError(
@@ -26,11 +75,41 @@ def resolve_precision(precision: str, device: torch.device = torch.device("cpu")
     return "bf16" if native else "fp32"
 
 
-def precision_for(model, precision: str) -> str:
-    """`resolve_precision` for this model: a model fixed to one precision (ONNX Runtime: fp32) refuses the others."""
+def inference_precision(
+    precision: str,
+    device: torch.device,
+    task: str = "*",
+    int8_ok: bool = True,
+    kind: Optional[str] = None,
+    table: Optional[dict] = None,
+) -> str:
+    """`auto` for inference: the table's entry for this CPU kind and task (int8 only where the model
+    supports it and the int8 kernels exist), else the training rule. `kind` and `table` are injectable."""
+    resolved = resolve_precision(precision, device)
+    if precision != "auto" or device.type != "cpu":
+        return resolved
+    entry = (INFERENCE_TABLE if table is None else table).get(kind or cpu_kind())
+    if not entry:
+        return resolved
+    choice = entry.get(task, entry.get("*", resolved))
+    if choice == "int8":
+        kernels = hasattr(torch.ops.quantized, "linear_dynamic") and (
+            "fbgemm" in torch.backends.quantized.supported_engines
+        )
+        if not (int8_ok and kernels):
+            choice = entry.get("*", resolved)
+            choice = resolved if choice == "int8" else choice
+    return choice
+
+
+def precision_for(model, precision: str, task: str = "*") -> str:
+    """The precision a loaded model runs at for inference; a model fixed to one precision (ONNX Runtime:
+    fp32) refuses the others."""
     fixed = getattr(model, "fixed_precision", None)
     if fixed is None:
-        return resolve_precision(precision, devices.of(model))
+        return inference_precision(
+            precision, devices.of(model), task, callable(getattr(model, "int8_", None))
+        )
     if precision not in ("auto", fixed):
         raise NlpRnnError(f"--precision {precision}: this model runs in {fixed} only (--engine onnxruntime)")
     return fixed

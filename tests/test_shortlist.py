@@ -121,6 +121,7 @@ def test_beam_search_over_a_shortlist_of_everything_equals_the_whole_vocabulary(
 def test_shortlist_command_a_resave_keeps_it_and_refusals(tmp_path: Path, multi30k: Path, capsys) -> None:
     folder = tmp_path / "de-en"
     shutil.copytree(CHECKPOINTS / "multi30k-de-en", folder)
+    (folder / FILE).unlink()  # the shipped model has one
     with pytest.raises(NlpRnnError, match="has no vocabulary shortlist"):
         Translator(load(folder), "fp32", "on")
     src, tgt = tmp_path / "s.de", tmp_path / "t.en"
@@ -137,3 +138,17 @@ def test_shortlist_command_a_resave_keeps_it_and_refusals(tmp_path: Path, multi3
     assert Translator(load(tmp_path / "copy"), "fp32", "auto").shortlist is not None
     with pytest.raises(NlpRnnError, match="on, off or auto"):
         Translator(load(folder), "fp32", "maybe")
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_with_the_shortlist_a_sentence_alone_equals_it_inside_a_batch(beam: int) -> None:
+    """Each sentence chooses among its own list, whatever the batch's union."""
+    translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32", "on")
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:40]
+    opts = translator.options(beam_size=beam)
+    batched = translator.translate(texts, opts, batch_size=40)
+    for i in (0, 17, 39):
+        alone = translator.translate([texts[i]], opts)[0][0]
+        assert alone.text == batched[i][0].text and alone.score == pytest.approx(
+            batched[i][0].score, abs=1e-4
+        )

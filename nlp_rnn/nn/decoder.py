@@ -39,6 +39,7 @@ class Memory:
     # scores, and that layer restricted to them; None: the whole vocabulary.
     vocab: Optional[torch.Tensor] = None
     output: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    allowed: Optional[torch.Tensor] = None  # (B, K) the columns each sentence's own list holds
 
     def select(self, index: torch.Tensor) -> "Memory":
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
@@ -50,6 +51,7 @@ class Memory:
             pick(self.static_gates),
             self.vocab,
             self.output,
+            pick(self.allowed),
         )
 
 
@@ -219,15 +221,18 @@ class Decoder(nn.Module):
         With a shortlist, logits (B, K) over its token ids `memory.vocab` (the searches map them back)."""
         pre = self._precompute(prev.unsqueeze(1), memory).squeeze(1)  # (B, G)
         attentional, state, weights = self._advance(pre, memory, state)
-        output = self.output if memory.output is None else memory.output
-        return output(attentional), state, weights
+        if memory.output is None:
+            return self.output(attentional), state, weights
+        logits = memory.output(attentional)  # (B, K)
+        return logits.masked_fill(~memory.allowed, float("-inf")), state, weights
 
     @property
     def vocab_size(self) -> int:
         return self.embed.num_embeddings
 
-    def shortlisted(self, memory: Memory, vocab: torch.Tensor) -> Memory:
-        """`memory` whose steps score only the target ids `vocab` (K,): the output layer's rows for them."""
+    def shortlisted(self, memory: Memory, vocab: torch.Tensor, allowed: torch.Tensor) -> Memory:
+        """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them),
+        each sentence only those of its columns `allowed` (B, K) marks."""
         output = self.output
         if isinstance(output, nn.Linear):
             weight = output.weight.index_select(0, vocab)  # (K, H)
@@ -235,7 +240,7 @@ class Decoder(nn.Module):
             restricted = lambda x: F.linear(x, weight, bias)  # noqa: E731
         else:  # int8: the rows of the original weight, quantised for this batch
             restricted = output.rows(vocab)
-        return replace(memory, vocab=vocab, output=restricted)
+        return replace(memory, vocab=vocab, output=restricted, allowed=allowed)
 
     # ------------------------------------------------------------------ whole sequences
 

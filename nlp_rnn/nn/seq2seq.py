@@ -42,7 +42,7 @@ class Seq2Seq(nn.Module):
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
         memory = self.decoder.memory(enc)
         if self.shortlist is not None:
-            memory = self.decoder.shortlisted(memory, self.shortlist.union(batch.src))
+            memory = self.decoder.shortlisted(memory, *self.shortlist.for_batch(batch.src))
         return (
             memory,
             self.decoder.init_state(enc),

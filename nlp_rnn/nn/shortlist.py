@@ -7,11 +7,13 @@ for every source piece, the `per_source` target pieces most associated with it i
 extraction score that, unlike raw co-occurrence, does not rank every frequent word first), and the
 `frequent` most frequent target pieces (function words, punctuation) and the special tokens. At
 decoding time the output layer and the search run over the union of the batch's source pieces' lists
-(`union`): typically a few hundred to two thousand pieces instead of the whole vocabulary.
+(`union`): typically a few hundred to two thousand pieces instead of the whole vocabulary — and each
+sentence chooses only among its own list (`for_batch`), so a sentence translates the same alone and
+inside any batch.
 
-Scores are normalised over the union, as in Marian: greedy search picks the same token as with the
-full vocabulary whenever that token is in the union (its logit is the largest either way); beam
-scores differ by the probability mass outside the union.
+Scores are normalised over the sentence's list, as in Marian: greedy search picks the same token as
+with the full vocabulary whenever that token is in the list (its logit is the largest either way);
+beam scores differ by the probability mass outside the list.
 
 Stored in a bundle as `shortlist.safetensors` (`table` (V_src, per_source) int32 target ids, -1
 where a source piece has fewer associates; `frequent` (N,) int32).
@@ -94,6 +96,19 @@ class Shortlist:
         rows = self.table.index_select(0, src.reshape(-1).unique().cpu().clamp(max=self.table.size(0) - 1))
         ids = torch.cat([rows[rows >= 0], self._always.to(rows.dtype)])
         return ids.unique().to(src.device)  # sorted
+
+    def for_batch(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) -> the batch's union (K,) and which of its columns each sentence may use (B, K):
+        its own list only, so a sentence decodes the same alone and inside any batch."""
+        vocab = self.union(src).cpu()
+        cpu = src.cpu().clamp(max=self.table.size(0) - 1)
+        rows = self.table[cpu].reshape(cpu.size(0), -1)  # (B, S*k), -1 = none
+        allowed = torch.zeros(cpu.size(0), vocab.numel(), dtype=torch.bool)
+        real = rows >= 0
+        where = torch.searchsorted(vocab, rows.clamp(min=0))  # (B, S*k)
+        allowed[torch.arange(cpu.size(0)).unsqueeze(1).expand_as(rows)[real], where[real]] = True
+        allowed[:, torch.searchsorted(vocab, self._always)] = True
+        return vocab.to(src.device), allowed.to(src.device)
 
     def coverage(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> float:
         """The share of target tokens inside their own sentence's union."""

@@ -73,7 +73,7 @@ class Predictor:
             raise NlpRnnError(
                 f"{bundle.path}: this is a {bundle.task} model; classify needs a classification model"
             )
-        self.precision = precision_for(bundle.model, precision)
+        self.precision = precision_for(bundle.model, precision, bundle.task)
         self.bundle, self.model, self.tokenizer = (
             bundle,
             with_precision(bundle.model, self.precision),

@@ -37,7 +37,7 @@ class Generator:
                 f"{bundle.path}: this is a {bundle.task} model; generate needs a language model"
             )
         self.bundle, self.model, self.tokenizer = bundle, bundle.model.eval(), bundle.tokenizer
-        self.precision = precision_for(bundle.model, precision)
+        self.precision = precision_for(bundle.model, precision, bundle.task)
         self.model = with_precision(self.model, self.precision)
         self.conditions: list[str] = list(bundle.meta.get("conditions") or [])
         self.defaults: GenerateConfig = bundle.config.decode

@@ -43,7 +43,7 @@ class Translator:
             )
         if shortlist not in SHORTLIST_CHOICES:
             raise NlpRnnError(f"--shortlist must be on, off or auto, got {shortlist!r}")
-        self.precision = precision_for(bundle.model, precision)
+        self.precision = precision_for(bundle.model, precision, bundle.task)
         self.bundle, self.model, self.tokenizer = bundle, bundle.model, bundle.tokenizer
         self.model = with_precision(bundle.model, self.precision)
         self.max_src_len = bundle.config.data.max_src_len

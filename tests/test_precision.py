@@ -1,0 +1,36 @@
+"""`--precision auto` for inference follows a measured table by CPU kind and task; training keeps its rule."""
+
+import pytest
+import torch
+
+from nlp_rnn import precision
+from nlp_rnn.precision import INFERENCE_TABLE, cpu_kind, inference_precision, resolve_precision
+
+CPU = torch.device("cpu")
+TABLE = {"fast-int8": {"translation": "int8", "*": "bf16"}, "plain": {"*": "fp32"}, "unmeasured": None}
+
+
+def test_auto_follows_the_injected_table_by_kind_and_task() -> None:
+    assert inference_precision("auto", CPU, "translation", kind="fast-int8", table=TABLE) == "int8"
+    assert inference_precision("auto", CPU, "language_model", kind="fast-int8", table=TABLE) == "bf16"
+    assert inference_precision("auto", CPU, "translation", kind="plain", table=TABLE) == "fp32"
+    # a model without int8 kernels takes the kind's general entry
+    assert inference_precision("auto", CPU, "translation", False, kind="fast-int8", table=TABLE) == "bf16"
+
+
+def test_unmeasured_kinds_and_explicit_precisions_keep_the_training_rule() -> None:
+    rule = resolve_precision("auto", CPU)
+    assert inference_precision("auto", CPU, "translation", kind="unmeasured", table=TABLE) == rule
+    assert inference_precision("auto", CPU, "translation", kind="never-seen", table=TABLE) == rule
+    for explicit in ("fp32", "bf16", "int8"):
+        assert inference_precision(explicit, CPU, "translation", kind="plain", table=TABLE) == explicit
+    with pytest.raises(precision.NlpRnnError, match="must be auto"):
+        inference_precision("fp16", CPU, "translation", kind="plain", table=TABLE)
+
+
+def test_this_machine_has_a_kind_and_the_table_names_every_kind() -> None:
+    kind = cpu_kind()
+    assert kind in INFERENCE_TABLE or kind in ("other", "other-avx512-bf16")
+    assert {"amx", "avx512", "avx2"} <= set(INFERENCE_TABLE)
+    for entry in INFERENCE_TABLE.values():
+        assert entry is None or set(entry.values()) <= {"fp32", "bf16", "int8"}

@@ -374,3 +374,56 @@ def sample(
         active, prev, memory, state = _without_done(done, active, prev, memory, state)
     tokens, lengths, scores = tokens.tolist(), lengths.tolist(), scores.tolist()
     return [Hypothesis(tokens[i][: lengths[i]], scores[i], scores[i]) for i in range(size)]
+
+
+@torch.no_grad()
+def sample_in_place(
+    model: Generative,
+    kernel: Any,
+    batch: Batch,
+    opts: SampleOptions = SampleOptions(),
+    generator: Optional[torch.Generator] = None,
+    on_step: Optional[Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]] = None,
+    check_every: int = 16,
+) -> list[Hypothesis]:
+    """`sample` on a language model's `CellKernel` (`nn.cell_kernel`): the prompt is read by the model
+    (`start`), then every token is one in-place kernel step and one draw. Rows never leave the batch: a
+    row that is done keeps stepping and its later tokens are dropped, and whether all rows are done is
+    checked every `check_every` steps. The draws are the same calls as `sample`'s, so with one row (or
+    until a first row is done) a seed gives the same text as `sample`."""
+    _, state, prev = model.start(batch)
+    dev = prev.device
+    size, steps = batch.size, opts.max_tokens
+    h = state.h.contiguous().clone()
+    c = None if state.c is None else state.c.contiguous().clone()
+    kernel.buffers(size)
+    tokens = torch.zeros(size, steps, dtype=torch.long, device=dev)
+    lengths = torch.full((size,), steps, dtype=torch.long, device=dev)
+    scores = torch.zeros(size, device=dev)
+    alive = torch.ones(size, dtype=torch.bool, device=dev)
+    banned = torch.tensor(opts.banned, dtype=torch.long, device=dev)
+    rows = torch.arange(size, device=dev)
+    for t in range(steps):
+        logits = kernel.step(prev, h, c).float()  # (B, V)
+        allowed = logits if not opts.banned else logits.index_fill(1, banned, NEG_INF)
+        if opts.temperature == 0:
+            prev = allowed.argmax(dim=-1)
+        else:
+            probs = torch.softmax(_filter(allowed, opts), dim=-1)
+            prev = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        tokens[:, t] = prev
+        logp = logits.gather(1, prev.unsqueeze(1)).squeeze(1) - logsumexp(logits)
+        scores += logp.masked_fill_(~alive, 0.0)
+        done = prev == EOS
+        if on_step is not None:
+            live = rows[alive]
+            stop = on_step(live, prev[live])
+            if stop is not None:
+                done[live] |= stop
+        ended = done & alive
+        lengths.masked_fill_(ended, t + 1)
+        alive &= ~ended
+        if (t + 1) % check_every == 0 and not bool(alive.any()):
+            break
+    tokens, lengths, scores = tokens.tolist(), lengths.tolist(), scores.tolist()
+    return [Hypothesis(tokens[i][: lengths[i]], scores[i], scores[i]) for i in range(size)]

@@ -346,6 +346,21 @@ class LanguageModel(nn.Module):
             )
         return LMMemory(condition if self.cfg.condition_input else None), state, last
 
+    def cell_kernel(self, int8: bool = False):
+        """The recurrent stack and output layer as a `CellKernel` for fast sampling, or None where the
+        model cannot take one (DropConnect layer stacks, int8, an adaptive softmax, inputs that carry
+        a condition vector)."""
+        from nlp_rnn.nn.cell_kernel import CellKernel, cell_of
+
+        plain = isinstance(self.rnn, nn.RNNBase) and cell_of(self.rnn) is not None
+        if (
+            not plain
+            or not isinstance(self.output, nn.Linear)
+            or (self.condition is not None and self.cfg.condition_input)
+        ):
+            return None
+        return CellKernel(self.embed, self.rnn, self.output, int8)
+
     def step(self, prev: torch.Tensor, memory: LMMemory, state: LMState):
         """prev (B,) -> logits (B, V), the new state, no attention."""
         out, state = self.hidden(prev.unsqueeze(1), state, memory.condition)  # (B, 1, H)

@@ -13,7 +13,15 @@ from nlp_rnn.data import (
     make_batch,
 )
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.search import Hypothesis, SampleOptions, SearchOptions, beam_search, greedy, sample
+from nlp_rnn.search import (
+    Hypothesis,
+    SampleOptions,
+    SearchOptions,
+    beam_search,
+    greedy,
+    sample,
+    sample_in_place,
+)
 from nlp_rnn.tasks.language_model.config import NAME, GenerateConfig
 from nlp_rnn.tasks.predict import precision_for, with_precision
 from nlp_rnn.tokenizer import BOS, EOS, UNK, Tokenizer
@@ -40,7 +48,19 @@ class Generator:
         self.precision = precision_for(bundle.model, precision, bundle.task)
         self.model = with_precision(self.model, self.precision)
         self.conditions: list[str] = list(bundle.meta.get("conditions") or [])
+        # sampling through the model's `CellKernel` where it has one (`fast = False`: `search.sample`)
+        self.fast = True
+        self._kernel = None
         self.defaults: GenerateConfig = bundle.config.decode
+
+    def kernel(self):
+        """The model's `CellKernel` (built once), or None when it has none."""
+        if self._kernel is None:
+            # int8: the kernel takes the fp32 weights and packs its own int8 products
+            source = self.bundle.model if self.precision == "int8" else self.model
+            make = getattr(source, "cell_kernel", None)
+            self._kernel = (make(self.precision == "int8") if make is not None else None) or False
+        return self._kernel or None
 
     def condition_id(self, condition: Optional[str]) -> Optional[int]:
         if not self.conditions:
@@ -138,7 +158,11 @@ class Generator:
             gen = torch.Generator(devices.of(self.model)).manual_seed(
                 seed if seed is not None else random.SystemRandom().randrange(2**63)
             )
-            found = sample(self.model, batch, opts, gen, watcher.step)
+            kernel = self.kernel() if self.fast else None
+            if kernel is not None:
+                found = sample_in_place(self.model, kernel, batch, opts, gen, watcher.step)
+            else:
+                found = sample(self.model, batch, opts, gen, watcher.step)
         out = [[] for _ in prompts]
         for row, hyp in enumerate(found):
             out[row // num_samples].append(self._sample(prompts[row // num_samples], hyp, stop, condition))

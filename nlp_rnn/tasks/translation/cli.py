@@ -158,6 +158,48 @@ def shortlist(
     )
 
 
+def distill(
+    teacher: Path = typer.Argument(..., help="The teacher: a translation bundle or training folder."),
+    config: Path = typer.Option(
+        ..., "--config", help="The student's YAML config (its data: the training sources)."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", help="The student's training folder (distilled/ holds the corpus)."
+    ),
+    beam_size: int = typer.Option(5, "--beam-size", help="The teacher's beam."),
+    precision: str = options.PRECISION_AUTO,
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch for the teacher."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="The student's training budget."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the student's training from OUTPUT/last/."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    device: str = options.DEVICE,
+) -> None:
+    """Sequence-level knowledge distillation: the teacher translates the training sources, a student trains on them."""
+    from nlp_rnn.config import load_config
+    from nlp_rnn.tasks.translation.config import TranslationConfig
+    from nlp_rnn.tasks.translation.distill import distill as run_distill
+
+    summary = run_distill(
+        teacher,
+        load_config(config, TranslationConfig),
+        output,
+        beam_size,
+        precision,
+        batch_size,
+        resume,
+        not quiet,
+        device,
+        max_minutes,
+    )
+    best = summary["best"] or {}
+    info = summary["distilled"]
+    typer.echo(
+        f"distilled {info['pairs']} pairs (beam {info['beam_size']}); student stopped ({summary['stopped']}) at "
+        f"step {summary['step']}; best {summary['score_key']} {best.get(summary['score_key'], float('nan')):.4g}; "
+        f"model: {output / 'best'}"
+    )
+
+
 def format_translation(number: int, source: str, hyps: list, n_best: int, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps(

@@ -29,7 +29,7 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
 from nlp_rnn.tasks.metrics import bleu, chrf
 from nlp_rnn.tasks.predict import search_ids
-from nlp_rnn.tasks.translation.cli import endpoint, shortlist, train_options, translate
+from nlp_rnn.tasks.translation.cli import distill, endpoint, shortlist, train_options, translate
 from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
 from nlp_rnn.tasks.translation.interface import Translator
 from nlp_rnn.tasks.translation.shortlists import parallel_source, write_shortlist
@@ -80,7 +80,7 @@ class TranslationTask(tasks.Task):
     train_command = tasks.TrainCommand("translation", train_options, example_config="configs/")
 
     def commands(self) -> list:
-        return [translate, shortlist]
+        return [translate, shortlist, distill]
 
     def endpoint(self, limits) -> tasks.Endpoint:
         return endpoint(limits)

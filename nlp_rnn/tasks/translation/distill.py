@@ -1,0 +1,103 @@
+"""Sequence-level knowledge distillation (Kim & Rush 2016): a teacher translates the training sources
+(beam search), and a student — usually smaller and faster — trains on those translations instead of
+the references. The student's validation data stays the real references.
+
+`nlp-rnn distill TEACHER --config STUDENT.yaml --output DIR` writes the teacher's translations to
+DIR/distilled/ (kept with the teacher, beam and line count in distilled.json, so an interrupted run
+does not translate again), then trains the student into DIR with the teacher's tokenizer.
+"""
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from nlp_rnn import textio
+from nlp_rnn.data import read_parallel
+from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.tasks import base as tasks
+from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
+from nlp_rnn.tasks.translation.interface import Translator
+from nlp_rnn.tasks.translation.shortlists import parallel_source
+
+log = logging.getLogger(__name__)
+
+
+def distilled_corpus(
+    teacher: Translator,
+    cfg: TranslationConfig,
+    folder: Path,
+    beam_size: int = 5,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[Path, Path, dict]:
+    """The student's training pairs: the training sources of `cfg` and the teacher's translations of them.
+    Pairs whose translation is empty are left out (counted in the returned info)."""
+    src, _ = read_parallel(parallel_source(cfg.data, "train"))
+    folder.mkdir(parents=True, exist_ok=True)
+    src_file, tgt_file, info_file = folder / "train.src", folder / "train.tgt", folder / "distilled.json"
+    wanted = {"teacher": str(teacher.bundle.path), "beam_size": beam_size, "sources": len(src)}
+    if info_file.is_file() and src_file.is_file() and tgt_file.is_file():
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        if {k: info.get(k) for k in wanted} == wanted:
+            log.info("distillation: reusing the teacher's translations in %s", folder)
+            return src_file, tgt_file, info
+    opts = teacher.options(beam_size=beam_size)
+    kept = empty = 0
+    partial_src, partial_tgt = folder / "train.src.partial", folder / "train.tgt.partial"
+    with (
+        open(partial_src, "w", encoding="utf-8") as out_src,
+        open(partial_tgt, "w", encoding="utf-8") as out_tgt,
+        textio.progress(len(src), shown=progress) as bar,
+    ):
+        for line, hyps in teacher.stream(src, opts, batch_size):
+            text = hyps[0].text.strip() if hyps else ""
+            bar.update(1)
+            if not text:
+                empty += 1
+                continue
+            out_src.write(" ".join(line.split()) + "\n")
+            out_tgt.write(" ".join(text.split()) + "\n")
+            kept += 1
+    partial_src.replace(src_file)
+    partial_tgt.replace(tgt_file)
+    info = dict(wanted, pairs=kept, empty_left_out=empty)
+    info_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    log.info("distillation: %d pairs translated by the teacher (%d empty translations left out)", kept, empty)
+    return src_file, tgt_file, info
+
+
+def distill(
+    teacher_path: Path,
+    cfg: TranslationConfig,
+    output: Path,
+    beam_size: int = 5,
+    precision: str = "auto",
+    batch_size: int = 64,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    max_minutes: Optional[float] = None,
+) -> dict:
+    """Translates the training sources with the teacher, then trains the student on them (see module)."""
+    if beam_size < 1:
+        raise NlpRnnError(f"--beam-size must be at least 1, got {beam_size}")
+    if cfg.data.dataset and not (cfg.data.valid or cfg.data.valid_src):
+        raise NlpRnnError(
+            "distill: the student config reads a Hub dataset; give its validation data as files or a table "
+            "(data.valid_src/valid_tgt or data.valid): the training side is replaced by the teacher's translations"
+        )
+    bundle = tasks.load(teacher_path, NAME)  # the student takes the teacher's tokenizer
+    teacher = Translator(bundle, precision)
+    src_file, tgt_file, info = distilled_corpus(
+        teacher, cfg, Path(output) / "distilled", beam_size, batch_size, progress
+    )
+    data = replace(cfg.data, train_src=str(src_file), train_tgt=str(tgt_file), train=None, dataset=None)
+    cfg = replace(cfg, data=data)
+    if max_minutes is not None:
+        cfg = tasks.with_overrides(cfg, "train", max_minutes=max_minutes)
+    summary = tasks.train(
+        NAME, cfg, output, resume=resume, tokenizer_dir=bundle.path, progress_bar=progress, device=device
+    )
+    return dict(summary, distilled=info)

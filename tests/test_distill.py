@@ -1,0 +1,69 @@
+"""Sequence-level distillation end to end: the teacher's translations become the student's targets."""
+
+from pathlib import Path
+
+import pytest
+from helpers import CHECKPOINTS, tiny_config, write_slice
+
+from nlp_rnn.cli import main
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.translation import Translator
+from nlp_rnn.tasks.translation.distill import distill
+
+
+@pytest.mark.slow
+def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(write_slice(multi30k, tmp_path / "data", n=60), max_steps=4)
+    summary = distill(
+        CHECKPOINTS / "multi30k-de-en",
+        cfg,
+        tmp_path / "student",
+        beam_size=2,
+        precision="fp32",
+        progress=False,
+    )
+    corpus = tmp_path / "student" / "distilled"
+    sources = (corpus / "train.src").read_text(encoding="utf-8").splitlines()
+    targets = (corpus / "train.tgt").read_text(encoding="utf-8").splitlines()
+    assert (
+        summary["distilled"]["pairs"]
+        == len(sources)
+        == len(targets)
+        == 60 - summary["distilled"]["empty_left_out"]
+    )
+    teacher = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32")
+    expected = [t[0].text for t in teacher.translate(sources[:5], teacher.options(beam_size=2))]
+    assert targets[:5] == expected
+    references = (tmp_path / "data" / "train.en").read_text(encoding="utf-8").splitlines()
+    assert targets != references[: len(targets)]
+    student = load(tmp_path / "student")
+    assert student.meta["data"]["train"].endswith("train.src") or "distilled" in student.meta["data"]["train"]
+    assert student.tokenizer.src_vocab_size == teacher.tokenizer.src_vocab_size  # the teacher's tokenizer
+    assert summary["step"] == 4 and Translator(student, "fp32").translate(["Ein Hund."])[0]
+    # a second run reuses the translations
+    stamp = (corpus / "train.tgt").stat().st_mtime_ns
+    distill(CHECKPOINTS / "multi30k-de-en", cfg, tmp_path / "student2", beam_size=2, progress=False)
+    assert (tmp_path / "student2" / "distilled" / "train.tgt").is_file() and stamp == (
+        corpus / "train.tgt"
+    ).stat().st_mtime_ns
+
+
+def test_distill_refuses_a_bad_beam(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("data: {train_src: a.de, train_tgt: a.en}\n")
+    assert (
+        main(
+            [
+                "distill",
+                str(CHECKPOINTS / "multi30k-de-en"),
+                "--config",
+                str(config),
+                "--output",
+                str(tmp_path / "o"),
+                "--beam-size",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "--beam-size must be at least 1" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Which numeric precision a model runs at: `auto` resolved for a device, and models fixed to one precision.
 
 Training and inference have separate rules. Training (`resolve_precision`): bf16 autocast where the
-device multiplies bf16 natively, else fp32. Inference (`precision_for`, `--precision auto` of
+device multiplies bf16 natively and it was not measured slower than fp32 there, else fp32. Inference (`precision_for`, `--precision auto` of
 translate/classify/generate/serve): the fastest precision measured on this kind of CPU that stays
 within the quality tolerance (BLEU within 0.2 of fp32, sentiment labels agreeing on 99 %), looked up
 in `INFERENCE_TABLE` by CPU kind and task. Kinds nobody measured fall back to the training rule.
@@ -31,6 +31,14 @@ INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
 }
 
 
+# Training with `precision: auto` on a CPU that multiplies bf16 natively: whether bf16 autocast was measured
+# faster than fp32 there (`bench/train_multi30k.py`, the default config). Kinds not listed keep bf16.
+TRAINING_BF16: dict[str, bool] = {
+    "amd-avx512-bf16": True,  # 3,486 (bf16 autocast) against 2,092 (fp32) target tokens/s, 2 cores
+    "intel-avx512-bf16": False,  # 1,063 (bf16 autocast) against 1,736 (fp32) target tokens/s, 1 thread
+}
+
+
 def cpu_kind() -> str:
     """amx, {vendor}-avx512-bf16, avx512, avx2 or other: what decides the products' speed."""
     cpu = torch.cpu
@@ -55,9 +63,12 @@ def cpu_vendor() -> str:
     return "other"
 
 
-def resolve_precision(precision: str, device: torch.device = torch.device("cpu")) -> str:
+def resolve_precision(
+    precision: str, device: torch.device = torch.device("cpu"), kind: Optional[str] = None
+) -> str:
     """Training's rule. `auto`: bf16 on GPUs that have it and where the CPU multiplies bf16 natively
-    (AVX512-BF16 or AMX), else fp32. int8 is never chosen for training."""
+    (AVX512-BF16 or AMX) unless bf16 was measured slower than fp32 on that kind of CPU
+    (`TRAINING_BF16`), else fp32. int8 is never chosen for training."""
     if precision not in PRECISIONS:
         raise NlpRnnError(f"--precision must be auto, fp32, bf16 or int8, got {precision!r}")
     if precision == "int8" and device.type != "cpu":
@@ -72,7 +83,7 @@ def resolve_precision(precision: str, device: torch.device = torch.device("cpu")
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     )
-    return "bf16" if native else "fp32"
+    return "bf16" if native and TRAINING_BF16.get(kind or cpu_kind(), True) else "fp32"
 
 
 def inference_precision(

@@ -34,3 +34,10 @@ def test_this_machine_has_a_kind_and_the_table_names_every_kind() -> None:
     assert {"amx", "avx512", "avx2"} <= set(INFERENCE_TABLE)
     for entry in INFERENCE_TABLE.values():
         assert entry is None or set(entry.values()) <= {"fp32", "bf16", "int8"}
+
+
+def test_training_auto_skips_bf16_where_it_was_measured_slower() -> None:
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", CPU, kind="intel-avx512-bf16") == "fp32"
+    assert resolve_precision("auto", CPU, kind="amd-avx512-bf16") == ("bf16" if native else "fp32")
+    assert resolve_precision("bf16", CPU, kind="intel-avx512-bf16") == "bf16"  # asked for: obeyed

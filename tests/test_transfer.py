@@ -59,6 +59,25 @@ def test_a_document_read_in_windows_equals_one_pass_with_the_state_carried() -> 
     torch.testing.assert_close(alone[0], a[1], atol=1e-5, rtol=1e-5)  # alone equals inside a padded batch
 
 
+def test_the_head_standardises_features_across_documents_and_takes_a_batch_of_one() -> None:
+    model = document_model(window=8)
+    norm = model.head[0]
+    assert isinstance(norm, torch.nn.BatchNorm1d)  # ULMFiT's head: across documents, not within one
+    model.train()
+    docs = make_batch([[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]], labels=[0, 1, 2])
+    loss, count = model(docs)
+    loss.backward()
+    assert count == 3 and torch.isfinite(loss)
+    before = norm.running_mean.clone()
+    one = make_batch([[5, 6, 7]], labels=[1])
+    loss, _ = model(one)  # a training batch of one document: running statistics, no error
+    assert torch.isfinite(loss) and torch.equal(norm.running_mean, before)
+    layer = build(replace(model.cfg, head_norm="layer"), 50, 3)
+    assert isinstance(layer.head[0], torch.nn.LayerNorm)
+    with pytest.raises(NlpRnnError, match="head_norm"):
+        replace(model.cfg, head_norm="group")
+
+
 def saved_for_backward(model: torch.nn.Module, length: int) -> int:
     count = 0
 

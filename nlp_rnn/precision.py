@@ -1,7 +1,8 @@
 """Which numeric precision a model runs at: `auto` resolved for a device, and models fixed to one precision.
 
 Training and inference have separate rules. Training (`resolve_precision`): bf16 autocast where the
-device multiplies bf16 natively and it was not measured slower than fp32 there, else fp32. Inference (`precision_for`, `--precision auto` of
+device multiplies bf16 natively and it was not measured slower than fp32 there, else fp32.
+Inference (`precision_for`, `--precision auto` of
 translate/classify/generate/serve): the fastest precision measured on this kind of CPU that stays
 within the quality tolerance (BLEU within 0.2 of fp32, sentiment labels agreeing on 99 %), looked up
 in `INFERENCE_TABLE` by CPU kind and task. Kinds nobody measured fall back to the training rule.

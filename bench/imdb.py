@@ -59,6 +59,11 @@ def main() -> None:
         help="any of pretrain, finetune, classifier, evaluate, baseline, sst, default, ablation",
     )
     parser.add_argument("--ablation-minutes", type=float, default=6)
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="ablation stage: only the variants whose names contain one of these (comma-separated)",
+    )
     parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
@@ -109,7 +114,7 @@ def main() -> None:
         default_model(runs, tuned, log, Path(args.ship) if args.ship else None)
         out.write_text(json.dumps(log, indent=2))
     if "ablation" in stages:
-        ablation(runs, lm, tuned, log, args.ablation_minutes)
+        ablation(runs, lm, tuned, log, args.ablation_minutes, [v for v in args.variants.split(",") if v])
     out.write_text(json.dumps(log, indent=2))
     print(f"results: {out}")
 
@@ -189,7 +194,7 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float) -> None:
+def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float, only: list[str]) -> None:
     """configs/imdb.yaml with each fine-tuning switch off in turn, all at the same budget; held-out accuracy."""
     import yaml
 
@@ -201,11 +206,17 @@ def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float) -> No
         "no slanted schedule (plateau)": ({"train": {"schedule": "plateau"}}, tuned),
         "no discriminative rates": ({"train": {"layer_lr_decay": 1.0}}, tuned),
         "no gradual unfreezing": ({"train": {"unfreeze_every": 0}}, tuned),
+        "neither (every layer from the start at one rate)": (
+            {"train": {"unfreeze_every": 0, "layer_lr_decay": 1.0}},
+            tuned,
+        ),
         "no LM fine-tuning (stage-1 LM)": ({}, lm),
         "no pretraining (random body, same tokenizer)": ({"model": {"body": body}}, None),
     }
     results = log.setdefault("ablation", {"minutes": minutes, "runs": {}})
     for k, (name, (change, start)) in enumerate(variants.items()):
+        if only and not any(part in name for part in only):
+            continue
         cfg = json.loads(json.dumps(base))
         for section, values in change.items():
             cfg[section].update(values)

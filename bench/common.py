@@ -36,11 +36,7 @@ def product_rate(dtype: str = "fp32", seconds: float = 1.0) -> float:
 
     x, w = torch.randn(256, 1024), torch.randn(4096, 1024) * 0.03
     if dtype == "int8":
-        sys_path_root = Path(__file__).resolve().parent.parent
-        import sys
-
-        sys.path.insert(0, str(sys_path_root))
-        from nlp_rnn.nn.int8 import Int8Linear
+        from nlp_rnn.nn.int8 import Int8Linear  # the callers put the repository on sys.path
 
         layer = Int8Linear(w, None)
         run = lambda: layer(x)  # noqa: E731

@@ -126,15 +126,16 @@ class Cell(nn.Module):
 
 
 class Decoder(nn.Module):
-    def quantize_(self, linear: Callable[[torch.Tensor, Optional[torch.Tensor]], nn.Module]) -> None:
+    def quantize_(self, linear: Callable[..., nn.Module]) -> None:
         """Runs every matrix product through `linear(weight, bias)` (int8 kernels), for inference only."""
         for cell in self.cells:
             cell.int8 = {name: linear(*cell.weights(name)) for name in [*cell.weight_in.keys(), "hh"]}
         if self.attention is not None:
             self.attention.quantize_(linear)
-        self.combine, self.bridge, self.output = (
-            None if m is None else linear(m.weight, m.bias) for m in (self.combine, self.bridge, self.output)
+        self.combine, self.bridge = (
+            None if m is None else linear(m.weight, m.bias) for m in (self.combine, self.bridge)
         )
+        self.output = linear(self.output.weight, self.output.bias, keep_rows=True)  # shortlists take its rows
 
     def __init__(self, cfg: Seq2SeqModelConfig, vocab_size: int, encoder_size: int) -> None:
         super().__init__()

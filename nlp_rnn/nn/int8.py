@@ -36,12 +36,13 @@ def available() -> bool:
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8 (one scale per output row) and x quantised per call."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], keep_rows: bool = False) -> None:
+        """`keep_rows`: keep the float weight so that `rows` can restrict the product (a vocabulary shortlist)."""
         super().__init__()
         if not available():
             raise NlpRnnError("--precision int8 needs torch's fbgemm int8 kernels (x86 CPU builds have them)")
         weight = weight.detach().float().cpu()
-        self.source = (weight, None if bias is None else bias.detach().float().cpu())  # for `rows`
+        self.source = (weight, None if bias is None else bias.detach().float().cpu()) if keep_rows else None
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -59,6 +60,10 @@ class Int8Linear(nn.Module):
     def rows(self, index: torch.Tensor) -> "Int8Linear":
         """The same product restricted to the output rows `index` (a vocabulary shortlist); the rows'
         int8 values and scales are the same as in the whole matrix (quantisation is per row)."""
+        if self.source is None:
+            raise NlpRnnError(
+                "this int8 product was built without keep_rows; it cannot be restricted to rows"
+            )
         weight, bias = self.source
         index = index.cpu()
         return Int8Linear(

@@ -35,6 +35,23 @@ def post(url: str, body: dict) -> tuple[float, dict]:
     return time.perf_counter() - started, answer
 
 
+def batching(base: str) -> dict:
+    """The server's batch counters for the model (GET /health)."""
+    with urllib.request.urlopen(base + "/health", timeout=30) as response:
+        return json.loads(response.read())["batching"]["m"]
+
+
+def phase(before: dict, after: dict) -> dict:
+    """What the model did between two readings: batches, their mean size, the share of time it ran."""
+    batches = after["batches"] - before["batches"]
+    wall = after["uptime_s"] - before["uptime_s"]
+    return {
+        "batches": batches,
+        "mean_batch": round((after["texts"] - before["texts"]) / max(batches, 1), 1),
+        "model_busy": round((after["busy_s"] - before["busy_s"]) / max(wall, 1e-9), 3),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -50,6 +67,8 @@ def main() -> None:
     parser.add_argument("--request-size", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
+    parser.add_argument("--settle-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sentences = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
@@ -72,6 +91,8 @@ def main() -> None:
             str(args.max_batch),
             "--max-wait-ms",
             str(args.max_wait_ms),
+            "--settle-ms",
+            str(args.settle_ms),
             "--device",
             "cpu",
         ],
@@ -83,6 +104,7 @@ def main() -> None:
         "precision": args.precision,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
+        "settle_ms": args.settle_ms,
     }
     try:
         wait_for(base)
@@ -94,8 +116,11 @@ def main() -> None:
             "p99": round(1000 * percentile(single, 0.99), 1),
         }
         print("one sentence:", results["one_sentence_latency_ms"], flush=True)
-        requests = [sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)]
+        requests = [
+            sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)
+        ] * args.rounds
         for clients in (int(c) for c in args.clients.split(",")):
+            before = batching(base)
             started = time.perf_counter()
             with ThreadPoolExecutor(clients) as pool:
                 latencies = [
@@ -107,9 +132,10 @@ def main() -> None:
             wall = time.perf_counter() - started
             results[f"clients_{clients}"] = {
                 "requests_per_s": round(len(requests) / wall, 1),
-                "sentences_per_s": round(len(sentences) / wall, 1),
+                "sentences_per_s": round(args.rounds * len(sentences) / wall, 1),
                 "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
                 "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1),
+                **phase(before, batching(base)),
             }
             print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
     finally:

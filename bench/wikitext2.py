@@ -5,10 +5,15 @@ test perplexity with and without the neural cache, beside PyTorch's word_languag
     python bench/wikitext2.py --config configs/wikitext2_small.yaml --minutes 25 --threads 1 \\
         --peer ../peers/examples/word_language_model --peer-epochs 1 --side-by-side --plot docs/wikitext2_curve.png
     python bench/wikitext2.py --config configs/wikitext2_awd.yaml --minutes 60 --tune-cache
+    python bench/wikitext2.py --config configs/wikitext2_example_size.yaml --minutes 10 --threads 1 --seeds 1,2,3 \
+        --peer ../peers/examples/word_language_model --side-by-side --peer-each-seed --peer-minutes 10
 
 The peer is run as its README says (`python main.py --data DIR --epochs N`, its defaults: 2-layer
 LSTM 200, dropout 0.2, bptt 35, batch 20, SGD lr 20); it validates once per epoch. `--side-by-side`
-runs it at the same time as nlp-rnn, each with `--threads` threads. Perplexity per word is
+runs it at the same time as nlp-rnn, each with `--threads` threads (`--peer-each-seed`: beside every seed,
+with that seed). `--peer-minutes M` stops the example after M minutes of training instead of at an epoch's
+end: a copy of its main.py with three anchored edits (PEER_PATCHES below), which then validates, saves
+and tests as the example always does. Perplexity per word is
 exp(summed NLL / words), counting one end of line per line: the example's own measure. The cache
 (`--tune-cache`) is tuned on the validation file (size 2,000; theta and lambda on a grid) and then
 reported on the test file. Results go to bench/results/wikitext2/ (summary.json) and the terminal.
@@ -67,26 +72,61 @@ def start_ours(config: Path, run: Path, minutes: float, seed: int, threads: int)
     return subprocess.Popen(command, env=env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def start_peer(peer: Path, epochs: int, threads: int, out: Path) -> subprocess.Popen:
-    """The example reads DIR/train.txt, valid.txt, test.txt: links to the shared files."""
+# A wall-clock budget for the example, which otherwise stops only at the end of an epoch (26 minutes on one
+# thread here): three edits to a copy of its main.py, each anchored on its own text. Training stops after
+# the budget's minutes of training (its validations are not counted), then the example validates, saves and
+# tests as it always does; it prints the minutes it trained.
+PEER_PATCHES = (
+    ("# Loop over epochs.\n", "# Loop over epochs.\n_BUDGET_S = float(os.environ['PEER_MINUTES']) * 60\n_START = time.time()\n"),
+    ("        if args.dry_run:\n            break", "        if args.dry_run or time.time() - _START > _BUDGET_S:\n            break"),
+    (
+        "        train()\n        val_loss = evaluate(val_data)\n",
+        "        if time.time() - _START > _BUDGET_S:\n            break\n        train()\n        _v = time.time()\n"
+        "        val_loss = evaluate(val_data)\n        _START += time.time() - _v\n"
+        "        print('| trained minutes {:.3f}'.format((time.time() - _START) / 60))\n",
+    ),
+)
+
+
+def timed_peer_script(peer: Path, out: Path) -> Path:
+    """A copy of the example's main.py that stops after PEER_MINUTES minutes of training."""
+    text = (peer / "main.py").read_text()
+    for anchor, replacement in PEER_PATCHES:
+        if text.count(anchor) != 1:
+            raise SystemExit(f"{peer / 'main.py'}: cannot find {anchor.strip()!r} once to add the time budget")
+        text = text.replace(anchor, replacement)
+    script = out / "peer_main_timed.py"
+    script.write_text(text)
+    return script
+
+
+def start_peer(
+    peer: Path, epochs: int, threads: int, out: Path, seed: int = 1111, minutes: float = 0.0
+) -> subprocess.Popen:
+    """The example reads DIR/train.txt, valid.txt, test.txt: links to the shared files. With `minutes`, the
+    timed copy of its main.py runs (up to `epochs` epochs, stopped after that much training)."""
     data = out / "peer-data"
     data.mkdir(parents=True, exist_ok=True)
     for split in ("train", "valid", "test"):
         link = data / f"{split}.txt"
         if not link.exists():
             link.symlink_to(DATA / f"wiki.{split}.tokens")
-    log = open(out / "peer.log", "w")
+    log = open(out / f"peer-s{seed}.log", "w")
+    script = str(timed_peer_script(peer, out)) if minutes else "main.py"
     command = [
         sys.executable,
-        "main.py",
+        script,
         "--data",
         str(data),
         "--epochs",
         str(epochs),
+        "--seed",
+        str(seed),
         "--save",
-        str(out / "peer.pt"),
+        str(out / f"peer-s{seed}.pt"),
     ]
-    return subprocess.Popen(command, env=env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=peer)
+    environment = dict(env(threads), PYTHONPATH=str(peer.resolve()), PEER_MINUTES=str(minutes))
+    return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=peer)
 
 
 def our_curve(run: Path) -> list[tuple[float, float]]:
@@ -111,6 +151,9 @@ def peer_results(log: Path) -> dict:
     for seconds, ppl in epochs:
         total += seconds
         curve.append((total / 60, ppl))
+    trained = [float(m) for m in re.findall(r"\| trained minutes ([\d.]+)", text)]
+    if len(trained) == len(curve):  # the timed copy: minutes of training, its validations not counted
+        curve = [(m, ppl) for m, (_, ppl) in zip(trained, curve)]
     ms = [float(m) for m in re.findall(r"ms/batch\s+([\d.]+)", text)]
     test = re.search(r"End of training \| test loss\s+[\d.]+ \| test ppl\s+([\d.]+)", text)
     return {
@@ -140,7 +183,7 @@ def evaluate(run: Path, split: str, cache: tuple = ()) -> float:
 
 def at(curve: list[tuple[float, float]], minutes: float) -> float | None:
     """The last validation at or before `minutes`."""
-    seen = [ppl for m, ppl in curve if m <= minutes + 1e-9]
+    seen = [ppl for m, ppl in curve if m <= minutes * 1.03 + 0.1]  # a budget's last validation lands just past it
     return seen[-1] if seen else None
 
 
@@ -178,6 +221,15 @@ def main() -> None:
         "--side-by-side", action="store_true", help="run the peer at the same time as the first seed"
     )
     parser.add_argument(
+        "--peer-minutes",
+        type=float,
+        default=0.0,
+        help="stop the peer after this many minutes of training (a timed copy of its main.py; 0: whole epochs)",
+    )
+    parser.add_argument(
+        "--peer-each-seed", action="store_true", help="run the peer beside every seed, with that seed"
+    )
+    parser.add_argument(
         "--tune-cache", action="store_true", help="tune the cache on validation, report it on test"
     )
     parser.add_argument("--cache-size", type=int, default=2000)
@@ -190,19 +242,21 @@ def main() -> None:
         {"cpu": cpu(), "config": str(args.config), "minutes": args.minutes, "runs": {}},
     )
     print(f"machine: {summary['cpu']}; {args.threads} thread(s) per run", flush=True)
-    peer = None
+    peers = {}
     curves = {}
     for n, seed in enumerate(int(s) for s in args.seeds.split(",")):
         run = args.out / f"{args.config.stem}-s{seed}"
         if run.exists():
             raise SystemExit(f"{run} exists: remove it or give --out elsewhere")
         ours = start_ours(args.config, run, args.minutes, seed, args.threads)
-        if args.peer and n == 0:
-            if args.side_by_side:
-                peer = start_peer(args.peer, args.peer_epochs, args.threads, args.out)
-            else:
+        if args.peer and (n == 0 or args.peer_each_seed):
+            if not args.side_by_side:
                 ours.wait()
-                peer = start_peer(args.peer, args.peer_epochs, args.threads, args.out)
+            peers[seed] = start_peer(
+                args.peer, args.peer_epochs, args.threads, args.out, seed, args.peer_minutes
+            )
+            if not args.side_by_side:
+                peers[seed].wait()
         ours.wait()
         if ours.returncode:
             raise SystemExit(f"nlp-rnn failed: see {run.parent / (run.name + '.log')}")
@@ -232,32 +286,38 @@ def main() -> None:
             + f"; {result['words_per_s']:,.0f} words/s",
             flush=True,
         )
-    if peer is not None:
-        peer.wait()
-        summary["peer"] = peer_results(args.out / "peer.log")
-        curves["PyTorch example (its defaults)"] = summary["peer"]["curve"]
-        print(f"PyTorch example: {summary['peer']}", flush=True)
+    for seed, process in peers.items():
+        process.wait()
+        result = peer_results(args.out / f"peer-s{seed}.log")
+        summary.setdefault("peers", {})[f"seed {seed}"] = result
+        curves[f"PyTorch example, its defaults (seed {seed})"] = result["curve"]
+        print(f"PyTorch example, seed {seed}: {result}", flush=True)
+    if peers:
+        summary["peer"] = next(iter(summary["peers"].values()))
     ours = [r for r in summary["runs"].values()]
-    marks = sorted({m for m, _ in summary.get("peer", {}).get("curve", [])} | {args.minutes})
+    theirs_all = list(summary.get("peers", {}).values())
+    marks = sorted({round(m, 1) for r in theirs_all for m, _ in r["curve"]} | {args.minutes})
     for minutes in marks:
         mine = [at(r["curve"], minutes) for r in ours]
         line = f"at {minutes:.1f} min: nlp-rnn {', '.join('-' if p is None else f'{p:.1f}' for p in mine)}"
-        if "peer" in summary:
-            theirs = at(summary["peer"]["curve"], minutes)
-            line += f"; PyTorch example {'-' if theirs is None else f'{theirs:.1f}'}"
-            if theirs and all(mine):
-                line += f" (nlp-rnn {100 * (1 - statistics.mean(mine) / theirs):.1f} % lower)"
+        if theirs_all:
+            theirs = [at(r["curve"], minutes) for r in theirs_all]
+            line += f"; PyTorch example {', '.join('-' if p is None else f'{p:.1f}' for p in theirs)}"
+            if all(theirs) and all(mine):
+                lower = 1 - statistics.mean(mine) / statistics.mean(theirs)
+                line += f" (nlp-rnn's mean {100 * lower:.1f} % lower)"
         print(line)
     if len(ours) > 1:
         finals = [r["valid_ppl"] for r in ours]
         print(
             f"valid ppl/word over {len(ours)} seeds: {statistics.mean(finals):.1f} ± {statistics.stdev(finals):.1f}"
         )
-    if "peer" in summary and summary["peer"]["words_per_s"]:
-        ratio = statistics.mean(r["words_per_s"] for r in ours) / summary["peer"]["words_per_s"]
+    if theirs_all and all(r["words_per_s"] for r in theirs_all):
+        peer_speed = statistics.mean(r["words_per_s"] for r in theirs_all)
+        ratio = statistics.mean(r["words_per_s"] for r in ours) / peer_speed
         print(
             f"words/s: nlp-rnn {statistics.mean(r['words_per_s'] for r in ours):,.0f}, PyTorch example "
-            f"{summary['peer']['words_per_s']:,.0f} ({ratio:.2f}x)"
+            f"{peer_speed:,.0f} ({ratio:.2f}x)"
         )
     summary["seconds"] = round(time.time() - started)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

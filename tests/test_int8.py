@@ -30,6 +30,16 @@ def test_int8_products_are_close_to_fp32() -> None:
     assert (approx - exact).norm() / exact.norm() < 0.02
 
 
+def test_an_int8_product_restricted_to_rows_equals_those_columns_of_the_whole_product() -> None:
+    torch.manual_seed(1)
+    x, w, b = torch.randn(7, 32), torch.randn(200, 32), torch.randn(200)
+    whole = Int8Linear(w, b, keep_rows=True)
+    rows = torch.tensor([0, 5, 6, 77, 150, 199])
+    assert torch.equal(whole.rows(rows)(x), whole(x)[:, rows])  # the same int8 rows and scales
+    with pytest.raises(NlpRnnError, match="keep_rows"):
+        Int8Linear(w, b).rows(rows)
+
+
 @pytest.mark.parametrize(
     "cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_tanh", 1, False)]
 )

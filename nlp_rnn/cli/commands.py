@@ -137,6 +137,12 @@ def serve(
     max_wait_ms: float = typer.Option(
         0.0, "--max-wait-ms", help="How long an idle server waits for more requests to batch with."
     ),
+    settle_ms: float = typer.Option(
+        5.0,
+        "--settle-ms",
+        help="After a batch, wait up to this long for as many texts as it had before running the next "
+        "(clients just answered send again a few ms later; 0: run whatever is queued at once).",
+    ),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),
     max_document_chars: int = typer.Option(
@@ -175,12 +181,15 @@ def serve(
     ):
         if value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
+    if settle_ms < 0 or max_wait_ms < 0:
+        raise NlpRnnError("--settle-ms and --max-wait-ms must be at least 0")
     if timeout <= 0 or grace < 0:
         raise NlpRnnError("--timeout must be above 0 and --grace at least 0")
     limits = server.Limits(
         max_texts=max_texts,
         max_chars=max_chars,
         max_batch=max_batch,
+        settle_ms=settle_ms,
         max_document_chars=max_document_chars,
         max_pending=max_pending,
         timeout_s=timeout,

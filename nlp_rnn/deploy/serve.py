@@ -43,6 +43,7 @@ class Limits:
     max_beam: int = 16
     max_tokens: int = 1024  # generate
     max_batch: int = 64  # texts in one forward pass
+    settle_ms: float = 5.0  # a run after a larger one waits this long for as many texts (BatchQueue)
     max_pending: int = 512  # texts waiting or running per model; beyond it: 503 with Retry-After
     timeout_s: float = 60.0  # a request not answered by then: 504, its texts dropped from pending work
 
@@ -66,6 +67,13 @@ class BatchQueue:
     at once; `max_wait_s` > 0 also holds an idle server back that long for more requests.
     `run(texts, request)` is called on the worker thread with the batch's first request (all of a batch
     share its settings) and returns one result per text.
+
+    `settle_s`: clients that have just been answered send their next requests a few milliseconds later
+    (HTTP round trip and parsing on the event loop). Taking the queue at once then runs a small batch of
+    the first arrivals and leaves the rest waiting a whole run: batch sizes alternate and the server runs
+    below its batch throughput. So a run that follows a larger one waits up to `settle_s` for as many
+    texts as that one had. An idle server (nothing just answered) still starts at once.
+    `stats()` says how many batches ran, their mean size, and the share of time the model was busy.
     """
 
     def __init__(
@@ -74,16 +82,35 @@ class BatchQueue:
         executor: ThreadPoolExecutor,
         gather: int,
         max_wait_s: float,
+        settle_s: float = 0.0,
     ):
         self.run, self.executor, self.gather, self.max_wait_s = run, executor, gather, max_wait_s
+        self.settle_s = settle_s
         self.pending: list[tuple[list[str], tuple, asyncio.Future, Any]] = []
         self.busy = False
         self.tasks: set[asyncio.Task] = set()
+        self.arrived: Optional[asyncio.Event] = None
+        self.counts = {"batches": 0, "texts": 0, "busy_s": 0.0, "settle_s": 0.0}
+        self.since = time.monotonic()
+
+    def stats(self) -> dict:
+        c, elapsed = self.counts, max(time.monotonic() - self.since, 1e-9)
+        return {
+            "batches": c["batches"],
+            "texts": c["texts"],
+            "mean_batch": round(c["texts"] / c["batches"], 2) if c["batches"] else 0.0,
+            "busy_fraction": round(c["busy_s"] / elapsed, 3),
+            "settle_s": round(c["settle_s"], 3),
+            "busy_s": round(c["busy_s"], 3),
+            "uptime_s": round(elapsed, 3),
+        }
 
     async def submit(self, texts: list[str], key: tuple, request: Any = None) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((texts, key, future, request))
+        if self.arrived is not None:
+            self.arrived.set()
         if not self.busy:
             self.busy = True
             task = loop.create_task(self._drain())
@@ -91,11 +118,36 @@ class BatchQueue:
             task.add_done_callback(self.tasks.discard)
         return await future
 
+    def _pending_texts(self) -> int:
+        return sum(len(item[0]) for item in self.pending if not item[2].done())
+
+    async def _settle(self, previous: int) -> None:
+        """Wait up to settle_s for `previous` texts (at most a whole gather) to be pending."""
+        want, deadline = min(previous, self.gather), time.monotonic() + self.settle_s
+        started = time.monotonic()
+        self.arrived = asyncio.Event()
+        try:
+            while self._pending_texts() < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        finally:
+            self.arrived = None
+            self.counts["settle_s"] += time.monotonic() - started
+
     async def _drain(self) -> None:
         try:
             if self.max_wait_s > 0:
                 await asyncio.sleep(self.max_wait_s)
-            while self.pending:
+            previous = 0
+            while True:
+                if self.settle_s > 0 and self._pending_texts() < previous:
+                    await self._settle(previous)
                 self.pending = [item for item in self.pending if not item[2].done()]  # cancelled: dropped
                 if not self.pending:
                     break
@@ -109,7 +161,12 @@ class BatchQueue:
                     else:
                         rest.append(item)
                 self.pending = rest
+                started = time.monotonic()
                 await self._run(batch, key)
+                self.counts["busy_s"] += time.monotonic() - started
+                self.counts["batches"] += 1
+                self.counts["texts"] += size
+                previous = size
         finally:
             self.busy = False
 
@@ -194,21 +251,29 @@ def create_app(
         "recurrent networks. Requests for the same model arriving within a few milliseconds are batched together.",
     )
     _add_error_handlers(app, limits)
-    _add_status_routes(app, served, time.time())
+    _add_status_routes(app, served, time.time(), all_queues)
     admissions = {name: Admission(name, limits.max_pending) for name in served}
+    all_queues: dict[str, BatchQueue] = {}
     endpoints = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
     for endpoint in {e.path: e for e in endpoints.values()}.values():
         owners = {task for task, e in endpoints.items() if e.path == endpoint.path}
         models = {name: m for name, m in served.items() if m.task in owners}
         queues = (
             {
-                name: BatchQueue(_runner(endpoint, m), executor, 4 * limits.max_batch, max_wait_ms / 1000)
+                name: BatchQueue(
+                    _runner(endpoint, m),
+                    executor,
+                    4 * limits.max_batch,
+                    max_wait_ms / 1000,
+                    limits.settle_ms / 1000,
+                )
                 for name, m in models.items()
             }
             if endpoint.batch_key
             else {}
         )
         _add_endpoint(app, endpoint, served, owners, queues, executor, limits, admissions)
+        all_queues.update(queues)
     add_guards(app, api_key, admissions, limits.max_body)
     app.state.executor = executor
     return app
@@ -375,7 +440,7 @@ def _add_error_handlers(app, limits: Limits) -> None:
         return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status)
 
 
-def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
+def _add_status_routes(app, served: dict[str, Served], started: float, queues: dict) -> None:
     from fastapi.responses import HTMLResponse
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -385,8 +450,14 @@ def _add_status_routes(app, served: dict[str, Served], started: float) -> None:
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness: the models are loaded and requests are served."""
-        return {"status": "ok", "models": len(served), "uptime_s": round(time.time() - started, 1)}
+        """Liveness: the models are loaded and requests are served; per batched model, its batches so far
+        (count, mean texts, the share of time the model ran, time spent settling)."""
+        return {
+            "status": "ok",
+            "models": len(served),
+            "uptime_s": round(time.time() - started, 1),
+            "batching": {name: queue.stats() for name, queue in queues.items()},
+        }
 
     @app.get("/models")
     async def models() -> dict:

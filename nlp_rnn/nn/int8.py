@@ -37,12 +37,13 @@ class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8 (one scale per output row) and x quantised per call."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], keep_rows: bool = False) -> None:
-        """`keep_rows`: keep the float weight so that `rows` can restrict the product (a vocabulary shortlist)."""
+        """`keep_rows`: keep the int8 rows and their scales so that `rows` can restrict the product (a
+        vocabulary shortlist) without quantising again."""
         super().__init__()
         if not available():
             raise NlpRnnError("--precision int8 needs torch's fbgemm int8 kernels (x86 CPU builds have them)")
         weight = weight.detach().float().cpu()
-        self.source = (weight, None if bias is None else bias.detach().float().cpu()) if keep_rows else None
+        bias = None if bias is None else bias.detach().float().cpu()
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -52,23 +53,42 @@ class Int8Linear(nn.Module):
             qweight = torch.quantize_per_channel(
                 weight, scales, torch.zeros(weight.size(0), dtype=torch.long), 0, torch.qint8
             )
-            self.packed = torch.ops.quantized.linear_prepack(
-                qweight, None if bias is None else bias.detach().float().cpu()
+        self._pack(qweight, bias)
+        self.source = (qweight.int_repr(), scales, bias) if keep_rows else None
+
+    def _pack(self, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
             )
-        self.out_features = weight.size(0)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        self.out_features = qweight.size(0)
 
     def rows(self, index: torch.Tensor) -> "Int8Linear":
-        """The same product restricted to the output rows `index` (a vocabulary shortlist); the rows'
-        int8 values and scales are the same as in the whole matrix (quantisation is per row)."""
+        """The same product restricted to the output rows `index` (a vocabulary shortlist): the rows' int8
+        values and scales taken from the whole matrix (quantisation is per row), packed again."""
         if self.source is None:
             raise NlpRnnError(
                 "this int8 product was built without keep_rows; it cannot be restricted to rows"
             )
-        weight, bias = self.source
+        values, scales, bias = self.source
         index = index.cpu()
-        return Int8Linear(
-            weight.index_select(0, index), None if bias is None else bias.index_select(0, index)
-        )
+        picked = Int8Linear.__new__(Int8Linear)
+        nn.Module.__init__(picked)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
+            )
+            warnings.filterwarnings("ignore", message=".*_make_per_channel.*", category=UserWarning)
+            qweight = torch._make_per_channel_quantized_tensor(
+                values.index_select(0, index),
+                scales.index_select(0, index),
+                torch.zeros(index.numel(), dtype=torch.long),
+                0,
+            )
+        picked._pack(qweight, None if bias is None else bias.index_select(0, index))
+        picked.source = None
+        return picked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1)).float().contiguous()

@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--settle-ms", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sentences = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()

@@ -77,8 +77,14 @@ def start_ours(config: Path, run: Path, minutes: float, seed: int, threads: int)
 # the budget's minutes of training (its validations are not counted), then the example validates, saves and
 # tests as it always does; it prints the minutes it trained.
 PEER_PATCHES = (
-    ("# Loop over epochs.\n", "# Loop over epochs.\n_BUDGET_S = float(os.environ['PEER_MINUTES']) * 60\n_START = time.time()\n"),
-    ("        if args.dry_run:\n            break", "        if args.dry_run or time.time() - _START > _BUDGET_S:\n            break"),
+    (
+        "# Loop over epochs.\n",
+        "# Loop over epochs.\n_BUDGET_S = float(os.environ['PEER_MINUTES']) * 60\n_START = time.time()\n",
+    ),
+    (
+        "        if args.dry_run:\n            break",
+        "        if args.dry_run or time.time() - _START > _BUDGET_S:\n            break",
+    ),
     (
         "        train()\n        val_loss = evaluate(val_data)\n",
         "        if time.time() - _START > _BUDGET_S:\n            break\n        train()\n        _v = time.time()\n"
@@ -93,7 +99,9 @@ def timed_peer_script(peer: Path, out: Path) -> Path:
     text = (peer / "main.py").read_text()
     for anchor, replacement in PEER_PATCHES:
         if text.count(anchor) != 1:
-            raise SystemExit(f"{peer / 'main.py'}: cannot find {anchor.strip()!r} once to add the time budget")
+            raise SystemExit(
+                f"{peer / 'main.py'}: cannot find {anchor.strip()!r} once to add the time budget"
+            )
         text = text.replace(anchor, replacement)
     script = out / "peer_main_timed.py"
     script.write_text(text)
@@ -183,7 +191,9 @@ def evaluate(run: Path, split: str, cache: tuple = ()) -> float:
 
 def at(curve: list[tuple[float, float]], minutes: float) -> float | None:
     """The last validation at or before `minutes`."""
-    seen = [ppl for m, ppl in curve if m <= minutes * 1.03 + 0.1]  # a budget's last validation lands just past it
+    seen = [
+        ppl for m, ppl in curve if m <= minutes * 1.03 + 0.1
+    ]  # a budget's last validation lands just past it
     return seen[-1] if seen else None
 
 

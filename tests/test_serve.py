@@ -58,6 +58,8 @@ def test_the_server_answers_like_the_python_api_alone_and_among_30_concurrent_re
         )
     assert [a[0] for a in answers] == [200] * 30
     assert [a[1]["translations"][0]["text"] for a in answers] == expected[:30]
+    counted = call(server, "/health")[1]["batching"]["de-en"]  # 31 texts so far, in fewer runs than requests
+    assert counted["texts"] == 31 and 1 <= counted["batches"] < 31 and 0 < counted["busy_fraction"] <= 1
     status, beams = call(server, "/translate", {"texts": sentences[:2], "beam_size": 3, "n_best": 2})
     assert status == 200 and [len(t["n_best"]) for t in beams["translations"]] == [2, 2]
     assert (

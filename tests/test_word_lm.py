@@ -159,3 +159,53 @@ def test_cache_settings_and_a_cache_on_another_task_are_one_line_errors(tmp_path
     assert main(lm + ["--cache-size", "100", "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["cache"] == {"size": 100, "theta": 0.3, "lambda": 0.1} and report["sets"][0]["tokens"] == 14
+
+
+# ----------------------------------------------------------------------------- dynamic evaluation
+
+
+def test_dynamic_evaluation_at_rate_0_is_the_model_adapts_to_repeated_text_and_restores_the_weights() -> None:
+    from nlp_rnn.tasks.language_model import cache_nll, dynamic_nll
+
+    torch.manual_seed(0)
+    model = LanguageModel(
+        LMModelConfig(
+            cell="lstm", embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.0, adaptive_softmax=(20,)
+        ),
+        40,
+    )
+    text = torch.randint(5, 40, (300,))
+    ids = torch.cat([torch.tensor([BOS]), text, text, torch.tensor([EOS])])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one_stream, count = cache_nll(model, ids, size=10, theta=0.3, lam=0.0)  # the model alone, one stream
+    still, same_count = dynamic_nll(model, ids, lr=0.0, window=20)
+    assert same_count == count and still == pytest.approx(one_stream, rel=1e-5)
+    adapted, _ = dynamic_nll(model, ids, lr=0.5, window=20)
+    assert adapted < 0.9 * one_stream  # it learns the first half, then reads it again
+    pulled_back, _ = dynamic_nll(model, ids, lr=0.5, decay=0.5, window=20)
+    assert adapted < pulled_back  # decay towards the trained weights forgets part of it
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # weights restored
+
+
+def test_dynamic_evaluation_settings_and_another_task_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    from helpers import CHECKPOINTS
+
+    (tmp_path / "t.txt").write_text("ROMEO: hello there\n")
+    sst = ["evaluate", "--model", str(CHECKPOINTS / "sst2"), "--data", str(tmp_path / "t.txt")]
+    assert main(sst + ["--dynamic-lr", "0.1"]) == 2
+    assert "--dynamic-lr: classifiers have no dynamic evaluation" in capsys.readouterr().err
+    lm = ["evaluate", "--model", str(CHECKPOINTS / "shakespeare-char"), "--data", str(tmp_path / "t.txt")]
+    for extra, message in (
+        (["--dynamic-lr", "-1"], "--dynamic-lr must be at least 0"),
+        (["--dynamic-lr", "0.1", "--dynamic-decay", "1"], "--dynamic-decay in [0, 1)"),
+        (["--dynamic-lr", "0.1", "--cache-size", "10"], "--dynamic-lr and --cache-size: give one of them"),
+    ):
+        assert main(lm + extra) == 2
+        assert message in capsys.readouterr().err
+    assert (
+        main(lm + ["--dynamic-lr", "0.01", "--dynamic-window", "5", "--report", str(tmp_path / "r.json")])
+        == 0
+    )
+    assert "with dynamic evaluation: lr 0.01, decay 0.0, window 5" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dynamic"] == {"lr": 0.01, "decay": 0.0, "window": 5} and report["sets"][0]["tokens"] == 20

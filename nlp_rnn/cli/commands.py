@@ -63,6 +63,19 @@ def evaluate(
     cache_lambda: float = typer.Option(
         0.1, "--cache-lambda", help="Neural cache: its weight beside the model's."
     ),
+    dynamic_lr: float = typer.Option(
+        0.0,
+        "--dynamic-lr",
+        help="Language models: dynamic evaluation, an SGD step of this rate after each scored segment (0: off).",
+    ),
+    dynamic_decay: float = typer.Option(
+        0.0,
+        "--dynamic-decay",
+        help="Dynamic evaluation: pull back towards the trained weights by this share.",
+    ),
+    dynamic_window: int = typer.Option(
+        20, "--dynamic-window", help="Dynamic evaluation: tokens per scored-then-learned segment."
+    ),
     device: str = options.DEVICE,
     engine: str = options.ENGINE,
 ) -> None:
@@ -90,6 +103,9 @@ def evaluate(
         cache_size=cache_size,
         cache_theta=cache_theta,
         cache_lambda=cache_lambda,
+        dynamic_lr=dynamic_lr,
+        dynamic_decay=dynamic_decay,
+        dynamic_window=dynamic_window,
     )
     tasks.check_request(task, request)
     result = task.evaluate(bundle, request)

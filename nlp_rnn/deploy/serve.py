@@ -251,9 +251,9 @@ def create_app(
         "recurrent networks. Requests for the same model arriving within a few milliseconds are batched together.",
     )
     _add_error_handlers(app, limits)
+    all_queues: dict[str, BatchQueue] = {}
     _add_status_routes(app, served, time.time(), all_queues)
     admissions = {name: Admission(name, limits.max_pending) for name in served}
-    all_queues: dict[str, BatchQueue] = {}
     endpoints = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
     for endpoint in {e.path: e for e in endpoints.values()}.values():
         owners = {task for task, e in endpoints.items() if e.path == endpoint.path}

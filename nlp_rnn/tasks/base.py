@@ -67,6 +67,10 @@ class EvalRequest:
     cache_size: int = 0
     cache_theta: float = 0.3
     cache_lambda: float = 0.1
+    # Dynamic evaluation (language models): an SGD step of this rate after each scored segment; 0 = none.
+    dynamic_lr: float = 0.0
+    dynamic_decay: float = 0.0
+    dynamic_window: int = 20
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class Task:
     needs_tokenizer: bool = True
     default_bundle: Optional[str] = None  # folder under checkpoints/ used when --model is omitted
     plural: str = ""  # how messages name its models, e.g. "classifiers" (default: "NAME models")
-    reads_cache: bool = False  # its evaluation takes a neural cache (EvalRequest.cache_*)
+    reads_cache: bool = False  # its evaluation takes a neural cache or dynamic evaluation (EvalRequest)
     components: tuple = DEFAULT_COMPONENTS
     train_command: Optional[TrainCommand] = None
 
@@ -194,6 +198,18 @@ def check_request(task: Task, request: EvalRequest) -> None:
         raise NlpRnnError(f"--cache-theta must be positive, got {request.cache_theta}")
     if request.cache_size and not 0 <= request.cache_lambda <= 1:
         raise NlpRnnError(f"--cache-lambda must be in [0, 1], got {request.cache_lambda}")
+    if request.dynamic_lr and not task.reads_cache:
+        readers = ", ".join(t.models_name() for t in all_tasks() if t.reads_cache) or "none"
+        raise NlpRnnError(
+            f"--dynamic-lr: {task.models_name()} have no dynamic evaluation (it is for: {readers})"
+        )
+    if request.dynamic_lr < 0 or not 0 <= request.dynamic_decay < 1 or request.dynamic_window < 1:
+        raise NlpRnnError(
+            "--dynamic-lr must be at least 0, --dynamic-decay in [0, 1) and --dynamic-window at least 1, got "
+            f"{request.dynamic_lr}, {request.dynamic_decay}, {request.dynamic_window}"
+        )
+    if request.dynamic_lr and request.cache_size:
+        raise NlpRnnError("--dynamic-lr and --cache-size: give one of them (each is measured on its own)")
 
 
 def register(task: Task) -> Task:

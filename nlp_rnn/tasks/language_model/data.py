@@ -281,6 +281,42 @@ def cache_nll(
     return total, targets.numel()
 
 
+def dynamic_nll(
+    model: LanguageModel, ids: torch.Tensor, lr: float, decay: float = 0.0, window: int = 20
+) -> tuple[float, int]:
+    """Summed NLL of every token of `ids` after the first with dynamic evaluation (Krause et al. 2018, its
+    SGD form): the stream is read as one sequence with the state carried, in segments of `window` tokens;
+    each segment is scored first, then the model takes one SGD step of `lr` on that segment's mean loss
+    and is pulled back towards its trained weights by `decay` (theta += decay * (theta_0 - theta)). The
+    text already scored is what the model adapts to, as a reader would; no token is scored after the model
+    has seen it. The model's own weights are restored afterwards. Dropout stays off (eval mode)."""
+    model.eval()
+    device = devices.of(model)
+    inputs, targets = ids[:-1].to(device), ids[1:].to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    trained = [p.detach().clone() for p in params]
+    state, total = model.initial_state(1), 0.0
+    try:
+        for start in range(0, inputs.numel(), window):
+            x, y = inputs[start : start + window].unsqueeze(0), targets[start : start + window].unsqueeze(0)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            with torch.enable_grad():
+                loss, n, state = model.loss(x, y, state)
+                total += float(loss.detach())
+                grads = torch.autograd.grad(loss / n, params, allow_unused=True)
+            with torch.no_grad():
+                for p, g, p0 in zip(params, grads, trained):
+                    if g is not None:
+                        p.sub_(lr * g)
+                    if decay:
+                        p.add_(decay * (p0 - p))
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, trained):
+                p.copy_(p0)
+    return total, targets.numel()
+
+
 @torch.no_grad()
 def sequences_nll(
     model: LanguageModel, seqs: list[list[int]], conditions: Optional[list[int]], batch_size: int = 128

@@ -26,6 +26,7 @@ from nlp_rnn.tasks.language_model.data import (
     Window,
     cache_nll,
     condition_ids,
+    dynamic_nll,
     make_sequences,
     read_corpus,
     scores,
@@ -254,15 +255,24 @@ class LanguageModelTask(tasks.Task):
             sets.append(read_corpus([], LMDataConfig(**{**vars(data), "valid_split": split}), "valid", True))
         if not sets:
             raise NlpRnnError("no test set: give --data FILE (text or table) or --dataset NAME")
-        if request.cache_size and cfg.data.mode != "stream":
+        if (request.cache_size or request.dynamic_lr) and cfg.data.mode != "stream":
+            option = "--cache-size" if request.cache_size else "--dynamic-lr"
             raise NlpRnnError(
-                "--cache-size: the neural cache reads one stream; this model was trained in sentence mode"
+                f"{option}: it reads the text as one stream; this model was trained in sentence mode"
             )
         names = list(bundle.meta.get("conditions") or [])
         results = []
         for corpus in sets:
             started = time.perf_counter()
-            if request.cache_size:
+            if request.dynamic_lr:
+                nll, tokens = dynamic_nll(
+                    model,
+                    stream_ids(bundle.tokenizer, corpus),
+                    request.dynamic_lr,
+                    request.dynamic_decay,
+                    request.dynamic_window,
+                )
+            elif request.cache_size:
                 nll, tokens = cache_nll(
                     model,
                     stream_ids(bundle.tokenizer, corpus),
@@ -302,7 +312,20 @@ class LanguageModelTask(tasks.Task):
         cache = None
         if request.cache_size:
             cache = {"size": request.cache_size, "theta": request.cache_theta, "lambda": request.cache_lambda}
-        return {"task": self.name, "model": model_info(bundle), "sets": results, "cache": cache}
+        dynamic = None
+        if request.dynamic_lr:
+            dynamic = {
+                "lr": request.dynamic_lr,
+                "decay": request.dynamic_decay,
+                "window": request.dynamic_window,
+            }
+        return {
+            "task": self.name,
+            "model": model_info(bundle),
+            "sets": results,
+            "cache": cache,
+            "dynamic": dynamic,
+        }
 
     def report(self, result: dict) -> list[str]:
         return table(
@@ -331,7 +354,19 @@ class LanguageModelTask(tasks.Task):
                 ]
                 for s in result["sets"]
             ],
-        )
+        ) + self._settings(result)
+
+    @staticmethod
+    def _settings(result: dict) -> list[str]:
+        """What the scores above were computed with, beyond the model: the cache or dynamic evaluation."""
+        lines = []
+        if result.get("cache"):
+            c = result["cache"]
+            lines.append(f"with a neural cache: size {c['size']}, theta {c['theta']}, lambda {c['lambda']}")
+        if result.get("dynamic"):
+            d = result["dynamic"]
+            lines.append(f"with dynamic evaluation: lr {d['lr']}, decay {d['decay']}, window {d['window']}")
+        return lines
 
     def describe(self, bundle: Bundle) -> dict:
         extra = {"mode": bundle.meta.get("mode")}

@@ -16,7 +16,7 @@ end: a copy of its main.py with three anchored edits (PEER_PATCHES below), which
 and tests as the example always does. Perplexity per word is
 exp(summed NLL / words), counting one end of line per line: the example's own measure. The cache
 (`--tune-cache`) is tuned on the validation file (size 2,000; theta and lambda on a grid) and then
-reported on the test file. Results go to bench/results/wikitext2/ (summary.json) and the terminal.
+reported on the test file; `--tune-dynamic` does the same for dynamic evaluation's rate. Results go to bench/results/wikitext2/ (summary.json) and the terminal.
 """
 
 import argparse
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "text" / "wikitext-2"
 OUT = ROOT / "bench" / "results" / "wikitext2"
 CACHE_GRID = [(theta, lam) for theta in (0.1, 0.2, 0.3, 0.5) for lam in (0.1, 0.2)]
+DYNAMIC_GRID = (0.0005, 0.001, 0.002, 0.004)  # SGD rates of dynamic evaluation (window 20, no decay)
 
 
 def cpu() -> str:
@@ -171,8 +172,9 @@ def peer_results(log: Path) -> dict:
     }
 
 
-def evaluate(run: Path, split: str, cache: tuple = ()) -> float:
-    report = run.parent / f"{run.name}.{split}{'.cache' if cache else ''}.json"
+def evaluate(run: Path, split: str, cache: tuple = (), dynamic: float = 0.0) -> float:
+    kind = ".cache" if cache else f".dynamic{dynamic}" if dynamic else ""
+    report = run.parent / f"{run.name}.{split}{kind}.json"
     args = [
         "evaluate",
         "--model",
@@ -185,6 +187,8 @@ def evaluate(run: Path, split: str, cache: tuple = ()) -> float:
     if cache:
         size, theta, lam = cache
         args += ["--cache-size", str(size), "--cache-theta", str(theta), "--cache-lambda", str(lam)]
+    if dynamic:
+        args += ["--dynamic-lr", str(dynamic)]
     subprocess.run(nlp_rnn(*args), check=True, capture_output=True, cwd=ROOT)
     return json.loads(report.read_text())["sets"][0]["perplexity_per_word"]
 
@@ -243,6 +247,11 @@ def main() -> None:
         "--tune-cache", action="store_true", help="tune the cache on validation, report it on test"
     )
     parser.add_argument("--cache-size", type=int, default=2000)
+    parser.add_argument(
+        "--tune-dynamic",
+        action="store_true",
+        help="tune dynamic evaluation's rate on validation, report it on test",
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -287,12 +296,22 @@ def main() -> None:
                 "valid_ppl": scores[(theta, lam)],
                 "test_ppl": evaluate(run, "test", (args.cache_size, theta, lam)),
             }
+        if args.tune_dynamic:
+            scores = {lr: evaluate(run, "valid", dynamic=lr) for lr in DYNAMIC_GRID}
+            best = min(scores, key=scores.get)
+            result["dynamic"] = {
+                "lr": best,
+                "window": 20,
+                "valid_ppl": scores[best],
+                "test_ppl": evaluate(run, "test", dynamic=best),
+            }
         summary["runs"][f"nlp-rnn seed {seed}"] = result
         curves[f"nlp-rnn {args.config.stem} (seed {seed})"] = curve
         print(
             f"seed {seed}: valid ppl/word {result['valid_ppl']:.1f} after {curve[-1][0]:.1f} min, test "
             f"{result['test_ppl']:.1f}"
             + (f", with the cache {result['cache']['test_ppl']:.1f}" if "cache" in result else "")
+            + (f", dynamic evaluation {result['dynamic']['test_ppl']:.1f}" if "dynamic" in result else "")
             + f"; {result['words_per_s']:,.0f} words/s",
             flush=True,
         )

@@ -16,7 +16,8 @@ end: a copy of its main.py with three anchored edits (PEER_PATCHES below), which
 and tests as the example always does. Perplexity per word is
 exp(summed NLL / words), counting one end of line per line: the example's own measure. The cache
 (`--tune-cache`) is tuned on the validation file (size 2,000; theta and lambda on a grid) and then
-reported on the test file; `--tune-dynamic` does the same for dynamic evaluation's rate. Results go to bench/results/wikitext2/ (summary.json) and the terminal.
+reported on the test file; `--tune-dynamic` does the same for dynamic evaluation's rate. Results go
+to bench/results/wikitext2/ (summary.json) and the terminal.
 """
 
 import argparse

@@ -296,6 +296,11 @@ def dynamic_nll(
     params = [p for p in model.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
     state, total = model.initial_state(1), 0.0
+    # The embedding's gradient touches only the segment's rows: sparse, instead of zeroing and updating the
+    # whole table for every segment (a third of the time with a 33k-word list).
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and not m.sparse]
+    for table in tables:
+        table.sparse = True
     try:
         for start in range(0, inputs.numel(), window):
             x, y = inputs[start : start + window].unsqueeze(0), targets[start : start + window].unsqueeze(0)
@@ -307,10 +312,12 @@ def dynamic_nll(
             with torch.no_grad():
                 for p, g, p0 in zip(params, grads, trained):
                     if g is not None:
-                        p.sub_(lr * g)
+                        p.add_(g, alpha=-lr)
                     if decay:
                         p.add_(decay * (p0 - p))
     finally:
+        for table in tables:
+            table.sparse = False
         with torch.no_grad():
             for p, p0 in zip(params, trained):
                 p.copy_(p0)

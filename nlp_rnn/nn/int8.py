@@ -13,6 +13,7 @@ torch 2.13 marks the quantized-tensor constructor used once per weight at load t
 deprecated. Where they are missing (a torch build without fbgemm), int8 is refused with one line.
 """
 
+import contextlib
 import copy
 import warnings
 from typing import Optional
@@ -33,6 +34,19 @@ def available() -> bool:
     )
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch's deprecation warnings of the quantized-tensor constructors used once per weight (see above)."""
+    with warnings.catch_warnings():
+        for message in (
+            ".*quantized tensor creation functions.*",
+            ".*quantize_per_channel.*",
+            ".*_make_per_channel.*",
+        ):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        yield
+
+
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8 (one scale per output row) and x quantised per call."""
 
@@ -45,11 +59,7 @@ class Int8Linear(nn.Module):
         weight = weight.detach().float().cpu()
         bias = None if bias is None else bias.detach().float().cpu()
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
-            )
-            warnings.filterwarnings("ignore", message=".*quantize_per_channel.*", category=UserWarning)
+        with _quiet():
             qweight = torch.quantize_per_channel(
                 weight, scales, torch.zeros(weight.size(0), dtype=torch.long), 0, torch.qint8
             )
@@ -57,10 +67,7 @@ class Int8Linear(nn.Module):
         self.source = (qweight.int_repr(), scales, bias) if keep_rows else None
 
     def _pack(self, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
-            )
+        with _quiet():
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.out_features = qweight.size(0)
 
@@ -75,11 +82,7 @@ class Int8Linear(nn.Module):
         index = index.cpu()
         picked = Int8Linear.__new__(Int8Linear)
         nn.Module.__init__(picked)
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*quantized tensor creation functions.*", category=UserWarning
-            )
-            warnings.filterwarnings("ignore", message=".*_make_per_channel.*", category=UserWarning)
+        with _quiet():
             qweight = torch._make_per_channel_quantized_tensor(
                 values.index_select(0, index),
                 scales.index_select(0, index),

@@ -341,6 +341,8 @@ def main() -> None:
         ours.wait()
         if ours.returncode:
             raise SystemExit(f"nlp-rnn failed: see {run.parent / (run.name + '.log')}")
+        if seed in peers and args.peer_each_seed:
+            peers[seed].wait()  # the next pair starts on a quiet machine
         curve = our_curve(run)
         result = {
             "curve": curve,

@@ -308,6 +308,7 @@ def main() -> None:
         "--existing", type=Path, help="no training: the cache and dynamic evaluation of this trained run"
     )
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the peer runs in its own folder
     args.out.mkdir(parents=True, exist_ok=True)
     if args.existing:
         result = {"cpu": cpu(), "run": str(args.existing), "test_ppl": evaluate(args.existing, "test")}
@@ -341,8 +342,10 @@ def main() -> None:
         ours.wait()
         if ours.returncode:
             raise SystemExit(f"nlp-rnn failed: see {run.parent / (run.name + '.log')}")
-        if seed in peers and args.peer_each_seed:
-            peers[seed].wait()  # the next pair starts on a quiet machine
+        if (
+            seed in peers and args.peer_each_seed and peers[seed].wait()
+        ):  # the next pair starts on a quiet machine
+            raise SystemExit(f"the PyTorch example failed: see {args.out / f'peer-s{seed}.log'}")
         curve = our_curve(run)
         result = {
             "curve": curve,
@@ -365,7 +368,8 @@ def main() -> None:
             flush=True,
         )
     for seed, process in peers.items():
-        process.wait()
+        if process.wait():
+            raise SystemExit(f"the PyTorch example failed: see {args.out / f'peer-s{seed}.log'}")
         result = peer_results(args.out / f"peer-s{seed}.log")
         summary.setdefault("peers", {})[f"seed {seed}"] = result
         curves[f"PyTorch example, its defaults (seed {seed})"] = result["curve"]

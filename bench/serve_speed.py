@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--request-size", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
-    parser.add_argument("--settle-ms", type=float, default=5.0)
+    parser.add_argument("--settle-ms", type=float, default=0.0)
     parser.add_argument(
         "--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load"
     )

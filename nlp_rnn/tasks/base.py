@@ -189,8 +189,8 @@ class Task:
 
 def check_request(task: Task, request: EvalRequest) -> None:
     """Refuses evaluation options the task does not read, and cache settings out of range, in one line."""
+    readers = ", ".join(t.models_name() for t in all_tasks() if t.reads_cache) or "none"
     if request.cache_size and not task.reads_cache:
-        readers = ", ".join(t.models_name() for t in all_tasks() if t.reads_cache) or "none"
         raise NlpRnnError(f"--cache-size: {task.models_name()} have no neural cache (it is for: {readers})")
     if request.cache_size < 0:
         raise NlpRnnError(f"--cache-size must be at least 0, got {request.cache_size}")
@@ -199,7 +199,6 @@ def check_request(task: Task, request: EvalRequest) -> None:
     if request.cache_size and not 0 <= request.cache_lambda <= 1:
         raise NlpRnnError(f"--cache-lambda must be in [0, 1], got {request.cache_lambda}")
     if request.dynamic_lr and not task.reads_cache:
-        readers = ", ".join(t.models_name() for t in all_tasks() if t.reads_cache) or "none"
         raise NlpRnnError(
             f"--dynamic-lr: {task.models_name()} have no dynamic evaluation (it is for: {readers})"
         )

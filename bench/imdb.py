@@ -114,7 +114,8 @@ def main() -> None:
         default_model(runs, tuned, log, Path(args.ship) if args.ship else None)
         out.write_text(json.dumps(log, indent=2))
     if "ablation" in stages:
-        ablation(runs, lm, tuned, log, args.ablation_minutes, [v for v in args.variants.split(",") if v])
+        variants = [v for v in args.variants.split(",") if v]
+        ablation(runs, lm, tuned, log, args.ablation_minutes, variants, out)
     out.write_text(json.dumps(log, indent=2))
     print(f"results: {out}")
 
@@ -194,8 +195,12 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float, only: list[str]) -> None:
-    """configs/imdb.yaml with each fine-tuning switch off in turn, all at the same budget; held-out accuracy."""
+def ablation(
+    runs: Path, lm: Path, tuned: Path, log: dict, minutes: float, only: list[str], out: Path
+) -> None:
+    """configs/imdb.yaml with each fine-tuning switch off in turn, all at the same budget; held-out accuracy.
+    Each variant's result is merged into `out` as it ends, so two of these (e.g. `--variants` split between
+    two processes pinned to one core each) can share one results file."""
     import yaml
 
     base = yaml.safe_load((ROOT / "configs" / "imdb.yaml").read_text())
@@ -213,7 +218,8 @@ def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float, only:
         "no LM fine-tuning (stage-1 LM)": ({}, lm),
         "no pretraining (random body, same tokenizer)": ({"model": {"body": body}}, None),
     }
-    results = log.setdefault("ablation", {"minutes": minutes, "runs": {}})
+    key = f"ablation_{minutes:g}min"  # one table per budget
+    results = log.setdefault(key, {"minutes": minutes, "runs": {}})
     for k, (name, (change, start)) in enumerate(variants.items()):
         if only and not any(part in name for part in only):
             continue
@@ -227,7 +233,19 @@ def ablation(runs: Path, lm: Path, tuned: Path, log: dict, minutes: float, only:
         cmd += ["--init-from", str(start)] if start else ["--tokenizer", str(lm / "best")]
         run(cmd + ["--max-minutes", str(minutes)], results["runs"], name)
         results["runs"][name]["val_acc"] = best_of(folder).get("val_acc")
+        results["runs"][name]["curve"] = validations(folder)
         print(name, results["runs"][name]["val_acc"], flush=True)
+        merged = json.loads(out.read_text()) if out.exists() else {}
+        table = merged.setdefault(key, {"minutes": minutes, "runs": {}})
+        table["runs"][name] = results["runs"][name]
+        out.write_text(json.dumps({**merged, "cpu": log["cpu"]}, indent=2))
+        log[key] = table
+
+
+def validations(run_dir: Path) -> list[list[float]]:
+    """[minutes, held-out accuracy] of each validation of a run (its metrics.jsonl)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [[round(r["elapsed_s"] / 60, 2), r["val_acc"]] for r in rows if "val_acc" in r]
 
 
 def best_of(run_dir: Path) -> dict:

@@ -69,6 +69,11 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--settle-ms", type=float, default=0.0)
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="the server's --in-process (the model in the server process)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load"
     )
     parser.add_argument("--json", default=None)
@@ -97,7 +102,8 @@ def main() -> None:
             str(args.settle_ms),
             "--device",
             "cpu",
-        ],
+        ]
+        + (["--in-process"] if args.in_process else []),
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
@@ -107,6 +113,7 @@ def main() -> None:
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "settle_ms": args.settle_ms,
+        "model_process": not args.in_process,
     }
     try:
         wait_for(base)

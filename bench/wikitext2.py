@@ -280,7 +280,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--peer", type=Path, help="pytorch/examples' word_language_model folder")
-    parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument(
+        "--peer-epochs",
+        type=int,
+        default=None,
+        help="the peer's --epochs (default: 1; with --peer-minutes, its own default of 40, the minutes decide)",
+    )
+    parser.add_argument(
+        "--peer-only",
+        action="store_true",
+        help="run only the peer(s), beside nothing of ours: our runs are read from --out's summary.json",
+    )
     parser.add_argument(
         "--side-by-side", action="store_true", help="run the peer at the same time as the first seed"
     )
@@ -309,6 +319,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out = args.out.resolve()  # the peer runs in its own folder
+    if args.peer_epochs is None:
+        args.peer_epochs = 40 if args.peer_minutes else 1
     args.out.mkdir(parents=True, exist_ok=True)
     if args.existing:
         result = {"cpu": cpu(), "run": str(args.existing), "test_ppl": evaluate(args.existing, "test")}
@@ -326,8 +338,19 @@ def main() -> None:
     print(f"machine: {summary['cpu']}; {args.threads} thread(s) per run", flush=True)
     peers = {}
     curves = {}
+    earlier = json.loads((args.out / "summary.json").read_text()) if args.peer_only else None
     for n, seed in enumerate(int(s) for s in args.seeds.split(",")):
         run = args.out / f"{args.config.stem}-s{seed}"
+        if earlier is not None:  # our run as measured before; the peer alone now
+            summary["runs"][f"nlp-rnn seed {seed}"] = earlier["runs"][f"nlp-rnn seed {seed}"]
+            curves[f"nlp-rnn {args.config.stem} (seed {seed})"] = earlier["runs"][f"nlp-rnn seed {seed}"][
+                "curve"
+            ]
+            peers[seed] = start_peer(
+                args.peer, args.peer_epochs, args.threads, args.out, seed, args.peer_minutes
+            )
+            peers[seed].wait()
+            continue
         if run.exists():
             raise SystemExit(f"{run} exists: remove it or give --out elsewhere")
         ours = start_ours(args.config, run, args.minutes, seed, args.threads)

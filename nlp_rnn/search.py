@@ -390,17 +390,26 @@ def sample_in_place(
     (`start`), then every token is one in-place kernel step and one draw. Rows never leave the batch: a
     row that is done keeps stepping and its later tokens are dropped, and whether all rows are done is
     checked every `check_every` steps. The draws are the same calls as `sample`'s, so with one row (or
-    until a first row is done) a seed gives the same text as `sample`."""
+    until a first row is done) a seed gives the same text as `sample`.
+
+    Per step, only the draw and two numbers per row are kept (the token, its logit and the row's
+    log-normaliser, in preallocated (steps, B) buffers); where each row ends (its first EOS, or the step
+    that `on_step` stopped it) and its log-probability are worked out once, after the loop."""
     _, state, prev = model.start(batch)
     dev = prev.device
     size, steps = batch.size, opts.max_tokens
     h = state.h.contiguous().clone()
     c = None if state.c is None else state.c.contiguous().clone()
     kernel.buffers(size)
-    tokens = torch.zeros(size, steps, dtype=torch.long, device=dev)
-    lengths = torch.full((size,), steps, dtype=torch.long, device=dev)
-    scores = torch.zeros(size, device=dev)
-    alive = torch.ones(size, dtype=torch.bool, device=dev)
+    tokens = torch.zeros(steps, size, dtype=torch.long, device=dev)
+    vocab = kernel.out_w.size(0)
+    # Small vocabularies (characters): every step's logits kept, scored in one call after the loop; large
+    # ones: the drawn token's logit and the row's log-normaliser, per step.
+    kept = torch.empty(steps, size, vocab, device=dev) if steps * size * vocab <= KEEP_LOGITS else None
+    chosen = torch.zeros(steps, size, device=dev)
+    norm = torch.zeros(steps, size, device=dev)
+    noise = torch.empty(size, vocab, device=dev)
+    stopped = torch.full((size,), steps, dtype=torch.long, device=dev)  # on_step's stops: length
     banned = torch.tensor(opts.banned, dtype=torch.long, device=dev)
     rows = torch.arange(size, device=dev)
     for t in range(steps):
@@ -410,20 +419,47 @@ def sample_in_place(
             prev = allowed.argmax(dim=-1)
         else:
             probs = torch.softmax(_filter(allowed, opts), dim=-1)
-            prev = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-        tokens[:, t] = prev
-        logp = logits.gather(1, prev.unsqueeze(1)).squeeze(1) - logsumexp(logits)
-        scores += logp.masked_fill_(~alive, 0.0)
-        done = prev == EOS
+            prev = _draw(probs, noise, generator)  # (B,)
+        tokens[t] = prev
+        if kept is not None:
+            kept[t] = logits
+        else:
+            torch.gather(logits, 1, prev.unsqueeze(1), out=chosen[t].unsqueeze(1))
+            torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
         if on_step is not None:
-            live = rows[alive]
+            live = rows[_alive(tokens[:t], stopped, steps)]  # rows still generating before this step
             stop = on_step(live, prev[live])
             if stop is not None:
-                done[live] |= stop
-        ended = done & alive
-        lengths.masked_fill_(ended, t + 1)
-        alive &= ~ended
-        if (t + 1) % check_every == 0 and not bool(alive.any()):
+                stopped[live[stop]] = t + 1
+        if (t + 1) % check_every == 0 and not bool(_alive(tokens[: t + 1], stopped, steps).any()):
+            tokens, chosen, norm = tokens[: t + 1], chosen[: t + 1], norm[: t + 1]
+            kept = None if kept is None else kept[: t + 1]
             break
-    tokens, lengths, scores = tokens.tolist(), lengths.tolist(), scores.tolist()
+    if kept is not None:
+        chosen = kept.gather(2, tokens.unsqueeze(2)).squeeze(2)
+        norm = torch.logsumexp(kept, 2)
+    first_eos = torch.where(
+        tokens == EOS, torch.arange(1, tokens.size(0) + 1, device=dev).unsqueeze(1), steps
+    )
+    lengths = torch.minimum(first_eos.amin(0), stopped).clamp(max=tokens.size(0))  # (B,)
+    within = torch.arange(tokens.size(0), device=dev).unsqueeze(1) < lengths  # (T, B)
+    scores = ((chosen - norm) * within).sum(0)
+    tokens, lengths, scores = tokens.t().tolist(), lengths.tolist(), scores.tolist()
     return [Hypothesis(tokens[i][: lengths[i]], scores[i], scores[i]) for i in range(size)]
+
+
+KEEP_LOGITS = 1 << 22  # floats (16 MB): sample_in_place keeps every step's logits up to this many
+
+
+def _draw(probs: torch.Tensor, noise: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One token per row, exactly as `torch.multinomial(probs, 1, generator=generator)` draws it on the CPU
+    (argmax of p / q with q ~ Exp(1) from the generator, ATen's one-sample path), on a reused noise buffer and
+    without its validity checks, which read the probabilities back to the host (softmax's are valid). A test
+    holds it to torch.multinomial's draws."""
+    q = noise.exponential_(1, generator=generator)
+    return torch.div(probs, q, out=q).argmax(dim=-1)
+
+
+def _alive(tokens: torch.Tensor, stopped: torch.Tensor, steps: int) -> torch.Tensor:
+    """Rows (B,) that have drawn no EOS in `tokens` (T, B) and were not stopped (`stopped` is `steps` for those)."""
+    return (tokens == EOS).sum(0).eq(0) & (stopped == steps)

@@ -179,6 +179,12 @@ def serve(
     grace: float = typer.Option(
         30.0, "--grace", help="Seconds to finish in-flight requests on SIGTERM/Ctrl-C."
     ),
+    model_process: bool = typer.Option(
+        True,
+        "--model-process/--in-process",
+        help="Run the batched models (translate, classify) in a process of their own, so that request "
+        "handling and decoding do not wait for each other's interpreter lock (--in-process: one process).",
+    ),
     device: str = options.DEVICE,
 ) -> None:
     """Serve models over HTTP: POST /translate, /classify, /generate with {"texts": [...]}; GET
@@ -212,7 +218,7 @@ def serve(
     )
     key = guard.api_key(api_key, api_key_file)
     specs = [_named_model(item) for item in model] or server.default_specs()
-    server.serve(specs, host, port, device, precision, max_wait_ms, limits, key, grace)
+    server.serve(specs, host, port, device, precision, max_wait_ms, limits, key, grace, model_process)
 
 
 def _named_model(item: str) -> tuple[str, Path]:

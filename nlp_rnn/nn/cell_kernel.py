@@ -14,7 +14,7 @@ The arithmetic is the same as torch's cells (`nn.LSTM`, `nn.GRU`, `nn.RNN` gate 
 results agree with them to float rounding. B batch, L layers, H hidden, G gates (4H, 3H or H), V vocabulary.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,25 @@ class CellKernel:
         if self.cell is None or rnn.bidirectional or not rnn.batch_first:
             raise ValueError("CellKernel needs a unidirectional, batch-first LSTM, GRU or RNN")
         self.layers, self.hidden = rnn.num_layers, rnn.hidden_size
-        w = lambda name: getattr(rnn, name).detach()  # noqa: E731
+        size = self.hidden
+        # LSTM gates reordered i, f, o, g (torch: i, f, g, o) so that the three sigmoids are one call on
+        # contiguous columns: the same rows of the same weights, only placed differently.
+        order = (
+            torch.cat(
+                [
+                    torch.arange(0, 2 * size),
+                    torch.arange(3 * size, 4 * size),
+                    torch.arange(2 * size, 3 * size),
+                ]
+            )
+            if self.cell == "lstm"
+            else None
+        )
+        w = lambda name: (  # noqa: E731
+            getattr(rnn, name).detach()
+            if order is None
+            else getattr(rnn, name).detach().index_select(0, order)
+        )
         self.w_ih = [w(f"weight_ih_l{k}") for k in range(self.layers)]
         self.w_hh = [w(f"weight_hh_l{k}") for k in range(self.layers)]
         zeros = self.w_hh[0].new_zeros(self.w_hh[0].size(0))
@@ -69,62 +87,88 @@ class CellKernel:
             }
 
     def buffers(self, batch: int) -> None:
+        """The step's buffers for `batch` rows, and their views, made once (a view is a call too)."""
         size, dtype = self.hidden, self.table.dtype
         gates = GATES[self.cell] * size
         self.gi = [self.table.new_empty(batch, gates) for _ in range(self.layers)]
         self.gh = self.table.new_empty(batch, gates) if self.cell == "gru" else None
         self.tmp = self.table.new_empty(batch, size)
         self.logits = self.table.new_empty(batch, self.out_w.size(0), dtype=dtype)
+        if self.cell == "lstm":  # per layer: the three sigmoid gates together, then i, f, o, g
+            self.views = [(gi.narrow(1, 0, 3 * size), *gi.chunk(4, 1)) for gi in self.gi]
+        elif self.cell == "gru":
+            gh = self.gh
+            self.views = [
+                (gi[:, : 2 * size], gh[:, : 2 * size], gi[:, 2 * size :], gh[:, 2 * size :]) for gi in self.gi
+            ]
+        self.w_ih_t = [w.t() for w in self.w_ih]
+        self.w_hh_t = [w.t() for w in self.w_hh]
+        self.out_w_t = self.out_w.t()
+        self._state: tuple = (None, None, None)
+
+    def _layers_of(self, h: torch.Tensor, c: Optional[torch.Tensor]) -> tuple:
+        """h[k] and c[k] of every layer, made again only when the caller passes other tensors."""
+        if self._state[0] is not h or self._state[1] is not c:
+            self._state = (h, c, (h.unbind(0), None if c is None else c.unbind(0)))
+        return self._state[2]
 
     def step(self, prev: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
         """prev (B,) tokens; h (L, B, H) and c (L, B, H, LSTM only) updated in place -> logits (B, V),
-        a buffer that the next step overwrites. For inference: call it under torch.no_grad()."""
-        size = self.hidden
+        a buffer that the next step overwrites (int8: a new tensor). For inference: call it under
+        torch.no_grad()."""
+        hs, cs = self._layers_of(h, c)
+        q = self.int8
         x = None
         for k in range(self.layers):
-            gi = self.gi[k]
+            gi, hk = self.gi[k], hs[k]
             if k == 0:
                 torch.index_select(self.table, 0, prev, out=gi)
-            elif self.int8 is not None:
-                gi.copy_(self.int8["ih"][k](x))
+            if self.cell == "gru":
+                self._gru(gi, hk, x, k)
             else:
-                torch.addmm(self.in_bias[k], x, self.w_ih[k].t(), out=gi)
-            hk = h[k]
-            if self.cell == "lstm":
-                self._add_hh(gi, hk, k)
-                i, f, g, o = (gi.narrow(1, j * size, size) for j in range(4))
-                i.sigmoid_()
-                f.sigmoid_()
-                g.tanh_()
-                o.sigmoid_()
-                ck = c[k]
-                ck.mul_(f).addcmul_(i, g)
-                torch.tanh(ck, out=self.tmp)
-                torch.mul(o, self.tmp, out=hk)
-            elif self.cell == "gru":
-                gh = self.gh
-                if self.int8 is not None:
-                    gh.copy_(self.int8["hh"][k](hk))
+                if k == 0:  # the recurrent bias is already in gi for these cells
+                    gi.add_(_int8(q["hh"][k], hk)) if q is not None else gi.addmm_(hk, self.w_hh_t[k])
+                elif q is not None:
+                    torch.add(_int8(q["ih"][k], x), _int8(q["hh"][k], hk), out=gi)
                 else:
-                    torch.addmm(self.b_hh[k], hk, self.w_hh[k].t(), out=gh)
-                rz = gi[:, : 2 * size].add_(gh[:, : 2 * size]).sigmoid_()
-                r, z = rz[:, :size], rz[:, size:]
-                n = gi[:, 2 * size :].addcmul_(r, gh[:, 2 * size :]).tanh_()
-                # h' = n + z * (h - n)
-                hk.sub_(n).mul_(z).add_(n)
-            else:
-                self._add_hh(gi, hk, k)
-                hk.copy_(gi.tanh_() if self.cell == "rnn_tanh" else gi.relu_())
+                    torch.addmm(self.in_bias[k], x, self.w_ih_t[k], out=gi).addmm_(hk, self.w_hh_t[k])
+                if self.cell == "lstm":
+                    sig, i, f, o, g = self.views[k]
+                    sig.sigmoid_()  # gates in the order i, f, o, g (see __init__)
+                    g.tanh_()
+                    ck = cs[k]
+                    ck.mul_(f).addcmul_(i, g)
+                    torch.tanh(ck, out=self.tmp)
+                    torch.mul(o, self.tmp, out=hk)
+                else:
+                    hk.copy_(gi.tanh_() if self.cell == "rnn_tanh" else gi.relu_())
             x = hk
-        if self.int8 is not None:
-            return self.logits.copy_(self.int8["out"](x))
+        if q is not None:
+            return _int8(q["out"], x)
         if self.out_b is None:
-            return torch.mm(x, self.out_w.t(), out=self.logits)
-        return torch.addmm(self.out_b, x, self.out_w.t(), out=self.logits)
+            return torch.mm(x, self.out_w_t, out=self.logits)
+        return torch.addmm(self.out_b, x, self.out_w_t, out=self.logits)
 
-    def _add_hh(self, gi: torch.Tensor, h: torch.Tensor, k: int) -> None:
-        """gi += h W_hhᵀ (the recurrent bias is already in gi for these cells)."""
-        if self.int8 is not None:
-            gi.add_(self.int8["hh"][k](h))
+    def _gru(self, gi: torch.Tensor, hk: torch.Tensor, x: Optional[torch.Tensor], k: int) -> None:
+        """One GRU layer: gi holds the input's share (layer 0: already looked up); hk updated in place."""
+        q, gh = self.int8, self.gh
+        if k > 0:
+            if q is not None:
+                gi.copy_(_int8(q["ih"][k], x))
+            else:
+                torch.addmm(self.in_bias[k], x, self.w_ih_t[k], out=gi)
+        if q is not None:
+            gh.copy_(_int8(q["hh"][k], hk))
         else:
-            gi.addmm_(h, self.w_hh[k].t())
+            torch.addmm(self.b_hh[k], hk, self.w_hh_t[k], out=gh)
+        gi_rz, gh_rz, gi_n, gh_n = self.views[k]
+        rz = gi_rz.add_(gh_rz).sigmoid_()
+        size = self.hidden
+        r, z = rz[:, :size], rz[:, size:]
+        n = gi_n.addcmul_(r, gh_n).tanh_()
+        hk.sub_(n).mul_(z).add_(n)  # h' = n + z * (h - n)
+
+
+def _int8(linear: Any, x: torch.Tensor) -> torch.Tensor:
+    """`Int8Linear(x)` for a contiguous (B, I) float x, without the module call and reshapes around it."""
+    return torch.ops.quantized.linear_dynamic(x, linear.packed, True)

@@ -159,10 +159,13 @@ class Generator:
                 seed if seed is not None else random.SystemRandom().randrange(2**63)
             )
             kernel = self.kernel() if self.fast else None
+            watch = (
+                watcher.step if stop is not None or on_text is not None else None
+            )  # else: nothing per step
             if kernel is not None:
-                found = sample_in_place(self.model, kernel, batch, opts, gen, watcher.step)
+                found = sample_in_place(self.model, kernel, batch, opts, gen, watch)
             else:
-                found = sample(self.model, batch, opts, gen, watcher.step)
+                found = sample(self.model, batch, opts, gen, watch)
         out = [[] for _ in prompts]
         for row, hyp in enumerate(found):
             out[row // num_samples].append(self._sample(prompts[row // num_samples], hyp, stop, condition))

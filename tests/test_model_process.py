@@ -1,0 +1,63 @@
+"""`nlp-rnn serve --model-process`: the batched models run in a child process; answers are the same as in one
+process, alone or among concurrent requests, and a child that dies is started again (its batch answered 503)."""
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, call, running
+
+from nlp_rnn.deploy.serve import Limits, ModelProcess, create_app, load_models
+from nlp_rnn.tasks.base import load
+from nlp_rnn.tasks.classification import Predictor
+from nlp_rnn.tasks.translation import Translator
+
+CHECKPOINTS = ROOT / "checkpoints"
+SPECS = [("de-en", CHECKPOINTS / "multi30k-de-en"), ("sst2", CHECKPOINTS / "sst2")]
+
+
+@pytest.fixture(scope="module")
+def served():
+    limits = Limits(max_texts=40, max_chars=500)
+    process = ModelProcess(SPECS, "cpu", "fp32", limits)
+    try:
+        app = create_app(load_models(SPECS, "cpu", "fp32"), limits, max_batch=64, model_process=process)
+        with running(app) as base:
+            yield base, process
+    finally:
+        process.close()
+
+
+@pytest.mark.slow
+def test_the_model_process_answers_like_the_python_api_and_comes_back_after_it_dies(
+    served, multi30k: Path
+) -> None:
+    base, process = served
+    sentences = (multi30k / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:12]
+    translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32")
+    expected = [t[0].text for t in translator.translate(sentences, translator.options(beam_size=1))]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(lambda s: call(base, "/translate", {"texts": [s], "beam_size": 1}), sentences)
+        )
+    assert [a[0] for a in answers] == [200] * 12
+    assert [a[1]["translations"][0]["text"] for a in answers] == expected
+    assert call(base, "/health")[1]["batching"]["de-en"]["texts"] == 12
+
+    texts = ["a gripping , beautifully acted film .", "a dull , lifeless mess ."]
+    predicted = Predictor(load(CHECKPOINTS / "sst2")).classify(texts)
+    status, body = call(base, "/classify", {"texts": texts})
+    assert status == 200 and [p["label"] for p in body["predictions"]] == [p.label for p in predicted]
+    assert body["predictions"][0]["probability"] == pytest.approx(predicted[0].probability, abs=1e-5)
+    first = set(process.pool._processes)
+    assert first and os.getpid() not in first  # the model ran in another process
+
+    for pid in first:  # the child dies: the next batch is refused with one line, then it serves again
+        os.kill(pid, signal.SIGKILL)
+    status, body = call(base, "/translate", {"texts": sentences[:1], "beam_size": 1})
+    assert status == 503 and "model process stopped" in body["error"]
+    status, body = call(base, "/translate", {"texts": sentences[:1], "beam_size": 1})
+    assert status == 200 and body["translations"][0]["text"] == expected[0]
+    assert set(process.pool._processes).isdisjoint(first)

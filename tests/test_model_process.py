@@ -3,11 +3,14 @@ process, alone or among concurrent requests, and a child that dies is started ag
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, call, running
+from helpers import ROOT, call, free_port, running
 
 from nlp_rnn.deploy.serve import Limits, ModelProcess, create_app, load_models
 from nlp_rnn.tasks.base import load
@@ -61,3 +64,71 @@ def test_the_model_process_answers_like_the_python_api_and_comes_back_after_it_d
     status, body = call(base, "/translate", {"texts": sentences[:1], "beam_size": 1})
     assert status == 200 and body["translations"][0]["text"] == expected[0]
     assert set(process.pool._processes).isdisjoint(first)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # exited, not yet reaped by its (new) parent
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_model_process_stops_with_the_server(how: signal.Signals) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nlp_rnn",
+            "serve",
+            "--model",
+            f"sst2={CHECKPOINTS / 'sst2'}",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                if call(f"http://127.0.0.1:{port}", "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        status, body = call(f"http://127.0.0.1:{port}", "/classify", {"texts": ["a gripping film ."]})
+        assert status == 200 and body["predictions"][0]["label"] == "positive"
+        children = _children(server.pid)
+        workers = [p for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 1  # the model process (besides it: multiprocessing's resource tracker)
+        server.send_signal(how)
+        server.wait(timeout=60)
+        left = [p for p in children if not _gone(p, 10)]
+        assert not left, f"processes of the server outlived it ({how.name}): {left}"
+    finally:
+        if server.poll() is None:
+            server.kill()

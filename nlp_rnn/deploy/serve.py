@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -250,6 +252,16 @@ def _child_load(specs: list[tuple[str, Path]], device: str, precision: str, limi
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops this process
     logging.basicConfig(level=logging.WARNING)
+    parent = os.getppid()
+
+    def orphaned() -> (
+        None
+    ):  # a server killed outright (SIGKILL, OOM) cannot stop this process: it stops itself
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True, name="nlp-rnn-parent-watch").start()
     served = load_models(specs, device, precision)
     _CHILD["served"] = served
     _CHILD["endpoints"] = {m.task: tasks.get(m.task).endpoint(limits) for m in served.values()}
@@ -575,11 +587,8 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s
     )
-    try:
-        draining_server(config, app).run()
-    finally:
-        if process is not None:
-            process.close()
+    app.state.on_stopped = [process.close] if process is not None else []
+    draining_server(config, app).run()
 
 
 def _server_class():
@@ -595,6 +604,13 @@ def _server_class():
         def handle_exit(self, sig, frame) -> None:
             self.app.state.draining = True
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:
+            """After the requests in flight are answered: `app.state.on_stopped` (e.g. the model process stops).
+            Here, not after `run()`: uvicorn raises the stopping signal again once it has shut down."""
+            await super().shutdown(sockets)
+            for stop in getattr(self.app.state, "on_stopped", []):
+                stop()
 
     return Draining
 

@@ -71,6 +71,15 @@ class Int8Linear(nn.Module):
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
         self.out_features = qweight.size(0)
 
+    @classmethod
+    def _packed(cls, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> "Int8Linear":
+        """An Int8Linear over weights already quantised (no rows kept)."""
+        made = cls.__new__(cls)
+        nn.Module.__init__(made)
+        made._pack(qweight, bias)
+        made.source = None
+        return made
+
     def rows(self, index: torch.Tensor) -> "Int8Linear":
         """The same product restricted to the output rows `index` (a vocabulary shortlist): the rows' int8
         values and scales taken from the whole matrix (quantisation is per row), packed again."""
@@ -80,8 +89,6 @@ class Int8Linear(nn.Module):
             )
         values, scales, bias = self.source
         index = index.cpu()
-        picked = Int8Linear.__new__(Int8Linear)
-        nn.Module.__init__(picked)
         with _quiet():
             qweight = torch._make_per_channel_quantized_tensor(
                 values.index_select(0, index),
@@ -89,9 +96,7 @@ class Int8Linear(nn.Module):
                 torch.zeros(index.numel(), dtype=torch.long),
                 0,
             )
-        picked._pack(qweight, None if bias is None else bias.index_select(0, index))
-        picked.source = None
-        return picked
+        return Int8Linear._packed(qweight, None if bias is None else bias.index_select(0, index))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1)).float().contiguous()

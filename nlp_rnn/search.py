@@ -410,6 +410,7 @@ def sample_in_place(
     norm = torch.zeros(steps, size, device=dev)
     noise = torch.empty(size, vocab, device=dev)
     stopped = torch.full((size,), steps, dtype=torch.long, device=dev)  # on_step's stops: length
+    seen = torch.zeros(size, dtype=torch.bool, device=dev)  # rows that drew EOS (up to date at each check)
     banned = torch.tensor(opts.banned, dtype=torch.long, device=dev)
     rows = torch.arange(size, device=dev)
     for t in range(steps):
@@ -427,14 +428,18 @@ def sample_in_place(
             torch.gather(logits, 1, prev.unsqueeze(1), out=chosen[t].unsqueeze(1))
             torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
         if on_step is not None:
-            live = rows[_alive(tokens[:t], stopped, steps)]  # rows still generating before this step
+            live = rows[~seen & (stopped == steps)]  # rows still generating before this step
             stop = on_step(live, prev[live])
             if stop is not None:
                 stopped[live[stop]] = t + 1
-        if (t + 1) % check_every == 0 and not bool(_alive(tokens[: t + 1], stopped, steps).any()):
-            tokens, chosen, norm = tokens[: t + 1], chosen[: t + 1], norm[: t + 1]
-            kept = None if kept is None else kept[: t + 1]
-            break
+            seen |= prev == EOS
+        if (t + 1) % check_every == 0:
+            if on_step is None:  # the EOS drawn since the last check, in one call
+                seen |= (tokens[t + 1 - check_every : t + 1] == EOS).any(0)
+            if not bool((~seen & (stopped == steps)).any()):
+                tokens, chosen, norm = tokens[: t + 1], chosen[: t + 1], norm[: t + 1]
+                kept = None if kept is None else kept[: t + 1]
+                break
     if kept is not None:
         chosen = kept.gather(2, tokens.unsqueeze(2)).squeeze(2)
         norm = torch.logsumexp(kept, 2)
@@ -458,8 +463,3 @@ def _draw(probs: torch.Tensor, noise: torch.Tensor, generator: Optional[torch.Ge
     holds it to torch.multinomial's draws."""
     q = noise.exponential_(1, generator=generator)
     return torch.div(probs, q, out=q).argmax(dim=-1)
-
-
-def _alive(tokens: torch.Tensor, stopped: torch.Tensor, steps: int) -> torch.Tensor:
-    """Rows (B,) that have drawn no EOS in `tokens` (T, B) and were not stopped (`stopped` is `steps` for those)."""
-    return (tokens == EOS).sum(0).eq(0) & (stopped == steps)

@@ -226,7 +226,7 @@ class ModelProcess:
 
     def runner(self, endpoint: "tasks.Endpoint", model: "Served") -> Callable[[list[str], Any], list]:
         def run(texts: list[str], request: Any) -> list:
-            fields = request.model_dump() if hasattr(request, "model_dump") else dict(vars(request))
+            fields = request.model_dump()  # the request's pydantic model: its fields travel, not its class
             try:
                 return self.pool.submit(_child_run, model.name, endpoint.path, texts, fields).result()
             except BrokenProcessPool:
@@ -254,9 +254,8 @@ def _child_load(specs: list[tuple[str, Path]], device: str, precision: str, limi
     logging.basicConfig(level=logging.WARNING)
     parent = os.getppid()
 
-    def orphaned() -> (
-        None
-    ):  # a server killed outright (SIGKILL, OOM) cannot stop this process: it stops itself
+    def orphaned() -> None:
+        """A server killed outright (SIGKILL, OOM) cannot stop this process: it stops itself."""
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(0)

@@ -104,19 +104,12 @@ class CellKernel:
         self.w_ih_t = [w.t() for w in self.w_ih]
         self.w_hh_t = [w.t() for w in self.w_hh]
         self.out_w_t = self.out_w.t()
-        self._state: tuple = (None, None, None)
-
-    def _layers_of(self, h: torch.Tensor, c: Optional[torch.Tensor]) -> tuple:
-        """h[k] and c[k] of every layer, made again only when the caller passes other tensors."""
-        if self._state[0] is not h or self._state[1] is not c:
-            self._state = (h, c, (h.unbind(0), None if c is None else c.unbind(0)))
-        return self._state[2]
 
     def step(self, prev: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
         """prev (B,) tokens; h (L, B, H) and c (L, B, H, LSTM only) updated in place -> logits (B, V),
         a buffer that the next step overwrites (int8: a new tensor). For inference: call it under
         torch.no_grad()."""
-        hs, cs = self._layers_of(h, c)
+        hs, cs = h.unbind(0), (None if c is None else c.unbind(0))
         q = self.int8
         x = None
         for k in range(self.layers):

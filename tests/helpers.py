@@ -19,6 +19,7 @@ from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
 from nlp_rnn.data import make_batch
 from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
+from nlp_rnn.search import SearchOptions, greedy
 from nlp_rnn.tasks.translation import TranslationConfig
 from nlp_rnn.tokenizer import EOS
 
@@ -96,6 +97,14 @@ def train_copy_model(
             if done:
                 break
     return model.eval()
+
+
+def exact_match(model, reverse: bool = False, max_len: int = 6, examples: int = 200) -> float:
+    """Greedy exact match on held-out examples (the first 100 of the 200 also serve the early checks)."""
+    src, tgt = copy_examples(200, seed=999_999, reverse=reverse, max_len=max_len)
+    src, tgt = src[:examples], tgt[:examples]
+    hyps = greedy(model, make_batch(src), SearchOptions(beam_size=1, max_len_a=1.0, max_len_b=3))
+    return sum(h.tokens == t + [3] for h, t in zip(hyps, tgt)) / len(tgt)
 
 
 # ----------------------------------------------------------------------------- slices of real corpora

@@ -60,10 +60,8 @@ def write_sst_slice(sst2: Path, folder: Path, n: int, names: dict | None = None)
     return paths
 
 
-@pytest.fixture(scope="module")
-def sst_model(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
-    folder = tmp_path_factory.mktemp("sst")
-    paths = write_sst_slice(sst2, folder / "data", 3000, names={"0": "negative", "1": "positive"})
+def train_sst(sst2: Path, folder: Path, sentences: int, steps: int) -> tuple[Path, dict]:
+    paths = write_sst_slice(sst2, folder / "data", sentences, names={"0": "negative", "1": "positive"})
     (folder / "tiny.yaml").write_text(TINY)
     code = main(
         [
@@ -78,12 +76,24 @@ def sst_model(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
             "--valid",
             str(paths["dev"]),
             "--max-steps",
-            "200",
+            str(steps),
             "--quiet",
         ]
     )
     assert code == 0
     return folder / "run", paths
+
+
+@pytest.fixture(scope="module")
+def sst_model(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """A classifier that has learned something: 200 updates on 3,000 SST-2 sentences."""
+    return train_sst(sst2, tmp_path_factory.mktemp("sst"), 3000, 200)
+
+
+@pytest.fixture(scope="module")
+def sst_bundle(sst2: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """A real bundle for the tests of labels, evaluation and refusals, which need no learning: 20 updates."""
+    return train_sst(sst2, tmp_path_factory.mktemp("sst_bundle"), 1000, 20)
 
 
 @pytest.mark.slow
@@ -96,8 +106,8 @@ def test_training_on_real_sst2_learns_beyond_the_majority_class(sst_model) -> No
     assert best >= majority + 0.12, (best, majority)
 
 
-def test_string_labels_round_trip_through_the_bundle(sst_model, capsys) -> None:
-    run, _ = sst_model
+def test_string_labels_round_trip_through_the_bundle(sst_bundle, capsys) -> None:
+    run, _ = sst_bundle
     meta = json.loads((run / "best" / "meta.json").read_text())
     assert meta["labels"] == ["negative", "positive"] and meta["task"] == "classification"
     assert (
@@ -122,8 +132,8 @@ def test_string_labels_round_trip_through_the_bundle(sst_model, capsys) -> None:
         assert row["probability"] == max(row["probabilities"].values())
 
 
-def test_evaluate_accuracy_and_f1_agree_with_a_direct_computation(sst_model, tmp_path: Path, capsys) -> None:
-    run, paths = sst_model
+def test_evaluate_accuracy_and_f1_agree_with_a_direct_computation(sst_bundle, tmp_path: Path, capsys) -> None:
+    run, paths = sst_bundle
     code = main(
         [
             "evaluate",
@@ -159,8 +169,8 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_bad_classification_inputs(sst_model, tmp_path: Path, capsys) -> None:
-    run, _ = sst_model
+def test_bad_classification_inputs(sst_bundle, tmp_path: Path, capsys) -> None:
+    run, _ = sst_bundle
     (tmp_path / "unseen.tsv").write_text("sentence\tlabel\ngood\tpositive\nmeh\tneutral\n")
     code, err = run_cli(["evaluate", "--model", str(run), "--data", str(tmp_path / "unseen.tsv")], capsys)
     assert code == 2 and "unseen.tsv (row 2): label 'neutral' was never seen in training" in err
@@ -192,15 +202,15 @@ def test_bad_classification_inputs(sst_model, tmp_path: Path, capsys) -> None:
     assert code == 2 and "No such option: --text-column" in err and "Traceback" not in err
 
 
-def test_empty_text_is_classified_with_a_warning(sst_model, capsys, caplog) -> None:
-    run, _ = sst_model
+def test_empty_text_is_classified_with_a_warning(sst_bundle, capsys, caplog) -> None:
+    run, _ = sst_bundle
     assert main(["classify", "--model", str(run), "", "fine"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
     assert "classifying 1 empty texts" in caplog.text
 
 
-def test_bundles_of_the_other_task_are_refused(sst_model, capsys) -> None:
-    run, _ = sst_model
+def test_bundles_of_the_other_task_are_refused(sst_bundle, capsys) -> None:
+    run, _ = sst_bundle
     code, err = run_cli(["translate", "--model", str(run), "ein Hund"], capsys)
     assert code == 2 and "this is a classification model; translate needs a translation model" in err

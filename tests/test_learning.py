@@ -1,19 +1,7 @@
 """Real tiny training runs: every cell, direction and attention learns the copy task."""
 
 import pytest
-from helpers import copy_examples, small_config, train_copy_model
-
-from nlp_rnn.data import make_batch
-from nlp_rnn.search import SearchOptions, greedy
-
-
-def exact_match(model, reverse: bool = False, max_len: int = 6, examples: int = 200) -> float:
-    """Greedy exact match on held-out examples (the first 100 of the 200 also serve the early checks)."""
-    src, tgt = copy_examples(200, seed=999_999, reverse=reverse, max_len=max_len)
-    src, tgt = src[:examples], tgt[:examples]
-    hyps = greedy(model, make_batch(src), SearchOptions(beam_size=1, max_len_a=1.0, max_len_b=3))
-    return sum(h.tokens == t + [3] for h, t in zip(hyps, tgt)) / len(tgt)
-
+from helpers import exact_match, small_config, train_copy_model
 
 SETTINGS = [
     (cell, bidirectional, attention)

@@ -50,7 +50,7 @@ class AdditiveAttention(Attention):
         return self.key_layer(values)  # (B, S, A)
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(keys + self.query_layer(query).unsqueeze(1))  # (B, S, A)
+        hidden = (keys + self.query_layer(query).unsqueeze(1)).tanh_()  # (B, S, A), one tensor, not two
         return self.energy(hidden).squeeze(-1)  # (B, S)
 
 

@@ -39,7 +39,9 @@ class Memory:
     # scores, and that layer restricted to them; None: the whole vocabulary.
     vocab: Optional[torch.Tensor] = None
     output: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    allowed: Optional[torch.Tensor] = None  # (B, K) the columns each sentence's own list holds
+    # (B, K) 0 on the columns each sentence's own list holds, -inf elsewhere: added to the logits (an add
+    # of a float table is several times faster per step than a masked fill of a boolean one)
+    penalty: Optional[torch.Tensor] = None
 
     def select(self, index: torch.Tensor) -> "Memory":
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
@@ -51,7 +53,7 @@ class Memory:
             pick(self.static_gates),
             self.vocab,
             self.output,
-            pick(self.allowed),
+            pick(self.penalty),
         )
 
 
@@ -224,8 +226,8 @@ class Decoder(nn.Module):
         attentional, state, weights = self._advance(pre, memory, state)
         if memory.output is None:
             return self.output(attentional), state, weights
-        logits = memory.output(attentional)  # (B, K)
-        return logits.masked_fill(~memory.allowed, float("-inf")), state, weights
+        logits = memory.output(attentional)  # (B, K), a new tensor
+        return logits.add_(memory.penalty), state, weights
 
     @property
     def vocab_size(self) -> int:
@@ -241,7 +243,8 @@ class Decoder(nn.Module):
             restricted = lambda x: F.linear(x, weight, bias)  # noqa: E731
         else:  # int8: the rows of the original weight, quantised for this batch
             restricted = output.rows(vocab)
-        return replace(memory, vocab=vocab, output=restricted, allowed=allowed)
+        penalty = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+        return replace(memory, vocab=vocab, output=restricted, penalty=penalty)
 
     # ------------------------------------------------------------------ whole sequences
 

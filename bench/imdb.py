@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--finetune-minutes", type=float, default=8)
     parser.add_argument("--classifier-minutes", type=float, default=20)
     parser.add_argument(
+        "--classifier-config",
+        default="configs/imdb.yaml",
+        help="the classifier stage's recipe: configs/imdb.yaml (ULMFiT's) or configs/imdb_one_rate.yaml",
+    )
+    parser.add_argument("--classifier-name", default="classifier", help="its folder under --runs")
+    parser.add_argument(
         "--stages",
         default="pretrain,finetune,classifier,evaluate",
         help="any of pretrain, finetune, classifier, evaluate, baseline, sst, default, ablation",
@@ -75,7 +81,7 @@ def main() -> None:
     log: dict = json.loads(out.read_text()) if out.exists() else {}
     log["cpu"] = cpu_name()
     common = ["--quiet"]
-    lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / "classifier"
+    lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / args.classifier_name
     if "pretrain" in stages:
         cmd = ["nlp-rnn", "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
         cmd += ["--train", str(WIKI / "wiki.train.tokens"), "--train", str(IMDB / "train.csv")]
@@ -88,7 +94,7 @@ def main() -> None:
         run(cmd + ["--max-minutes", str(args.finetune_minutes)] + common, log, "finetune")
         log["finetune"]["best"] = best_of(tuned)
     if "classifier" in stages:
-        cmd = ["nlp-rnn", "train", "classifier", "--config", "configs/imdb.yaml", "--output", str(clf)]
+        cmd = ["nlp-rnn", "train", "classifier", "--config", args.classifier_config, "--output", str(clf)]
         cmd += [
             "--init-from",
             str(tuned if tuned.exists() else lm),
@@ -98,9 +104,10 @@ def main() -> None:
         run(cmd + common, log, "classifier")
         log["classifier"]["best"] = best_of(clf)
     if "evaluate" in stages:
+        prefix = "" if args.classifier_name == "classifier" else f"{args.classifier_name}_"
         log["evaluate"] = {
-            "imdb_test": evaluate(clf, IMDB / "test.csv", "text", runs / "imdb_test.json"),
-            "sst2_test": evaluate(clf, SST2, "sentence", runs / "sst2_test.json"),
+            "imdb_test": evaluate(clf, IMDB / "test.csv", "text", runs / f"{prefix}imdb_test.json"),
+            "sst2_test": evaluate(clf, SST2, "sentence", runs / f"{prefix}sst2_test.json"),
         }
         print(json.dumps(log["evaluate"], indent=2), flush=True)
         out.write_text(json.dumps(log, indent=2))

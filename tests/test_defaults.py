@@ -1,5 +1,6 @@
 """The shipped default models: used when --model is omitted, and a clear message when they are missing."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -57,6 +58,18 @@ def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["label"] for r in rows} == {"negative", "positive"}  # names; the data's 0/1 are label_id
     assert sum(str(r["label_id"]) == g for r, g in zip(rows, gold)) / len(gold) > 0.7
+
+
+def test_the_default_sentiment_model_reads_raw_reviews(tmp_path: Path, capsys) -> None:
+    """Whole IMDb test reviews as people write them (case, punctuation, <br /> tags), one per line."""
+    with open(ROOT.parent / "shared" / "data" / "imdb" / "test.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked = rows[::500]  # 50 reviews spread over the file (it is sorted by label)
+    (tmp_path / "reviews.txt").write_text("\n".join(" ".join(r["text"].split()) for r in picked) + "\n")
+    assert main(["classify", "--input", str(tmp_path / "reviews.txt"), "--format", "jsonl"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == len(picked) and {r["label"] for r in out} == {"negative", "positive"}
+    assert sum(str(o["label_id"]) == r["label"] for o, r in zip(out, picked)) / len(picked) > 0.8
 
 
 def test_shipped_bundles_and_configs_name_no_absolute_path() -> None:

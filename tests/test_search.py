@@ -82,3 +82,21 @@ def test_min_length_and_no_repeat_ngram(copy_model) -> None:
         assert len(bigrams) == len(set(bigrams))
     for h in greedy(copy_model, make_batch([[5, EOS]]), SearchOptions(beam_size=1, min_length=4)):
         assert len(h.tokens) >= 5 or h.tokens[-1] != EOS
+
+
+def test_additive_attention_scored_in_pieces_when_decoding_equals_one_pass() -> None:
+    """Decoding a large batch scores the additive attention a few rows at a time (to stay in cache); the
+    scores and the context are those of the one-pass (training) path."""
+    from nlp_rnn.nn.attention import CHUNK, AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(value_size=24, query_size=16, attention_size=64)
+    rows = CHUNK // (40 * 64)  # rows per piece at S = 40
+    values, query = torch.randn(3 * rows + 5, 40, 24), torch.randn(3 * rows + 5, 16)
+    mask = torch.arange(40).unsqueeze(0) < torch.randint(1, 41, (values.size(0), 1))
+    keys = attention.keys(values)
+    whole = attention(query, keys, values, mask)  # gradients on: one pass
+    with torch.no_grad():
+        pieces = attention(query, keys, values, mask)
+    for a, b in zip(whole, pieces):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-6)

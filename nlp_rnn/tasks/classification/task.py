@@ -58,7 +58,7 @@ def labeled_source(data: DataConfig, split: str) -> LabeledSource:
 class ClassificationTask(tasks.Task):
     name = NAME
     config_cls = ClassifierConfig
-    default_bundle = "sst2"
+    default_bundle = "sentiment"
     plural = "classifiers"
     train_command = tasks.TrainCommand("classifier", train_options, example_config="configs/sst2.yaml")
 

@@ -28,18 +28,9 @@ def model_card(task: str, config: dict, meta: dict) -> str:
     if model.get("encoder") == "language_model" and isinstance(model.get("body"), dict):
         # a classifier over a language model's stack: its shape is the body's; the native encoder's fields
         # (cell, hidden_size, pooling...) are unused defaults
-        body = {
-            k: v
-            for k, v in model["body"].items()
-            if k in ("cell", "embedding_dim", "hidden_size", "num_layers")
-        }
-        model = {
-            **body,
-            **{
-                k: v
-                for k, v in model.items()
-                if k in ("encoder", "window", "grad_windows", "head_size", "head_norm")
-            },
+        body = model["body"]
+        model = {k: body[k] for k in ("cell", "embedding_dim", "hidden_size", "num_layers") if k in body} | {
+            k: model[k] for k in ("encoder", "window", "grad_windows", "head_size", "head_norm") if k in model
         }
     shape = ", ".join(
         f"{k} {v}" for k, v in model.items() if isinstance(v, (int, str)) and not isinstance(v, bool)

@@ -27,14 +27,17 @@ def cpu_name() -> str:
     return f"unknown CPU, {os.cpu_count()} cores"
 
 
-def product_rate(dtype: str = "fp32", seconds: float = 1.0) -> float:
+def product_rate(dtype: str = "fp32", seconds: float = 1.0, device: str = "cpu") -> float:
     """Multiply-adds per second this machine sustains in a large matrix product at torch's current thread
     count (fp32, bf16, or int8 through the same fbgemm kernel the int8 models use): the roofline that
-    the bench scripts' fractions divide by."""
+    the bench scripts' fractions divide by. On a CUDA device: an 8192-square product there (fp32 without
+    TF32, as torch computes fp32 products by default)."""
     import torch
     import torch.nn.functional as F
 
-    x, w = torch.randn(256, 1024), torch.randn(4096, 1024) * 0.03
+    cuda = torch.device(device).type == "cuda"
+    rows, inner, cols = (8192, 8192, 8192) if cuda else (256, 1024, 4096)
+    x, w = torch.randn(rows, inner, device=device), torch.randn(cols, inner, device=device) * 0.03
     if dtype == "int8":
         from nlp_rnn.nn.int8 import Int8Linear  # the callers put the repository on sys.path
 
@@ -44,9 +47,12 @@ def product_rate(dtype: str = "fp32", seconds: float = 1.0) -> float:
         if dtype == "bf16":
             x, w = x.bfloat16(), w.bfloat16()
         run = lambda: F.linear(x, w)  # noqa: E731
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     run()
+    sync()
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         run()
         count += 1
-    return count * 256 * 1024 * 4096 / (time.perf_counter() - started)
+        sync()
+    return count * rows * inner * cols / (time.perf_counter() - started)

@@ -68,10 +68,13 @@ def main() -> None:
     translator = Translator(
         load_for(args.engine, Path(args.model), args.device), args.precision, args.shortlist
     )
-    rate = product_rate(translator.precision)
+    params = getattr(translator.model, "parameters", None)  # an ONNX Runtime session has none: CPU
+    device = next(params()).device if params else torch.device("cpu")
+    rate = product_rate(translator.precision, device=str(device))
     results = {
         "model": args.model,
         "cpu": cpu_name(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
         "sentences": len(sources),
         "precision": translator.precision,

@@ -2,17 +2,19 @@
 reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, raw text in).
 
     python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 25]
-                         [--stages pretrain,finetune,classifier,evaluate]
+                         [--stages pretrain,finetune,classifier,evaluate] [--device cuda] [--data DIR]
 
 Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language model on WikiText-2's training
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
 3. the classifier started from it (`--init-from`), chosen on a held-out 5% of train.csv; 4. `nlp-rnn evaluate`
 on IMDb's test.csv (25,000 reviews) and SST-2's test.tsv.
 Results go to bench/results/imdb.json; each stage's command line, minutes and score are printed.
+`--data` names another data folder laid out like ../shared/data (bench/gpu.sh passes its subsets there).
 """
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -21,10 +23,18 @@ from pathlib import Path
 from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
-WIKI = DATA / "text" / "wikitext-2"
-IMDB = DATA / "imdb"
-SST2 = DATA / "sst" / "sst2" / "test.tsv"
+NLP_RNN = [sys.executable, "-m", "nlp_rnn"]  # the command, also where the package is on PYTHONPATH only
+
+
+class Data:
+    """The corpora the pipeline reads, under one folder laid out like ../shared/data."""
+
+    def __init__(self, root: Path) -> None:
+        self.wiki = root / "text" / "wikitext-2"
+        self.imdb = root / "imdb"
+        self.sst2 = root / "sst" / "sst2" / "test.tsv"
+        self.sst5 = root / "sst" / "sst5" / "test.tsv"
+        self.phrases = root / "sst" / "sst2" / "train_phrases.tsv"
 
 
 def run(cmd: list[str], log: dict, name: str) -> float:
@@ -37,9 +47,9 @@ def run(cmd: list[str], log: dict, name: str) -> float:
     return minutes
 
 
-def evaluate(model: Path, data: Path, text_column: str, out: Path) -> dict:
-    cmd = ["nlp-rnn", "evaluate", "--model", str(model), "--data", str(data), "--text-column", text_column]
-    cmd += ["--label-column", "label", "--precision", "fp32", "--report", str(out)]
+def evaluate(model: Path, data: Path, text_column: str, out: Path, device: str = "auto") -> dict:
+    cmd = [*NLP_RNN, "evaluate", "--model", str(model), "--data", str(data), "--text-column", text_column]
+    cmd += ["--label-column", "label", "--precision", "fp32", "--report", str(out), "--device", device]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     result = json.loads(out.read_text())["sets"][0]
@@ -72,6 +82,8 @@ def main() -> None:
     )
     parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the corpora's folder")
+    parser.add_argument("--device", default="auto", help="the pipeline's stages: auto, cpu, cuda, cuda:N")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
     args = parser.parse_args()
     runs, stages = Path(args.runs), args.stages.split(",")
@@ -80,21 +92,23 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     log: dict = json.loads(out.read_text()) if out.exists() else {}
     log["cpu"] = cpu_name()
-    common = ["--quiet"]
+    data, device = Data(Path(args.data)), args.device
+    common = ["--quiet", "--device", device]
     lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / args.classifier_name
     if "pretrain" in stages:
-        cmd = ["nlp-rnn", "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
-        cmd += ["--train", str(WIKI / "wiki.train.tokens"), "--train", str(IMDB / "train.csv")]
-        cmd += ["--valid", str(WIKI / "wiki.valid.tokens"), "--max-minutes", str(args.pretrain_minutes)]
+        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
+        cmd += ["--train", str(data.wiki / "wiki.train.tokens"), "--train", str(data.imdb / "train.csv")]
+        cmd += ["--valid", str(data.wiki / "wiki.valid.tokens"), "--max-minutes", str(args.pretrain_minutes)]
         run(cmd + common, log, "pretrain")
-        log["pretrain"]["best"] = best_of(lm)
+        log["pretrain"].update(best=best_of(lm), target_tokens_per_s=speed(lm))
     if "finetune" in stages:
-        cmd = ["nlp-rnn", "train", "lm", "--config", "configs/imdb_lm_finetune.yaml", "--init-from", str(lm)]
-        cmd += ["--output", str(tuned), "--train", str(IMDB / "train.csv"), "--valid-fraction", "0.05"]
+        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm_finetune.yaml", "--init-from", str(lm)]
+        cmd += ["--output", str(tuned), "--train", str(data.imdb / "train.csv"), "--valid-fraction", "0.05"]
         run(cmd + ["--max-minutes", str(args.finetune_minutes)] + common, log, "finetune")
-        log["finetune"]["best"] = best_of(tuned)
+        log["finetune"].update(best=best_of(tuned), target_tokens_per_s=speed(tuned))
     if "classifier" in stages:
-        cmd = ["nlp-rnn", "train", "classifier", "--config", args.classifier_config, "--output", str(clf)]
+        cmd = [*NLP_RNN, "train", "classifier", "--config", args.classifier_config, "--output", str(clf)]
+        cmd += ["--train", str(data.imdb / "train.csv")]
         cmd += [
             "--init-from",
             str(tuned if tuned.exists() else lm),
@@ -102,23 +116,25 @@ def main() -> None:
             str(args.classifier_minutes),
         ]
         run(cmd + common, log, "classifier")
-        log["classifier"]["best"] = best_of(clf)
+        log["classifier"].update(best=best_of(clf), examples_per_s=speed(clf))
     if "evaluate" in stages:
         prefix = "" if args.classifier_name == "classifier" else f"{args.classifier_name}_"
         log["evaluate"] = {
-            "imdb_test": evaluate(clf, IMDB / "test.csv", "text", runs / f"{prefix}imdb_test.json"),
-            "sst2_test": evaluate(clf, SST2, "sentence", runs / f"{prefix}sst2_test.json"),
+            "imdb_test": evaluate(
+                clf, data.imdb / "test.csv", "text", runs / f"{prefix}imdb_test.json", device
+            ),
+            "sst2_test": evaluate(clf, data.sst2, "sentence", runs / f"{prefix}sst2_test.json", device),
         }
         print(json.dumps(log["evaluate"], indent=2), flush=True)
         out.write_text(json.dumps(log, indent=2))
     if "baseline" in stages:  # the same classifier from random weights, the same tokenizer and budget
-        baseline(runs, lm, log, args.classifier_minutes)
+        baseline(runs, lm, log, args.classifier_minutes, data)
         out.write_text(json.dumps(log, indent=2))
     if "sst" in stages:
-        sst(runs, tuned, log)
+        sst(runs, tuned, log, data)
         out.write_text(json.dumps(log, indent=2))
     if "default" in stages:
-        default_model(runs, tuned, log, Path(args.ship) if args.ship else None)
+        default_model(runs, tuned, log, Path(args.ship) if args.ship else None, data)
         out.write_text(json.dumps(log, indent=2))
     if "ablation" in stages:
         variants = [v for v in args.variants.split(",") if v]
@@ -127,7 +143,7 @@ def main() -> None:
     print(f"results: {out}")
 
 
-def baseline(runs: Path, lm: Path, log: dict, minutes: float) -> None:
+def baseline(runs: Path, lm: Path, log: dict, minutes: float, data: Data) -> None:
     """configs/imdb.yaml without --init-from: the language model's shape and tokenizer, random weights,
     tuned for a random start: every layer trained from the first step at one learning rate (gradual
     unfreezing and discriminative rates only make sense for pretrained layers)."""
@@ -141,28 +157,31 @@ def baseline(runs: Path, lm: Path, log: dict, minutes: float) -> None:
     }
     path, folder = runs / "baseline.yaml", runs / "baseline"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = ["nlp-rnn", "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+    cmd = [*NLP_RNN, "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+    cmd += ["--train", str(data.imdb / "train.csv")]
     run(cmd + ["--tokenizer", str(lm / "best"), "--max-minutes", str(minutes)], log, "baseline")
     log["baseline"]["best"] = best_of(folder)
-    log["baseline"]["imdb_test"] = evaluate(folder, IMDB / "test.csv", "text", runs / "baseline_imdb.json")
+    log["baseline"]["imdb_test"] = evaluate(
+        folder, data.imdb / "test.csv", "text", runs / "baseline_imdb.json"
+    )
     print(json.dumps(log["baseline"], indent=2), flush=True)
 
 
-def sst(runs: Path, tuned: Path, log: dict) -> None:
+def sst(runs: Path, tuned: Path, log: dict, data: Data) -> None:
     """SST-2 (phrase-level training set) and SST-5 (sentences only), both started from the fine-tuned LM."""
     for name, config, test in (
-        ("sst2_transfer", "configs/sst2_transfer.yaml", SST2),
-        ("sst5_transfer", "configs/sst5_transfer.yaml", DATA / "sst" / "sst5" / "test.tsv"),
+        ("sst2_transfer", "configs/sst2_transfer.yaml", data.sst2),
+        ("sst5_transfer", "configs/sst5_transfer.yaml", data.sst5),
     ):
         folder = runs / name
-        cmd = ["nlp-rnn", "train", "classifier", "--config", config, "--init-from", str(tuned)]
+        cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(tuned)]
         run(cmd + ["--output", str(folder), "--quiet"], log, name)
         log[name]["best"] = best_of(folder)
         log[name]["test"] = evaluate(folder, test, "sentence", runs / f"{name}_test.json")
         print(json.dumps(log[name], indent=2), flush=True)
 
 
-def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None) -> None:
+def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None, data: Data) -> None:
     """The shipped default: IMDb's training reviews and SST-2's training phrases together (configs/sentiment.yaml)."""
     import csv
 
@@ -171,16 +190,16 @@ def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None) -> None
     )  # TSV is read without quoting: one row a line, tabs only between fields
     with open(table, "w", encoding="utf-8") as out:
         out.write("text\tlabel\n")
-        with open(IMDB / "train.csv", encoding="utf-8", newline="") as rows:
+        with open(data.imdb / "train.csv", encoding="utf-8", newline="") as rows:
             for row in csv.DictReader(rows):
                 out.write(" ".join(row["text"].split()) + "\t" + row["label"] + "\n")
-        with open(DATA / "sst" / "sst2" / "train_phrases.tsv", encoding="utf-8") as rows:
+        with open(data.phrases, encoding="utf-8") as rows:
             next(rows)
             for line in rows:
                 text, label = line.rstrip("\n").rsplit("\t", 1)
                 out.write(" ".join(text.split()) + "\t" + label + "\n")
     folder = runs / "sentiment"
-    cmd = ["nlp-rnn", "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
+    cmd = [*NLP_RNN, "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
     run(cmd + ["--output", str(folder), "--quiet"], log, "default")
     log["default"]["best"] = best_of(folder)
     model = folder
@@ -193,8 +212,8 @@ def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None) -> None
         bundles.save(ship, bundle, half=True)
         model = ship
         log["default"]["shipped"] = {"path": str(ship), "megabytes": round(folder_size(ship) / 1e6, 1)}
-    log["default"]["imdb_test"] = evaluate(model, IMDB / "test.csv", "text", runs / "default_imdb.json")
-    log["default"]["sst2_test"] = evaluate(model, SST2, "sentence", runs / "default_sst2.json")
+    log["default"]["imdb_test"] = evaluate(model, data.imdb / "test.csv", "text", runs / "default_imdb.json")
+    log["default"]["sst2_test"] = evaluate(model, data.sst2, "sentence", runs / "default_sst2.json")
     print(json.dumps(log["default"], indent=2), flush=True)
 
 
@@ -236,7 +255,7 @@ def ablation(
         path = runs / f"ablation-{k}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         folder = runs / f"ablation-{k}"
-        cmd = ["nlp-rnn", "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+        cmd = [*NLP_RNN, "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
         cmd += ["--init-from", str(start)] if start else ["--tokenizer", str(lm / "best")]
         run(cmd + ["--max-minutes", str(minutes)], results["runs"], name)
         results["runs"][name]["val_acc"] = best_of(folder).get("val_acc")
@@ -253,6 +272,14 @@ def validations(run_dir: Path) -> list[list[float]]:
     """[minutes, held-out accuracy] of each validation of a run (its metrics.jsonl)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [[round(r["elapsed_s"] / 60, 2), r["val_acc"]] for r in rows if "val_acc" in r]
+
+
+def speed(run_dir: Path) -> float | None:
+    """The median of a run's logged training rates, its first two windows (warm-up) left out: target tokens
+    per second for a language model, examples (reviews) per second for a classifier."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    return statistics.median(rates) if rates else None
 
 
 def best_of(run_dir: Path) -> dict:

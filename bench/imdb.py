@@ -23,7 +23,7 @@ from pathlib import Path
 from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
-NLP_RNN = [sys.executable, "-m", "nlp_rnn"]  # the command, also where the package is on PYTHONPATH only
+NLP_RNN = [sys.executable, "-m", "nlp_rnn"]  # works also where the package is on PYTHONPATH, not installed
 
 
 class Data:
@@ -93,6 +93,7 @@ def main() -> None:
     log: dict = json.loads(out.read_text()) if out.exists() else {}
     log["cpu"] = cpu_name()
     data, device = Data(Path(args.data)), args.device
+    log["device"] = device
     common = ["--quiet", "--device", device]
     lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / args.classifier_name
     if "pretrain" in stages:

@@ -271,15 +271,18 @@ def ablation(
 
 def validations(run_dir: Path) -> list[list[float]]:
     """[minutes, held-out accuracy] of each validation of a run (its metrics.jsonl)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [[round(r["elapsed_s"] / 60, 2), r["val_acc"]] for r in rows if "val_acc" in r]
+    return [[round(r["elapsed_s"] / 60, 2), r["val_acc"]] for r in metrics(run_dir) if "val_acc" in r]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (training windows and validations)."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def speed(run_dir: Path) -> float | None:
     """The median of a run's logged training rates, its first two windows (warm-up) left out: target tokens
     per second for a language model, examples (reviews) per second for a classifier."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    rates = [r["tokens_per_s"] for r in metrics(run_dir) if "tokens_per_s" in r][2:]
     return statistics.median(rates) if rates else None
 
 

@@ -58,17 +58,17 @@ class AdditiveAttention(Attention):
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         projected = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
+        score = lambda k, q: self.energy((k + q).tanh_()).squeeze(-1)  # noqa: E731  (b, S, A) -> (b, S)
         rows = max(1, CHUNK // max(keys.size(1) * keys.size(2), 1))
         if torch.is_grad_enabled() or keys.size(0) <= rows or _exporting():
-            hidden = (keys + projected).tanh_()  # (B, S, A), one tensor, not two
-            return self.energy(hidden).squeeze(-1)  # (B, S)
+            return score(keys, projected)  # one (B, S, A) tensor, not two
         # Decoding a large batch: a few rows at a time, so that the sum, its tanh and the product with v
         # stay in the core's cache instead of making three passes over a (B, S, A) tensor in memory
         # (about 25 % faster for a batch of 256 here). Each row's score is the same either way.
         scores = keys.new_empty(keys.shape[:2])  # (B, S)
         for start in range(0, keys.size(0), rows):
             part = slice(start, start + rows)
-            scores[part] = self.energy((keys[part] + projected[part]).tanh_()).squeeze(-1)
+            scores[part] = score(keys[part], projected[part])
         return scores
 
 

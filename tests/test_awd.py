@@ -243,3 +243,19 @@ def test_an_adaptive_softmax_scores_with_its_full_normalised_distribution() -> N
         lm(vocab=50, adaptive_softmax=(20, 100))
     with pytest.raises(NlpRnnError, match="model.adaptive_softmax must be increasing"):
         LMModelConfig(adaptive_softmax=(100, 20))
+
+
+def test_an_adaptive_softmax_trains_under_bf16_autocast_with_its_fp32_loss() -> None:
+    """`precision: bf16` with an adaptive softmax: the recurrent stack runs under autocast, the adaptive
+    softmax in fp32 (torch's module mixes dtypes under autocast), so the loss and its gradient match fp32's."""
+    torch.manual_seed(0)
+    model = lm(vocab=300, adaptive_softmax=(20, 100), weight_dropout=0.0).train()
+    ids = torch.randint(4, 300, (2, 30))
+    nll, _, _ = model.loss(ids[:, :-1], ids[:, 1:], model.initial_state(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _, _ = model.loss(ids[:, :-1], ids[:, 1:], model.initial_state(2))
+        logp = model.log_probs(torch.randn(5, 16))
+    assert low.dtype == torch.float32 and logp.dtype == torch.float32
+    assert low.item() == pytest.approx(nll.item(), rel=2e-2)
+    low.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.output.parameters())

@@ -297,13 +297,15 @@ class LanguageModel(nn.Module):
     def _nll_sum(self, out: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of gold (N,) given top outputs (N, H)."""
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
-            return -self.output(out.float(), gold).output.sum()
+            with torch.autocast(out.device.type, enabled=False):  # torch's module mixes dtypes under autocast
+                return -self.output(out.float(), gold).output.sum()
         return linear_cross_entropy_sum(out, self.output.weight, self.output.bias, gold)
 
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:
         """Top outputs (N, H) -> the full normalised distribution (N, V) as log-probabilities."""
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
-            return self.output.log_prob(out.float())
+            with torch.autocast(out.device.type, enabled=False):
+                return self.output.log_prob(out.float())
         return torch.log_softmax(self.output(out).float(), dim=-1)
 
     def activation_penalty(

@@ -84,6 +84,19 @@ def test_min_length_and_no_repeat_ngram(copy_model) -> None:
         assert len(h.tokens) >= 5 or h.tokens[-1] != EOS
 
 
+def test_additive_attention_through_a_sigmoid_scores_bahdanaus_tanh_formula() -> None:
+    """The scores are v . tanh(W_k value + W_q query), computed with a sigmoid, in both paths."""
+    from nlp_rnn.nn.attention import AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(value_size=24, query_size=16, attention_size=64)
+    values, query = torch.randn(5, 7, 24) * 3, torch.randn(5, 16) * 3  # tanh's arguments well past +-1
+    expected = attention.energy(
+        torch.tanh(attention.key_layer(values) + attention.query_layer(query).unsqueeze(1))
+    ).squeeze(-1)
+    torch.testing.assert_close(attention.scores(query, attention.keys(values)), expected, rtol=0, atol=1e-5)
+
+
 def test_additive_attention_scored_in_pieces_when_decoding_equals_one_pass() -> None:
     """Decoding a large batch scores the additive attention a few rows at a time (to stay in cache); the
     scores and the context are those of the one-pass (training) path."""

@@ -113,3 +113,16 @@ def test_additive_attention_scored_in_pieces_when_decoding_equals_one_pass() -> 
         pieces = attention(query, keys, values, mask)
     for a, b in zip(whole, pieces):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-6)
+
+
+def test_tanh_through_a_sigmoid_when_decoding_equals_torchs_tanh() -> None:
+    """`fast.tanh` (2 sigmoid(2x) - 1 without gradients, the plain tanh with them) equals torch.tanh to
+    float32 rounding (bf16: to its own rounding)."""
+    from nlp_rnn.nn import fast
+
+    x = torch.linspace(-30, 30, 20001)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.tanh(x), torch.tanh(x), rtol=0, atol=3e-7)
+        torch.testing.assert_close(fast.tanh(x.bfloat16()), torch.tanh(x.bfloat16()), rtol=0, atol=8e-3)
+    y = x.clone().requires_grad_()
+    assert fast.tanh(y).grad_fn.name().startswith("Tanh")  # training keeps torch's tanh and its backward

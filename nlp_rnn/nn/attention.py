@@ -10,12 +10,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nlp_rnn.nn.fast import exporting
+
 CHUNK = 256 * 1024  # elements of (rows, S, A) per piece when decoding: 1 MB of float32
-
-
-def _exporting() -> bool:
-    """Traced or exported (ONNX, torch.compile): one graph for every batch size, so no loop over rows."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class Attention(nn.Module):
@@ -70,7 +67,7 @@ class AdditiveAttention(Attention):
             return self.energy(torch.add(k, q, alpha=2).sigmoid_()).squeeze(-1) * 2 - shift
 
         rows = max(1, CHUNK // max(keys.size(1) * keys.size(2), 1))
-        if torch.is_grad_enabled() or keys.size(0) <= rows or _exporting():
+        if torch.is_grad_enabled() or keys.size(0) <= rows or exporting():
             return score(keys, projected)  # one (B, S, A) tensor, not two
         # Decoding a large batch: a few rows at a time, so that the sum, its sigmoid and the product with v
         # stay in the core's cache instead of making three passes over a (B, S, A) tensor in memory

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlp_rnn.nn import fast
 from nlp_rnn.nn.attention import build_attention
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
@@ -77,14 +78,14 @@ def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, 
         size = h.size(1)
         rz = torch.sigmoid(gi[:, : 2 * size] + gh[:, : 2 * size])  # (B, 2H)
         r, z = rz[:, :size], rz[:, size:]
-        n = torch.tanh(gi[:, 2 * size :] + r * gh[:, 2 * size :])  # (B, H)
+        n = fast.tanh(gi[:, 2 * size :] + r * gh[:, 2 * size :])  # (B, H)
         return n + z * (h - n), None
     if cell == "lstm":
         i, f, g, o = (gi + gh).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * fast.tanh(g)
+        return torch.sigmoid(o) * fast.tanh(c), c
     pre = gi + gh
-    return (torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
+    return (fast.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
 
 
 class Cell(nn.Module):
@@ -214,7 +215,7 @@ class Decoder(nn.Module):
             context, weights = self.attention(x, memory.keys, memory.values, memory.mask)  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None
-        attentional = torch.tanh(self.combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
+        attentional = fast.tanh(self.combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
         new_state = DecoderState(tuple(hs), tuple(cs) if state.c is not None else None, attentional)
         return attentional, new_state, weights
 

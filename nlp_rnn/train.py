@@ -167,7 +167,7 @@ class Trainer:
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.average = (
             None if cfg.average == "none" else WeightAverage(self.model, cfg.average, cfg.ema_decay)
         )

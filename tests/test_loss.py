@@ -48,3 +48,29 @@ def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(
         torch.testing.assert_close(
             losses.linear_cross_entropy_sum(hidden, weight, b, target, smoothing), r.detach()
         )
+
+
+@pytest.mark.parametrize("rows", [700, 600])  # groups of 200 rows: the last one partial, or not
+def test_the_fused_loss_under_bf16_autocast_gathers_weight_gradients_by_group(rows: int, monkeypatch) -> None:
+    """Under bf16 autocast the softmax gradients are gathered over groups of chunks before one weight-gradient
+    product; loss and gradients stay those of linear-then-cross-entropy in fp32 to bf16's precision."""
+    from nlp_rnn.nn import loss as losses
+
+    monkeypatch.setattr(losses, "FUSE_ABOVE", 0)
+    monkeypatch.setattr(losses, "LINEAR_CHUNK_ROWS", 100)
+    monkeypatch.setattr(losses, "GROUP_ROWS", 200)
+    torch.manual_seed(2)
+    hidden, weight, b = torch.randn(rows, 32), torch.randn(301, 32) * 0.3, torch.randn(301) * 0.1
+    target = torch.randint(0, 301, (rows,))
+    mine = [t.clone().requires_grad_() for t in (hidden, weight, b)]
+    ref = [t.clone().requires_grad_() for t in (hidden, weight, b)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = losses.linear_cross_entropy_sum(*mine, target, 0.1)
+    r = F.cross_entropy(F.linear(*ref), target, reduction="sum", label_smoothing=0.1)
+    a.backward()
+    r.backward()
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, r, rtol=1e-2, atol=0)
+    for x, y in zip(mine, ref):
+        assert x.grad.dtype == torch.float32
+        torch.testing.assert_close(x.grad, y.grad, rtol=0, atol=0.02 * float(y.grad.abs().max()))

@@ -76,6 +76,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = (
             torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
         )
+        # In a 16-bit type the softmax gradients of GROUP_ROWS rows are gathered and multiplied into the weight
+        # gradient at once: one (V, H) product, cast and add per group instead of per chunk.
+        low = want_grad and dtype != acc
+        pending = (
+            torch.empty(min(rows, GROUP_ROWS), vocab, dtype=dtype, device=hidden.device) if low else None
+        )
+        group = 0  # first row of the gathered group
         for start in range(0, rows, LINEAR_CHUNK_ROWS):
             stop = min(start + LINEAR_CHUNK_ROWS, rows)
             logits = F.linear(h[start:stop], w, b).to(acc)  # (C, V), in cache
@@ -90,12 +97,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(stop - start, device=probs.device), gold] -= 1.0 - smoothing
                 if smoothing > 0:
                     probs.sub_(smoothing / vocab)
-                g = probs.to(dtype)
-                grad_h[start:stop] = g @ w  # (C, H)
-                if dtype == acc:
-                    grad_w.addmm_(g.t(), h[start:stop])  # (V, H), accumulated in place
+                if not low:
+                    grad_h[start:stop] = probs @ w  # (C, H)
+                    grad_w.addmm_(probs.t(), h[start:stop])  # (V, H), accumulated in place
                 else:
-                    grad_w += (g.t() @ h[start:stop]).to(acc)
+                    g = pending[start - group : stop - group]
+                    g.copy_(probs)  # cast into the group's buffer
+                    grad_h[start:stop] = g @ w  # (C, H)
+                    if stop - group == pending.size(0) or stop == rows:
+                        grad_w += (pending[: stop - group].t() @ h[group:stop]).to(acc)
+                        group = stop
                 if grad_b is not None:
                     grad_b += probs.sum(dim=0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -111,6 +122,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 LINEAR_CHUNK_ROWS = 256
+GROUP_ROWS = 8 * LINEAR_CHUNK_ROWS  # 16-bit softmax gradients gathered per weight-gradient product
 FUSE_ABOVE = 1 << 22  # logits elements (16 MB in fp32): smaller ones fit in cache and are cheaper made whole
 
 

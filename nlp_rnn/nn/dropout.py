@@ -14,6 +14,14 @@ from torch import nn
 SMALL = 1 << 16  # below this many elements the mask's cost is per-call overhead: torch's single kernel wins
 
 
+def dropped(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x with each element kept with probability 1 - p and scaled by 1 / (1 - p) (training's dropout)."""
+    if x.device.type != "cpu" or x.numel() < SMALL:
+        return F.dropout(x, p, True)
+    mask = torch.rand(x.shape, device=x.device).ge_(p).div_(1 - p)  # (..) 0 or 1/(1-p)
+    return x * mask.to(x.dtype)
+
+
 class Dropout(nn.Module):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
@@ -24,10 +32,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu" or x.numel() < SMALL:
-            return F.dropout(x, self.p, True)
-        mask = torch.rand(x.shape, device=x.device).ge_(self.p).div_(1 - self.p)  # (..) 0 or 1/(1-p)
-        return x * mask.to(x.dtype)
+        return dropped(x, self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

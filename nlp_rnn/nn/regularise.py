@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
-from nlp_rnn.nn.dropout import Dropout
+from nlp_rnn.nn.dropout import Dropout, dropped
 from nlp_rnn.nn.encoder import rnn_module
 from nlp_rnn.nn.int8 import Int8Stack
 
@@ -67,7 +67,7 @@ def run_weight_dropped(rnn: nn.Module, p: float, x, hx):
     element kept with probability 1 - p and scaled by 1 / (1 - p), one mask for the whole call."""
     if not rnn.training or p == 0 or not isinstance(rnn, nn.RNNBase):
         return rnn(x, hx)
-    masked = {name: F.dropout(getattr(rnn, name), p, True) for name in hidden_weights(rnn)}
+    masked = {name: dropped(getattr(rnn, name), p) for name in hidden_weights(rnn)}
     return functional_call(rnn, masked, (x, hx))
 
 

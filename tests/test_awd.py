@@ -245,10 +245,27 @@ def test_an_adaptive_softmax_scores_with_its_full_normalised_distribution() -> N
         LMModelConfig(adaptive_softmax=(100, 20))
 
 
-def test_an_adaptive_softmax_trains_under_bf16_autocast_with_its_fp32_loss() -> None:
-    """`precision: bf16` with an adaptive softmax: the recurrent stack runs under autocast, the adaptive
-    softmax in fp32 (torch's module mixes dtypes under autocast), so the loss and its gradient match fp32's."""
+def test_an_adaptive_softmax_loss_equals_torchs_module_and_trains_under_bf16_autocast() -> None:
+    """The language model's adaptive-softmax loss is torch's module's (loss and gradients, fp32); under bf16
+    autocast (`precision: bf16`) its products run in bf16 and the loss stays fp32 and close to fp32's."""
+    from nlp_rnn.nn.language_model import adaptive_nll_sum
+
     torch.manual_seed(0)
+    asm = nn.AdaptiveLogSoftmaxWithLoss(16, 300, [20, 100], div_value=4.0, head_bias=True)
+    out, gold = torch.randn(500, 16), torch.randint(0, 300, (500,))
+    gold[:4] = torch.tensor([0, 19, 20, 299])  # the edges of the head and the clusters
+    mine, ref = out.clone().requires_grad_(), out.clone().requires_grad_()
+    a = adaptive_nll_sum(asm, mine, gold)
+    a.backward()
+    grads = [p.grad.clone() for p in asm.parameters()]
+    asm.zero_grad()
+    b = -asm(ref, gold).output.sum()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(mine.grad, ref.grad)
+    for g, p in zip(grads, asm.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
     model = lm(vocab=300, adaptive_softmax=(20, 100), weight_dropout=0.0).train()
     ids = torch.randint(4, 300, (2, 30))
     nll, _, _ = model.loss(ids[:, :-1], ids[:, 1:], model.initial_state(2))

@@ -297,8 +297,7 @@ class LanguageModel(nn.Module):
     def _nll_sum(self, out: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of gold (N,) given top outputs (N, H)."""
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
-            with torch.autocast(out.device.type, enabled=False):  # torch's module mixes dtypes under autocast
-                return -self.output(out.float(), gold).output.sum()
+            return adaptive_nll_sum(self.output, out, gold)
         return linear_cross_entropy_sum(out, self.output.weight, self.output.bias, gold)
 
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:
@@ -369,3 +368,27 @@ class LanguageModel(nn.Module):
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):  # log-probabilities serve as logits
             return self.output.log_prob(out.squeeze(1).float()), state, None
         return self.output(out.squeeze(1)), state, None
+
+
+def adaptive_nll_sum(
+    asm: nn.AdaptiveLogSoftmaxWithLoss, out: torch.Tensor, gold: torch.Tensor
+) -> torch.Tensor:
+    """Summed negative log-likelihood of gold (N,) under an adaptive softmax given top outputs (N, H): the
+    computation of torch's module with the same parameters, but its products may run under autocast (bf16,
+    2.5x the fp32 product rate on an AVX-512-BF16 CPU) while the log-softmaxes and the sum stay fp32 (torch's
+    module cannot run under autocast: it mixes the two types in one buffer)."""
+    short = asm.shortlist_size
+    head = torch.log_softmax(asm.head(out).float(), dim=-1)  # (N, shortlist + clusters)
+    cluster = torch.bucketize(
+        gold, torch.tensor(asm.cutoffs, device=gold.device), right=True
+    )  # (N,) 0 = head
+    column = torch.where(cluster == 0, gold, short + cluster - 1)
+    logp = head.gather(1, column.unsqueeze(1)).squeeze(1)  # (N,)
+    for i, tail in enumerate(asm.tail):
+        rows = (cluster == i + 1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        inside = torch.log_softmax(tail(out.index_select(0, rows)).float(), dim=-1)  # (n, cluster size)
+        local = (gold.index_select(0, rows) - asm.cutoffs[i]).unsqueeze(1)
+        logp = logp.index_add(0, rows, inside.gather(1, local).squeeze(1))
+    return -logp.sum()

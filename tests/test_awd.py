@@ -276,3 +276,10 @@ def test_an_adaptive_softmax_loss_equals_torchs_module_and_trains_under_bf16_aut
     assert low.item() == pytest.approx(nll.item(), rel=2e-2)
     low.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.output.parameters())
+    half = model.eval().to(torch.bfloat16)  # `--precision bf16` inference: the whole model in bf16
+    with torch.no_grad():
+        out, _ = half.hidden(ids[:, :-1], half.initial_state(2))
+        assert half.log_probs(out[0]).dtype == torch.float32
+        assert half.loss(ids[:, :-1], ids[:, 1:], half.initial_state(2))[0].item() == pytest.approx(
+            nll.item(), rel=3e-2
+        )

@@ -303,9 +303,14 @@ class LanguageModel(nn.Module):
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:
         """Top outputs (N, H) -> the full normalised distribution (N, V) as log-probabilities."""
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
-            with torch.autocast(out.device.type, enabled=False):
-                return self.output.log_prob(out.float())
+            return self._adaptive_log_prob(out)
         return torch.log_softmax(self.output(out).float(), dim=-1)
+
+    def _adaptive_log_prob(self, out: torch.Tensor) -> torch.Tensor:
+        """The adaptive softmax's full log-distribution (N, V) in fp32, at its own weights' type (a bf16 model
+        reads bf16; torch's module cannot run under autocast)."""
+        with torch.autocast(out.device.type, enabled=False):
+            return self.output.log_prob(out.to(self.output.head.weight.dtype)).float()
 
     def activation_penalty(
         self, raw: torch.Tensor, dropped: torch.Tensor, mask: Optional[torch.Tensor]
@@ -366,7 +371,7 @@ class LanguageModel(nn.Module):
         """prev (B,) -> logits (B, V), the new state, no attention."""
         out, state = self.hidden(prev.unsqueeze(1), state, memory.condition)  # (B, 1, H)
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):  # log-probabilities serve as logits
-            return self.output.log_prob(out.squeeze(1).float()), state, None
+            return self._adaptive_log_prob(out.squeeze(1)), state, None
         return self.output(out.squeeze(1)), state, None
 
 

@@ -19,6 +19,12 @@ def wait_for(base: str, seconds: float = 120) -> None:
             time.sleep(0.1)
 
 
+def logged_rates(records: list[dict]) -> list[float]:
+    """A training run's logged rates (`tokens_per_s` of its metrics.jsonl records: target tokens, or examples,
+    per second), its first two windows (warm-up) left out; the benchmarks report their median."""
+    return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]
+
+
 def cpu_name() -> str:
     """The CPU's model name and core count (Linux), for the machine line of a report."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_name, logged_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 NLP_RNN = [sys.executable, "-m", "nlp_rnn"]  # works also where the package is on PYTHONPATH, not installed
@@ -282,7 +282,7 @@ def metrics(run_dir: Path) -> list[dict]:
 def speed(run_dir: Path) -> float | None:
     """The median of a run's logged training rates, its first two windows (warm-up) left out: target tokens
     per second for a language model, examples (reviews) per second for a classifier."""
-    rates = [r["tokens_per_s"] for r in metrics(run_dir) if "tokens_per_s" in r][2:]
+    rates = logged_rates(metrics(run_dir))
     return statistics.median(rates) if rates else None
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import logged_rates
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
@@ -101,7 +103,7 @@ def main() -> None:
     wall = time.monotonic() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    speed = [r["tokens_per_s"] for r in lines if "tokens_per_s" in r][2:]
+    speed = logged_rates(lines)
     curve = [(r["elapsed_s"], r["step"], r["val_bleu"]) for r in lines if "val_bleu" in r]
     result = {
         "config": args.config,

@@ -76,9 +76,21 @@ def main() -> None:
     )
     parser.add_argument("--ablation-minutes", type=float, default=6)
     parser.add_argument(
+        "--default-minutes",
+        type=float,
+        default=0,
+        help="default stage: its budget (0: configs/sentiment.yaml's)",
+    )
+    parser.add_argument(
         "--variants",
         default="",
         help="ablation stage: only the variants whose names contain one of these (comma-separated)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="pretrain stage: continue RUNS/lm from its last/ bundle up to --pretrain-minutes in all "
+        "(its schedule halves the rate on a plateau, so a longer budget continues the same run)",
     )
     parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
@@ -100,6 +112,8 @@ def main() -> None:
         cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
         cmd += ["--train", str(data.wiki / "wiki.train.tokens"), "--train", str(data.imdb / "train.csv")]
         cmd += ["--valid", str(data.wiki / "wiki.valid.tokens"), "--max-minutes", str(args.pretrain_minutes)]
+        if args.resume:
+            cmd.append("--resume")
         run(cmd + common, log, "pretrain")
         log["pretrain"].update(best=best_of(lm), target_tokens_per_s=speed(lm))
     if "finetune" in stages:
@@ -135,7 +149,7 @@ def main() -> None:
         sst(runs, tuned, log, data)
         out.write_text(json.dumps(log, indent=2))
     if "default" in stages:
-        default_model(runs, tuned, log, Path(args.ship) if args.ship else None, data)
+        default_model(runs, tuned, log, Path(args.ship) if args.ship else None, data, args.default_minutes)
         out.write_text(json.dumps(log, indent=2))
     if "ablation" in stages:
         variants = [v for v in args.variants.split(",") if v]
@@ -182,7 +196,9 @@ def sst(runs: Path, tuned: Path, log: dict, data: Data) -> None:
         print(json.dumps(log[name], indent=2), flush=True)
 
 
-def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None, data: Data) -> None:
+def default_model(
+    runs: Path, tuned: Path, log: dict, ship: Path | None, data: Data, minutes: float = 0
+) -> None:
     """The shipped default: IMDb's training reviews and SST-2's training phrases together (configs/sentiment.yaml)."""
     import csv
 
@@ -201,7 +217,14 @@ def default_model(runs: Path, tuned: Path, log: dict, ship: Path | None, data: D
                 out.write(" ".join(text.split()) + "\t" + label + "\n")
     folder = runs / "sentiment"
     cmd = [*NLP_RNN, "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
-    run(cmd + ["--output", str(folder), "--quiet"], log, "default")
+    cmd += [
+        "--train",
+        str(table),
+        "--output",
+        str(folder),
+        "--quiet",
+    ]  # the table under --runs, wherever that is
+    run(cmd + (["--max-minutes", str(minutes)] if minutes else []), log, "default")
     log["default"]["best"] = best_of(folder)
     model = folder
     if ship is not None:

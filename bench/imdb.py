@@ -1,8 +1,9 @@
 """The sentiment-transfer pipeline on IMDb, each stage timed: pretrain a language model, fine-tune it on the
 reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, raw text in).
 
-    python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 25]
+    python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 20]
                          [--stages pretrain,finetune,classifier,evaluate] [--device cuda] [--data DIR]
+                         [--resume]  (continue the pretrain stage of --runs to --pretrain-minutes in all)
 
 Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language model on WikiText-2's training
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;

@@ -2,9 +2,10 @@
 
 import os
 
-# Tensors of 2 MB and more on transparent huge pages (torch reads this once, when it is imported): in a
-# virtual machine every 4 KB page fault of a fresh large tensor is expensive, and a training step makes many
-# (docs/results.md: about 10 % of the translation step on a 2-core AMD EPYC). Set it to 0 to turn it off.
+# Tensors of 2 MB and more on transparent huge pages: in a virtual machine every 4 KB page fault of a fresh
+# large tensor is expensive, and a training step makes many (docs/results.md: a quarter of a profiled bf16
+# translation step on a 2-core AMD EPYC). torch reads this once, when it is imported, so it takes effect only
+# when nlp_rnn is imported first (the `nlp-rnn` command; docs/training.md). Set it to 0 to turn it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from nlp_rnn.version import __version__  # noqa: E402

@@ -12,7 +12,10 @@ ENGINE = typer.Option(
     "torch", "--engine", help="torch, or onnxruntime with --model an exported folder (nlp-rnn export)."
 )
 PRECISION_AUTO = typer.Option(
-    "auto", "--precision", help="auto (bf16 where the CPU has it), fp32 (exact), bf16 or int8 (CPU)."
+    "auto",
+    "--precision",
+    help="auto (the fastest measured within tolerance on this CPU kind, docs/deployment.md), fp32 (exact), bf16 "
+    "or int8 (CPU).",
 )
 PRETRAINED = typer.Option(
     None,

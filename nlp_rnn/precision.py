@@ -19,7 +19,7 @@ from nlp_rnn.errors import NlpRnnError
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 # `--precision auto` for inference on a CPU: kind -> task (or "*") -> precision, from
-# `bench/decode_speed.py` side by side on one machine (docs/performance.md has the runs). None: unmeasured.
+# `bench/decode_speed.py` side by side on one machine (docs/results.md has the runs). None: unmeasured.
 INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # AMD EPYC (Zen 4), AVX-512 BF16, 2 cores: greedy de->en 824 (int8) / 661 (bf16) / 335 (fp32) sentences/s;
     # again 2026-12-01 with the shortlist and the sigmoid attention: greedy 1,073 / 975 / 434, beam 5 234 / 198 / 122.

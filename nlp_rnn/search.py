@@ -161,6 +161,42 @@ def _banned_ngrams(seqs: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
     return banned
 
 
+def _merge_finished(
+    rows: torch.Tensor,
+    ends: torch.Tensor,
+    logp: torch.Tensor,
+    seq: torch.Tensor,
+    t: int,
+    opts: SearchOptions,
+    finished: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    attention: Optional[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Beam search: the candidates that end at step t (`ends` (h, K), their log-probabilities and sequences
+    (h, K, t+1)) join the finished sets of the original batch's `rows` (h,), which keep their best K by
+    normalised score. `finished` = (sequences (B, K, T), lengths, log-probabilities, scores (B, K)), updated
+    in place; `attention` = (the finished weights (B, K, T, S), the candidates' (h, K, t+1, S)) or None."""
+    fin_seq, fin_len, fin_logp, fin_score = finished
+    h, k = ends.shape
+    steps = fin_seq.size(2)
+    length = torch.full((h, k), t + 1, dtype=torch.long, device=ends.device)
+    new_score = _normalise(logp, length, opts).masked_fill(~ends, NEG_INF)
+    best_score, pick = torch.cat([fin_score[rows], new_score], dim=1).topk(k, dim=1)  # of (h, 2K)
+    padded = seq.new_zeros(h, k, steps)
+    padded[:, :, : t + 1] = seq
+    pool_seq = torch.cat([fin_seq[rows], padded], dim=1)  # (h, 2K, T)
+    fin_seq[rows] = pool_seq.gather(1, pick.unsqueeze(2).expand(-1, -1, steps))
+    fin_len[rows] = torch.cat([fin_len[rows], length], dim=1).gather(1, pick)
+    fin_logp[rows] = torch.cat([fin_logp[rows], logp.masked_fill(~ends, NEG_INF)], dim=1).gather(1, pick)
+    fin_score[rows] = best_score
+    if attention is not None:
+        fin_att, att = attention
+        width = fin_att.size(3)
+        new_att = fin_att.new_zeros(h, k, steps, width)
+        new_att[:, :, : t + 1] = att
+        pool_att = torch.cat([fin_att[rows], new_att], dim=1)  # (h, 2K, T, S)
+        fin_att[rows] = pool_att.gather(1, pick.view(h, k, 1, 1).expand(-1, -1, steps, width))
+
+
 @torch.no_grad()
 def beam_search(
     model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()
@@ -232,26 +268,20 @@ def beam_search(
         at_limit = (limit <= t + 1).unsqueeze(1)  # (b, 1) the last step ends every hypothesis
         ends = ((token == EOS) | at_limit) & (top_logp > NEG_INF)  # (b, K)
 
-        # Merge the candidates that end here into the finished set (top K by normalised score).
-        length = torch.full((b, k), t + 1, dtype=torch.long, device=dev)
-        new_score = _normalise(top_logp, length, opts).masked_fill(~ends, NEG_INF)
-        old = fin_score[active]  # (b, K)
-        pool_score = torch.cat([old, new_score], dim=1)  # (b, 2K)
-        best_score, pick = pool_score.topk(k, dim=1)  # (b, K)
-        padded = torch.zeros(b, k, steps, dtype=torch.long, device=dev)
-        padded[:, :, : t + 1] = seq.view(b, k, t + 1)
-        pool_seq = torch.cat([fin_seq[active], padded], dim=1)  # (b, 2K, T)
-        fin_seq[active] = pool_seq.gather(1, pick.unsqueeze(2).expand(-1, -1, steps))
-        fin_len[active] = torch.cat([fin_len[active], length], dim=1).gather(1, pick)
-        fin_logp[active] = torch.cat([fin_logp[active], top_logp.masked_fill(~ends, NEG_INF)], dim=1).gather(
-            1, pick
-        )
-        fin_score[active] = best_score
-        if fin_att is not None:
-            new_att = torch.zeros(b, k, steps, src_width, device=dev)
-            new_att[:, :, : t + 1] = alive_att.view(b, k, t + 1, src_width)
-            pool_att = torch.cat([fin_att[active], new_att], dim=1)  # (b, 2K, T, S)
-            fin_att[active] = pool_att.gather(1, pick.view(b, k, 1, 1).expand(-1, -1, steps, src_width))
+        # Merge the candidates that end here into the finished set (top K by normalised score), for the
+        # sentences that have any (the others' finished sets would keep what they hold).
+        hit = ends.any(dim=1).nonzero().squeeze(1)  # (h,) rows of this step's batch
+        if hit.numel():
+            _merge_finished(
+                active[hit],
+                ends[hit],
+                top_logp[hit],
+                seq.view(b, k, t + 1)[hit],
+                t,
+                opts,
+                (fin_seq, fin_len, fin_logp, fin_score),
+                None if fin_att is None else (fin_att, alive_att.view(b, k, t + 1, src_width)[hit]),
+            )
 
         alive_logp = top_logp.masked_fill(ends, NEG_INF)  # (b, K)
         best_alive = alive_logp.max(dim=1).values  # (b,)

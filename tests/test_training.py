@@ -148,3 +148,13 @@ def test_existing_run_is_not_overwritten_without_resume(multi30k: Path, tmp_path
     shutil.rmtree(tmp_path / "run" / "last")
     with pytest.raises(NlpRnnError, match="nothing to resume"):
         train_translation(tiny_config(data, max_steps=2), tmp_path / "run", resume=True, progress_bar=False)
+
+
+def test_fused_adam_only_where_torch_has_it(monkeypatch) -> None:
+    from nlp_rnn.train import fused_adam
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for version, on_cpu in (("2.3.1+cpu", False), ("2.4.0", True), ("2.13.0+cpu", True), ("2.1.0", False)):
+        monkeypatch.setattr(torch, "__version__", version)
+        assert fused_adam(cpu) == on_cpu and fused_adam(cuda), version
+    assert not fused_adam(torch.device("mps"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CHECKPOINTS
+from helpers import CHECKPOINTS, NYSE, ROOT
 
 from nlp_rnn.cli import main
 from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
@@ -78,12 +78,15 @@ def test_the_head_standardises_features_across_documents_and_takes_a_batch_of_on
         replace(model.cfg, head_norm="group")
 
 
-def saved_for_backward(model: torch.nn.Module, length: int) -> int:
-    count = 0
+def saved_for_backward(model: torch.nn.Module, length: int) -> tuple[int, int]:
+    """The tensors autograd keeps for one training step on two documents of `length` tokens: how many, and
+    their elements in all."""
+    count = elements = 0
 
     def pack(t):
-        nonlocal count
+        nonlocal count, elements
         count += 1
+        elements += t.numel()
         return t
 
     batch = make_batch([torch.randint(5, 50, (length,)).tolist()] * 2, labels=[0, 1])
@@ -91,13 +94,15 @@ def saved_for_backward(model: torch.nn.Module, length: int) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss, _ = model(batch)
     loss.backward()
-    return count
+    return count, elements
 
 
-def test_memory_for_a_long_document_is_bounded_by_the_windows_with_gradients() -> None:
-    model = document_model(window=8, grad_windows=2, locked_dropout=True)
+@pytest.mark.parametrize("per_layer", [False, True], ids=["fused stack", "a layer at a time"])
+def test_memory_for_a_long_document_is_bounded_by_the_windows_with_gradients(per_layer: bool) -> None:
+    model = document_model(window=8, grad_windows=2, locked_dropout=per_layer)
     five, fifty = saved_for_backward(model, 5 * 8), saved_for_backward(model, 50 * 8)
-    assert five == fifty > 0
+    assert five == fifty and five[0] > 0  # as many tensors, as many elements: none grows with the document
+    assert saved_for_backward(model, 8)[1] < five[1]  # one window with gradients keeps less than two
 
 
 def test_normalisation_is_idempotent_and_the_raw_and_normalised_text_classify_alike(tmp_path: Path) -> None:
@@ -203,13 +208,17 @@ def test_the_slanted_triangle_warms_up_then_decays(tmp_path: Path, language_mode
     assert lrs[-1] < lrs[peak] / 4 and result
 
 
-def test_bad_starts_are_one_line_each(tmp_path: Path, language_model) -> None:
+def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) -> None:
+    forecaster = tmp_path / "forecaster"
+    assert main(["train", "forecaster", "--config", str(ROOT / "configs" / "nyse.yaml"), "--data", str(NYSE),
+                 "--output", str(forecaster), "--max-steps", "1", "--quiet"]) == 0  # fmt: skip
     cfg = classifier_config(tmp_path, language_model)
     prepare = tasks.get("classification").prepare
     for where, message in (
         (tmp_path / "missing", "no such folder"),
         (CHECKPOINTS / "multi30k-de-en", "a translation model; a classifier starts from a language model"),
         (CHECKPOINTS / "sst2", "a classification model"),
+        (forecaster, "a forecasting model; a classifier starts from a language model"),
     ):
         bad = replace(cfg, model=replace(cfg.model, init_from=str(where)))
         with pytest.raises(NlpRnnError, match=message):
@@ -220,6 +229,24 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model) -> None:
         match=r"its body \(hidden_size 16\) does not fit the config's model.body \(hidden_size 32\)",
     ):
         prepare(wrong, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+    other = replace(cfg, tokenizer=TokenizerConfig(model_type="bpe", vocab_size=300))
+    with pytest.raises(NlpRnnError, match=r"its tokenizer \(model_type unigram, byte_exact True, normalise "):
+        prepare(other, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+    with pytest.raises(NlpRnnError, match="--tokenizer .* and --init-from .*: .* give one of them"):
+        prepare(
+            cfg, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run", folder=language_model / "best")
+        )
+    # and through the command: exit status 2, one line, nothing written
+    config = tmp_path / "classifier.yaml"
+    config.write_text(f"data: {{train: {cfg.data.train}, valid: {cfg.data.valid}, text_column: text}}\n")
+    for start in (tmp_path / "missing", forecaster, CHECKPOINTS / "multi30k-de-en"):
+        capsys.readouterr()
+        args = ["train", "classifier", "--config", str(config), "--init-from", str(start)]
+        args += ["--output", str(tmp_path / "c")]
+        assert main([*args, "--max-steps", "1", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(start) in err, err
+        assert not (tmp_path / "c" / "last").exists()
 
 
 def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
@@ -247,6 +274,14 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     for a, b in zip(int8, out):
         assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05
     assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 2
+    # evaluate reports the share of pieces spelt as bytes: none for text like the training text, some for
+    # characters the tokenizer never saw
+    for name, text, unknown in (("seen", REVIEWS[0][0], False), ("unseen", "映画は素晴らしい", True)):
+        (tmp_path / f"{name}.tsv").write_text(f"text\tlabel\n{text}\t1\n{text}\t0\n")
+        report = tmp_path / f"{name}.json"
+        args = ["--data", str(tmp_path / f"{name}.tsv"), "--text-column", "text", "--report", str(report)]
+        assert main(["evaluate", "--model", str(tmp_path / "run"), *args]) == 0
+        assert (json.loads(report.read_text())["sets"][0]["unknown_share"] > 0) == unknown, name
 
 
 def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(

@@ -85,6 +85,11 @@ class ClassificationTask(tasks.Task):
             valid_spec = labeled_source(cfg.data, "valid")
             valid_texts, valid_labels = read_labeled(valid_spec)
         start = transfer.start_from(cfg) if cfg.model.init_from else None
+        if start and tokenizer.folder is not None:
+            raise NlpRnnError(
+                f"--tokenizer {tokenizer.folder} and --init-from {cfg.model.init_from}: a classifier started "
+                "from a language model takes its tokenizer; give one of them"
+            )
         cfg = start.config if start else cfg
         values = label_names(train_labels)
         if len(values) < 2:
@@ -207,6 +212,10 @@ class ClassificationTask(tasks.Task):
                     **report,
                     "seconds": round(seconds, 2),
                     "sentences_per_s": round(len(texts) / max(seconds, 1e-9), 1),
+                    # pieces the tokenizer could only spell as <unk> or bytes: text unlike its training text
+                    "unknown_share": round(
+                        bundle.tokenizer.unknown_share(bundle.tokenizer.encode_src(texts)), 6
+                    ),
                 }
             )
         return {"task": self.name, "model": model_info(bundle), "sets": results}
@@ -216,7 +225,8 @@ class ClassificationTask(tasks.Task):
         for s in result["sets"]:
             lines.append(
                 f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 "
-                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples)"
+                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples; <unk>/byte-fallback pieces "
+                f"{100 * s['unknown_share']:.2f}%)"
             )
             lines += table(
                 ["label", "precision", "recall", "F1", "support"],

@@ -3,17 +3,18 @@
 The classifier takes the language model's tokenizer (with its normalisation), and its embeddings and
 recurrent stack become the document classifier's body (`model.encoder: language_model`). The body's
 shape (cell, sizes, layers, layer layout) comes from the language model; a config that states another
-shape is refused naming both. Its regularisation (dropouts, DropConnect) is the config's `model.body`
-where given, else the language model's. The vocabulary is the language model's own, so there are no
-new rows to initialise.
+shape, or another tokenizer, is refused naming both. Its regularisation (dropouts, DropConnect) is the
+config's `model.body` where given, else the language model's. The vocabulary is the language model's own,
+so there are no new rows to initialise.
 """
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from torch import nn
 
 from nlp_rnn.bundle import Bundle
+from nlp_rnn.config import TokenizerConfig
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
 from nlp_rnn.tasks import base as tasks
@@ -52,6 +53,22 @@ def _shape(cfg: LMModelConfig) -> dict:
     return {name: getattr(cfg, name) for name in SHAPE}
 
 
+def _check_tokenizer(
+    where: str, given: TokenizerConfig, default: TokenizerConfig, lm: TokenizerConfig
+) -> None:
+    """A config that states a tokenizer other than the language model's is refused naming both (the
+    classifier reads pieces of the language model's vocabulary; a config without one, which reads as
+    `default`, takes the model's)."""
+    if given in (default, lm):
+        return
+    differ = [f.name for f in fields(TokenizerConfig) if getattr(given, f.name) != getattr(lm, f.name)]
+    raise NlpRnnError(
+        f"--init-from {where}: its tokenizer ({', '.join(f'{n} {getattr(lm, n)}' for n in differ)}) does not fit "
+        f"the config's tokenizer ({', '.join(f'{n} {getattr(given, n)}' for n in differ)}); a classifier "
+        "started from a language model takes its tokenizer: leave tokenizer: out of the config"
+    )
+
+
 def start_from(cfg) -> Start:
     """The language model named by cfg.model.init_from, checked against the classifier config."""
     where = cfg.model.init_from
@@ -70,6 +87,7 @@ def start_from(cfg) -> Start:
             f"--init-from {where}: its body ({', '.join(f'{n} {getattr(lm, n)}' for n in differ)}) does not fit "
             f"the config's model.body ({', '.join(f'{n} {getattr(given, n)}' for n in differ)})"
         )
+    _check_tokenizer(where, cfg.tokenizer, type(cfg)().tokenizer, source.config.tokenizer)
     body = lm if given is None else given
     body = replace(body, tie_output=False, adaptive_softmax=(), condition_input=False)
     if cfg.model.encoder != "language_model":

@@ -31,6 +31,7 @@ SST2 = SHARED / "sst" / "sst2"
 NYSE = SHARED / "nyse" / "NYSE.csv"
 SHAKESPEARE = SHARED / "text" / "tinyshakespeare.txt"
 WIKITEXT2 = SHARED / "text" / "wikitext-2"
+IMDB_TEST = SHARED / "imdb" / "test.csv"
 # Every file of ../shared/data the tests read: checked once when the session starts (conftest.py).
 NEEDED = [
     MULTI30K / f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
@@ -40,6 +41,7 @@ NEEDED = [
     SST2 / "test.tsv",
     NYSE,
     SHAKESPEARE,
+    IMDB_TEST,
 ]
 
 

@@ -1,12 +1,13 @@
 """`--precision int8`: int8 products close to fp32, the int8 recurrent layers close to torch's, and the
 shipped models keep their quality (BLEU within 0.5 of fp32, sentiment labels agreeing on at least 99 %)."""
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ROOT
+from helpers import IMDB_TEST, ROOT
 
 from nlp_rnn.data import make_batch
 from nlp_rnn.errors import NlpRnnError
@@ -80,5 +81,14 @@ def test_int8_keeps_the_shipped_models_quality(multi30k: Path, sst2: Path) -> No
     fp32, int8 = Predictor(classifier, "fp32").classify(texts), Predictor(classifier, "int8").classify(texts)
     agree = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(texts)
     assert agree >= 0.99, agree
+    # the default sentiment model (`classify` without --model), which `auto` runs in int8 on some CPU kinds:
+    # SST-2's sentences and 200 raw IMDb test reviews
+    with open(IMDB_TEST, encoding="utf-8", newline="") as rows:
+        reviews = [row["text"] for _, row in zip(range(200), csv.DictReader(rows))]
+    default = load(CHECKPOINTS / "sentiment")
+    for name, sample in (("sst2", texts), ("imdb", reviews)):
+        fp32, int8 = Predictor(default, "fp32").classify(sample), Predictor(default, "int8").classify(sample)
+        agree = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(sample)
+        assert agree >= 0.99, (name, agree)
     with pytest.raises(NlpRnnError, match="--precision int8 runs on the CPU"):
         resolve_precision("int8", torch.device("cuda"))

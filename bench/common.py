@@ -62,3 +62,25 @@ def product_rate(dtype: str = "fp32", seconds: float = 1.0, device: str = "cpu")
         count += 1
         sync()
     return count * rows * inner * cols / (time.perf_counter() - started)
+
+
+def seq2seq_macs(model) -> dict:
+    """Multiply-adds of a translation model counted from its shapes: `source` per source piece (the encoder
+    and the attention keys), `step` per decoded target position (the decoder cell, the attention query and
+    the combination), `per_source` per step and source piece (the attention's scores and context), and
+    `per_column` per step and output column (the output layer: times the columns computed)."""
+    dec, enc = model.decoder, model.encoder
+    rnn = getattr(enc, "rnn", None)
+    att = dec.attention
+    key = 0 if att is None or getattr(att, "key_layer", None) is None else att.key_layer.weight.numel()
+    query = 0 if att is None or getattr(att, "query_layer", None) is None else att.query_layer.weight.numel()
+    step = sum(p.numel() for c in dec.cells for n, p in c.named_parameters() if "weight" in n)
+    return {
+        "source": key
+        + (0 if rnn is None else sum(p.numel() for n, p in rnn.named_parameters() if "weight" in n)),
+        "step": step + dec.combine.weight.numel() + query,
+        "per_source": 0
+        if att is None
+        else 2 * dec.combine.weight.size(1),  # score (A) and context (Dv), about
+        "per_column": dec.cfg.decoder_hidden,
+    }

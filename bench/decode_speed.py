@@ -150,30 +150,23 @@ def decoding_macs(translator, sources: list[str], outputs: list, beam: int, batc
     attention (query, scores and context over the source), the combination and the output layer — over
     the columns actually computed (a batch's shortlist union, or the whole vocabulary). Beam search
     counts every live hypothesis (beam × the best hypothesis' length: an upper bound for finished ones)."""
+    from common import seq2seq_macs
+
     from nlp_rnn.data import make_batch, ordered_batches
 
     shortlist = translator.model.shortlist
     model = translator.bundle.model  # the shapes (an int8 copy keeps them in packed kernels)
-    dec, enc = model.decoder, model.encoder
-    rnn = getattr(enc, "rnn", None)
-    enc_per_token = 0 if rnn is None else sum(p.numel() for n, p in rnn.named_parameters() if "weight" in n)
-    att = dec.attention
-    key_size = 0 if att is None or getattr(att, "key_layer", None) is None else att.key_layer.weight.numel()
-    query = 0 if att is None or getattr(att, "query_layer", None) is None else att.query_layer.weight.numel()
-    step = sum(p.numel() for c in dec.cells for n, p in c.named_parameters() if "weight" in n)
-    step += dec.combine.weight.numel() + query
-    per_source = 0 if att is None else 2 * dec.combine.weight.size(1)  # score (A) and context (Dv), about
-    hidden = dec.cfg.decoder_hidden
+    macs = seq2seq_macs(model)
     src_ids = translator.encode(sources)
     total = 0.0
     for index in ordered_batches([len(s) for s in src_ids], batch_size):
         batch = make_batch([src_ids[i] for i in index])
-        columns = dec.vocab_size if shortlist is None else shortlist.union(batch.src).numel()
+        columns = model.decoder.vocab_size if shortlist is None else shortlist.union(batch.src).numel()
         for i in index:
             src_len = len(src_ids[i])
             steps = (len(outputs[i][0].pieces) + 1) * beam if outputs[i] else 0
-            total += src_len * (enc_per_token + key_size)
-            total += steps * (step + per_source * src_len + hidden * columns)
+            total += src_len * macs["source"]
+            total += steps * (macs["step"] + macs["per_source"] * src_len + macs["per_column"] * columns)
     return total / len(sources)
 
 

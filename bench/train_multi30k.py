@@ -6,7 +6,9 @@
     python bench/train_multi30k.py --config configs/reference_joeynmt.yaml --minutes 3 --skip-test --processes 2
     python bench/train_multi30k.py --minutes 10 --device cuda                                # on a GPU
 
-Reports: training target tokens/s (median over the logged windows, first two skipped as warm-up),
+Reports: training target tokens/s (median over the logged windows, first two skipped as warm-up) and its
+fraction of the roofline (the product rate this machine sustains at the run's precision, per process, over
+three times a target token's forward multiply-adds: forward, and the backward's two products),
 peak RSS of the training process, the validation BLEU curve against wall time, and test BLEU/chrF
 on test_2016_flickr, greedy and beam 5 (sacrebleu, detokenised, default signature).
 """
@@ -113,6 +115,9 @@ def main() -> None:
         "train_tokens_per_s_median": statistics.median(speed) if speed else None,
         "train_tokens_per_s_windows": len(speed),
         "peak_rss_mb": round(peak_rss_mb, 1),
+        **roofline(
+            out, data, statistics.median(speed) if speed else None, args.processes, args.device, args.threads
+        ),
         "val_curve": [{"elapsed_s": e, "step": s, "val_bleu": round(b, 2)} for e, s, b in curve],
     }
     if not args.skip_test:
@@ -144,6 +149,43 @@ def main() -> None:
             result["bleu_signature"] = test["bleu_signature"]
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def roofline(
+    out: Path, data: Path, speed: float | None, processes: int, device_name: str, threads: int = 0
+) -> dict:
+    """The training speed's roofline from the trained model's shapes and the training text's source pieces
+    per target piece: forward multiply-adds per target token (the encoder per source piece, the decoder per
+    step, the attention per step and source piece, the whole output layer) times 3."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from common import product_rate, seq2seq_macs
+
+    from nlp_rnn import devices
+    from nlp_rnn.precision import resolve_precision
+    from nlp_rnn.tasks.base import load
+
+    device = devices.resolve(device_name)
+    bundle = load(out)
+    src = bundle.tokenizer.encode_src((data / "train.de").read_text(encoding="utf-8").splitlines()[:5000])
+    tgt = bundle.tokenizer.encode_tgt((data / "train.en").read_text(encoding="utf-8").splitlines()[:5000])
+    src_len = sum(len(s) + 1 for s in src) / len(src)  # with the EOS each side carries
+    tgt_len = sum(len(t) + 1 for t in tgt) / len(tgt)
+    macs = seq2seq_macs(bundle.model)
+    forward = src_len / tgt_len * macs["source"] + macs["step"] + macs["per_source"] * src_len
+    forward += macs["per_column"] * bundle.model.decoder.vocab_size
+    precision = resolve_precision(bundle.config.train.precision, device)
+    if device.type == "cpu":  # the threads each process trained with (torchrun: its share of the cores)
+        torch.set_num_threads(threads or max(1, torch.get_num_threads() // processes))
+    rate = product_rate(precision, device=str(device)) * processes
+    limit = rate / (3 * forward)
+    return {
+        "precision": precision,
+        "product_rate_gmacs": round(rate / 1e9, 1),
+        "training_macs_per_target_token_m": round(3 * forward / 1e6, 2),
+        "roofline_tokens_per_s": round(limit),
+        "roofline_fraction": None if speed is None else round(speed / limit, 3),
+    }
 
 
 if __name__ == "__main__":

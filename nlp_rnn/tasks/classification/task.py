@@ -225,8 +225,8 @@ class ClassificationTask(tasks.Task):
         for s in result["sets"]:
             lines.append(
                 f"{s['name']}: accuracy {100 * s['accuracy']:.2f}%  macro-F1 "
-                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples; <unk>/byte-fallback pieces "
-                f"{100 * s['unknown_share']:.2f}%)"
+                f"{100 * s['macro_f1']:.2f}%  ({s['examples']} examples)  <unk>/byte-fallback pieces "
+                f"{100 * s['unknown_share']:.2f}%"
             )
             lines += table(
                 ["label", "precision", "recall", "F1", "support"],

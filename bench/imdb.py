@@ -218,13 +218,7 @@ def default_model(
                 out.write(" ".join(text.split()) + "\t" + label + "\n")
     folder = runs / "sentiment"
     cmd = [*NLP_RNN, "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
-    cmd += [
-        "--train",
-        str(table),
-        "--output",
-        str(folder),
-        "--quiet",
-    ]  # the table under --runs, wherever that is
+    cmd += ["--train", str(table), "--output", str(folder), "--quiet"]  # the table under --runs
     run(cmd + (["--max-minutes", str(minutes)] if minutes else []), log, "default")
     log["default"]["best"] = best_of(folder)
     model = folder

@@ -104,9 +104,13 @@ class Predictor:
         return out
 
     def classify(self, texts: Sequence[str], batch_size: int = 128) -> list[Prediction]:
-        if not texts:
+        return self.classify_ids(self.encode(texts), batch_size) if texts else []
+
+    def classify_ids(self, src_ids: Sequence[Sequence[int]], batch_size: int = 128) -> list[Prediction]:
+        """`classify` of texts already encoded (`encode`)."""
+        if not src_ids:
             return []
-        probs = self.probabilities(self.encode(texts), batch_size)
+        probs = self.probabilities(src_ids, batch_size)
         best = probs.argmax(dim=-1).tolist()
         return [
             Prediction(

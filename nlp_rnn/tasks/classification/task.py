@@ -198,7 +198,8 @@ class ClassificationTask(tasks.Task):
             texts, labels = read_labeled(source)
             gold = gold_ids(labels, predictor.values, predictor.labels, source.describe())
             started = time.perf_counter()
-            predictions = predictor.classify(texts, request.batch_size or 128)
+            src_ids = predictor.encode(texts)
+            predictions = predictor.classify_ids(src_ids, request.batch_size or 128)
             seconds = time.perf_counter() - started
             predicted = [predictor.labels.index(p.label) for p in predictions]
             if request.hyps is not None:
@@ -213,9 +214,7 @@ class ClassificationTask(tasks.Task):
                     "seconds": round(seconds, 2),
                     "sentences_per_s": round(len(texts) / max(seconds, 1e-9), 1),
                     # pieces the tokenizer could only spell as <unk> or bytes: text unlike its training text
-                    "unknown_share": round(
-                        bundle.tokenizer.unknown_share(bundle.tokenizer.encode_src(texts)), 6
-                    ),
+                    "unknown_share": round(bundle.tokenizer.unknown_share(src_ids), 6),
                 }
             )
         return {"task": self.name, "model": model_info(bundle), "sets": results}

@@ -53,6 +53,14 @@ def _shape(cfg: LMModelConfig) -> dict:
     return {name: getattr(cfg, name) for name in SHAPE}
 
 
+def _mismatch(what: str, key: str, lm, given, names) -> str:
+    """'its WHAT (name value, ...) does not fit the config's KEY (name value, ...)' over the names that differ."""
+    differ = [n for n in names if getattr(given, n) != getattr(lm, n)]
+    mine = ", ".join(f"{n} {getattr(lm, n)}" for n in differ)
+    theirs = ", ".join(f"{n} {getattr(given, n)}" for n in differ)
+    return f"its {what} ({mine}) does not fit the config's {key} ({theirs})"
+
+
 def _check_tokenizer(
     where: str, given: TokenizerConfig, default: TokenizerConfig, lm: TokenizerConfig
 ) -> None:
@@ -61,11 +69,10 @@ def _check_tokenizer(
     `default`, takes the model's)."""
     if given in (default, lm):
         return
-    differ = [f.name for f in fields(TokenizerConfig) if getattr(given, f.name) != getattr(lm, f.name)]
+    names = [f.name for f in fields(TokenizerConfig)]
     raise NlpRnnError(
-        f"--init-from {where}: its tokenizer ({', '.join(f'{n} {getattr(lm, n)}' for n in differ)}) does not fit "
-        f"the config's tokenizer ({', '.join(f'{n} {getattr(given, n)}' for n in differ)}); a classifier "
-        "started from a language model takes its tokenizer: leave tokenizer: out of the config"
+        f"--init-from {where}: {_mismatch('tokenizer', 'tokenizer', lm, given, names)}; a classifier started "
+        "from a language model takes its tokenizer: leave tokenizer: out of the config"
     )
 
 
@@ -82,11 +89,7 @@ def start_from(cfg) -> Start:
         raise NlpRnnError(f"--init-from {where}: a conditional language model; train an unconditional one")
     given = cfg.model.body
     if given is not None and _shape(given) != _shape(lm):
-        differ = [n for n in SHAPE if getattr(given, n) != getattr(lm, n)]
-        raise NlpRnnError(
-            f"--init-from {where}: its body ({', '.join(f'{n} {getattr(lm, n)}' for n in differ)}) does not fit "
-            f"the config's model.body ({', '.join(f'{n} {getattr(given, n)}' for n in differ)})"
-        )
+        raise NlpRnnError(f"--init-from {where}: {_mismatch('body', 'model.body', lm, given, SHAPE)}")
     _check_tokenizer(where, cfg.tokenizer, type(cfg)().tokenizer, source.config.tokenizer)
     body = lm if given is None else given
     body = replace(body, tie_output=False, adaptive_softmax=(), condition_input=False)

@@ -9,12 +9,17 @@ Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language m
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
 3. the classifier started from it (`--init-from`), chosen on a held-out 5% of train.csv; 4. `nlp-rnn evaluate`
 on IMDb's test.csv (25,000 reviews) and SST-2's test.tsv.
-Results go to bench/results/imdb.json; each stage's command line, minutes and score are printed.
+Other stages: baseline (stage 3 from random weights), sst (SST-2 and SST-5 from the stage-2 model), default (the
+shipped default model: reviews and SST-2 phrases together; `--ship DIR` writes its fp16 bundle), ablation (the
+fine-tuning switches, `--variants`), speed (stages 1 and 3 for `--speed-minutes` each in fp32 and in bf16:
+their training rates side by side).
+Results go to bench/results/imdb.json (after each stage); each stage's command line, minutes and score are printed.
 `--data` names another data folder laid out like ../shared/data (bench/gpu.sh passes its subsets there).
 """
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +62,10 @@ def evaluate(model: Path, data: Path, text_column: str, out: Path, device: str =
     return {"command": " ".join(cmd), "accuracy": result["accuracy"], "seconds": result["seconds"]}
 
 
-def main() -> None:
+STAGES = ("pretrain", "finetune", "classifier", "evaluate", "baseline", "sst", "default", "ablation", "speed")
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -73,14 +81,23 @@ def main() -> None:
     parser.add_argument(
         "--stages",
         default="pretrain,finetune,classifier,evaluate",
-        help="any of pretrain, finetune, classifier, evaluate, baseline, sst, default, ablation",
+        help="any of " + ", ".join(STAGES) + " (run in that order)",
     )
     parser.add_argument("--ablation-minutes", type=float, default=6)
+    parser.add_argument(
+        "--seeds", default="1", help="sst stage: the seeds to train each model with, e.g. 1,2,3"
+    )
     parser.add_argument(
         "--default-minutes",
         type=float,
         default=0,
         help="default stage: its budget (0: configs/sentiment.yaml's)",
+    )
+    parser.add_argument(
+        "--speed-minutes",
+        type=float,
+        default=2,
+        help="speed stage: each run's budget (stage 1, then stage 3 for three quarters of it; fp32 and bf16)",
     )
     parser.add_argument(
         "--variants",
@@ -98,65 +115,158 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the corpora's folder")
     parser.add_argument("--device", default="auto", help="the pipeline's stages: auto, cpu, cuda, cuda:N")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
-    args = parser.parse_args()
-    runs, stages = Path(args.runs), args.stages.split(",")
-    runs.mkdir(parents=True, exist_ok=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log: dict = json.loads(out.read_text()) if out.exists() else {}
-    log["cpu"] = cpu_name()
-    data, device = Data(Path(args.data)), args.device
-    log["device"] = device
-    common = ["--quiet", "--device", device]
-    lm, tuned, clf = runs / "lm", runs / "lm-ft", runs / args.classifier_name
-    if "pretrain" in stages:
-        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(lm)]
+    return parser.parse_args()
+
+
+class Pipeline:
+    """The stages over one --runs folder; each method is a stage of --stages and adds its entry to `log`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.runs = args, Path(args.runs)
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.out = Path(args.output)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.log: dict = json.loads(self.out.read_text()) if self.out.exists() else {}
+        self.log["cpu"], self.log["device"] = cpu_name(), args.device
+        self.data, self.device = Data(Path(args.data)), args.device
+        self.common = ["--quiet", "--device", args.device]
+        self.lm, self.tuned = self.runs / "lm", self.runs / "lm-ft"
+        self.clf = self.runs / args.classifier_name
+
+    def save(self) -> None:
+        self.out.write_text(json.dumps(self.log, indent=2))
+
+    def pretrain(self) -> None:
+        data = self.data
+        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(self.lm)]
         cmd += ["--train", str(data.wiki / "wiki.train.tokens"), "--train", str(data.imdb / "train.csv")]
-        cmd += ["--valid", str(data.wiki / "wiki.valid.tokens"), "--max-minutes", str(args.pretrain_minutes)]
-        if args.resume:
-            cmd.append("--resume")
-        run(cmd + common, log, "pretrain")
-        log["pretrain"].update(best=best_of(lm), target_tokens_per_s=speed(lm))
-    if "finetune" in stages:
-        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm_finetune.yaml", "--init-from", str(lm)]
-        cmd += ["--output", str(tuned), "--train", str(data.imdb / "train.csv"), "--valid-fraction", "0.05"]
-        run(cmd + ["--max-minutes", str(args.finetune_minutes)] + common, log, "finetune")
-        log["finetune"].update(best=best_of(tuned), target_tokens_per_s=speed(tuned))
-    if "classifier" in stages:
-        cmd = [*NLP_RNN, "train", "classifier", "--config", args.classifier_config, "--output", str(clf)]
-        cmd += ["--train", str(data.imdb / "train.csv")]
         cmd += [
-            "--init-from",
-            str(tuned if tuned.exists() else lm),
+            "--valid",
+            str(data.wiki / "wiki.valid.tokens"),
             "--max-minutes",
-            str(args.classifier_minutes),
+            str(self.args.pretrain_minutes),
         ]
-        run(cmd + common, log, "classifier")
-        log["classifier"].update(best=best_of(clf), examples_per_s=speed(clf))
-    if "evaluate" in stages:
-        prefix = "" if args.classifier_name == "classifier" else f"{args.classifier_name}_"
-        log["evaluate"] = {
+        if self.args.resume:
+            cmd.append("--resume")
+        run(cmd + self.common, self.log, "pretrain")
+        self.log["pretrain"].update(best=best_of(self.lm), target_tokens_per_s=speed(self.lm))
+
+    def finetune(self) -> None:
+        cmd = [
+            *NLP_RNN,
+            "train",
+            "lm",
+            "--config",
+            "configs/imdb_lm_finetune.yaml",
+            "--init-from",
+            str(self.lm),
+        ]
+        cmd += ["--output", str(self.tuned), "--train", str(self.data.imdb / "train.csv")]
+        cmd += ["--valid-fraction", "0.05", "--max-minutes", str(self.args.finetune_minutes)]
+        run(cmd + self.common, self.log, "finetune")
+        self.log["finetune"].update(best=best_of(self.tuned), target_tokens_per_s=speed(self.tuned))
+
+    def classifier(self) -> None:
+        cmd = [
+            *NLP_RNN,
+            "train",
+            "classifier",
+            "--config",
+            self.args.classifier_config,
+            "--output",
+            str(self.clf),
+        ]
+        cmd += ["--train", str(self.data.imdb / "train.csv"), "--init-from", str(self.start())]
+        run(cmd + ["--max-minutes", str(self.args.classifier_minutes)] + self.common, self.log, "classifier")
+        self.log["classifier"].update(best=best_of(self.clf), examples_per_s=speed(self.clf))
+
+    def start(self) -> Path:
+        """The language model stage 3 starts from: the fine-tuned one where stage 2 ran."""
+        return self.tuned if self.tuned.exists() else self.lm
+
+    def evaluate(self) -> None:
+        name, data, device = self.args.classifier_name, self.data, self.device
+        prefix = "" if name == "classifier" else f"{name}_"
+        self.log["evaluate"] = {
             "imdb_test": evaluate(
-                clf, data.imdb / "test.csv", "text", runs / f"{prefix}imdb_test.json", device
+                self.clf, data.imdb / "test.csv", "text", self.runs / f"{prefix}imdb_test.json", device
             ),
-            "sst2_test": evaluate(clf, data.sst2, "sentence", runs / f"{prefix}sst2_test.json", device),
+            "sst2_test": evaluate(
+                self.clf, data.sst2, "sentence", self.runs / f"{prefix}sst2_test.json", device
+            ),
         }
-        print(json.dumps(log["evaluate"], indent=2), flush=True)
-        out.write_text(json.dumps(log, indent=2))
-    if "baseline" in stages:  # the same classifier from random weights, the same tokenizer and budget
-        baseline(runs, lm, log, args.classifier_minutes, data)
-        out.write_text(json.dumps(log, indent=2))
-    if "sst" in stages:
-        sst(runs, tuned, log, data)
-        out.write_text(json.dumps(log, indent=2))
-    if "default" in stages:
-        default_model(runs, tuned, log, Path(args.ship) if args.ship else None, data, args.default_minutes)
-        out.write_text(json.dumps(log, indent=2))
-    if "ablation" in stages:
-        variants = [v for v in args.variants.split(",") if v]
-        ablation(runs, lm, tuned, log, args.ablation_minutes, variants, out)
-    out.write_text(json.dumps(log, indent=2))
-    print(f"results: {out}")
+        print(json.dumps(self.log["evaluate"], indent=2), flush=True)
+
+    def baseline(self) -> None:  # the same classifier from random weights, the same tokenizer and budget
+        baseline(self.runs, self.lm, self.log, self.args.classifier_minutes, self.data)
+
+    def sst(self) -> None:
+        sst(self.runs, self.tuned, self.log, self.data, [int(x) for x in self.args.seeds.split(",") if x])
+
+    def default(self) -> None:
+        ship = Path(self.args.ship) if self.args.ship else None
+        default_model(self.runs, self.tuned, self.log, ship, self.data, self.args.default_minutes)
+
+    def ablation(self) -> None:
+        variants = [v for v in self.args.variants.split(",") if v]
+        ablation(self.runs, self.lm, self.tuned, self.log, self.args.ablation_minutes, variants, self.out)
+
+    def speed(self) -> None:
+        stage_speeds(
+            self.runs, self.lm, self.start(), self.log, self.data, self.args.speed_minutes, self.device
+        )
+
+
+def main() -> None:
+    args = arguments()
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        sys.exit(f"--stages: unknown {', '.join(unknown)}; the stages are {', '.join(STAGES)}")
+    pipeline = Pipeline(args)
+    for name in STAGES:
+        if name in stages:
+            getattr(pipeline, name)()
+            pipeline.save()
+    print(f"results: {pipeline.out}")
+
+
+def stage_speeds(
+    runs: Path, lm: Path, start: Path, log: dict, data: Data, minutes: float, device: str
+) -> None:
+    """Stage 1 (the language model, from scratch with RUNS/lm's tokenizer) and stage 3 (the one-rate classifier
+    from the stage-2 model) for a few minutes each in fp32 and in bf16 autocast: the median of each run's logged
+    rates (target tokens/s; reviews/s), first two windows left out, and the best validation score reached."""
+    import yaml
+
+    table = log.setdefault("speed", {"minutes": minutes, "runs": {}})
+    table["minutes"] = minutes
+    for precision in ("fp32", "bf16"):
+        for stage, config, budget in (
+            ("lm", "configs/imdb_lm.yaml", minutes),
+            ("classifier", "configs/imdb_one_rate.yaml", 0.75 * minutes),
+        ):
+            cfg = yaml.safe_load((ROOT / config).read_text())
+            cfg["train"]["precision"] = precision
+            name = f"{stage}-{precision}"
+            path, folder = runs / f"speed-{name}.yaml", runs / f"speed-{name}"
+            path.write_text(yaml.safe_dump(cfg))
+            shutil.rmtree(folder, ignore_errors=True)
+            cmd = [*NLP_RNN, "train", "lm" if stage == "lm" else "classifier", "--config", str(path)]
+            cmd += ["--output", str(folder), "--quiet", "--device", device, "--max-minutes", str(budget)]
+            if stage == "lm":
+                cmd += [
+                    "--train",
+                    str(data.wiki / "wiki.train.tokens"),
+                    "--train",
+                    str(data.imdb / "train.csv"),
+                ]
+                cmd += ["--valid", str(data.wiki / "wiki.valid.tokens"), "--tokenizer", str(lm / "best")]
+            else:
+                cmd += ["--train", str(data.imdb / "train.csv"), "--init-from", str(start)]
+            run(cmd, table["runs"], name)
+            table["runs"][name].update(rate=speed(folder), best=best_of(folder))
+            print(name, json.dumps(table["runs"][name]["rate"]), flush=True)
 
 
 def baseline(runs: Path, lm: Path, log: dict, minutes: float, data: Data) -> None:
@@ -183,18 +293,39 @@ def baseline(runs: Path, lm: Path, log: dict, minutes: float, data: Data) -> Non
     print(json.dumps(log["baseline"], indent=2), flush=True)
 
 
-def sst(runs: Path, tuned: Path, log: dict, data: Data) -> None:
-    """SST-2 (phrase-level training set) and SST-5 (sentences only), both started from the fine-tuned LM."""
+def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int]) -> None:
+    """SST-2 (phrase-level training set) and SST-5 (sentences only), both started from the fine-tuned LM, once per
+    seed (seed 1 in RUNS/sst2_transfer, seed N in RUNS/sst2_transfer-seedN). A seed whose folder and test report
+    are already there is read back, not trained again (say so in the log), so seeds can be added later; with two
+    or more seeds the mean and sample standard deviation of the test accuracies are reported."""
     for name, config, test in (
         ("sst2_transfer", "configs/sst2_transfer.yaml", data.sst2),
         ("sst5_transfer", "configs/sst5_transfer.yaml", data.sst5),
     ):
-        folder = runs / name
-        cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(tuned)]
-        run(cmd + ["--output", str(folder), "--quiet"], log, name)
-        log[name]["best"] = best_of(folder)
-        log[name]["test"] = evaluate(folder, test, "sentence", runs / f"{name}_test.json")
-        print(json.dumps(log[name], indent=2), flush=True)
+        entry = log.setdefault(name, {})
+        by_seed = entry.setdefault("seeds", {})
+        for seed in seeds:
+            tag = name if seed == 1 else f"{name}-seed{seed}"
+            folder, report = runs / tag, runs / f"{tag}_test.json"
+            if (folder / "best").is_dir() and report.exists():
+                result = json.loads(report.read_text())["sets"][0]
+                by_seed[str(seed)] = {"read_back": str(folder), "best": best_of(folder)}
+                by_seed[str(seed)]["test"] = {"accuracy": result["accuracy"], "seconds": result["seconds"]}
+                print(f"{tag}: read back (trained earlier): test {result['accuracy']:.4f}", flush=True)
+                continue
+            cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(tuned)]
+            run(cmd + ["--output", str(folder), "--quiet", "--seed", str(seed)], by_seed, str(seed))
+            by_seed[str(seed)]["best"] = best_of(folder)
+            by_seed[str(seed)]["test"] = evaluate(folder, test, "sentence", report)
+            print(json.dumps(by_seed[str(seed)], indent=2), flush=True)
+        accuracies = [by_seed[str(seed)]["test"]["accuracy"] for seed in seeds]
+        if len(accuracies) > 1:
+            entry["test_mean"] = statistics.mean(accuracies)
+            entry["test_sd"] = statistics.stdev(accuracies)
+            print(
+                f"{name}: test {entry['test_mean']:.4f} ± {entry['test_sd']:.4f} over seeds {seeds}",
+                flush=True,
+            )
 
 
 def default_model(

@@ -27,15 +27,23 @@ class Attention(nn.Module):
         """values (B, S, Dv) -> keys (B, S, A), computed once per sentence."""
         raise NotImplementedError
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S)."""
+    def scores(
+        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+    ) -> torch.Tensor:
+        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `project`: the query's product in place
+        of the module's own query layer (the decoder's deferred one in training), where there is one."""
         raise NotImplementedError
 
     def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        project: Optional[Callable] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (B, Dv) and weights (B, S): zero on padding, summing to one."""
-        scores = self.scores(query, keys).masked_fill(~mask, float("-inf"))  # (B, S)
+        scores = self.scores(query, keys, project).masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
         return context, weights
@@ -59,8 +67,10 @@ class AdditiveAttention(Attention):
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return self.key_layer(values) * 2  # (B, S, A): 2 W_k value
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        projected = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
+    def scores(
+        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+    ) -> torch.Tensor:
+        projected = (project or self.query_layer)(query).unsqueeze(1)  # (B, 1, A)
         shift = self.energy.weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, S, A) -> (b, S)
@@ -92,7 +102,9 @@ class MultiplicativeAttention(Attention):
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.key_layer is None else self.key_layer(values)  # (B, S, Hq)
 
-    def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+    ) -> torch.Tensor:
         return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
 
 

@@ -6,7 +6,9 @@ G gate width (1, 3 or 4 times H), L layers, V target vocabulary.
 Speed: everything that does not depend on the previous step is done for all steps at once —
 the target embeddings and their share of the first layer's input projection (`_precompute`),
 the attention keys (`memory`), and the output projection (`logits`, called by the model on the
-real target positions only). The per-step loop holds the recurrent cells and the attention.
+real target positions only). The per-step loop holds the recurrent cells and the attention; in
+training, the gradients of the weights it multiplies at every step are computed once after the
+loop's backward, over all steps' rows (`nn.deferred`), not step by step.
 """
 
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_rnn.nn import fast
+from nlp_rnn.nn import deferred, fast
 from nlp_rnn.nn.attention import build_attention
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
@@ -196,26 +198,52 @@ class Decoder(nn.Module):
             gates = gates + memory.static_gates.unsqueeze(1)
         return gates
 
-    def _advance(self, pre: torch.Tensor, memory: Memory, state: DecoderState):
-        """One time step from precomputed layer-0 gates pre (B, G); returns attentional vector (B, H)."""
+    def _deferred(self) -> dict:
+        """For one teacher-forced pass: every product the loop makes at each step, with its weight gradient
+        computed once after the loop (`nn.deferred`); keyed (layer, input part), "query" and "combine"."""
+        products: dict = {
+            (i, name): deferred.DeferredLinear(*cell.weights(name))
+            for i, cell in enumerate(self.cells)
+            for name in [*cell.weight_in.keys(), "hh"]
+            if name not in ("emb", "ctx")  # these two are projected once for all steps
+        }
+        query = getattr(self.attention, "query_layer", None)
+        if query is not None:
+            products["query"] = deferred.DeferredLinear(query.weight, query.bias)
+        products["combine"] = deferred.DeferredLinear(self.combine.weight, self.combine.bias)
+        return products
+
+    def _advance(
+        self, pre: torch.Tensor, memory: Memory, state: DecoderState, products: Optional[dict] = None
+    ):
+        """One time step from precomputed layer-0 gates pre (B, G); returns attentional vector (B, H).
+        `products`: the pass's deferred products (`_deferred`), else each module's own."""
+
+        def project(i: int, name: str, x: torch.Tensor) -> torch.Tensor:
+            return self.cells[i].project(name, x) if products is None else products[(i, name)](x)
+
         x, hs, cs = None, [], []
-        for i, cell in enumerate(self.cells):
+        for i in range(len(self.cells)):
             h, c = state.h[i], None if state.c is None else state.c[i]
             if i == 0:
                 gi = pre
                 if self.cfg.input_feeding:
-                    gi = pre + cell.project("feed", state.feed)  # (B, G)
+                    gi = pre + project(0, "feed", state.feed)  # (B, G)
             else:
-                gi = cell.project("below", self.dropout(x))
-            gh = cell.project("hh", h)  # (B, G)
+                gi = project(i, "below", self.dropout(x))
+            gh = project(i, "hh", h)  # (B, G)
             x, c = cell_update(self.cfg.cell, gi, gh, h, c)
             hs.append(x)
             cs.append(c)
         if self.has_attention:
-            context, weights = self.attention(x, memory.keys, memory.values, memory.mask)  # (B, Dv), (B, S)
+            query = None if products is None else products.get("query")
+            context, weights = self.attention(
+                x, memory.keys, memory.values, memory.mask, query
+            )  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None
-        attentional = fast.tanh(self.combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
+        combine = self.combine if products is None else products["combine"]
+        attentional = fast.tanh(combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
         new_state = DecoderState(tuple(hs), tuple(cs) if state.c is not None else None, attentional)
         return attentional, new_state, weights
 
@@ -258,6 +286,7 @@ class Decoder(nn.Module):
         previous token with probability 1 - teacher_forcing at every step (scheduled sampling).
         """
         pre = self._precompute(tgt_in, memory)  # (B, T, G)
+        products = self._deferred() if deferred.applies(self) and not fast.exporting() else None
         sampling = teacher_forcing < 1.0 and self.training
         if sampling:
             gold = torch.rand(tgt_in.shape, device=tgt_in.device) < teacher_forcing  # (B, T)
@@ -268,7 +297,7 @@ class Decoder(nn.Module):
                     predicted = self.output(outputs[-1]).argmax(-1)  # (B,)
                 tokens = torch.where(gold[:, t], tgt_in[:, t], predicted)
                 pre_t = self._precompute(tokens.unsqueeze(1), memory).squeeze(1)
-            attentional, state, _ = self._advance(pre_t, memory, state)
+            attentional, state, _ = self._advance(pre_t, memory, state, products)
             outputs.append(attentional)
         return torch.stack(outputs, dim=1)  # (B, T, H)
 

@@ -209,3 +209,17 @@ def test_dynamic_evaluation_settings_and_another_task_are_one_line_errors(tmp_pa
     assert "with dynamic evaluation: lr 0.01, decay 0.0, window 5" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["dynamic"] == {"lr": 0.01, "decay": 0.0, "window": 5} and report["sets"][0]["tokens"] == 20
+
+
+def test_evaluate_precision_other_than_fp32_is_refused_for_a_language_model(tmp_path: Path, capsys) -> None:
+    """The language model's evaluation runs in fp32: --precision int8/bf16 is a one-line error, not ignored."""
+    from helpers import CHECKPOINTS
+
+    (tmp_path / "t.txt").write_text("ROMEO: hello there\n")
+    lm = ["evaluate", "--model", str(CHECKPOINTS / "shakespeare-char"), "--data", str(tmp_path / "t.txt")]
+    for precision in ("int8", "bf16"):
+        assert main(lm + ["--precision", precision]) == 2
+        assert (
+            f"--precision {precision}: language models are evaluated in fp32 only" in capsys.readouterr().err
+        )
+    assert main(lm + ["--precision", "fp32", "--report", str(tmp_path / "r.json")]) == 0

@@ -73,6 +73,15 @@ class EvalRequest:
     dynamic_window: int = 20
 
 
+def fp32_only(request: "EvalRequest", what: str) -> None:
+    """`evaluate --precision` for tasks whose evaluation runs in fp32 only: anything but auto/fp32 is refused in one
+    line, not ignored."""
+    if request.precision not in ("auto", "fp32"):
+        raise NlpRnnError(
+            f"--precision {request.precision}: {what} are evaluated in fp32 only (--precision fp32 or auto)"
+        )
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """An HTTP endpoint a task offers to `nlp-rnn serve`: POST /PATH with {"texts": [...], "model": NAME, ...}.

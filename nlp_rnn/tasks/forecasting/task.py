@@ -239,6 +239,7 @@ class ForecastTask(tasks.Task):
         return Predictor(bundle)
 
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
+        tasks.fp32_only(request, "forecasters")
         predictor = Predictor(bundle)
         d, lags = predictor.cfg.data, predictor.cfg.data.lags
         sets = [predictor.read(str(p), split=True) for p in request.data]

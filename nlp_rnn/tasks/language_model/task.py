@@ -241,6 +241,7 @@ class LanguageModelTask(tasks.Task):
         return Generator(bundle, precision)
 
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
+        tasks.fp32_only(request, "language models")
         cfg: LMConfig = bundle.config
         model: LanguageModel = bundle.model
         data = LMDataConfig(

@@ -43,6 +43,11 @@ class Data:
         self.phrases = root / "sst" / "sst2" / "train_phrases.tsv"
 
 
+def train(kind: str, config: str, output: Path) -> list[str]:
+    """The start of an `nlp-rnn train KIND` command line: its config and output folder."""
+    return [*NLP_RNN, "train", kind, "--config", config, "--output", str(output)]
+
+
 def run(cmd: list[str], log: dict, name: str) -> float:
     print("$ " + " ".join(cmd), flush=True)
     started = time.monotonic()
@@ -138,7 +143,7 @@ class Pipeline:
 
     def pretrain(self) -> None:
         data = self.data
-        cmd = [*NLP_RNN, "train", "lm", "--config", "configs/imdb_lm.yaml", "--output", str(self.lm)]
+        cmd = train("lm", "configs/imdb_lm.yaml", self.lm)
         cmd += ["--train", str(data.wiki / "wiki.train.tokens"), "--train", str(data.imdb / "train.csv")]
         cmd += [
             "--valid",
@@ -152,30 +157,14 @@ class Pipeline:
         self.log["pretrain"].update(best=best_of(self.lm), target_tokens_per_s=speed(self.lm))
 
     def finetune(self) -> None:
-        cmd = [
-            *NLP_RNN,
-            "train",
-            "lm",
-            "--config",
-            "configs/imdb_lm_finetune.yaml",
-            "--init-from",
-            str(self.lm),
-        ]
-        cmd += ["--output", str(self.tuned), "--train", str(self.data.imdb / "train.csv")]
+        cmd = train("lm", "configs/imdb_lm_finetune.yaml", self.tuned) + ["--init-from", str(self.lm)]
+        cmd += ["--train", str(self.data.imdb / "train.csv")]
         cmd += ["--valid-fraction", "0.05", "--max-minutes", str(self.args.finetune_minutes)]
         run(cmd + self.common, self.log, "finetune")
         self.log["finetune"].update(best=best_of(self.tuned), target_tokens_per_s=speed(self.tuned))
 
     def classifier(self) -> None:
-        cmd = [
-            *NLP_RNN,
-            "train",
-            "classifier",
-            "--config",
-            self.args.classifier_config,
-            "--output",
-            str(self.clf),
-        ]
+        cmd = train("classifier", self.args.classifier_config, self.clf)
         cmd += ["--train", str(self.data.imdb / "train.csv"), "--init-from", str(self.start())]
         run(cmd + ["--max-minutes", str(self.args.classifier_minutes)] + self.common, self.log, "classifier")
         self.log["classifier"].update(best=best_of(self.clf), examples_per_s=speed(self.clf))

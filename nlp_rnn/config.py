@@ -6,7 +6,9 @@ fields with `dataclasses.replace`. Bundles store the same structure as JSON.
 
 import dataclasses
 import json
+import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -183,6 +185,9 @@ class TrainConfig:
             raise NlpRnnError(f"config: train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(where: str, value: Any, annotation: Any) -> Any:
     """Checks one scalar against its annotation; ints are accepted where floats are expected."""
     if typing.get_origin(annotation) is typing.Union:  # Optional[X]
@@ -208,6 +213,8 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         return tuple(
             _check_type(f"{where}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(items)
         )
+    if annotation is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -272,6 +279,27 @@ def load_config(path: str | Path, cls: type) -> Any:
         return from_dict(cls, raw or {})
     except NlpRnnError as err:
         raise NlpRnnError(f"{path}: {err}") from None
+
+
+def with_settings(config: Any, settings: Sequence[str]) -> Any:
+    """`config` with `SECTION.KEY=VALUE` settings applied in order (`nlp-rnn train --set`): VALUE is read as
+    YAML (`0.002`, `ema`, `null`, `[1, 2]`) and checked as the same key in a config file would be."""
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise NlpRnnError(f"--set {setting}: expected SECTION.KEY=VALUE, e.g. train.lr=0.002")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise NlpRnnError(f"--set {setting}: the value is not valid YAML") from None
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        try:
+            config = from_dict(type(config), value, base=config)
+        except NlpRnnError as err:
+            raise NlpRnnError(f"--set {setting}: {err}") from None
+    return config
 
 
 def to_dict(config: Any) -> dict:

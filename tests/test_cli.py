@@ -51,6 +51,8 @@ def trained(multi30k: Path, tmp_path_factory) -> Path:
             data.valid_tgt,
             "--max-steps",
             "20",
+            "--set",
+            "train.log_every=4",  # over the config's 5
             "--quiet",
         ]
     )
@@ -61,8 +63,12 @@ def trained(multi30k: Path, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_train_writes_a_usable_training_folder(trained: Path) -> None:
     assert (trained / "best" / "meta.json").is_file() and (trained / "last" / "trainer.pt").is_file()
-    steps = [json.loads(line)["step"] for line in (trained / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 20
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in records) == 20
+    # `--set train.log_every=4` replaced the config file's 5: training logged every 4th step, and says so
+    logged = [r["step"] for r in records if "train_loss" in r]
+    assert logged[:3] == [4, 8, 12]
+    assert json.loads((trained / "best" / "config.json").read_text())["train"]["log_every"] == 4
 
 
 def test_resume_through_the_cli_continues_to_a_larger_budget(trained: Path, tmp_path: Path, capsys) -> None:
@@ -268,6 +274,43 @@ def test_evaluate_src_ref_of_different_lengths(trained: Path, tmp_path: Path, ca
         capsys,
     )
     assert code == 2 and "s.de has 3 lines but" in err and "r.en has 2" in err
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("train.lr", "--set train.lr: expected SECTION.KEY=VALUE"),
+        ("train.lrr=0.1", "--set train.lrr=0.1: config: unknown key 'train.lrr'"),
+        ("train.lr=fast", "--set train.lr=fast: config: train.lr"),
+        ("train.lr=[", "--set train.lr=[: the value is not valid YAML"),
+        ("train=3", "--set train=3: config: train must be a mapping"),
+    ],
+)
+def test_a_bad_set_is_one_line_naming_it(setting: str, words: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "c.yaml").write_text("model: {cell: gru}\n")
+    code, _, err = run(
+        ["train", "translation", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "o")]
+        + ["--set", "model.cell=lstm", "--set", setting],
+        capsys,
+    )
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_settings_replace_only_their_keys(tmp_path: Path) -> None:
+    from nlp_rnn.config import load_config, with_settings
+    from nlp_rnn.tasks.translation.config import TranslationConfig
+
+    (tmp_path / "c.yaml").write_text("model: {cell: lstm, dropout: 0.1}\ntrain: {lr: 0.003, seed: 7}\n")
+    cfg = load_config(tmp_path / "c.yaml", TranslationConfig)
+    new = with_settings(cfg, ["train.lr=0.002", "model.dropout=0.25", "train.average=ema", "train.lr=2e-3"])
+    assert (new.train.lr, new.model.dropout, new.train.average) == (0.002, 0.25, "ema")
+    assert (new.model.cell, new.train.seed) == ("lstm", 7)  # the file's other keys stay
+    assert (cfg.train.lr, cfg.model.dropout, cfg.train.average) == (
+        0.003,
+        0.1,
+        "none",
+    )  # not changed in place
 
 
 def test_train_errors_are_one_line(tmp_path: Path, capsys) -> None:

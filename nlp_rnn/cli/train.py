@@ -1,5 +1,5 @@
 """`nlp-rnn train TASK`: one command per task that declares a `TrainCommand`, made of the task's own
-options and the options every training shares (config, output folder, tokenizer, budget, seed,
+options and the options every training shares (config, `--set` over it, output folder, tokenizer, budget, seed,
 resume, progress bar, device), which are declared here once."""
 
 import inspect
@@ -11,7 +11,7 @@ import typer
 
 from nlp_rnn import options
 from nlp_rnn.bundle import META
-from nlp_rnn.config import load_config
+from nlp_rnn.config import load_config, with_settings
 from nlp_rnn.tasks import base as tasks
 
 KW = inspect.Parameter.KEYWORD_ONLY
@@ -40,6 +40,16 @@ def _shared(task: tasks.Task) -> list[inspect.Parameter]:
             ),
         ),
         ("seed", Optional[int], typer.Option(None, "--seed", help="Random seed (default: the config's).")),
+        (
+            "settings",
+            Optional[list[str]],
+            typer.Option(
+                None,
+                "--set",
+                help="SECTION.KEY=VALUE over the config file, e.g. --set train.lr=0.002 --set model.dropout=0.3 "
+                "(repeatable; VALUE read as YAML; the named options above win over it).",
+            ),
+        ),
         (
             "resume",
             bool,
@@ -97,6 +107,7 @@ def train_command(task: tasks.Task) -> Callable[..., None]:
         cfg_path, output = values.pop("config"), values.pop("output")
         common = {p.name: values.pop(p.name) for p in shared}
         cfg = task.config_cls() if cfg_path is None else load_config(cfg_path, task.config_cls)
+        cfg = with_settings(cfg, common.pop("settings") or [])
         for section, fields in spec.options(**values).items():
             cfg = tasks.with_overrides(cfg, section, **fields)
         run(task, cfg, output, **common)

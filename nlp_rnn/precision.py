@@ -23,10 +23,24 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # AMD EPYC (Zen 4), AVX-512 BF16, 2 cores: greedy de->en 824 (int8) / 661 (bf16) / 335 (fp32) sentences/s;
     # again 2026-12-01 with the shortlist and the sigmoid attention: greedy 1,073 / 975 / 434, beam 5 234 / 198 / 122.
-    "amd-avx512-bf16": {"translation": "int8", "classification": "int8", "*": "bf16"},
+    # Language models (the shipped character LSTM, `bench/generate_speed.py`, 2 cores): 1 / 32 samples 4,632 / 32,631
+    # (int8), 2,692 / 25,255 (bf16), 1,519 / 11,183 (fp32) characters/s; Tiny Shakespeare's last 10 %: the same loss
+    # per character in int8 as in fp32 to 0.001 nats (docs/results.md).
+    "amd-avx512-bf16": {
+        "translation": "int8",
+        "classification": "int8",
+        "language_model": "int8",
+        "*": "bf16",
+    },
     # Intel Xeon with AVX-512 BF16 and no AMX (KVM, model 207), 1 thread: 540 (int8) / 338 (fp32) / 210 (bf16):
     # bf16 products run at 41 GMAC/s against fp32's 73 here, so bf16 is never the choice.
-    "intel-avx512-bf16": {"translation": "int8", "classification": "int8", "*": "fp32"},
+    # Language models, 1 thread: 1 / 32 samples 1,843 / 21,672 (int8) against 1,239 / 10,258 (fp32) characters/s.
+    "intel-avx512-bf16": {
+        "translation": "int8",
+        "classification": "int8",
+        "language_model": "int8",
+        "*": "fp32",
+    },
     "amx": None,  # unmeasured (expected: bf16 on AMX tiles)
     "avx512": None,  # unmeasured
     "avx2": None,  # unmeasured

@@ -110,8 +110,9 @@ def test_beam_search_over_a_shortlist_of_everything_equals_the_whole_vocabulary(
     opts = SearchOptions(beam_size=4, n_best=2, no_repeat_ngram=2, min_length=3)
     expected = search_ids(model, src_ids, opts, 8)
     vocab = model.decoder.vocab_size
+    # every target id as a "frequent" one (a table of every id per source piece would be 8,000 x 8,000)
     model.shortlist = Shortlist(
-        torch.arange(vocab).repeat(model.src_embed.num_embeddings, 1), torch.arange(0), vocab
+        torch.full((model.src_embed.num_embeddings, 1), -1), torch.arange(vocab), vocab
     )
     for a, b in zip(expected, search_ids(model, src_ids, opts, 8)):
         assert [h.tokens for h in a] == [h.tokens for h in b]

@@ -211,15 +211,39 @@ def test_dynamic_evaluation_settings_and_another_task_are_one_line_errors(tmp_pa
     assert report["dynamic"] == {"lr": 0.01, "decay": 0.0, "window": 5} and report["sets"][0]["tokens"] == 20
 
 
-def test_evaluate_precision_other_than_fp32_is_refused_for_a_language_model(tmp_path: Path, capsys) -> None:
-    """The language model's evaluation runs in fp32: --precision int8/bf16 is a one-line error, not ignored."""
-    from helpers import CHECKPOINTS
+def test_a_language_model_evaluates_at_each_precision_near_fp32(tmp_path: Path, capsys) -> None:
+    """`evaluate --precision int8|bf16` of the shipped character model: the int8 copy's products and the bf16
+    autocast products give a loss within a few percent of fp32's, and the report names the precision; the cache
+    and dynamic evaluation read the model in fp32 and refuse the others in one line."""
+    from helpers import CHECKPOINTS, SHAKESPEARE
 
-    (tmp_path / "t.txt").write_text("ROMEO: hello there\n")
+    text = SHAKESPEARE.read_text(encoding="utf-8")[-3000:]
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
     lm = ["evaluate", "--model", str(CHECKPOINTS / "shakespeare-char"), "--data", str(tmp_path / "t.txt")]
-    for precision in ("int8", "bf16"):
-        assert main(lm + ["--precision", precision]) == 2
+    loss = {}
+    for precision in ("fp32", "bf16", "int8"):
+        report = tmp_path / f"{precision}.json"
+        assert main(lm + ["--precision", precision, "--report", str(report)]) == 0
+        result = json.loads(report.read_text())
+        assert result["precision"] == precision and f"precision: {precision}" in capsys.readouterr().out
+        loss[precision] = result["sets"][0]["loss"]
+    assert 1.0 < loss["fp32"] < 2.5  # a trained character model (nats per character)
+    assert loss["bf16"] == pytest.approx(loss["fp32"], rel=0.02)
+    assert loss["int8"] == pytest.approx(loss["fp32"], rel=0.03)
+    # the summed losses before rounding: each precision computes its own (no silent fp32)
+    from nlp_rnn.nn.int8 import quantize
+    from nlp_rnn.tasks.language_model import stream_nll
+
+    bundle = tasks.load(CHECKPOINTS / "shakespeare-char")
+    ids = torch.tensor([BOS] + bundle.tokenizer.encode_stream(text[:1000]))
+    fp32, _ = stream_nll(bundle.model, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = stream_nll(bundle.model, ids)
+    int8, _ = stream_nll(quantize(bundle.model), ids)
+    assert len({fp32, bf16, int8}) == 3 and max(abs(bf16 - fp32), abs(int8 - fp32)) < 0.03 * fp32
+    for extra in (["--cache-size", "100"], ["--dynamic-lr", "0.01"]):
+        assert main(lm + extra + ["--precision", "int8"]) == 2
         assert (
-            f"--precision {precision}: language models are evaluated in fp32 only" in capsys.readouterr().err
+            "--precision int8: language models with --cache-size or --dynamic-lr are evaluated in fp32 only"
+            in (capsys.readouterr().err)
         )
-    assert main(lm + ["--precision", "fp32", "--report", str(tmp_path / "r.json")]) == 0

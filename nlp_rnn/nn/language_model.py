@@ -19,7 +19,7 @@ from nlp_rnn.data import Batch
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.encoder import rnn_module
 from nlp_rnn.nn.int8 import Int8Stack, int8_linear
-from nlp_rnn.nn.loss import linear_cross_entropy_sum
+from nlp_rnn.nn.loss import cross_entropy_sum, linear_cross_entropy_sum
 from nlp_rnn.nn.regularise import LayerStack, dropout, embedding_rows_dropped, run_weight_dropped
 from nlp_rnn.tokenizer import PAD
 
@@ -298,6 +298,8 @@ class LanguageModel(nn.Module):
         """Summed negative log-likelihood of gold (N,) given top outputs (N, H)."""
         if isinstance(self.output, nn.AdaptiveLogSoftmaxWithLoss):
             return adaptive_nll_sum(self.output, out, gold)
+        if not isinstance(self.output, nn.Linear):  # int8 (`int8_`): the logits, then the loss in fp32
+            return cross_entropy_sum(self.output(out).float(), gold)
         return linear_cross_entropy_sum(out, self.output.weight, self.output.bias, gold)
 
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:

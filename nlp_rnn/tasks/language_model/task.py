@@ -1,5 +1,6 @@
 """The language-model task: builds the model, prepares stream or sentence training, evaluates, describes."""
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -8,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from nlp_rnn import devices
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.data import (
     TokenBatcher,
@@ -37,6 +39,7 @@ from nlp_rnn.tasks.language_model.data import (
     stream_nll,
 )
 from nlp_rnn.tasks.language_model.generator import Generator
+from nlp_rnn.tasks.predict import precision_for, with_precision
 
 log = logging.getLogger(__name__)
 
@@ -234,16 +237,23 @@ class LanguageModelTask(tasks.Task):
     def endpoint(self, limits) -> tasks.Endpoint:
         return endpoint(limits)
 
-    def serving(self, bundle: Bundle, precision: str) -> "Generator":
-        return Generator(bundle, "fp32" if precision == "auto" else precision)
-
     def wrap(self, bundle: Bundle, precision: str = "fp32") -> Generator:
         return Generator(bundle, precision)
 
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
-        tasks.fp32_only(request, "language models")
         cfg: LMConfig = bundle.config
         model: LanguageModel = bundle.model
+        if request.cache_size or request.dynamic_lr:  # they read the model's states and weights in fp32
+            tasks.fp32_only(request, "language models with --cache-size or --dynamic-lr")
+            precision = "fp32"
+        else:
+            precision = precision_for(model, request.precision, self.name)
+            model = with_precision(model, precision) if precision == "int8" else model
+        products = (  # bf16: the products under autocast, the weights, softmax and sums in fp32 (as validation)
+            torch.autocast(devices.of(model).type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        )
         data = LMDataConfig(
             mode=cfg.data.mode,
             text_column=request.text_column or cfg.data.text_column,
@@ -282,13 +292,15 @@ class LanguageModelTask(tasks.Task):
                     request.cache_lambda,
                 )
             elif cfg.data.mode == "stream":
-                nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
+                with products:
+                    nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
             else:
-                nll, tokens = sequences_nll(
-                    model,
-                    sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
-                    condition_ids(corpus, names) if names else None,
-                )
+                with products:
+                    nll, tokens = sequences_nll(
+                        model,
+                        sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
+                        condition_ids(corpus, names) if names else None,
+                    )
             seconds = time.perf_counter() - started
             s = scores(nll, tokens, corpus.characters, corpus.words)
             unknown = sum(map(bundle.tokenizer.src.unknown, corpus.texts)) if bundle.tokenizer.words else 0
@@ -323,6 +335,7 @@ class LanguageModelTask(tasks.Task):
         return {
             "task": self.name,
             "model": model_info(bundle),
+            "precision": precision,
             "sets": results,
             "cache": cache,
             "dynamic": dynamic,
@@ -359,8 +372,8 @@ class LanguageModelTask(tasks.Task):
 
     @staticmethod
     def _settings(result: dict) -> list[str]:
-        """What the scores above were computed with, beyond the model: the cache or dynamic evaluation."""
-        lines = []
+        """What the scores above were computed with, beyond the model: precision, cache or dynamic evaluation."""
+        lines = [f"precision: {result['precision']}"] if result.get("precision") else []
         if result.get("cache"):
             c = result["cache"]
             lines.append(f"with a neural cache: size {c['size']}, theta {c['theta']}, lambda {c['lambda']}")

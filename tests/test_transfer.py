@@ -172,6 +172,31 @@ def test_init_from_copies_the_language_model_exactly_and_takes_its_tokenizer(
     )
 
 
+def test_init_from_a_document_classifier_takes_its_body_exactly_and_a_fresh_head(
+    tmp_path: Path, language_model
+) -> None:
+    """Intermediate-task transfer: a three-class classifier started from a trained two-class one."""
+    first = tmp_path / "first"
+    tasks.train(
+        "classification", classifier_config(tmp_path, language_model, max_steps=3), first, progress_bar=False
+    )
+    three = tmp_path / "three.tsv"
+    three.write_text("text\tlabel\n" + "".join(f"{t}\t{i % 3}\n" for i, (t, _) in enumerate(REVIEWS)))
+    cfg = classifier_config(tmp_path, first)
+    cfg = replace(cfg, data=replace(cfg.data, train=str(three), valid=str(three)))
+    setup = tasks.get("classification").prepare(
+        cfg, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run")
+    )
+    source, model = tasks.load(first), setup.bundle.model
+    trained = source.model.body.state_dict()
+    assert trained and all(torch.equal(model.body.state_dict()[k], v) for k, v in trained.items())
+    lm = tasks.load(language_model).model.state_dict()
+    assert not torch.equal(trained["embed.weight"], lm["embed.weight"])  # the classifier's, not the LM's
+    assert model.head[-1].out_features == 3 and source.model.head[-1].out_features == 2
+    assert setup.bundle.tokenizer.src_blob == source.tokenizer.src_blob
+    assert setup.bundle.meta["init_from"]["kind"] == "document classifier"
+
+
 def test_discriminative_rates_and_gradual_unfreezing_are_applied(tmp_path: Path, language_model) -> None:
     cfg = classifier_config(
         tmp_path, language_model, max_steps=3, lr=0.01, layer_lr_decay=2.6, unfreeze_every=2
@@ -217,7 +242,7 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) ->
     for where, message in (
         (tmp_path / "missing", "no such folder"),
         (CHECKPOINTS / "multi30k-de-en", "a translation model; a classifier starts from a language model"),
-        (CHECKPOINTS / "sst2", "a classification model"),
+        (CHECKPOINTS / "sst2", "a classification model that reads no language model's body"),
         (forecaster, "a forecasting model; a classifier starts from a language model"),
     ):
         bad = replace(cfg, model=replace(cfg.model, init_from=str(where)))

@@ -1,4 +1,6 @@
-"""`train classifier --init-from LM`: a classifier that starts from a language model (Dai & Le 2015, ULMFiT).
+"""`train classifier --init-from LM`: a classifier that starts from a language model (Dai & Le 2015, ULMFiT), or
+from another document classifier's body (intermediate-task transfer: e.g. SST-2 from an IMDb classifier; the head,
+whose labels may differ, starts afresh).
 
 The classifier takes the language model's tokenizer (with its normalisation), and its embeddings and
 recurrent stack become the document classifier's body (`model.encoder: language_model`). The body's
@@ -29,24 +31,34 @@ SHAPE = ("cell", "embedding_dim", "hidden_size", "num_layers", "last_layer_size"
 class Start:
     config: object  # the classifier's config with model.encoder language_model and model.body filled in
     source: Bundle
+    body: LanguageModel  # the language model itself, or a document classifier's body
 
     @property
     def tokenizer(self) -> Tokenizer:
         return self.source.tokenizer
 
+    @property
+    def kind(self) -> str:
+        return "language model" if self.body is self.source.model else "document classifier"
+
     def describe(self) -> dict:
-        return {"path": str(self.source.path), "parameters": self.source.meta.get("parameters")}
+        return {
+            "path": str(self.source.path),
+            "kind": self.kind,
+            "parameters": self.source.meta.get("parameters"),
+        }
 
     def copy_into(self, model: nn.Module) -> None:
-        """The language model's embeddings and recurrent stack into the classifier's body, exactly."""
-        weights = {k: v for k, v in self.source.model.state_dict().items() if not k.startswith("output.")}
+        """The language model's (or the document classifier's) embeddings and recurrent stack into the classifier's
+        body, exactly; the head starts afresh."""
+        weights = {k: v for k, v in self.body.state_dict().items() if not k.startswith("output.")}
         missing, unexpected = model.body.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise NlpRnnError(
                 f"--init-from {self.source.path}: its weights do not fit the classifier's body "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        log.info("started from the language model %s (embeddings and recurrent stack)", self.source.path)
+        log.info("started from the %s %s (embeddings and recurrent stack)", self.kind, self.source.path)
 
 
 def _shape(cfg: LMModelConfig) -> dict:
@@ -80,12 +92,18 @@ def start_from(cfg) -> Start:
     """The language model named by cfg.model.init_from, checked against the classifier config."""
     where = cfg.model.init_from
     source = tasks.load_start(where)
-    if not isinstance(source.model, LanguageModel):
-        raise NlpRnnError(
-            f"--init-from {where}: a {source.task} model; a classifier starts from a language model"
+    if isinstance(source.model, LanguageModel):
+        weights, lm = source.model, source.config.model
+    elif isinstance(getattr(source.model, "body", None), LanguageModel):  # a document classifier's body
+        weights, lm = source.model.body, source.config.model.body
+    else:
+        what = f"a {source.task} model" + (
+            " that reads no language model's body" if source.task == "classification" else ""
         )
-    lm: LMModelConfig = source.config.model
-    if source.model.condition is not None:
+        raise NlpRnnError(
+            f"--init-from {where}: {what}; a classifier starts from a language model or a document classifier"
+        )
+    if weights.condition is not None:
         raise NlpRnnError(f"--init-from {where}: a conditional language model; train an unconditional one")
     given = cfg.model.body
     if given is not None and _shape(given) != _shape(lm):
@@ -97,4 +115,4 @@ def start_from(cfg) -> Start:
         log.info("--init-from: model.encoder language_model (the language model's body reads the documents)")
     model = replace(cfg.model, encoder="language_model", body=body)
     config = replace(cfg, model=model, tokenizer=source.config.tokenizer)
-    return Start(config, source)
+    return Start(config, source, weights)

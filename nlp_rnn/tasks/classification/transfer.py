@@ -89,7 +89,8 @@ def _check_tokenizer(
 
 
 def start_from(cfg) -> Start:
-    """The language model named by cfg.model.init_from, checked against the classifier config."""
+    """The language model (or document classifier) named by cfg.model.init_from, checked against the classifier
+    config."""
     where = cfg.model.init_from
     source = tasks.load_start(where)
     if isinstance(source.model, LanguageModel):

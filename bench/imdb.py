@@ -9,10 +9,10 @@ Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language m
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
 3. the classifier started from it (`--init-from`), chosen on a held-out 5% of train.csv; 4. `nlp-rnn evaluate`
 on IMDb's test.csv (25,000 reviews) and SST-2's test.tsv.
-Other stages: baseline (stage 3 from random weights), sst (SST-2 and SST-5 from the stage-2 model), default (the
-shipped default model: reviews and SST-2 phrases together; `--ship DIR` writes its fp16 bundle), ablation (the
-fine-tuning switches, `--variants`), speed (stages 1 and 3 for `--speed-minutes` each in fp32 and in bf16:
-their training rates side by side).
+Other stages: baseline (stage 3 from random weights), sst (SST-2 and SST-5 from the stage-2 model, or with
+`--sst-from NAME` from the IMDb classifier RUNS/NAME), default (the shipped default model: reviews and SST-2 phrases
+together; `--ship DIR` writes its fp16 bundle), ablation (the fine-tuning switches, `--variants`), speed (stages 1
+and 3 for `--speed-minutes` each in fp32 and in bf16: their training rates side by side).
 Results go to bench/results/imdb.json (after each stage); each stage's command line, minutes and score are printed.
 `--data` names another data folder laid out like ../shared/data (bench/gpu.sh passes its subsets there).
 """
@@ -91,6 +91,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--ablation-minutes", type=float, default=6)
     parser.add_argument(
         "--seeds", default="1", help="sst stage: the seeds to train each model with, e.g. 1,2,3"
+    )
+    parser.add_argument(
+        "--sst-from",
+        default="",
+        help="sst stage: start from this IMDb classifier (a folder under --runs, e.g. one-rate) instead of the "
+        "fine-tuned language model",
     )
     parser.add_argument(
         "--default-minutes",
@@ -190,7 +196,8 @@ class Pipeline:
         baseline(self.runs, self.lm, self.log, self.args.classifier_minutes, self.data)
 
     def sst(self) -> None:
-        sst(self.runs, self.tuned, self.log, self.data, [int(x) for x in self.args.seeds.split(",") if x])
+        seeds = [int(x) for x in self.args.seeds.split(",") if x]
+        sst(self.runs, self.tuned, self.log, self.data, seeds, self.args.sst_from)
 
     def default(self) -> None:
         ship = Path(self.args.ship) if self.args.ship else None
@@ -282,15 +289,19 @@ def baseline(runs: Path, lm: Path, log: dict, minutes: float, data: Data) -> Non
     print(json.dumps(log["baseline"], indent=2), flush=True)
 
 
-def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int]) -> None:
+def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int], start: str = "") -> None:
     """SST-2 (phrase-level training set) and SST-5 (sentences only), both started from the fine-tuned LM, once per
-    seed (seed 1 in RUNS/sst2_transfer, seed N in RUNS/sst2_transfer-seedN). A seed whose folder and test report
-    are already there is read back, not trained again (say so in the log), so seeds can be added later; with two
-    or more seeds the mean and sample standard deviation of the test accuracies are reported."""
-    for name, config, test in (
+    seed (seed 1 in RUNS/sst2_transfer, seed N in RUNS/sst2_transfer-seedN) — or, with `start` (`--sst-from`, a
+    classifier folder under RUNS such as one-rate), from that IMDb classifier's body, in
+    RUNS/sst2_transfer-from-START[-seedN]. A seed whose folder and test report are already there is read back, not
+    trained again (say so in the log), so seeds can be added later; with two or more seeds the mean and sample
+    standard deviation of the test accuracies are reported."""
+    suffix, origin = (f"-from-{start}", runs / start) if start else ("", tuned)
+    for base, config, test in (
         ("sst2_transfer", "configs/sst2_transfer.yaml", data.sst2),
         ("sst5_transfer", "configs/sst5_transfer.yaml", data.sst5),
     ):
+        name = base + suffix
         entry = log.setdefault(name, {})
         by_seed = entry.setdefault("seeds", {})
         for seed in seeds:
@@ -302,7 +313,7 @@ def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int]) -> Non
                 by_seed[str(seed)]["test"] = {"accuracy": result["accuracy"], "seconds": result["seconds"]}
                 print(f"{tag}: read back (trained earlier): test {result['accuracy']:.4f}", flush=True)
                 continue
-            cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(tuned)]
+            cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(origin)]
             run(cmd + ["--output", str(folder), "--quiet", "--seed", str(seed)], by_seed, str(seed))
             by_seed[str(seed)]["best"] = best_of(folder)
             by_seed[str(seed)]["test"] = evaluate(folder, test, "sentence", report)

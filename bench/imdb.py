@@ -248,8 +248,8 @@ def stage_speeds(
             path, folder = runs / f"speed-{name}.yaml", runs / f"speed-{name}"
             path.write_text(yaml.safe_dump(cfg))
             shutil.rmtree(folder, ignore_errors=True)
-            cmd = [*NLP_RNN, "train", "lm" if stage == "lm" else "classifier", "--config", str(path)]
-            cmd += ["--output", str(folder), "--quiet", "--device", device, "--max-minutes", str(budget)]
+            cmd = train("lm" if stage == "lm" else "classifier", str(path), folder)
+            cmd += ["--quiet", "--device", device, "--max-minutes", str(budget)]
             if stage == "lm":
                 cmd += [
                     "--train",
@@ -279,8 +279,7 @@ def baseline(runs: Path, lm: Path, log: dict, minutes: float, data: Data) -> Non
     }
     path, folder = runs / "baseline.yaml", runs / "baseline"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [*NLP_RNN, "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
-    cmd += ["--train", str(data.imdb / "train.csv")]
+    cmd = train("classifier", str(path), folder) + ["--quiet", "--train", str(data.imdb / "train.csv")]
     run(cmd + ["--tokenizer", str(lm / "best"), "--max-minutes", str(minutes)], log, "baseline")
     log["baseline"]["best"] = best_of(folder)
     log["baseline"]["imdb_test"] = evaluate(
@@ -313,8 +312,8 @@ def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int], start:
                 by_seed[str(seed)]["test"] = {"accuracy": result["accuracy"], "seconds": result["seconds"]}
                 print(f"{tag}: read back (trained earlier): test {result['accuracy']:.4f}", flush=True)
                 continue
-            cmd = [*NLP_RNN, "train", "classifier", "--config", config, "--init-from", str(origin)]
-            run(cmd + ["--output", str(folder), "--quiet", "--seed", str(seed)], by_seed, str(seed))
+            cmd = train("classifier", config, folder) + ["--init-from", str(origin)]
+            run(cmd + ["--quiet", "--seed", str(seed)], by_seed, str(seed))
             by_seed[str(seed)]["best"] = best_of(folder)
             by_seed[str(seed)]["test"] = evaluate(folder, test, "sentence", report)
             print(json.dumps(by_seed[str(seed)], indent=2), flush=True)
@@ -348,8 +347,8 @@ def default_model(
                 text, label = line.rstrip("\n").rsplit("\t", 1)
                 out.write(" ".join(text.split()) + "\t" + label + "\n")
     folder = runs / "sentiment"
-    cmd = [*NLP_RNN, "train", "classifier", "--config", "configs/sentiment.yaml", "--init-from", str(tuned)]
-    cmd += ["--train", str(table), "--output", str(folder), "--quiet"]  # the table under --runs
+    cmd = train("classifier", "configs/sentiment.yaml", folder) + ["--init-from", str(tuned)]
+    cmd += ["--train", str(table), "--quiet"]  # the table under --runs
     run(cmd + (["--max-minutes", str(minutes)] if minutes else []), log, "default")
     log["default"]["best"] = best_of(folder)
     model = folder
@@ -405,7 +404,7 @@ def ablation(
         path = runs / f"ablation-{k}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         folder = runs / f"ablation-{k}"
-        cmd = [*NLP_RNN, "train", "classifier", "--config", str(path), "--output", str(folder), "--quiet"]
+        cmd = train("classifier", str(path), folder) + ["--quiet"]
         cmd += ["--init-from", str(start)] if start else ["--tokenizer", str(lm / "best")]
         run(cmd + ["--max-minutes", str(minutes)], results["runs"], name)
         results["runs"][name]["val_acc"] = best_of(folder).get("val_acc")

@@ -78,6 +78,39 @@ def test_the_head_standardises_features_across_documents_and_takes_a_batch_of_on
         replace(model.cfg, head_norm="group")
 
 
+def test_the_head_can_fix_its_statistics_after_some_batches_so_training_normalises_as_prediction() -> None:
+    model = build(replace(document_model(window=8).cfg, head_norm_steps=2), 50, 3)
+    norm = model.head[0]
+    torch.manual_seed(2)
+    batches = [
+        make_batch([torch.randint(5, 50, (n,)).tolist() for n in lengths], labels=[0, 1, 2][: len(lengths)])
+        for lengths in ([30, 28, 29], [3, 2, 4], [15, 16])
+    ]
+    model.train()
+    seen = []
+    for batch in batches[:2]:
+        with torch.no_grad():
+            seen.append(model.features(batch.src, batch.src_len))
+        model(batch)
+    seen = torch.cat(seen)
+    # the running statistics are the plain average of the two batches' own (not a momentum blend)
+    torch.testing.assert_close(norm.running_mean, (seen[:3].mean(0) + seen[3:].mean(0)) / 2)
+    assert int(norm.num_batches_tracked) == 2
+    fixed = (norm.running_mean.clone(), norm.running_var.clone())
+    loss, _ = model(batches[2])
+    loss.backward()
+    assert torch.equal(norm.running_mean, fixed[0]) and torch.equal(norm.running_var, fixed[1])
+    with torch.no_grad():
+        features = model.features(batches[2].src, batches[2].src_len)
+        trained = norm(features)  # training mode, after the two batches
+        model.eval()
+        torch.testing.assert_close(trained, norm(features))  # ... as in prediction
+    plain = document_model(window=8).head[0]
+    assert plain.momentum == 0.1  # 0 (the default): ULMFiT's batch statistics throughout
+    with pytest.raises(NlpRnnError, match="head_norm_steps"):
+        replace(model.cfg, head_norm_steps=-1)
+
+
 def saved_for_backward(model: torch.nn.Module, length: int) -> tuple[int, int]:
     """The tensors autograd keeps for one training step on two documents of `length` tokens: how many, and
     their elements in all."""

@@ -40,10 +40,21 @@ class PooledBatchNorm(nn.BatchNorm1d):
     """BatchNorm over pooled document features (ULMFiT's head): it standardises each feature across the
     batch, which makes the small differences between documents' averaged states visible to the head (a
     LayerNorm, across the features of one document, does not: IMDb from the language model stayed near
-    chance for hundreds of steps with it). A training batch of one document uses the running statistics."""
+    chance for hundreds of steps with it). A training batch of one document uses the running statistics.
+
+    `steps` > 0: the running statistics are the plain average over the first `steps` training batches, and
+    from then on training normalises with them too, as prediction does. Batches group texts of one length,
+    so when a corpus mixes whole reviews and short phrases, each batch's own statistics fit its kind only,
+    and the single set prediction uses fits neither (the shipped default lost 2.5 points on SST-2 to this);
+    with the statistics fixed, training and prediction normalise alike."""
+
+    def __init__(self, size: int, steps: int = 0) -> None:
+        super().__init__(size, momentum=None if steps else 0.1)
+        self.steps = steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.size(0) == 1:
+        fixed = self.steps and int(self.num_batches_tracked) >= self.steps
+        if self.training and (x.size(0) == 1 or fixed):
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
@@ -77,6 +88,9 @@ class ClassifierModelConfig:
     head_norm: str = (
         "batch"  # ... batch (ULMFiT's BatchNorm across documents) | layer (LayerNorm per document)
     )
+    # ... batch: after this many training batches, normalise with the statistics averaged over them (as
+    # prediction does) instead of each batch's own; for corpora that mix documents and sentences. 0: never
+    head_norm_steps: int = 0
     # A language model (bundle or training folder) whose tokenizer, embeddings and recurrent stack the
     # classifier starts from (`--init-from`); read once, when training starts.
     init_from: Optional[str] = None
@@ -87,6 +101,8 @@ class ClassifierModelConfig:
         _choice("model.head_norm", self.head_norm, HEAD_NORMS)
         for name in ("window", "grad_windows", "head_size"):
             _positive(f"model.{name}", getattr(self, name))
+        if self.head_norm_steps < 0:
+            raise NlpRnnError(f"config: model.head_norm_steps must be 0 or more, got {self.head_norm_steps}")
         _choice("model.pooling", self.pooling, POOLINGS)
         for name in ("embedding_dim", "hidden_size", "num_layers"):
             _positive(f"model.{name}", getattr(self, name))
@@ -203,7 +219,9 @@ class DocumentClassifier(nn.Module):
         self.body = LanguageModel(cfg.body, vocab_size, output=False)
         size = cfg.body.top_size
         self.head = nn.Sequential(
-            PooledBatchNorm(3 * size) if cfg.head_norm == "batch" else nn.LayerNorm(3 * size),
+            PooledBatchNorm(3 * size, cfg.head_norm_steps)
+            if cfg.head_norm == "batch"
+            else nn.LayerNorm(3 * size),
             Dropout(cfg.dropout),
             nn.Linear(3 * size, cfg.head_size),
             nn.ReLU(),

@@ -30,7 +30,9 @@ def model_card(task: str, config: dict, meta: dict) -> str:
         # (cell, hidden_size, pooling...) are unused defaults
         body = model["body"]
         model = {k: body[k] for k in ("cell", "embedding_dim", "hidden_size", "num_layers") if k in body} | {
-            k: model[k] for k in ("encoder", "window", "grad_windows", "head_size", "head_norm") if k in model
+            k: model[k]
+            for k in ("encoder", "window", "grad_windows", "head_size", "head_norm", "head_norm_steps")
+            if k in model
         }
     shape = ", ".join(
         f"{k} {v}" for k, v in model.items() if isinstance(v, (int, str)) and not isinstance(v, bool)

@@ -109,6 +109,8 @@ def test_the_head_can_fix_its_statistics_after_some_batches_so_training_normalis
     assert plain.momentum == 0.1  # 0 (the default): ULMFiT's batch statistics throughout
     with pytest.raises(NlpRnnError, match="head_norm_steps"):
         replace(model.cfg, head_norm_steps=-1)
+    with pytest.raises(NlpRnnError, match="head_norm_steps goes with model.head_norm batch"):
+        replace(model.cfg, head_norm="layer")
 
 
 def saved_for_backward(model: torch.nn.Module, length: int) -> tuple[int, int]:

@@ -103,6 +103,10 @@ class ClassifierModelConfig:
             _positive(f"model.{name}", getattr(self, name))
         if self.head_norm_steps < 0:
             raise NlpRnnError(f"config: model.head_norm_steps must be 0 or more, got {self.head_norm_steps}")
+        if self.head_norm_steps and self.head_norm != "batch":
+            raise NlpRnnError(
+                f"config: model.head_norm_steps goes with model.head_norm batch (given: {self.head_norm})"
+            )
         _choice("model.pooling", self.pooling, POOLINGS)
         for name in ("embedding_dim", "hidden_size", "num_layers"):
             _positive(f"model.{name}", getattr(self, name))

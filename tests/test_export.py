@@ -89,6 +89,7 @@ def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(
     ]
 
 
+@pytest.mark.slow  # the export takes 4-11 s: the fast tier leaves it out
 def test_onnx_runtime_classifies_like_pytorch(exported: dict, sst2: Path) -> None:
     texts = [
         line.split("\t")[0] for line in (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:201]

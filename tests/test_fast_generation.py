@@ -6,6 +6,7 @@ import torch
 from helpers import CHECKPOINTS
 
 from nlp_rnn.data import make_batch
+from nlp_rnn.nn.cell_kernel import CellKernel
 from nlp_rnn.nn.language_model import LanguageModel, LMModelConfig
 from nlp_rnn.search import SampleOptions, sample, sample_in_place
 from nlp_rnn.tasks.base import load
@@ -13,9 +14,12 @@ from nlp_rnn.tasks.language_model import Generator
 from nlp_rnn.tokenizer import BOS
 
 
+@pytest.mark.parametrize("via_sigmoid", [False, True])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @torch.no_grad()
-def test_the_kernel_steps_like_the_model(cell: str) -> None:
+def test_the_kernel_steps_like_the_model(cell: str, via_sigmoid: bool, monkeypatch) -> None:
+    """Both forms of tanh (torch's, and 2 sigmoid(2x) - 1 for large float32 batches) step like torch's cells."""
+    monkeypatch.setattr(CellKernel, "TANH_VIA_SIGMOID_MIN", 0 if via_sigmoid else 10**9)
     torch.manual_seed(0)
     cfg = LMModelConfig(cell=cell, embedding_dim=8, hidden_size=16, num_layers=2, dropout=0.0)
     model = LanguageModel(cfg, 20).eval()
@@ -23,6 +27,7 @@ def test_the_kernel_steps_like_the_model(cell: str) -> None:
     memory, state, prev = model.start(batch)
     kernel = model.cell_kernel()
     kernel.buffers(3)
+    assert kernel.via_sigmoid == via_sigmoid
     h = state.h.clone()
     c = None if state.c is None else state.c.clone()
     for token in ([4, 5, 6], [7, 7, 7], [9, 3, 8]):
@@ -32,7 +37,9 @@ def test_the_kernel_steps_like_the_model(cell: str) -> None:
         prev = torch.tensor(token)
 
 
-def test_a_seed_gives_the_same_text_as_the_step_by_step_sampler() -> None:
+@pytest.mark.parametrize("via_sigmoid", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_seed_gives_the_same_text_as_the_step_by_step_sampler(via_sigmoid: bool, monkeypatch) -> None:
+    monkeypatch.setattr(CellKernel, "TANH_VIA_SIGMOID_MIN", 0 if via_sigmoid else 10**9)
     generator = Generator(load(CHECKPOINTS / "shakespeare-char"), "fp32")
     for seed in (1, 2, 3):
         generator.fast = False

@@ -10,9 +10,10 @@ product. Here, once per batch:
 - rows never leave the batch (a finished row keeps stepping; its later tokens are dropped), so
   nothing is reallocated and the host checks whether all rows are done only every few steps;
 - in float32 with batches of at least `TANH_VIA_SIGMOID_MIN` elements per (B, H) tensor, every tanh is
-  computed as 2 sigmoid(2x) - 1 (`nn.fast.tanh`): torch's vectorised tanh takes about 6x as long as its
-  sigmoid on x86, while for one sample the extra calls would cost more than they save. The LSTM's
-  candidate gate then shares the one sigmoid call with the other three gates.
+  computed in place as 2 sigmoid(2x) - 1 (the identity `nn.fast.tanh` uses in decoding): torch's vectorised
+  tanh takes about 6x as long as its sigmoid on x86, while for a few samples the extra calls cost more than
+  they save (`bench/kernel_step.py`). The LSTM's candidate gate then shares one sigmoid call with the other
+  three gates. bfloat16 keeps tanh (the form would lose precision there).
 
 The arithmetic is the same as torch's cells (`nn.LSTM`, `nn.GRU`, `nn.RNN` gate order and biases);
 results agree with them to float rounding. B batch, L layers, H hidden, G gates (4H, 3H or H), V vocabulary.

@@ -57,7 +57,11 @@ def model_card(task: str, config: dict, meta: dict) -> str:
         lines += [f"- {k}: {_fmt(v)}" for k, v in data.items() if v is not None]
     if meta.get("init_from"):
         start = meta["init_from"]
-        lines.append(f"- started from: {start.get('path') if isinstance(start, dict) else start}")
+        whole = isinstance(start, dict) and start.get("head")
+        lines.append(
+            f"- started from: {start.get('path') if isinstance(start, dict) else start}"
+            + (" (head included)" if whole else "")
+        )
     lines += ["", "## Training", ""]
     best = meta.get("best") or {}
     if best.get("elapsed_s") is not None:

@@ -232,6 +232,48 @@ def test_init_from_a_document_classifier_takes_its_body_exactly_and_a_fresh_head
     assert setup.bundle.meta["init_from"]["kind"] == "document classifier"
 
 
+def test_init_head_continues_a_document_classifier_head_included(tmp_path: Path, language_model) -> None:
+    """`--init-head`: the whole classifier, its head's batch-norm statistics too, continues on other data of
+    the same labels; other labels, a language model or another head size are refused with one line."""
+    first = tmp_path / "first"
+    cfg = classifier_config(tmp_path, language_model, max_steps=3)
+    cfg = replace(cfg, model=replace(cfg.model, head_norm_steps=2))
+    tasks.train("classification", cfg, first, progress_bar=False)
+    prepare = tasks.get("classification").prepare
+    again = replace(cfg, model=replace(cfg.model, init_from=str(first), init_head=True))
+    setup = prepare(again, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+    source, model = tasks.load(first).model.state_dict(), setup.bundle.model.state_dict()
+    assert source.keys() == model.keys() and all(torch.equal(model[k], v) for k, v in source.items())
+    assert int(model["head.0.num_batches_tracked"]) == 2  # the statistics stay fixed, as they were
+    assert setup.bundle.meta["init_from"]["head"] is True
+    fresh = prepare(
+        replace(again, model=replace(again.model, init_head=False)),
+        tmp_path / "run",
+        tasks.TokenizerChoice(tmp_path / "run"),
+    ).bundle.model.state_dict()
+    assert not torch.equal(fresh["head.2.weight"], source["head.2.weight"])
+    three = tmp_path / "three.tsv"
+    three.write_text("text\tlabel\n" + "".join(f"{t}\t{i % 3}\n" for i, (t, _) in enumerate(REVIEWS)))
+    for bad, message in (
+        (
+            replace(again, data=replace(cfg.data, train=str(three), valid=str(three))),
+            r"has the labels \['0', '1', '2'\]",
+        ),
+        (
+            replace(again, model=replace(again.model, head_size=4)),
+            r"head_size 8, head_norm batch\) does not fit",
+        ),
+        (
+            replace(again, model=replace(again.model, init_from=str(language_model))),
+            "is a language model, which has no",
+        ),
+    ):
+        with pytest.raises(NlpRnnError, match=message):
+            prepare(bad, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
+    with pytest.raises(NlpRnnError, match="model.init_head goes with model.init_from"):
+        ClassifierModelConfig(init_head=True)
+
+
 def test_discriminative_rates_and_gradual_unfreezing_are_applied(tmp_path: Path, language_model) -> None:
     cfg = classifier_config(
         tmp_path, language_model, max_steps=3, lr=0.01, layer_lr_decay=2.6, unfreeze_every=2

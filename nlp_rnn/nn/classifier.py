@@ -94,6 +94,9 @@ class ClassifierModelConfig:
     # A language model (bundle or training folder) whose tokenizer, embeddings and recurrent stack the
     # classifier starts from (`--init-from`); read once, when training starts.
     init_from: Optional[str] = None
+    # init_from a document classifier with the same labels: take its head too (`--init-head`), so that a
+    # trained classifier continues on other data; otherwise the head starts afresh.
+    init_head: bool = False
 
     def __post_init__(self) -> None:
         _choice("model.cell", self.cell, CELLS)
@@ -103,6 +106,8 @@ class ClassifierModelConfig:
             _positive(f"model.{name}", getattr(self, name))
         if self.head_norm_steps < 0:
             raise NlpRnnError(f"config: model.head_norm_steps must be 0 or more, got {self.head_norm_steps}")
+        if self.init_head and not self.init_from:
+            raise NlpRnnError("config: model.init_head goes with model.init_from (a document classifier)")
         if self.head_norm_steps and self.head_norm != "batch":
             raise NlpRnnError(
                 f"config: model.head_norm_steps goes with model.head_norm batch (given: {self.head_norm})"

@@ -35,6 +35,12 @@ def train_options(
         help="Start from a language model (run folder or bundle): its tokenizer, embeddings and recurrent "
         "stack read whole documents (config: model.init_from).",
     ),
+    init_head: Optional[bool] = typer.Option(
+        None,
+        "--init-head/--no-init-head",
+        help="With --init-from a document classifier of the same labels: take its head too, so that it "
+        "continues on other data (config: model.init_head; default: a fresh head).",
+    ),
     valid_fraction: Optional[float] = typer.Option(
         None, "--valid-fraction", help="No --valid: hold out this fraction of the shuffled training rows."
     ),
@@ -56,6 +62,7 @@ def train_options(
             pretrained_embeddings=pretrained_embeddings,
             freeze_embeddings=freeze_embeddings,
             init_from=init_from,
+            init_head=init_head,
         ),
     }
 

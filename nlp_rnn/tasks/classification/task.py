@@ -97,6 +97,8 @@ class ClassificationTask(tasks.Task):
                 f"{train_spec.describe()}: column '{cfg.data.label_column}' has only one label ({values[0]!r})"
             )
         names = display_names(values, cfg.data.label_names, train_spec.describe())
+        if start:
+            start.check_labels(values, train_spec.describe())
         y_train = label_ids(train_labels, values, train_spec.describe())
         y_valid = gold_ids(valid_labels, values, names, valid_spec.describe())
         log.info(

@@ -1,6 +1,7 @@
 """`train classifier --init-from LM`: a classifier that starts from a language model (Dai & Le 2015, ULMFiT), or
 from another document classifier's body (intermediate-task transfer: e.g. SST-2 from an IMDb classifier; the head,
-whose labels may differ, starts afresh).
+whose labels may differ, starts afresh), or from a whole document classifier, head included (`--init-head`: the same
+labels, so a trained classifier continues on other data).
 
 The classifier takes the language model's tokenizer (with its normalisation), and its embeddings and
 recurrent stack become the document classifier's body (`model.encoder: language_model`). The body's
@@ -32,6 +33,7 @@ class Start:
     config: object  # the classifier's config with model.encoder language_model and model.body filled in
     source: Bundle
     body: LanguageModel  # the language model itself, or a document classifier's body
+    head: bool = False  # --init-head: the document classifier's head too
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -46,11 +48,25 @@ class Start:
             "path": str(self.source.path),
             "kind": self.kind,
             "parameters": self.source.meta.get("parameters"),
+            "head": self.head,
         }
+
+    def check_labels(self, values: list, where: str) -> None:
+        """`--init-head`: the classifier's labels (their values in the training data `where`) must be the
+        source's, in the same order, for its head's outputs to mean the same."""
+        if not self.head:
+            return
+        theirs = self.source.meta.get("label_values")
+        if [str(v) for v in theirs or []] != [str(v) for v in values]:
+            raise NlpRnnError(
+                f"--init-head: {where} has the labels {values}, the classifier {self.source.path} has "
+                f"{theirs}; its head only continues on the same labels (leave --init-head out for a fresh head)"
+            )
 
     def copy_into(self, model: nn.Module) -> None:
         """The language model's (or the document classifier's) embeddings and recurrent stack into the classifier's
-        body, exactly; the head starts afresh."""
+        body, exactly; the head starts afresh, or with `--init-head` is the source's, exactly (its batch-norm
+        statistics and their count too)."""
         weights = {k: v for k, v in self.body.state_dict().items() if not k.startswith("output.")}
         missing, unexpected = model.body.load_state_dict(weights, strict=False)
         if missing or unexpected:
@@ -58,7 +74,25 @@ class Start:
                 f"--init-from {self.source.path}: its weights do not fit the classifier's body "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        log.info("started from the %s %s (embeddings and recurrent stack)", self.kind, self.source.path)
+        if self.head:
+            theirs, mine = self.source.model.head.state_dict(), model.head.state_dict()
+            differ = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+            if differ or len(theirs) != len(mine):
+                raise NlpRnnError(
+                    f"--init-head: the head of {self.source.path} ({_head_shape(self.source.config.model)}) does not "
+                    f"fit the config's ({_head_shape(model.cfg)})"
+                )
+            model.head.load_state_dict(theirs)
+        log.info(
+            "started from the %s %s (embeddings and recurrent stack%s)",
+            self.kind,
+            self.source.path,
+            ", head" if self.head else "",
+        )
+
+
+def _head_shape(cfg) -> str:
+    return f"head_size {cfg.head_size}, head_norm {cfg.head_norm}"
 
 
 def _shape(cfg: LMModelConfig) -> dict:
@@ -104,6 +138,10 @@ def start_from(cfg) -> Start:
         raise NlpRnnError(
             f"--init-from {where}: {what}; a classifier starts from a language model or a document classifier"
         )
+    if cfg.model.init_head and weights is source.model:
+        raise NlpRnnError(
+            f"--init-head: {where} is a language model, which has no classifier head; leave --init-head out"
+        )
     if weights.condition is not None:
         raise NlpRnnError(f"--init-from {where}: a conditional language model; train an unconditional one")
     given = cfg.model.body
@@ -116,4 +154,4 @@ def start_from(cfg) -> Start:
         log.info("--init-from: model.encoder language_model (the language model's body reads the documents)")
     model = replace(cfg.model, encoder="language_model", body=body)
     config = replace(cfg, model=model, tokenizer=source.config.tokenizer)
-    return Start(config, source, weights)
+    return Start(config, source, weights, head=cfg.model.init_head)

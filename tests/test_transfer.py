@@ -232,7 +232,9 @@ def test_init_from_a_document_classifier_takes_its_body_exactly_and_a_fresh_head
     assert setup.bundle.meta["init_from"]["kind"] == "document classifier"
 
 
-def test_init_head_continues_a_document_classifier_head_included(tmp_path: Path, language_model) -> None:
+def test_init_head_continues_a_document_classifier_head_included(
+    tmp_path: Path, language_model, capsys
+) -> None:
     """`--init-head`: the whole classifier, its head's batch-norm statistics too, continues on other data of
     the same labels; other labels, a language model or another head size are refused with one line."""
     first = tmp_path / "first"
@@ -272,6 +274,19 @@ def test_init_head_continues_a_document_classifier_head_included(tmp_path: Path,
             prepare(bad, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
     with pytest.raises(NlpRnnError, match="model.init_head goes with model.init_from"):
         ClassifierModelConfig(init_head=True)
+    # through the command: the flag reaches the config; a language model under it is one line, exit status 2
+    config = tmp_path / "continue.yaml"
+    config.write_text(
+        f"data: {{train: {cfg.data.train}, valid: {cfg.data.valid}, text_column: text}}\n"
+        "model: {window: 8, head_size: 8, dropout: 0.0, head_norm_steps: 2}\n"
+    )
+    args = ["train", "classifier", "--config", str(config), "--max-steps", "1", "--quiet", "--init-head"]
+    assert main([*args, "--init-from", str(first), "--output", str(tmp_path / "more")]) == 0
+    assert tasks.load(tmp_path / "more").meta["init_from"]["head"] is True
+    capsys.readouterr()
+    assert main([*args, "--init-from", str(language_model), "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no classifier head" in err, err
 
 
 def test_discriminative_rates_and_gradual_unfreezing_are_applied(tmp_path: Path, language_model) -> None:

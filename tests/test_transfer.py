@@ -273,20 +273,28 @@ def test_init_head_continues_a_document_classifier_head_included(
         with pytest.raises(NlpRnnError, match=message):
             prepare(bad, tmp_path / "run", tasks.TokenizerChoice(tmp_path / "run"))
     with pytest.raises(NlpRnnError, match="model.init_head goes with model.init_from"):
-        ClassifierModelConfig(init_head=True)
+        prepare(
+            replace(cfg, model=replace(cfg.model, init_from=None, init_head=True)),
+            tmp_path / "run",
+            tasks.TokenizerChoice(tmp_path / "run"),
+        )
     # through the command: the flag reaches the config; a language model under it is one line, exit status 2
     config = tmp_path / "continue.yaml"
     config.write_text(
         f"data: {{train: {cfg.data.train}, valid: {cfg.data.valid}, text_column: text}}\n"
-        "model: {window: 8, head_size: 8, dropout: 0.0, head_norm_steps: 2}\n"
-    )
-    args = ["train", "classifier", "--config", str(config), "--max-steps", "1", "--quiet", "--init-head"]
+        "model: {window: 8, head_size: 8, dropout: 0.0, head_norm_steps: 2, init_head: true}\n"
+    )  # init_head in the file, --init-from on the command line
+    args = ["train", "classifier", "--config", str(config), "--max-steps", "1", "--quiet"]
     assert main([*args, "--init-from", str(first), "--output", str(tmp_path / "more")]) == 0
     assert tasks.load(tmp_path / "more").meta["init_from"]["head"] is True
     capsys.readouterr()
     assert main([*args, "--init-from", str(language_model), "--output", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no classifier head" in err, err
+    args[3] = str(tmp_path / "fresh.yaml")  # the flag alone, the file without init_head
+    (tmp_path / "fresh.yaml").write_text(config.read_text().replace(", init_head: true", ""))
+    assert main([*args, "--init-head", "--init-from", str(first), "--output", str(tmp_path / "flag")]) == 0
+    assert tasks.load(tmp_path / "flag").meta["init_from"]["head"] is True
 
 
 def test_discriminative_rates_and_gradual_unfreezing_are_applied(tmp_path: Path, language_model) -> None:

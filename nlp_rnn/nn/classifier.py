@@ -106,8 +106,6 @@ class ClassifierModelConfig:
             _positive(f"model.{name}", getattr(self, name))
         if self.head_norm_steps < 0:
             raise NlpRnnError(f"config: model.head_norm_steps must be 0 or more, got {self.head_norm_steps}")
-        if self.init_head and not self.init_from:
-            raise NlpRnnError("config: model.init_head goes with model.init_from (a document classifier)")
         if self.head_norm_steps and self.head_norm != "batch":
             raise NlpRnnError(
                 f"config: model.head_norm_steps goes with model.head_norm batch (given: {self.head_norm})"

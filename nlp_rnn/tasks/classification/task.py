@@ -84,6 +84,10 @@ class ClassificationTask(tasks.Task):
         else:
             valid_spec = labeled_source(cfg.data, "valid")
             valid_texts, valid_labels = read_labeled(valid_spec)
+        if (
+            cfg.model.init_head and not cfg.model.init_from
+        ):  # checked here: --init-from may come after the file
+            raise NlpRnnError("config: model.init_head goes with model.init_from (a document classifier)")
         start = transfer.start_from(cfg) if cfg.model.init_from else None
         if start and tokenizer.folder is not None:
             raise NlpRnnError(

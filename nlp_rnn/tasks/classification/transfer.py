@@ -56,7 +56,7 @@ class Start:
         source's, in the same order, for its head's outputs to mean the same."""
         if not self.head:
             return
-        theirs = self.source.meta.get("label_values")
+        theirs = self.source.meta.get("label_values", self.source.meta.get("labels"))
         if [str(v) for v in theirs or []] != [str(v) for v in values]:
             raise NlpRnnError(
                 f"--init-head: {where} has the labels {values}, the classifier {self.source.path} has "

@@ -74,6 +74,9 @@ class ClassificationTask(tasks.Task):
     def prepare(
         self, cfg: ClassifierConfig, out_dir: Path, tokenizer: tasks.TokenizerChoice
     ) -> tasks.TrainingSetup:
+        # checked here, not in the config: --init-from may come from the command line after the file
+        if cfg.model.init_head and not cfg.model.init_from:
+            raise NlpRnnError("config: model.init_head goes with model.init_from (a document classifier)")
         train_spec = labeled_source(cfg.data, "train")
         train_texts, train_labels = read_labeled(train_spec)
         if cfg.data.valid_fraction and not (cfg.data.valid or cfg.data.dataset):
@@ -84,10 +87,6 @@ class ClassificationTask(tasks.Task):
         else:
             valid_spec = labeled_source(cfg.data, "valid")
             valid_texts, valid_labels = read_labeled(valid_spec)
-        if (
-            cfg.model.init_head and not cfg.model.init_from
-        ):  # checked here: --init-from may come after the file
-            raise NlpRnnError("config: model.init_head goes with model.init_from (a document classifier)")
         start = transfer.start_from(cfg) if cfg.model.init_from else None
         if start and tokenizer.folder is not None:
             raise NlpRnnError(

@@ -75,14 +75,13 @@ class Start:
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         if self.head:
-            theirs, mine = self.source.model.head.state_dict(), model.head.state_dict()
-            differ = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
-            if differ or len(theirs) != len(mine):
+            try:  # strict: other keys (another norm) or other shapes (another size) are refused
+                model.head.load_state_dict(self.source.model.head.state_dict())
+            except RuntimeError:
                 raise NlpRnnError(
                     f"--init-head: the head of {self.source.path} ({_head_shape(self.source.config.model)}) does not "
                     f"fit the config's ({_head_shape(model.cfg)})"
-                )
-            model.head.load_state_dict(theirs)
+                ) from None
         log.info(
             "started from the %s %s (embeddings and recurrent stack%s)",
             self.kind,

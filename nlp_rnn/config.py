@@ -101,6 +101,10 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
+    # The seed of the model's new weights alone (None: `seed`). Runs with one init_seed and different seeds
+    # start from the same weights and differ in data order and dropout: fine-tunings whose weights can be
+    # averaged into one model (`nlp-rnn average --model A --model B ...`, a "model soup").
+    init_seed: Optional[int] = None
     batch_tokens: int = 4096  # padded source+target tokens per batch (token budget)
     max_batch_sentences: int = 512
     lr: float = 1e-3

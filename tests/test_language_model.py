@@ -79,7 +79,7 @@ def carried_and_reset(cell: str, distance: int, lr: float, seed: int) -> tuple[f
     class FakeTokenizer:
         src_vocab_size = 10
 
-    bundle = new_bundle(task, cfg, FakeTokenizer(), {}, seed=seed)
+    bundle = new_bundle(task, cfg, FakeTokenizer(), {})
     ids, _ = key_stream(1500, distance, seed=1)
     setup = task._stream_setup(cfg, bundle, ids, ids[:200], 200)
     model = bundle.model

@@ -120,7 +120,7 @@ class MajorityTask(tasks.Task):
     def prepare(self, cfg, out_dir, tokenizer):
         x, y = examples(cfg.data.examples, cfg.data.length, seed=0)
         vx, vy = examples(200, cfg.data.length, seed=1)
-        bundle = tasks.new_bundle(self, cfg, None, {"data": {"train": "simulated"}}, cfg.train.seed)
+        bundle = tasks.new_bundle(self, cfg, None, {"data": {"train": "simulated"}})
         model = bundle.model
 
         class Batcher:

@@ -277,14 +277,31 @@ def plot(
 
 
 def average(
-    run: Path = typer.Argument(..., help="Training folder trained with train.keep_checkpoints: N."),
+    run: Optional[Path] = typer.Argument(
+        None, help="Training folder trained with train.keep_checkpoints: N."
+    ),
     output: Path = typer.Option(..., "--output", help="Folder for the averaged bundle."),
     last: Optional[int] = typer.Option(None, "--last", help="Average the last N kept checkpoints."),
     best: Optional[int] = typer.Option(None, "--best", help="... or the N of best validation score."),
+    model: list[Path] = typer.Option(
+        [],
+        "--model",
+        help="Instead of a RUN: two or more models fine-tuned from one start (one train.init_seed), "
+        "bundles or training folders, averaged into one (a model soup).",
+    ),
 ) -> None:
-    """Average a run's kept checkpoints into one bundle (checkpoint averaging, as OpenNMT-py and fairseq)."""
-    from nlp_rnn.tasks.averaged import average_checkpoints
+    """Average a run's kept checkpoints into one bundle (checkpoint averaging, as OpenNMT-py and fairseq),
+    or several models fine-tuned from the same weights (--model A --model B ...: a model soup)."""
+    from nlp_rnn.tasks.averaged import average_checkpoints, average_models
 
+    if model:
+        if run is not None or last is not None or best is not None:
+            raise NlpRnnError("average: give a RUN with --last/--best, or --model twice or more, not both")
+        result = average_models(model, output)
+        typer.echo(f"{result['output']}: the mean of {', '.join(result['models'])}")
+        return
+    if run is None:
+        raise NlpRnnError("average: give a RUN with --last N or --best N, or --model A --model B ...")
     result = average_checkpoints(run, output, last, best)
     typer.echo(
         f"{result['output']}: the mean of the checkpoints of steps {', '.join(map(str, result['steps']))}"

@@ -1,5 +1,7 @@
 """`nlp-rnn average`: a bundle whose weights are the mean of a run's kept checkpoints (the last N or the
-best N of `train.keep_checkpoints`), with the running mean the Trainer's weight averaging uses."""
+best N of `train.keep_checkpoints`), with the running mean the Trainer's weight averaging uses; or the mean of
+several models fine-tuned from one start (a "model soup", Wortsman et al. 2022: runs with one
+`train.init_seed` and different seeds)."""
 
 import json
 from pathlib import Path
@@ -44,3 +46,56 @@ def average_checkpoints(
     }
     bundles.save(output, bundle)
     return {"output": str(output), "steps": steps}
+
+
+def average_models(models: list[Path], output: Path) -> dict:
+    """The mean of the weights of `models` (bundles or training folders), saved as the first's bundle. They
+    must be one task, one architecture (the same tensors and shapes), one tokenizer and, for classifiers,
+    the same labels; otherwise one line naming the first model and the one that differs. Floating-point
+    buffers (a batch-norm head's statistics) are averaged too; integer buffers are the first's."""
+    if len(models) < 2:
+        raise NlpRnnError("average: give at least two --model (or a RUN with --last/--best)")
+    first = load(models[0])
+    reference = first.model.state_dict()
+    sums = {k: v.detach().double().clone() for k, v in reference.items() if v.is_floating_point()}
+    for path in models[1:]:
+        other = load(path)
+        differs = _difference(first, other)
+        if differs:
+            raise NlpRnnError(
+                f"average: {models[0]} and {path} differ in {differs}: their weights cannot be averaged"
+            )
+        for name, tensor in other.model.state_dict().items():
+            if name in sums:
+                sums[name] += tensor.detach().double()
+    with torch.no_grad():
+        first.model.load_state_dict(
+            {k: (sums[k] / len(models)).to(v.dtype) if k in sums else v for k, v in reference.items()}
+        )
+    first.meta.pop("best", None)  # the first model's validation, not the mean's
+    first.meta["averaged"] = {"from": [str(m) for m in models], "how": f"the mean of {len(models)} models"}
+    bundles.save(output, first)
+    return {"output": str(output), "models": [str(m) for m in models]}
+
+
+def _difference(a, b) -> str:
+    """What keeps two bundles' weights from being averaged, or '' when nothing does."""
+    if a.task != b.task:
+        return f"task ({a.task} against {b.task})"
+    mine, theirs = a.model.state_dict(), b.model.state_dict()
+    if mine.keys() != theirs.keys():
+        name = sorted(mine.keys() ^ theirs.keys())[0]
+        return f"architecture (tensor {name} in one only)"
+    for name, tensor in mine.items():
+        if tensor.shape != theirs[name].shape:
+            return f"architecture ({name}: {tuple(tensor.shape)} against {tuple(theirs[name].shape)})"
+    if (a.tokenizer is None) != (b.tokenizer is None) or (
+        a.tokenizer is not None
+        and (a.tokenizer.src_blob, a.tokenizer.tgt_blob, a.tokenizer.normalise)
+        != (b.tokenizer.src_blob, b.tokenizer.tgt_blob, b.tokenizer.normalise)
+    ):
+        return "tokenizer"
+    for key in ("labels", "label_values"):
+        if a.meta.get(key) != b.meta.get(key):
+            return f"{key.replace('_', ' ')} ({a.meta.get(key)} against {b.meta.get(key)})"
+    return ""

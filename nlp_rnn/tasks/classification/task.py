@@ -130,7 +130,7 @@ class ClassificationTask(tasks.Task):
         }
         if start:
             meta["init_from"] = start.describe()
-        bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        bundle = tasks.new_bundle(self, cfg, tok, meta)
         model = bundle.model
         if start:
             start.copy_into(model)

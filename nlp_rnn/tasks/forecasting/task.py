@@ -188,7 +188,7 @@ class ForecastTask(tasks.Task):
                 cut,
                 refit["best"]["val_mse"],
             )
-        bundle = tasks.new_bundle(self, cfg, None, meta, cfg.train.seed)
+        bundle = tasks.new_bundle(self, cfg, None, meta)
         model: Forecaster = bundle.model
         if cfg.model.linear_skip and cfg.model.start_linear:
             design = torch.cat(

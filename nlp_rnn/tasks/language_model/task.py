@@ -115,7 +115,7 @@ class LanguageModelTask(tasks.Task):
             meta["data"]["valid_unknown_words"] = unseen
         if source is not None:
             meta["init_from"] = str(source.path)
-        bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        bundle = tasks.new_bundle(self, cfg, tok, meta)
         if source is not None:
             bundle.model.load_state_dict(source.model.state_dict())
             log.info("fine-tuning the language model %s", source.path)

@@ -117,7 +117,7 @@ class TranslationTask(tasks.Task):
                 "train_pairs": len(train_src),
             },
         }
-        bundle = tasks.new_bundle(self, cfg, tok, meta, cfg.train.seed)
+        bundle = tasks.new_bundle(self, cfg, tok, meta)
         embeddings.apply(
             cfg.model,
             bundle.model,

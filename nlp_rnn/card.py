@@ -72,6 +72,18 @@ def model_card(task: str, config: dict, meta: dict) -> str:
         lines.append(f"- hardware: {meta['hardware']}")
     if meta.get("command"):
         lines.append(f"- command: `{meta['command']}`")
+    averaged = meta.get("averaged")
+    if isinstance(averaged, dict) and isinstance(averaged.get("from"), list):
+        lines.append(
+            f"- weights: the mean of {len(averaged['from'])} models fine-tuned from one start (a model soup): "
+            + ", ".join(averaged["from"])
+            + (" (the command above trained the first)" if meta.get("command") else "")
+        )
+    elif isinstance(averaged, dict):
+        lines.append(
+            f"- weights: the mean of the checkpoints of steps {', '.join(map(str, averaged.get('steps') or []))} "
+            f"of {averaged.get('from')}"
+        )
     train = config.get("train", {})
     if train:
         lines.append(

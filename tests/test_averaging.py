@@ -31,6 +31,7 @@ def test_average_of_the_last_and_best_kept_checkpoints(tmp_path: Path, capsys) -
         if tensor.is_floating_point() and name in weights[0]:
             torch.testing.assert_close(tensor, (weights[0][name] + weights[1][name]) / 2, rtol=0, atol=1e-7)
     assert averaged.meta["averaged"]["steps"] == [4, 6]
+    assert "the mean of the checkpoints of steps 4, 6 of" in (tmp_path / "avg" / "README.md").read_text()
     index = [json.loads(line) for line in (run / "checkpoints" / "index.jsonl").read_text().splitlines()]
     best = max(index, key=lambda r: r["score"])
     assert main(["average", str(run), "--best", "1", "--output", str(tmp_path / "best1")]) == 0
@@ -78,6 +79,9 @@ def test_models_fine_tuned_from_one_start_average_into_one(tmp_path: Path, capsy
             torch.testing.assert_close(tensor, mean.float(), rtol=0, atol=1e-6)
     assert averaged.meta["averaged"]["from"] == [str(run) for run in runs]
     assert "best" not in averaged.meta  # the first model's validation is not the mean's
+    card = (soup / "README.md").read_text()
+    assert f"the mean of 3 models fine-tuned from one start (a model soup): {runs[0]}, {runs[1]}" in card
+    assert "validation" not in card.split("## Scores")[-1].split("## Use")[0]
     # a model averaged with itself is itself: the same probabilities
     twice = tmp_path / "twice"
     assert main(["average", "--model", str(runs[0]), "--model", str(runs[0]), "--output", str(twice)]) == 0

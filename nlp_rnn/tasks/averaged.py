@@ -72,7 +72,8 @@ def average_models(models: list[Path], output: Path) -> dict:
         first.model.load_state_dict(
             {k: (sums[k] / len(models)).to(v.dtype) if k in sums else v for k, v in reference.items()}
         )
-    first.meta.pop("best", None)  # the first model's validation, not the mean's
+    for key in ("best", "step", "created"):  # the first model's validation, step and date, not the mean's
+        first.meta.pop(key, None)
     first.meta["averaged"] = {"from": [str(m) for m in models], "how": f"the mean of {len(models)} models"}
     bundles.save(output, first)
     return {"output": str(output), "models": [str(m) for m in models]}

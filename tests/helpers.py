@@ -221,10 +221,13 @@ def windows_and_one_pass(model, batcher, epoch: int = 0) -> tuple[torch.Tensor, 
 
 
 def train_tiny_classifier(
-    folder: Path, steps: int = 2, train: str = "batch_tokens: 60, validate_every: 2"
+    folder: Path,
+    steps: int = 2,
+    train: str = "batch_tokens: 60, validate_every: 2",
+    model: str = "embedding_dim: 8, hidden_size: 8",
 ) -> Path:
     """`nlp-rnn train classifier` on a 3-sentence sentiment table (label names, unigram tokenizer, LSTM 8) for
-    `steps` steps; the run folder. `train` is the config's train section (YAML flow mapping body)."""
+    `steps` steps; the run folder. `train` and `model` are the config's sections (YAML flow mapping bodies)."""
     from nlp_rnn.cli import main
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,7 +236,7 @@ def train_tiny_classifier(
     cfg = folder / "cfg.yaml"
     cfg.write_text(
         "data: {label_names: {0: negative, 1: positive}}\ntokenizer: {model_type: unigram, vocab_size: 300}\n"
-        f"model: {{embedding_dim: 8, hidden_size: 8}}\ntrain: {{{train}}}\n"
+        f"model: {{{model}}}\ntrain: {{{train}}}\n"
     )
     run = folder / "run"
     args = [

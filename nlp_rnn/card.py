@@ -89,7 +89,9 @@ def model_card(task: str, config: dict, meta: dict) -> str:
         lines.append(
             "- settings: "
             + ", ".join(
-                f"{k} {_fmt(train[k])}" for k in ("lr", "optimizer", "precision", "seed") if k in train
+                f"{k} {_fmt(train[k])}"
+                for k in ("lr", "optimizer", "precision", "seed", "init_seed")
+                if train.get(k) is not None
             )
         )
     scores = {k: v for k, v in best.items() if k.startswith("val_")}

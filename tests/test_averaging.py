@@ -51,16 +51,23 @@ def initial_weights(tmp_path: Path, **train) -> dict:
     )
     out = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     setup = tasks.get("classification").prepare(cfg, out, tasks.TokenizerChoice(out))
-    return setup.bundle.model.state_dict()
+    return {**setup.bundle.model.state_dict(), "next draw": torch.rand(4)}  # what dropout would draw next
 
 
 def test_init_seed_gives_the_same_initial_weights_whatever_the_seed(tmp_path: Path) -> None:
     a, b = initial_weights(tmp_path, seed=1, init_seed=7), initial_weights(tmp_path, seed=2, init_seed=7)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    weights = [k for k in a if k != "next draw"]
+    assert all(torch.equal(a[k], b[k]) for k in weights)
     c = initial_weights(tmp_path, seed=7)  # init_seed 7 is what seed 7 alone gives
-    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert all(torch.equal(a[k], c[k]) for k in weights)
     d = initial_weights(tmp_path, seed=2)
-    assert not all(torch.equal(a[k], d[k]) for k in a)
+    assert not all(torch.equal(a[k], d[k]) for k in weights)
+    # after the weights, torch's generator follows train.seed: dropout is seed 2's with or without init_seed
+    assert torch.equal(b["next draw"], torch.manual_seed(2) and torch.rand(4))
+    assert not torch.equal(a["next draw"], b["next draw"])
+    # init_seed equal to seed is the same run as no init_seed, draws included
+    same = initial_weights(tmp_path, seed=7, init_seed=7)
+    assert all(torch.equal(same[k], c[k]) for k in c)
 
 
 def test_models_fine_tuned_from_one_start_average_into_one(tmp_path: Path, capsys) -> None:
@@ -82,6 +89,7 @@ def test_models_fine_tuned_from_one_start_average_into_one(tmp_path: Path, capsy
     card = (soup / "README.md").read_text()
     assert f"the mean of 3 models fine-tuned from one start (a model soup): {runs[0]}, {runs[1]}" in card
     assert "validation" not in card.split("## Scores")[-1].split("## Use")[0]
+    assert "seed 1, init_seed 3" in card  # what reproduces a member
     # a model averaged with itself is itself: the same probabilities
     twice = tmp_path / "twice"
     assert main(["average", "--model", str(runs[0]), "--model", str(runs[0]), "--output", str(twice)]) == 0
@@ -98,7 +106,7 @@ def test_models_that_cannot_be_averaged_are_one_line_each(tmp_path: Path, capsys
     wider = train_tiny_classifier(tmp_path / "wider", 2, model="embedding_dim: 8, hidden_size: 12")
     cases = [
         (["--model", str(run)], "give at least two --model"),
-        (["--model", str(run), "--model", str(wider)], "differ in architecture"),
+        (["--model", str(run), "--model", str(wider)], f"{run} and {wider} differ in architecture"),
         (["--model", str(run), "--model", str(CHECKPOINTS / "multi30k-de-en")], "differ in task"),
         ([str(run), "--last", "1", "--model", str(run), "--model", str(run)], "not both"),
         ([], "give a RUN with --last N or --best N, or --model"),
@@ -108,3 +116,11 @@ def test_models_that_cannot_be_averaged_are_one_line_each(tmp_path: Path, capsys
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+    # the output must not be a folder averaged from: saving would replace the run
+    before = sorted(p.name for p in run.iterdir())
+    for output in (run, run / "best"):
+        assert main(["average", "--model", str(run), "--model", str(run), "--output", str(output)]) == 2
+        assert f"--output {output} would overwrite {run}" in capsys.readouterr().err
+    assert main(["average", str(run), "--last", "1", "--output", str(run)]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before and load(run).model is not None

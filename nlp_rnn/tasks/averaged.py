@@ -20,6 +20,7 @@ def average_checkpoints(
 ) -> dict:
     if (last is None) == (best is None) or (last or best or 0) < 1:
         raise NlpRnnError("average: give --last N or --best N (N at least 1)")
+    _refuse_overwriting(output, [run])
     index = Path(run) / "checkpoints" / "index.jsonl"
     if not index.is_file():
         raise NlpRnnError(f"{run}: no kept checkpoints (train with train.keep_checkpoints: N)")
@@ -55,6 +56,7 @@ def average_models(models: list[Path], output: Path) -> dict:
     buffers (a batch-norm head's statistics) are averaged too; integer buffers are the first's."""
     if len(models) < 2:
         raise NlpRnnError("average: give at least two --model (or a RUN with --last/--best)")
+    _refuse_overwriting(output, models)
     first = load(models[0])
     reference = first.model.state_dict()
     sums = {k: v.detach().double().clone() for k, v in reference.items() if v.is_floating_point()}
@@ -72,11 +74,29 @@ def average_models(models: list[Path], output: Path) -> dict:
         first.model.load_state_dict(
             {k: (sums[k] / len(models)).to(v.dtype) if k in sums else v for k, v in reference.items()}
         )
-    for key in ("best", "step", "created"):  # the first model's validation, step and date, not the mean's
+    # the first model's validation, step, date, test scores and stored precision, not the mean's
+    for key in ("best", "step", "created", "tests", "weights_dtype"):
         first.meta.pop(key, None)
     first.meta["averaged"] = {"from": [str(m) for m in models], "how": f"the mean of {len(models)} models"}
     bundles.save(output, first)
     return {"output": str(output), "models": [str(m) for m in models]}
+
+
+# What a task keeps in meta.json that gives the outputs their meaning: classes, conditions, a forecaster's
+# scaling and inputs. Two models that differ here answer different questions with the same tensors.
+MEANING = ("labels", "label_values", "conditions", "stats", "categories", "features", "lags")
+
+
+def _refuse_overwriting(output: Path, sources: list) -> None:
+    """`bundles.save` replaces OUTPUT whole: it must not be, or hold, a folder averaged from."""
+    out = Path(output).resolve()
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            continue  # a Hub name: nothing local to overwrite
+        here = {path.resolve(), bundles.resolve(path).resolve()}
+        if any(out == p or out in p.parents for p in here):
+            raise NlpRnnError(f"average: --output {output} would overwrite {source}; give another folder")
 
 
 def _difference(a, b) -> str:
@@ -96,7 +116,7 @@ def _difference(a, b) -> str:
         != (b.tokenizer.src_blob, b.tokenizer.tgt_blob, b.tokenizer.normalise)
     ):
         return "tokenizer"
-    for key in ("labels", "label_values"):
+    for key in MEANING:
         if a.meta.get(key) != b.meta.get(key):
             return f"{key.replace('_', ' ')} ({a.meta.get(key)} against {b.meta.get(key)})"
     return ""

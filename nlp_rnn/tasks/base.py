@@ -312,11 +312,11 @@ def new_bundle(task: Task, cfg: Any, tokenizer: Optional[Tokenizer], meta: dict)
     """Seeds torch, then builds the model, so that the same seed gives the same initial weights. With
     `train.init_seed` the weights come from that seed and torch is seeded again with `train.seed` after
     them (dropout and what else draws from torch's generator follow `train.seed`)."""
-    init_seed = cfg.train.init_seed
-    torch.manual_seed(cfg.train.seed if init_seed is None else init_seed)
+    seed, init_seed = cfg.train.seed, cfg.train.init_seed
+    torch.manual_seed(seed if init_seed is None else init_seed)
     model = task.build_model(cfg, tokenizer, meta)
-    if init_seed is not None:
-        torch.manual_seed(cfg.train.seed)
+    if init_seed is not None and init_seed != seed:  # init_seed equal to seed: the same run as without it
+        torch.manual_seed(seed)
     meta = dict(meta, parameters=sum(p.numel() for p in model.parameters()))
     log.info("model: %s parameters", f"{meta['parameters']:,}")
     return bundles.Bundle(task.name, cfg, model, tokenizer, meta)

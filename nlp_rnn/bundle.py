@@ -46,6 +46,27 @@ class Bundle:
     path: Optional[Path] = None
 
 
+# What a task keeps in meta.json that gives a model's outputs their meaning: classes, conditions, a forecaster's
+# scaling and inputs. Two models that differ here answer different questions, even with the same tensors.
+MEANING = ("labels", "label_values", "conditions", "stats", "categories", "features", "lags")
+
+
+def unlike(a: Bundle, b: Bundle) -> str:
+    """What keeps two bundles from being used as one (an ensemble, a weight average): 'tasks (...)',
+    'tokenizers' or the meta field that differs, as in "A and B have different ..."; '' when nothing does."""
+    if a.task != b.task:
+        return f"tasks ({a.task} against {b.task})"
+    x, y = a.tokenizer, b.tokenizer
+    if (x is None) != (y is None) or (
+        x is not None and (x.src_blob, x.tgt_blob, x.normalise) != (y.src_blob, y.tgt_blob, y.normalise)
+    ):
+        return "tokenizers"
+    for key in MEANING:
+        if a.meta.get(key) != b.meta.get(key):
+            return f"{key.replace('_', ' ')} ({a.meta.get(key)} against {b.meta.get(key)})"
+    return ""
+
+
 def resolve(path: str | Path) -> Path:
     """A bundle folder, a training output folder meaning its `best/` bundle, or `hf://ORG/NAME[@REVISION]`
     (downloaded once into the Hugging Face cache)."""

@@ -106,8 +106,8 @@ def test_models_that_cannot_be_averaged_are_one_line_each(tmp_path: Path, capsys
     wider = train_tiny_classifier(tmp_path / "wider", 2, model="embedding_dim: 8, hidden_size: 12")
     cases = [
         (["--model", str(run)], "give at least two --model"),
-        (["--model", str(run), "--model", str(wider)], f"{run} and {wider} differ in architecture"),
-        (["--model", str(run), "--model", str(CHECKPOINTS / "multi30k-de-en")], "differ in task"),
+        (["--model", str(run), "--model", str(wider)], f"{run} and {wider} have different architectures"),
+        (["--model", str(run), "--model", str(CHECKPOINTS / "multi30k-de-en")], "have different tasks"),
         ([str(run), "--last", "1", "--model", str(run), "--model", str(run)], "not both"),
         ([], "give a RUN with --last N or --best N, or --model"),
     ]

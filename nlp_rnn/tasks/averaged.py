@@ -65,7 +65,7 @@ def average_models(models: list[Path], output: Path) -> dict:
         differs = _difference(first, other)
         if differs:
             raise NlpRnnError(
-                f"average: {models[0]} and {path} differ in {differs}: their weights cannot be averaged"
+                f"average: {models[0]} and {path} have different {differs}: their weights cannot be averaged"
             )
         for name, tensor in other.model.state_dict().items():
             if name in sums:
@@ -82,11 +82,6 @@ def average_models(models: list[Path], output: Path) -> dict:
     return {"output": str(output), "models": [str(m) for m in models]}
 
 
-# What a task keeps in meta.json that gives the outputs their meaning: classes, conditions, a forecaster's
-# scaling and inputs. Two models that differ here answer different questions with the same tensors.
-MEANING = ("labels", "label_values", "conditions", "stats", "categories", "features", "lags")
-
-
 def _refuse_overwriting(output: Path, sources: list) -> None:
     """`bundles.save` replaces OUTPUT whole: it must not be, or hold, a folder averaged from."""
     out = Path(output).resolve()
@@ -100,23 +95,14 @@ def _refuse_overwriting(output: Path, sources: list) -> None:
 
 
 def _difference(a, b) -> str:
-    """What keeps two bundles' weights from being averaged, or '' when nothing does."""
-    if a.task != b.task:
-        return f"task ({a.task} against {b.task})"
+    """What keeps two bundles' weights from being averaged, as in "A and B have different ...", or ''."""
+    why = bundles.unlike(a, b)
+    if why:
+        return why
     mine, theirs = a.model.state_dict(), b.model.state_dict()
     if mine.keys() != theirs.keys():
-        name = sorted(mine.keys() ^ theirs.keys())[0]
-        return f"architecture (tensor {name} in one only)"
+        return f"architectures (tensor {sorted(mine.keys() ^ theirs.keys())[0]} in one only)"
     for name, tensor in mine.items():
         if tensor.shape != theirs[name].shape:
-            return f"architecture ({name}: {tuple(tensor.shape)} against {tuple(theirs[name].shape)})"
-    if (a.tokenizer is None) != (b.tokenizer is None) or (
-        a.tokenizer is not None
-        and (a.tokenizer.src_blob, a.tokenizer.tgt_blob, a.tokenizer.normalise)
-        != (b.tokenizer.src_blob, b.tokenizer.tgt_blob, b.tokenizer.normalise)
-    ):
-        return "tokenizer"
-    for key in MEANING:
-        if a.meta.get(key) != b.meta.get(key):
-            return f"{key.replace('_', ' ')} ({a.meta.get(key)} against {b.meta.get(key)})"
+            return f"architectures ({name}: {tuple(tensor.shape)} against {tuple(theirs[name].shape)})"
     return ""

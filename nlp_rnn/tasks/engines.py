@@ -53,27 +53,16 @@ def load_for(engine: str, path, device: str = "cpu"):
 
 
 def ensemble_of(bundles_: list) -> bundles.Bundle:
-    """One bundle whose model is the members' ensemble; same task and tokenizer required."""
+    """One bundle whose model is the members' ensemble; same task, tokenizer and labels required."""
     first = bundles_[0]
     for other in bundles_[1:]:
         if other.task != first.task:
             raise NlpRnnError(
                 f"ensemble: {other.path} is a {other.task} model, {first.path} a {first.task} model"
             )
-        a, b = first.tokenizer, other.tokenizer
-        same = (
-            a is None
-            and b is None
-            or (
-                a is not None
-                and b is not None
-                and (a.src_blob, a.tgt_blob, a.normalise) == (b.src_blob, b.tgt_blob, b.normalise)
-            )
-        )
-        if not same:
-            raise NlpRnnError(f"ensemble: {other.path} and {first.path} have different tokenizers")
-        if first.meta.get("labels") != other.meta.get("labels"):
-            raise NlpRnnError(f"ensemble: {other.path} and {first.path} have different labels")
+        why = bundles.unlike(first, other)
+        if why:
+            raise NlpRnnError(f"ensemble: {other.path} and {first.path} have different {why}")
     meta = dict(first.meta, ensemble=[str(b.path) for b in bundles_])
     return bundles.Bundle(
         first.task,

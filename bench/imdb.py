@@ -10,9 +10,10 @@ text plus the review texts of IMDb's train.csv (never test.csv); 2. that model f
 3. the classifier started from it (`--init-from`), chosen on a held-out 5% of train.csv; 4. `nlp-rnn evaluate`
 on IMDb's test.csv (25,000 reviews) and SST-2's test.tsv.
 Other stages: baseline (stage 3 from random weights), sst (SST-2 and SST-5 from the stage-2 model, or with
-`--sst-from NAME` from the IMDb classifier RUNS/NAME), default (the shipped default model: reviews and SST-2 phrases
-together; `--ship DIR` writes its fp16 bundle), ablation (the fine-tuning switches, `--variants`), speed (stages 1
-and 3 for `--speed-minutes` each in fp32 and in bf16: their training rates side by side).
+`--sst-from NAME` from the IMDb classifier RUNS/NAME), soup (SST-5 classifiers of `--seeds` from that IMDb classifier
+sharing their head's start, `--soup-steps` each, averaged into one model), default (the shipped default model:
+reviews and SST-2 phrases together; `--ship DIR` writes its fp16 bundle), ablation (the fine-tuning switches,
+`--variants`), speed (stages 1 and 3 for `--speed-minutes` each in fp32 and in bf16: their training rates side by side).
 Results go to bench/results/imdb.json (after each stage); each stage's command line, minutes and score are printed.
 `--data` names another data folder laid out like ../shared/data (bench/gpu.sh passes its subsets there).
 """
@@ -67,7 +68,18 @@ def evaluate(model: Path, data: Path, text_column: str, out: Path, device: str =
     return {"command": " ".join(cmd), "accuracy": result["accuracy"], "seconds": result["seconds"]}
 
 
-STAGES = ("pretrain", "finetune", "classifier", "evaluate", "baseline", "sst", "default", "ablation", "speed")
+STAGES = (
+    "pretrain",
+    "finetune",
+    "classifier",
+    "evaluate",
+    "baseline",
+    "sst",
+    "soup",
+    "default",
+    "ablation",
+    "speed",
+)
 
 
 def arguments() -> argparse.Namespace:
@@ -97,6 +109,12 @@ def arguments() -> argparse.Namespace:
         default="",
         help="sst stage: start from this IMDb classifier (a folder under --runs, e.g. one-rate) instead of the "
         "fine-tuned language model",
+    )
+    parser.add_argument(
+        "--soup-steps",
+        type=int,
+        default=1600,
+        help="soup stage: each SST-5 member's budget in steps (from --sst-from, default one-rate; --seeds)",
     )
     parser.add_argument(
         "--default-minutes",
@@ -198,6 +216,11 @@ class Pipeline:
     def sst(self) -> None:
         seeds = [int(x) for x in self.args.seeds.split(",") if x]
         sst(self.runs, self.tuned, self.log, self.data, seeds, self.args.sst_from)
+
+    def soup(self) -> None:
+        seeds = [int(x) for x in self.args.seeds.split(",") if x]
+        origin = self.runs / (self.args.sst_from or "one-rate")
+        sst5_soup(self.runs, origin, self.log, self.data, seeds, self.args.soup_steps)
 
     def default(self) -> None:
         ship = Path(self.args.ship) if self.args.ship else None
@@ -305,18 +328,8 @@ def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int], start:
         by_seed = entry.setdefault("seeds", {})
         for seed in seeds:
             tag = name if seed == 1 else f"{name}-seed{seed}"
-            folder, report = runs / tag, runs / f"{tag}_test.json"
-            if (folder / "best").is_dir() and report.exists():
-                result = json.loads(report.read_text())["sets"][0]
-                by_seed[str(seed)] = {"read_back": str(folder), "best": best_of(folder)}
-                by_seed[str(seed)]["test"] = {"accuracy": result["accuracy"], "seconds": result["seconds"]}
-                print(f"{tag}: read back (trained earlier): test {result['accuracy']:.4f}", flush=True)
-                continue
-            cmd = train("classifier", config, folder) + ["--init-from", str(origin)]
-            run(cmd + ["--quiet", "--seed", str(seed)], by_seed, str(seed))
-            by_seed[str(seed)]["best"] = best_of(folder)
-            by_seed[str(seed)]["test"] = evaluate(folder, test, "sentence", report)
-            print(json.dumps(by_seed[str(seed)], indent=2), flush=True)
+            cmd = train("classifier", config, runs / tag) + ["--init-from", str(origin), "--seed", str(seed)]
+            by_seed[str(seed)] = trained_and_tested(runs, tag, cmd, test)
         accuracies = [by_seed[str(seed)]["test"]["accuracy"] for seed in seeds]
         if len(accuracies) > 1:
             entry["test_mean"] = statistics.mean(accuracies)
@@ -325,6 +338,52 @@ def sst(runs: Path, tuned: Path, log: dict, data: Data, seeds: list[int], start:
                 f"{name}: test {entry['test_mean']:.4f} ± {entry['test_sd']:.4f} over seeds {seeds}",
                 flush=True,
             )
+
+
+def trained_and_tested(runs: Path, tag: str, cmd: list[str], test: Path) -> dict:
+    """RUNS/TAG trained by `cmd` and evaluated on `test` (RUNS/TAG_test.json) — or, where both are already
+    there, read back (and the log says so), so that seeds can be added later."""
+    folder, report = runs / tag, runs / f"{tag}_test.json"
+    if (folder / "best").is_dir() and report.exists():
+        result = json.loads(report.read_text())["sets"][0]
+        print(f"{tag}: read back (trained earlier): test {result['accuracy']:.4f}", flush=True)
+        test_result = {"accuracy": result["accuracy"], "seconds": result["seconds"]}
+        return {"read_back": str(folder), "best": best_of(folder), "test": test_result}
+    entry: dict = {}
+    run(cmd + ["--quiet"], entry, "run")
+    entry = dict(entry["run"], best=best_of(folder), test=evaluate(folder, test, "sentence", report))
+    print(json.dumps(entry, indent=2), flush=True)
+    return entry
+
+
+def sst5_soup(runs: Path, origin: Path, log: dict, data: Data, seeds: list[int], steps: int) -> None:
+    """SST-5 classifiers from the IMDb classifier `origin` sharing their new head's start (`train.init_seed` 1),
+    one per seed, `steps` steps each (RUNS/sst5_soup-seedN), then their weights' mean as one model
+    (`nlp-rnn average --model ...`, RUNS/sst5_soup); every member and the soup scored on SST-5 dev and test."""
+    entry = log.setdefault("sst5_soup", {"from": str(origin), "steps": steps})
+    members = entry.setdefault("seeds", {})
+    dev = data.sst5.parent / "dev.tsv"
+    for seed in seeds:
+        tag = f"sst5_soup-seed{seed}"
+        cmd = train("classifier", "configs/sst5_transfer.yaml", runs / tag) + ["--init-from", str(origin)]
+        cmd += ["--seed", str(seed), "--set", "train.init_seed=1", "--set", "train.max_minutes=0"]
+        members[str(seed)] = trained_and_tested(runs, tag, cmd + ["--max-steps", str(steps)], data.sst5)
+        members[str(seed)]["dev"] = evaluate(runs / tag, dev, "sentence", runs / f"{tag}_dev.json")
+    soup = runs / "sst5_soup"
+    cmd = [*NLP_RNN, "average", "--output", str(soup)]
+    run(
+        cmd + [x for seed in seeds for x in ("--model", str(runs / f"sst5_soup-seed{seed}"))],
+        entry,
+        "average",
+    )
+    entry["dev"] = evaluate(soup, dev, "sentence", runs / "sst5_soup_dev.json")
+    entry["test"] = evaluate(soup, data.sst5, "sentence", runs / "sst5_soup_test.json")
+    alone = [members[str(seed)]["test"]["accuracy"] for seed in seeds]
+    print(
+        f"sst5_soup: test {entry['test']['accuracy']:.4f} (dev {entry['dev']['accuracy']:.4f}); "
+        f"the members alone {', '.join(f'{a:.4f}' for a in alone)}",
+        flush=True,
+    )
 
 
 def default_model(

@@ -1,10 +1,10 @@
 """Weight averaging, written once: the mean of every iterate since a start (averaged SGD, as in
 AWD-LSTM's NT-ASGD; stochastic weight averaging) or an exponential moving average. The Trainer
-updates it after each step and validates and saves `best/` with the averaged weights; checkpoint
-averaging uses the same running mean over saved models."""
+updates it after each step and validates and saves `best/` with the averaged weights. Saved models
+(kept checkpoints, a model soup) are averaged whole, buffers included, by `mean_state`."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -16,6 +16,26 @@ def non_monotone_trigger(scores: list[float], patience: int) -> bool:
     """NT-ASGD's trigger (Merity et al. 2018): the latest validation score (higher is better) is worse
     than the best of those before the last `patience` validations."""
     return len(scores) > patience and scores[-1] < max(scores[:-patience])
+
+
+def mean_state(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of state dicts with the same names and shapes: floating-point tensors (weights and buffers
+    such as a batch norm's running statistics) summed in float64 and cast back to the first's dtype;
+    integer tensors (a batch norm's step count) are the first's."""
+    first: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    for state in states:
+        if not first:
+            first = state
+            sums = {k: v.detach().double().clone() for k, v in state.items() if v.is_floating_point()}
+        else:
+            for name, total in sums.items():
+                total += state[name].detach().double()
+        count += 1
+    if not count:
+        raise ValueError("mean_state: no states to average")
+    return {k: (sums[k] / count).to(v.dtype) if k in sums else v for k, v in first.items()}
 
 
 class WeightAverage:

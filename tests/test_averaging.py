@@ -19,15 +19,22 @@ from nlp_rnn.tasks.classification.interface import Predictor
 
 
 def test_average_of_the_last_and_best_kept_checkpoints(tmp_path: Path, capsys) -> None:
-    run = train_tiny_classifier(
-        tmp_path, 6, "batch_tokens: 40, validate_every: 2, keep_checkpoints: 2, lr: 0.01"
+    run = train_tiny_classifier(  # a document classifier: its batch-norm head has running statistics
+        tmp_path,
+        6,
+        "batch_tokens: 40, validate_every: 2, keep_checkpoints: 2, lr: 0.01",
+        model="encoder: language_model, body: {embedding_dim: 8, hidden_size: 8, num_layers: 1}, window: 4, "
+        "head_size: 6",
     )
     kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["step-00000004", "step-00000006"]  # step 2's was dropped
     weights = [load_file(str(run / "checkpoints" / k / "model.safetensors")) for k in kept]
     assert main(["average", str(run), "--last", "2", "--output", str(tmp_path / "avg")]) == 0
     averaged = load(tmp_path / "avg")
-    for name, tensor in averaged.model.state_dict().items():
+    state = averaged.model.state_dict()
+    assert any(name.endswith("running_var") for name in state)  # buffers are averaged, not the last one's
+    assert not torch.equal(*(w[next(n for n in state if n.endswith("running_var"))] for w in weights))
+    for name, tensor in state.items():
         if tensor.is_floating_point() and name in weights[0]:
             torch.testing.assert_close(tensor, (weights[0][name] + weights[1][name]) / 2, rtol=0, atol=1e-7)
     assert averaged.meta["averaged"]["steps"] == [4, 6]

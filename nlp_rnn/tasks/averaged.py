@@ -1,7 +1,8 @@
 """`nlp-rnn average`: a bundle whose weights are the mean of a run's kept checkpoints (the last N or the
-best N of `train.keep_checkpoints`), with the running mean the Trainer's weight averaging uses; or the mean of
+best N of `train.keep_checkpoints`); or the mean of
 several models fine-tuned from one start (a "model soup", Wortsman et al. 2022: runs with one
-`train.init_seed` and different seeds)."""
+`train.init_seed` and different seeds). Both average buffers too (a batch-norm head's running statistics):
+`averaging.mean_state`."""
 
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Optional
 import torch
 
 from nlp_rnn import bundle as bundles
-from nlp_rnn.averaging import WeightAverage
+from nlp_rnn.averaging import mean_state
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.tasks.base import load
 
@@ -32,13 +33,9 @@ def average_checkpoints(
         raise NlpRnnError(f"{run}: {len(kept)} kept checkpoints, fewer than the {wanted} asked for")
     bundle = load(run)  # best/: config, tokenizer, meta and the model to fill
     model = bundle.model
-    average = WeightAverage(model, "mean")
-    for record in chosen:
-        model.load_state_dict(bundles.read_weights(index.parent / record["name"], model), strict=False)
-        average.update()
+    states = (bundles.read_weights(index.parent / r["name"], model) for r in chosen)
     with torch.no_grad():
-        for p, mean in zip(average.params, average.average):
-            p.copy_(mean)
+        model.load_state_dict(mean_state(states), strict=False)
     steps = [r["step"] for r in chosen]
     bundle.meta["averaged"] = {
         "from": str(run),
@@ -58,22 +55,20 @@ def average_models(models: list[Path], output: Path) -> dict:
         raise NlpRnnError("average: give at least two --model (or a RUN with --last/--best)")
     _refuse_overwriting(output, models)
     first = load(models[0])
-    reference = first.model.state_dict()
-    sums = {k: v.detach().double().clone() for k, v in reference.items() if v.is_floating_point()}
-    for path in models[1:]:
-        other = load(path)
-        differs = _difference(first, other)
-        if differs:
-            raise NlpRnnError(
-                f"average: {models[0]} and {path} have different {differs}: their weights cannot be averaged"
-            )
-        for name, tensor in other.model.state_dict().items():
-            if name in sums:
-                sums[name] += tensor.detach().double()
+
+    def states():
+        yield first.model.state_dict()
+        for path in models[1:]:
+            other = load(path)
+            differs = _difference(first, other)
+            if differs:
+                raise NlpRnnError(
+                    f"average: {models[0]} and {path} have different {differs}: their weights cannot be averaged"
+                )
+            yield other.model.state_dict()
+
     with torch.no_grad():
-        first.model.load_state_dict(
-            {k: (sums[k] / len(models)).to(v.dtype) if k in sums else v for k, v in reference.items()}
-        )
+        first.model.load_state_dict(mean_state(states()))
     # the first model's validation, step, date, test scores and stored precision, not the mean's
     for key in ("best", "step", "created", "tests", "weights_dtype"):
         first.meta.pop(key, None)

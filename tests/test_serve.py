@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, call, running
+from helpers import IMDB_TEST, ROOT, call, running
 
 from nlp_rnn.deploy.serve import Limits, create_app, load_models
 from nlp_rnn.tasks.base import load
@@ -135,3 +135,24 @@ def test_n_best_above_the_beam_widens_the_beam(server: str) -> None:
     wide = call(server, "/translate", {"texts": ["Ein Hund rennt."], "beam_size": 3, "n_best": 3})[1]
     narrow = call(server, "/translate", {"texts": ["Ein Hund rennt."], "beam_size": 2, "n_best": 2})[1]
     assert status == 200 and body == wide and body != narrow
+
+
+def test_a_document_classifier_takes_whole_reviews_where_a_sentence_model_answers_413() -> None:
+    """The per-text limit is the model's: whole documents for a classifier that reads them in windows."""
+    import csv
+
+    with open(IMDB_TEST, encoding="utf-8", newline="") as rows:
+        review = next(r["text"] for r in csv.DictReader(rows) if 600 < len(r["text"]) <= 3000)
+    specs = [("sst2", CHECKPOINTS / "sst2"), ("sentiment", CHECKPOINTS / "sentiment")]
+    app = create_app(load_models(specs, "cpu", "fp32"), Limits(max_chars=500, max_document_chars=3000))
+    with running(app) as base:
+        status, body = call(base, "/classify", {"texts": [review], "model": "sentiment"})
+        expected = Predictor(load(CHECKPOINTS / "sentiment")).classify([review])[0]
+        assert status == 200 and body["predictions"][0]["label"] == expected.label
+        assert body["predictions"][0]["probability"] == pytest.approx(expected.probability, abs=1e-5)
+        status, body = call(base, "/classify", {"texts": [review], "model": "sst2"})
+        assert status == 413 and body["error"] == (
+            f"texts.0: {len(review):,} characters; at most 500 per text for model sst2"
+        )
+        status, body = call(base, "/classify", {"texts": ["x" * 3001], "model": "sentiment"})
+        assert status == 413 and "at most 3,000 per text for model sentiment" in body["error"]

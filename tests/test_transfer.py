@@ -375,7 +375,7 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) ->
 
 
 def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
-    tmp_path: Path, language_model
+    tmp_path: Path, language_model, capsys
 ) -> None:
     cfg = classifier_config(tmp_path, language_model, max_steps=4, validate_every=4)
     tasks.train("classification", cfg, tmp_path / "run", progress_bar=False)
@@ -398,7 +398,11 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     int8 = Predictor(tasks.load(tmp_path / "run"), "int8").classify(texts[:2])
     for a, b in zip(int8, out):
         assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err.strip()  # ONNX refuses a document classifier in one line
+    assert len(err.splitlines()) == 1 and "export: a document classifier" in err, err
+    assert not (tmp_path / "onnx").exists()
     # evaluate reports the share of pieces spelt as bytes: none for text like the training text, some for
     # characters the tokenizer never saw
     for name, text, unknown in (("seen", REVIEWS[0][0], False), ("unseen", "映画は素晴らしい", True)):

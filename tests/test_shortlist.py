@@ -153,3 +153,12 @@ def test_with_the_shortlist_a_sentence_alone_equals_it_inside_a_batch(beam: int)
         assert alone.text == batched[i][0].text and alone.score == pytest.approx(
             batched[i][0].score, abs=1e-4
         )
+
+
+def test_shortlist_on_is_refused_in_one_line_for_an_ensemble(capsys) -> None:
+    model = str(CHECKPOINTS / "multi30k-de-en")
+    assert main(["translate", "--model", model, "--model", model, "--shortlist", "on", "Ein Hund."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--shortlist on works with one torch model" in err, err
+    assert main(["translate", "--model", model, "--model", model, "--shortlist", "off", "Ein Hund."]) == 0
+    assert capsys.readouterr().out.strip()  # the ensemble translates over the whole output layer

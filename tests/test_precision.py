@@ -41,3 +41,11 @@ def test_training_auto_skips_bf16_where_it_was_measured_slower() -> None:
     assert resolve_precision("auto", CPU, kind="intel-avx512-bf16") == "fp32"
     assert resolve_precision("auto", CPU, kind="amd-avx512-bf16") == ("bf16" if native else "fp32")
     assert resolve_precision("bf16", CPU, kind="intel-avx512-bf16") == "bf16"  # asked for: obeyed
+
+
+def test_an_avx2_cpu_translates_in_int8_and_keeps_fp32_for_what_was_not_measured_there() -> None:
+    kernels = "fbgemm" in torch.backends.quantized.supported_engines
+    assert inference_precision("auto", CPU, "translation", kind="avx2") == ("int8" if kernels else "fp32")
+    assert inference_precision("auto", CPU, "translation", int8_ok=False, kind="avx2") == "fp32"
+    for task in ("classification", "language_model", "forecasting"):
+        assert inference_precision("auto", CPU, task, kind="avx2") == "fp32"

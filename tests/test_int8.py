@@ -86,9 +86,18 @@ def test_int8_keeps_the_shipped_models_quality(multi30k: Path, sst2: Path) -> No
     with open(IMDB_TEST, encoding="utf-8", newline="") as rows:
         reviews = [row["text"] for _, row in zip(range(200), csv.DictReader(rows))]
     default = load(CHECKPOINTS / "sentiment")
+    labels = [
+        line.split("\t")[1] for line in (sst2 / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    ]
     for name, sample in (("sst2", texts), ("imdb", reviews)):
         fp32, int8 = Predictor(default, "fp32").classify(sample), Predictor(default, "int8").classify(sample)
         agree = sum(a.label == b.label for a, b in zip(fp32, int8)) / len(sample)
         assert agree >= 0.99, (name, agree)
+        if name == "sst2":  # the figure the bundle's card and the README state for it, in fp32
+            names = dict(zip(default.meta["label_values"], default.meta["labels"]))
+            right = sum(names[y] == p.label for y, p in zip(labels, fp32)) / len(labels)
+            stated = default.meta["tests"]["SST-2 test accuracy"]
+            assert right == pytest.approx(stated, abs=0.0006), (right, stated)
+            assert f"{100 * stated:.2f} %" in (ROOT / "README.md").read_text()
     with pytest.raises(NlpRnnError, match="--precision int8 runs on the CPU"):
         resolve_precision("int8", torch.device("cuda"))

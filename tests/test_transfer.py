@@ -372,6 +372,20 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) ->
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(start) in err, err
         assert not (tmp_path / "c" / "last").exists()
+    # a body of other sizes than the config states, through the command: one line naming both
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(
+        config.read_text() + "model: {encoder: language_model, body: {embedding_dim: 12, hidden_size: 32, "
+        "num_layers: 2}}\n"
+    )
+    args = ["train", "classifier", "--config", str(wider), "--init-from", str(language_model)]
+    assert main([*args, "--output", str(tmp_path / "c"), "--max-steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1
+        and "(hidden_size 16) does not fit the config's model.body (hidden_size 32)" in err
+    )
+    assert not (tmp_path / "c" / "last").exists()
 
 
 def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(

@@ -6,14 +6,21 @@ Starts the server in its own process on a free port, sends the 1,000 sentences o
 as 8-sentence requests from N client threads, and reports requests/s, sentences/s and the p50/p99
 latency of a request; also the latency of one-sentence requests from one client, and "batch mode":
 `Translator.translate` over the same sentences in one process at the server's maximum batch.
+Each client thread keeps one HTTP/1.1 connection open (as `requests.Session` or httpx clients do);
+`--new-connections` opens one per request instead (urllib's way, this script's before the twelfth session).
+The CPU seconds of the clients (this process), the server and its model process are reported for each
+load: the clients run on the same cores as the server.
 """
 
 import argparse
+import http.client
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +33,7 @@ DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
 
 def post(url: str, body: dict) -> tuple[float, dict]:
+    """One request on a connection of its own."""
     started = time.perf_counter()
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -33,6 +41,49 @@ def post(url: str, body: dict) -> tuple[float, dict]:
     with urllib.request.urlopen(request, timeout=300) as response:
         answer = json.loads(response.read())
     return time.perf_counter() - started, answer
+
+
+class KeptAlive:
+    """`post` on one open connection per client thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.local = port, threading.local()
+
+    def post(self, path: str, body: dict) -> tuple[float, dict]:
+        started = time.perf_counter()
+        for attempt in (1, 2):  # the server closes a connection idle for 5 s: open another, once
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            try:
+                conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+        if response.status != 200:
+            raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
+        return time.perf_counter() - started, json.loads(data)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and its children's live processes (Linux /proc)."""
+    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def batching(base: str) -> dict:
@@ -76,6 +127,11 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load"
     )
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="a new connection per request (urllib) instead of one kept open per client",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sentences = (DATA / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
@@ -114,12 +170,18 @@ def main() -> None:
         "max_wait_ms": args.max_wait_ms,
         "settle_ms": args.settle_ms,
         "model_process": not args.in_process,
+        "connections": "per request" if args.new_connections else "kept open per client",
     }
+    alive = KeptAlive(port)
+
+    def translate(body: dict) -> tuple[float, dict]:
+        return post(base + "/translate", body) if args.new_connections else alive.post("/translate", body)
+
     try:
         wait_for(base)
         for text in sentences[:5]:  # warm-up
-            post(base + "/translate", {"texts": [text], "beam_size": 1})
-        single = [post(base + "/translate", {"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]
+            translate({"texts": [text], "beam_size": 1})
+        single = [translate({"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]
         results["one_sentence_latency_ms"] = {
             "p50": round(1000 * statistics.median(single), 1),
             "p99": round(1000 * percentile(single, 0.99), 1),
@@ -130,21 +192,25 @@ def main() -> None:
         ] * args.rounds
         for clients in (int(c) for c in args.clients.split(",")):
             before = batching(base)
+            cpu = time.process_time(), cpu_seconds(server.pid)
             started = time.perf_counter()
             with ThreadPoolExecutor(clients) as pool:
                 latencies = [
                     t
-                    for t, _ in pool.map(
-                        lambda texts: post(base + "/translate", {"texts": texts, "beam_size": 1}), requests
-                    )
+                    for t, _ in pool.map(lambda texts: translate({"texts": texts, "beam_size": 1}), requests)
                 ]
             wall = time.perf_counter() - started
+            client_cpu, server_cpu = time.process_time() - cpu[0], cpu_seconds(server.pid) - cpu[1]
             results[f"clients_{clients}"] = {
                 "requests_per_s": round(len(requests) / wall, 1),
                 "sentences_per_s": round(args.rounds * len(sentences) / wall, 1),
                 "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
                 "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1),
                 **phase(before, batching(base)),
+                "cpu_s_per_s": {  # CPU seconds per second of wall time; 2.0 is both cores
+                    "clients": round(client_cpu / wall, 2),
+                    "server_and_model": round(server_cpu / wall, 2),
+                },
             }
             print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
     finally:

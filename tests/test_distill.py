@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import CHECKPOINTS, tiny_config, write_slice
 
 from nlp_rnn.cli import main
+from nlp_rnn.config import to_dict
 from nlp_rnn.tasks.base import load
 from nlp_rnn.tasks.translation import Translator
 from nlp_rnn.tasks.translation.distill import distill
@@ -40,12 +42,16 @@ def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path:
     assert student.meta["data"]["train"].endswith("train.src") or "distilled" in student.meta["data"]["train"]
     assert student.tokenizer.src_vocab_size == teacher.tokenizer.src_vocab_size  # the teacher's tokenizer
     assert summary["step"] == 4 and Translator(student, "fp32").translate(["Ein Hund."])[0]
-    # a second run reuses the translations
+    # a second run, through the command, reuses the translations
     stamp = (corpus / "train.tgt").stat().st_mtime_ns
-    distill(CHECKPOINTS / "multi30k-de-en", cfg, tmp_path / "student2", beam_size=2, progress=False)
+    config = tmp_path / "student.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    args = ["distill", str(CHECKPOINTS / "multi30k-de-en"), "--config", str(config), "--beam-size", "2"]
+    assert main([*args, "--precision", "fp32", "--output", str(tmp_path / "student2"), "--quiet"]) == 0
     assert (tmp_path / "student2" / "distilled" / "train.tgt").is_file() and stamp == (
         corpus / "train.tgt"
     ).stat().st_mtime_ns
+    assert load(tmp_path / "student2").meta["step"] == 4
 
 
 def test_distill_refuses_a_bad_beam(tmp_path: Path, capsys) -> None:

@@ -409,9 +409,10 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     assert out[0].probabilities == out[1].probabilities
     assert all(math.isclose(sum(p.probabilities.values()), 1, rel_tol=1e-5) for p in out)
     assert predictor.reads_documents  # the server takes long texts for it (--max-document-chars)
-    int8 = Predictor(tasks.load(tmp_path / "run"), "int8").classify(texts[:2])
-    for a, b in zip(int8, out):
-        assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05
+    for precision in ("int8", "bf16"):  # bf16: the whole copy in bf16, the pooled features cast for the head
+        other = Predictor(tasks.load(tmp_path / "run"), precision).classify(texts[:2])
+        for a, b in zip(other, out):
+            assert abs(a.probabilities["1"] - b.probabilities["1"]) < 0.05, precision
     capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "onnx")]) == 2
     err = capsys.readouterr().err.strip()  # ONNX refuses a document classifier in one line

@@ -53,6 +53,7 @@ class PooledBatchNorm(nn.BatchNorm1d):
         self.steps = steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)  # a bf16 copy (--precision bf16) gets float32 pooled features
         fixed = self.steps and int(self.num_batches_tracked) >= self.steps
         if self.training and (x.size(0) == 1 or fixed):
             return F.batch_norm(

@@ -9,7 +9,8 @@ latency of a request; also the latency of one-sentence requests from one client,
 Each client thread keeps one HTTP/1.1 connection open (as `requests.Session` or httpx clients do);
 `--new-connections` opens one per request instead (urllib's way, this script's before the twelfth session).
 The CPU seconds of the clients (this process), the server and its model process are reported for each
-load: the clients run on the same cores as the server.
+load: the clients run on the same cores as the server. "arrival_order_batches" is batch mode over the same
+sentences in the server's batches: consecutive texts, the clients' mean batch at a time.
 """
 
 import argparse
@@ -70,20 +71,30 @@ class KeptAlive:
         return time.perf_counter() - started, json.loads(data)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` and its children's live processes (Linux /proc)."""
-    total, ticks = 0.0, os.sysconf("SC_CLK_TCK")
-    pending = [pid]
-    while pending:
-        p = pending.pop()
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of process `pid` alone, and of its live descendants (the model process)
+    together (Linux /proc; zeros elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> tuple[float, list[int]]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
+            children = [
+                int(c)
+                for t in Path(f"/proc/{p}/task").iterdir()
+                for c in (t / "children").read_text().split()
+            ]
+            return (int(fields[11]) + int(fields[12])) / ticks, children
         except (OSError, ValueError, IndexError):
-            continue
-    return total
+            return 0.0, []
+
+    server, pending = own(pid)
+    descendants = 0.0
+    while pending:
+        seconds, more = own(pending.pop())
+        descendants += seconds
+        pending += more
+    return server, descendants
 
 
 def batching(base: str) -> dict:
@@ -200,7 +211,8 @@ def main() -> None:
                     for t, _ in pool.map(lambda texts: translate({"texts": texts, "beam_size": 1}), requests)
                 ]
             wall = time.perf_counter() - started
-            client_cpu, server_cpu = time.process_time() - cpu[0], cpu_seconds(server.pid) - cpu[1]
+            after = cpu_seconds(server.pid)
+            client_cpu = time.process_time() - cpu[0]
             results[f"clients_{clients}"] = {
                 "requests_per_s": round(len(requests) / wall, 1),
                 "sentences_per_s": round(args.rounds * len(sentences) / wall, 1),
@@ -209,7 +221,8 @@ def main() -> None:
                 **phase(before, batching(base)),
                 "cpu_s_per_s": {  # CPU seconds per second of wall time; 2.0 is both cores
                     "clients": round(client_cpu / wall, 2),
-                    "server_and_model": round(server_cpu / wall, 2),
+                    "server": round((after[0] - cpu[1][0]) / wall, 2),
+                    "model_process": round((after[1] - cpu[1][1]) / wall, 2),
                 },
             }
             print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
@@ -227,6 +240,20 @@ def main() -> None:
         translator.translate(sentences, opts, args.max_batch)
         times.append(time.perf_counter() - started)
     results["batch_mode_sentences_per_s"] = round(len(sentences) / statistics.median(times), 1)
+    # what the server's batches are: consecutive requests' texts in arrival order, about `mean_batch` at a time,
+    # each batch sorted by length only within itself (batch mode sorts all 1,000 sentences first)
+    chunk = int(max(results.get(f"clients_{c}", {}).get("mean_batch", 0) for c in args.clients.split(",")))
+    if chunk:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for i in range(0, len(sentences), chunk):
+                translator.translate(sentences[i : i + chunk], opts, args.max_batch)
+            times.append(time.perf_counter() - started)
+        results["arrival_order_batches"] = {
+            "texts": chunk,
+            "sentences_per_s": round(len(sentences) / statistics.median(times), 1),
+        }
     for key in [k for k in results if k.startswith("clients_")]:
         results[key]["of_batch_mode"] = round(
             results[key]["sentences_per_s"] / results["batch_mode_sentences_per_s"], 3

@@ -53,7 +53,6 @@ class PooledBatchNorm(nn.BatchNorm1d):
         self.steps = steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype)  # a bf16 copy (--precision bf16) gets float32 pooled features
         fixed = self.steps and int(self.num_batches_tracked) >= self.steps
         if self.training and (x.size(0) == 1 or fixed):
             return F.batch_norm(
@@ -277,7 +276,8 @@ class DocumentClassifier(nn.Module):
         self.head[2], self.head[5] = int8_linear(self.head[2]), int8_linear(self.head[5])
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.features(batch.src, batch.src_len))  # (B, C)
+        features = self.features(batch.src, batch.src_len)  # pooled in float32
+        return self.head(features.to(self.head[0].weight.dtype))  # (B, C); a bf16 copy's head takes bf16
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
         return F.cross_entropy(self.logits(batch).float(), batch.labels, reduction="sum"), batch.size

@@ -5,12 +5,15 @@
 Starts the server in its own process on a free port, sends the 1,000 sentences of test_2016_flickr
 as 8-sentence requests from N client threads, and reports requests/s, sentences/s and the p50/p99
 latency of a request; also the latency of one-sentence requests from one client, and "batch mode":
-`Translator.translate` over the same sentences in one process at the server's maximum batch.
+`Translator.translate` over the same sentences in this process at the server's maximum batch, the server
+idle meanwhile. Each of `--rounds` rounds sends the 1,000 sentences once and is followed at once by a
+batch-mode pass, and "of_batch_mode" is the median of the rounds' ratios: this machine's speed drifts by
+20 % and more between minutes, so a ratio of two passes measured minutes apart says little.
 Each client thread keeps one HTTP/1.1 connection open (as `requests.Session` or httpx clients do);
 `--new-connections` opens one per request instead (urllib's way, this script's before the twelfth session).
 The CPU seconds of the clients (this process), the server and its model process are reported for each
-load: the clients run on the same cores as the server. "arrival_order_batches" is batch mode over the same
-sentences in the server's batches: consecutive texts, the clients' mean batch at a time.
+load: the clients run on the same cores as the server. "arrival_order" is batch mode over the same
+sentences in the server's batches: consecutive texts, the round's mean batch at a time.
 """
 
 import argparse
@@ -136,7 +139,10 @@ def main() -> None:
         help="the server's --in-process (the model in the server process)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="send the 1,000 sentences this many times per load"
+        "--rounds",
+        type=int,
+        default=3,
+        help="send the 1,000 sentences this many times per load, each followed by a batch-mode pass",
     )
     parser.add_argument(
         "--new-connections",
@@ -198,66 +204,90 @@ def main() -> None:
             "p99": round(1000 * percentile(single, 0.99), 1),
         }
         print("one sentence:", results["one_sentence_latency_ms"], flush=True)
-        requests = [
-            sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)
-        ] * args.rounds
-        for clients in (int(c) for c in args.clients.split(",")):
-            before = batching(base)
-            cpu = time.process_time(), cpu_seconds(server.pid)
+        requests = [sentences[i : i + args.request_size] for i in range(0, len(sentences), args.request_size)]
+        # batch mode in this process, the server idle meanwhile: each round of the server under load is
+        # followed by one batch-mode pass, so that each ratio compares two passes a few seconds apart
+        # (this machine's speed drifts by 20 % and more between minutes)
+        from nlp_rnn.tasks.base import load
+        from nlp_rnn.tasks.translation import Translator
+
+        translator = Translator(load(args.model, device="cpu"), args.precision)
+        opts = translator.options(beam_size=1)
+        translator.translate(sentences[:64], opts, args.max_batch)  # warm-up
+
+        def batch_mode(chunk: int = 0) -> float:
             started = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                latencies = [
-                    t
-                    for t, _ in pool.map(lambda texts: translate({"texts": texts, "beam_size": 1}), requests)
-                ]
-            wall = time.perf_counter() - started
-            after = cpu_seconds(server.pid)
-            client_cpu = time.process_time() - cpu[0]
+            for i in range(0, len(sentences), chunk or len(sentences)):
+                translator.translate(sentences[i : i + (chunk or len(sentences))], opts, args.max_batch)
+            return len(sentences) / (time.perf_counter() - started)
+
+        for clients in (int(c) for c in args.clients.split(",")):
+            rounds = []
+            for _ in range(args.rounds):
+                before = batching(base)
+                cpu = time.process_time(), cpu_seconds(server.pid)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    latencies = [
+                        t
+                        for t, _ in pool.map(
+                            lambda texts: translate({"texts": texts, "beam_size": 1}), requests
+                        )
+                    ]
+                wall = time.perf_counter() - started
+                after = cpu_seconds(server.pid)
+                client_cpu = time.process_time() - cpu[0]
+                served = phase(before, batching(base))
+                batch = batch_mode()
+                arrival = batch_mode(int(served["mean_batch"]))
+                rounds.append(
+                    {
+                        "sentences_per_s": len(sentences) / wall,
+                        "latencies": latencies,
+                        "served": served,
+                        "batch_mode": batch,
+                        "arrival_order": arrival,
+                        "cpu": (
+                            client_cpu / wall,
+                            (after[0] - cpu[1][0]) / wall,
+                            (after[1] - cpu[1][1]) / wall,
+                        ),
+                    }
+                )
+            latencies = [t for r in rounds for t in r["latencies"]]
+
+            def median(key: str, rows=rounds) -> float:
+                return statistics.median(r[key] for r in rows)
+
             results[f"clients_{clients}"] = {
-                "requests_per_s": round(len(requests) / wall, 1),
-                "sentences_per_s": round(args.rounds * len(sentences) / wall, 1),
+                "requests_per_s": round(median("sentences_per_s") / args.request_size, 1),
+                "sentences_per_s": round(median("sentences_per_s"), 1),
                 "latency_ms_p50": round(1000 * statistics.median(latencies), 1),
                 "latency_ms_p99": round(1000 * percentile(latencies, 0.99), 1),
-                **phase(before, batching(base)),
+                "batches": sum(r["served"]["batches"] for r in rounds),
+                "mean_batch": round(statistics.mean(r["served"]["mean_batch"] for r in rounds), 1),
+                "model_busy": round(statistics.median(r["served"]["model_busy"] for r in rounds), 3),
                 "cpu_s_per_s": {  # CPU seconds per second of wall time; 2.0 is both cores
-                    "clients": round(client_cpu / wall, 2),
-                    "server": round((after[0] - cpu[1][0]) / wall, 2),
-                    "model_process": round((after[1] - cpu[1][1]) / wall, 2),
+                    name: round(statistics.median(r["cpu"][i] for r in rounds), 2)
+                    for i, name in enumerate(("clients", "server", "model_process"))
                 },
+                # batch mode: `Translator.translate` over all 1,000 sentences at the server's maximum batch,
+                # right after each round; arrival order: the same over the server's own batches (consecutive
+                # requests' texts, the round's mean batch at a time, each sorted by length only within itself)
+                "batch_mode_sentences_per_s": round(median("batch_mode"), 1),
+                "arrival_order_sentences_per_s": round(median("arrival_order"), 1),
+                "of_batch_mode_rounds": [round(r["sentences_per_s"] / r["batch_mode"], 3) for r in rounds],
+                "of_batch_mode": round(
+                    statistics.median(r["sentences_per_s"] / r["batch_mode"] for r in rounds), 3
+                ),
+                "of_arrival_order": round(
+                    statistics.median(r["sentences_per_s"] / r["arrival_order"] for r in rounds), 3
+                ),
             }
             print(f"{clients} clients:", results[f"clients_{clients}"], flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    from nlp_rnn.tasks.base import load
-    from nlp_rnn.tasks.translation import Translator
-
-    translator = Translator(load(args.model, device="cpu"), args.precision)
-    opts = translator.options(beam_size=1)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        translator.translate(sentences, opts, args.max_batch)
-        times.append(time.perf_counter() - started)
-    results["batch_mode_sentences_per_s"] = round(len(sentences) / statistics.median(times), 1)
-    # what the server's batches are: consecutive requests' texts in arrival order, about `mean_batch` at a time,
-    # each batch sorted by length only within itself (batch mode sorts all 1,000 sentences first)
-    chunk = int(max(results.get(f"clients_{c}", {}).get("mean_batch", 0) for c in args.clients.split(",")))
-    if chunk:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            for i in range(0, len(sentences), chunk):
-                translator.translate(sentences[i : i + chunk], opts, args.max_batch)
-            times.append(time.perf_counter() - started)
-        results["arrival_order_batches"] = {
-            "texts": chunk,
-            "sentences_per_s": round(len(sentences) / statistics.median(times), 1),
-        }
-    for key in [k for k in results if k.startswith("clients_")]:
-        results[key]["of_batch_mode"] = round(
-            results[key]["sentences_per_s"] / results["batch_mode_sentences_per_s"], 3
-        )
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -82,7 +82,7 @@ def main() -> None:
             timings.clear()
             out = Path(scratch) / f"round{r}"
             tasks.train("translation", cfg, out, tokenizer_dir=first, progress_bar=False, device="cpu")
-            first = first or out
+            first = first or out / "last"  # the run's bundle, its tokenizer included
             kept = timings[args.skip :]
             rate = sum(n for _, n in kept) / sum(t for t, _ in kept)
             rates.append(rate)

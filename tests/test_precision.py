@@ -49,3 +49,27 @@ def test_an_avx2_cpu_translates_in_int8_and_keeps_fp32_for_what_was_not_measured
     assert inference_precision("auto", CPU, "translation", int8_ok=False, kind="avx2") == "fp32"
     for task in ("classification", "language_model", "forecasting"):
         assert inference_precision("auto", CPU, task, kind="avx2") == "fp32"
+
+
+def test_a_bf16_interface_leaves_the_bundle_it_shares_in_float32() -> None:
+    """Translator/Predictor/Generator in bf16 run a copy: the bundle's model, which the server's other
+    interfaces and a later fp32 one use, keeps its float32 weights and answers."""
+    from helpers import CHECKPOINTS
+
+    from nlp_rnn.tasks.base import load
+    from nlp_rnn.tasks.classification import Predictor
+    from nlp_rnn.tasks.language_model import Generator
+    from nlp_rnn.tasks.translation import Translator
+
+    def floats(bundle) -> bool:
+        return all(p.dtype == torch.float32 for p in bundle.model.parameters())
+
+    de_en, sst2, chars = (load(CHECKPOINTS / n) for n in ("multi30k-de-en", "sst2", "shakespeare-char"))
+    texts = ["Ein Hund läuft durch den Park.", "Zwei Männer spielen Fußball."]
+    translated = [t[0].text for t in Translator(de_en, "fp32", "off").translate(texts)]
+    labels = Predictor(sst2, "fp32").classify(["a gripping , beautifully acted film ."])
+    for interface in (Translator(de_en, "bf16", "off"), Predictor(sst2, "bf16"), Generator(chars, "bf16")):
+        assert next(interface.model.parameters()).dtype == torch.bfloat16
+    assert floats(de_en) and floats(sst2) and floats(chars)
+    assert [t[0].text for t in Translator(de_en, "fp32", "off").translate(texts)] == translated
+    assert Predictor(sst2, "fp32").classify(["a gripping , beautifully acted film ."]) == labels

@@ -4,6 +4,7 @@ The interfaces themselves (`Translator`, `Predictor`, `Generator`, ...) live in 
 `wrap` finds a bundle's through the task registry.
 """
 
+import copy
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -32,9 +33,13 @@ def search_ids(
 
 
 def with_precision(model, precision: str):
-    """The model to run at a resolved precision: itself (fp32), a bf16 copy's weights in place, or an int8 copy."""
+    """The model to run at a resolved precision: itself (fp32), a bf16 copy, or an int8 copy. The bundle's own
+    model is never converted: another interface on the same bundle (the server's ensemble, a second Translator)
+    still finds it in float32."""
     if precision == "bf16":
-        return model.to(torch.bfloat16)
+        if all(p.dtype == torch.bfloat16 for p in model.parameters()):
+            return model
+        return copy.deepcopy(model).to(torch.bfloat16)
     if precision == "int8":
         from nlp_rnn.nn.int8 import quantize
 

@@ -8,7 +8,8 @@ latency of a request; also the latency of one-sentence requests from one client,
 `Translator.translate` over the same sentences in this process at the server's maximum batch, the server
 idle meanwhile. Each of `--rounds` rounds sends the 1,000 sentences once and is followed at once by a
 batch-mode pass, and "of_batch_mode" is the median of the rounds' ratios: this machine's speed drifts by
-20 % and more between minutes, so a ratio of two passes measured minutes apart says little.
+20 % and more between minutes, so a ratio of two passes measured minutes apart says little. (Batch mode always
+comes second in a round; an effect of that order would be in every ratio.)
 Each client thread keeps one HTTP/1.1 connection open (as `requests.Session` or httpx clients do);
 `--new-connections` opens one per request instead (urllib's way, this script's before the twelfth session).
 The CPU seconds of the clients (this process), the server and its model process are reported for each
@@ -239,7 +240,8 @@ def main() -> None:
                 client_cpu = time.process_time() - cpu[0]
                 served = phase(before, batching(base))
                 batch = batch_mode()
-                arrival = batch_mode(int(served["mean_batch"]))
+                # no batches counted (a /health without them): no arrival-order figure rather than a whole-corpus one
+                arrival = batch_mode(int(served["mean_batch"])) if served["mean_batch"] >= 1 else float("nan")
                 rounds.append(
                     {
                         "sentences_per_s": len(sentences) / wall,

@@ -68,3 +68,36 @@ def test_an_idle_queue_starts_at_once_and_a_settle_ends_when_nothing_comes() -> 
 
     first, idle, again = asyncio.run(main())
     assert first < 0.2 and idle and again < 0.2
+
+
+def two_groups(settle_s: float, rounds: int = 3) -> list[int]:
+    """Clients 0-3 send at once, clients 4-7 while the first group's run is busy, each client `rounds` times:
+    at the end of every run one group's texts are waiting and the other group is about to send again.
+    Returns the batch sizes the model saw."""
+    sizes: list[int] = []
+
+    def run(texts: list[str], request) -> list[str]:
+        sizes.append(len(texts))
+        time.sleep(0.02)  # the model's work
+        return texts
+
+    async def main():
+        queue = BatchQueue(run, ThreadPoolExecutor(max_workers=1), gather=64, max_wait_s=0, settle_s=settle_s)
+
+        async def client(i: int) -> None:
+            if i >= 4:
+                await asyncio.sleep(0.005)  # arrives during the first group's run
+            for r in range(rounds):
+                assert await queue.submit([f"c{i} r{r}"], ("greedy",)) == [f"c{i} r{r}"]
+
+        await asyncio.gather(*(client(i) for i in range(8)))
+
+    asyncio.run(main())
+    return sizes
+
+
+def test_settling_waits_for_the_clients_just_answered_on_top_of_those_already_waiting() -> None:
+    # without settling the two groups take turns (batches of 4); settling after a run waits for the group
+    # just answered to join the one already waiting, so every later run takes all eight clients' texts
+    assert two_groups(settle_s=0.0) == [4] * 6
+    assert two_groups(settle_s=0.3) == [4, 8, 8, 4]

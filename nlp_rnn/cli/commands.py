@@ -156,8 +156,8 @@ def serve(
     settle_ms: float = typer.Option(
         0.0,
         "--settle-ms",
-        help="After a batch, wait up to this long for as many texts as it had before running the next "
-        "(clients just answered send again a few ms later; 0: run whatever is queued at once).",
+        help="After a batch, wait up to this long for its clients' next texts to join those already "
+        "queued (clients just answered send again a few ms later; 0: run whatever is queued at once).",
     ),
     max_texts: int = typer.Option(64, "--max-texts", help="Most texts in one request."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Most characters in one text."),

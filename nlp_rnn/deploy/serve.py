@@ -74,10 +74,13 @@ class BatchQueue:
     share its settings) and returns one result per text.
 
     `settle_s`: clients that have just been answered send their next requests a few milliseconds later
-    (HTTP round trip and parsing on the event loop). Taking the queue at once then runs a small batch of
-    the first arrivals and leaves the rest waiting a whole run: batch sizes alternate and the server runs
-    below its batch throughput. So a run that follows a larger one waits up to `settle_s` for as many
-    texts as that one had. An idle server (nothing just answered) still starts at once.
+    (HTTP round trip and parsing on the event loop). Taking the queue at once then runs the texts that
+    arrived during the last run and leaves the clients just answered waiting a whole run: batches stay at
+    about half the clients' texts, each a mix of lengths sorted only within itself. So after a run, the
+    next one waits up to `settle_s` for the texts of the clients just answered on top of those already
+    waiting (up to `gather`): under a steady load one run takes every client's texts, and the larger the
+    run, the more its texts sorted by length cost like batch mode's. An idle server (nothing just
+    answered) still starts at once.
     `stats()` says how many batches ran, their mean size, and the share of time the model was busy.
     """
 
@@ -126,9 +129,9 @@ class BatchQueue:
     def _pending_texts(self) -> int:
         return sum(len(item[0]) for item in self.pending if not item[2].done())
 
-    async def _settle(self, previous: int) -> None:
-        """Wait up to settle_s for `previous` texts (at most a whole gather) to be pending."""
-        want, deadline = min(previous, self.gather), time.monotonic() + self.settle_s
+    async def _settle(self, want: int) -> None:
+        """Wait up to settle_s for `want` texts (at most a whole gather) to be pending."""
+        want, deadline = min(want, self.gather), time.monotonic() + self.settle_s
         started = time.monotonic()
         self.arrived = asyncio.Event()
         try:
@@ -149,10 +152,12 @@ class BatchQueue:
         try:
             if self.max_wait_s > 0:
                 await asyncio.sleep(self.max_wait_s)
-            previous = 0
+            previous = 0  # texts of the run just answered: their clients are about to send again
             while True:
-                if self.settle_s > 0 and self._pending_texts() < previous:
-                    await self._settle(previous)
+                if self.settle_s > 0 and previous:
+                    waiting = self._pending_texts()
+                    if waiting < self.gather:
+                        await self._settle(previous + waiting)
                 self.pending = [item for item in self.pending if not item[2].done()]  # cancelled: dropped
                 if not self.pending:
                     break

@@ -148,20 +148,20 @@ def decoding_macs(translator, sources: list[str], outputs: list, beam: int, batc
     """Multiply-adds per sentence that this decoding needs, counted from the model's shapes: the encoder
     and the attention keys per source piece; per decoded step and hypothesis the decoder cell, the
     attention (query, scores and context over the source), the combination and the output layer — over
-    the columns actually computed (a batch's shortlist union, or the whole vocabulary). Beam search
+    the columns actually computed (the call's shortlist union, or the whole vocabulary). Beam search
     counts every live hypothesis (beam × the best hypothesis' length: an upper bound for finished ones)."""
     from common import seq2seq_macs
 
-    from nlp_rnn.data import make_batch, ordered_batches
+    from nlp_rnn.data import ordered_batches
 
-    shortlist = translator.model.shortlist
     model = translator.bundle.model  # the shapes (an int8 copy keeps them in packed kernels)
     macs = seq2seq_macs(model)
     src_ids = translator.encode(sources)
+    shortlist = translator.shortlist
+    # a shortlist's columns: one union over the whole call's sentences (`Translator.translate`)
+    columns = model.decoder.vocab_size if shortlist is None else shortlist.over(src_ids).fixed.numel()
     total = 0.0
     for index in ordered_batches([len(s) for s in src_ids], batch_size):
-        batch = make_batch([src_ids[i] for i in index])
-        columns = model.decoder.vocab_size if shortlist is None else shortlist.union(batch.src).numel()
         for i in index:
             src_len = len(src_ids[i])
             steps = (len(outputs[i][0].pieces) + 1) * beam if outputs[i] else 0

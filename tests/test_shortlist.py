@@ -162,3 +162,47 @@ def test_shortlist_on_is_refused_in_one_line_for_an_ensemble(capsys) -> None:
     assert len(err.splitlines()) == 1 and "--shortlist on works with one torch model" in err, err
     assert main(["translate", "--model", model, "--model", model, "--shortlist", "off", "Ein Hund."]) == 0
     assert capsys.readouterr().out.strip()  # the ensemble translates over the whole output layer
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_one_union_per_call_decodes_as_each_batch_with_its_own_and_packs_once(
+    monkeypatch, precision: str
+) -> None:
+    """`Translator.translate` scores every batch of a call over one union (`Shortlist.over`): each sentence
+    still chooses among its own list only, so the translations and scores equal those of per-batch unions,
+    and the output layer is restricted (for int8: quantised rows packed again, several ms) once per call."""
+    from nlp_rnn.nn.int8 import Int8Linear
+
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:48]
+    translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), precision, "on")
+    model, src_ids, opts = translator.model, translator.encode(texts), SearchOptions(beam_size=1)
+    model.shortlist = translator.shortlist  # each batch its own union, as before
+    each = search_ids(model, src_ids, opts, 8)
+    model.shortlist = None
+    packed = []
+    rows = Int8Linear.rows
+    monkeypatch.setattr(
+        Int8Linear, "rows", lambda self, index: packed.append(index.numel()) or rows(self, index)
+    )
+    for greedy in (1, 5):  # greedy and beam search: six batches each
+        called = translator.translate(texts, translator.options(beam_size=greedy), 8)
+        assert model.shortlist is None  # set for the call only
+        if greedy == 1:
+            assert [t[0].pieces for t in called] == [
+                translator.tokenizer.tgt_pieces(h[0].tokens) for h in each
+            ]
+            assert [t[0].score for t in called] == pytest.approx([h[0].score for h in each], abs=1e-4)
+    assert packed == ([] if precision == "fp32" else [packed[0]] * 2)  # once per call
+
+
+def test_a_translator_without_the_shortlist_is_not_changed_by_one_with_it_on_the_same_bundle() -> None:
+    """fp32 translators run the bundle's own model: the shortlist of one must not reach the other."""
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:16]
+    bundle = load(CHECKPOINTS / "multi30k-de-en")
+    alone = [
+        t[0].log_prob
+        for t in Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32", "off").translate(texts)
+    ]
+    Translator(bundle, "fp32", "on").translate(texts)
+    shared = [t[0].log_prob for t in Translator(bundle, "fp32", "off").translate(texts)]
+    assert shared == pytest.approx(alone, abs=1e-5)

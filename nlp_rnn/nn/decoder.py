@@ -262,16 +262,23 @@ class Decoder(nn.Module):
     def vocab_size(self) -> int:
         return self.embed.num_embeddings
 
-    def shortlisted(self, memory: Memory, vocab: torch.Tensor, allowed: torch.Tensor) -> Memory:
+    def shortlisted(
+        self, memory: Memory, vocab: torch.Tensor, allowed: torch.Tensor, kept: Optional[dict] = None
+    ) -> Memory:
         """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them),
-        each sentence only those of its columns `allowed` (B, K) marks."""
+        each sentence only those of its columns `allowed` (B, K) marks. `kept`: where the batches of one
+        call with one `vocab` keep the restricted layer, built by the first of them."""
         output = self.output
-        if isinstance(output, nn.Linear):
+        if kept is not None and kept.get("vocab") is vocab:
+            restricted = kept["output"]
+        elif isinstance(output, nn.Linear):
             weight = output.weight.index_select(0, vocab)  # (K, H)
             bias = None if output.bias is None else output.bias.index_select(0, vocab)
             restricted = lambda x: F.linear(x, weight, bias)  # noqa: E731
-        else:  # int8: the rows of the original weight, quantised for this batch
+        else:  # int8: the rows of the original weight, packed for these columns (several ms)
             restricted = output.rows(vocab)
+        if kept is not None:
+            kept.update(vocab=vocab, output=restricted)
         penalty = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
         return replace(memory, vocab=vocab, output=restricted, penalty=penalty)
 

@@ -42,7 +42,9 @@ class Seq2Seq(nn.Module):
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
         memory = self.decoder.memory(enc)
         if self.shortlist is not None:
-            memory = self.decoder.shortlisted(memory, *self.shortlist.for_batch(batch.src))
+            memory = self.decoder.shortlisted(
+                memory, *self.shortlist.for_batch(batch.src), self.shortlist.kept
+            )
         return (
             memory,
             self.decoder.init_state(enc),

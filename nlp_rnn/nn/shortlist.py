@@ -19,6 +19,7 @@ Stored in a bundle as `shortlist.safetensors` (`table` (V_src, per_source) int32
 where a source piece has fewer associates; `frequent` (N,) int32).
 """
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,8 @@ class Shortlist:
         self.frequent = frequent.to(torch.long)  # (N,)
         self.tgt_vocab = tgt_vocab
         self._always = torch.cat([self.frequent, torch.tensor([PAD, UNK, BOS, EOS])]).unique()
+        self.fixed: Optional[torch.Tensor] = None  # one union for every batch (`over`), else each batch's own
+        self.kept: Optional[dict] = None  # with `fixed`: the output layer restricted to it, once built
 
     @property
     def per_source(self) -> int:
@@ -97,10 +100,23 @@ class Shortlist:
         ids = torch.cat([rows[rows >= 0], self._always.to(rows.dtype)])
         return ids.unique().to(src.device)  # sorted
 
+    def over(self, src_ids: Sequence[Sequence[int]]) -> "Shortlist":
+        """This shortlist with one union for all of `src_ids` (the sentences of one call, cut into several
+        batches): every batch scores the same columns, so the output layer restricted to them is built once
+        (`Decoder.shortlisted` keeps it), and each sentence still chooses only among its own list."""
+        scoped = copy.copy(self)
+        flat = torch.tensor([i for ids in src_ids for i in ids] or [PAD], dtype=torch.long)
+        scoped.fixed = self.union(flat.unsqueeze(0))  # (K,)
+        scoped.kept = {}
+        return scoped
+
     def for_batch(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """src (B, S) -> the batch's union (K,) and which of its columns each sentence may use (B, K):
-        its own list only, so a sentence decodes the same alone and inside any batch."""
-        vocab = self.union(src).cpu()
+        """src (B, S) -> the batch's union (K,), or the fixed one of `over`, and which of its columns each
+        sentence may use (B, K): its own list only, so a sentence decodes the same alone and inside any batch."""
+        if self.fixed is not None:  # the same tensor for every batch, so `Decoder.shortlisted` knows it again
+            self.fixed = self.fixed.to(src.device)
+        batch_vocab = self.union(src) if self.fixed is None else self.fixed
+        vocab = batch_vocab.cpu()
         cpu = src.cpu().clamp(max=self.table.size(0) - 1)
         rows = self.table[cpu].reshape(cpu.size(0), -1)  # (B, S*k), -1 = none
         allowed = torch.zeros(cpu.size(0), vocab.numel(), dtype=torch.bool)
@@ -108,7 +124,7 @@ class Shortlist:
         where = torch.searchsorted(vocab, rows.clamp(min=0))  # (B, S*k)
         allowed[torch.arange(cpu.size(0)).unsqueeze(1).expand_as(rows)[real], where[real]] = True
         allowed[:, torch.searchsorted(vocab, self._always)] = True
-        return vocab.to(src.device), allowed.to(src.device)
+        return batch_vocab.to(src.device), allowed.to(src.device)
 
     def coverage(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> float:
         """The share of target tokens inside their own sentence's union."""

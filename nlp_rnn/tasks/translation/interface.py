@@ -72,7 +72,6 @@ class Translator:
                 f"--shortlist on: {self.bundle.path} has no vocabulary shortlist; build one with "
                 "`nlp-rnn shortlist MODEL --train-src F --train-tgt F`"
             )
-        self.model.shortlist = found
         return found
 
     def options(self, **overrides) -> SearchOptions:
@@ -95,7 +94,14 @@ class Translator:
         if not todo:
             return out
         src_ids = self.encode([clean[i] for i in todo])
-        for i, ids, hyps in zip(todo, src_ids, search_ids(self.model, src_ids, opts, batch_size)):
+        if isinstance(self.model, Seq2Seq):  # the shortlist of this translator, one union for the whole call
+            self.model.shortlist = None if self.shortlist is None else self.shortlist.over(src_ids)
+        try:
+            found = search_ids(self.model, src_ids, opts, batch_size)
+        finally:
+            if isinstance(self.model, Seq2Seq):
+                self.model.shortlist = None  # the model may be the bundle's, shared with other translators
+        for i, ids, hyps in zip(todo, src_ids, found):
             src_pieces = self.tokenizer.src_pieces(ids)
             out[i] = [
                 Translation(

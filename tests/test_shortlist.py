@@ -186,7 +186,7 @@ def test_one_union_per_call_decodes_as_each_batch_with_its_own_and_packs_once(
     )
     for greedy in (1, 5):  # greedy and beam search: six batches each
         called = translator.translate(texts, translator.options(beam_size=greedy), 8)
-        assert model.shortlist is None  # set for the call only
+        assert model.shortlist is None  # the call's shortlist is not set on the (shared) model
         if greedy == 1:
             assert [t[0].pieces for t in called] == [
                 translator.tokenizer.tgt_pieces(h[0].tokens) for h in each
@@ -206,3 +206,22 @@ def test_a_translator_without_the_shortlist_is_not_changed_by_one_with_it_on_the
     Translator(bundle, "fp32", "on").translate(texts)
     shared = [t[0].log_prob for t in Translator(bundle, "fp32", "off").translate(texts)]
     assert shared == pytest.approx(alone, abs=1e-5)
+
+
+def test_translators_sharing_a_bundle_translate_the_same_from_two_threads() -> None:
+    """Each call's shortlist travels with the call (`Shortlisted`), not on the shared model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lines = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()
+    sets = [lines[:40], lines[500:540]]
+    bundle = load(CHECKPOINTS / "multi30k-de-en")
+    translators = [Translator(bundle, "fp32", "on") for _ in sets]
+    alone = [[t[0].text for t in tr.translate(texts, batch_size=8)] for tr, texts in zip(translators, sets)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(
+            pool.map(
+                lambda pair: [t[0].text for t in pair[0].translate(pair[1], batch_size=8)],
+                zip(translators, sets),
+            )
+        )
+    assert together == alone

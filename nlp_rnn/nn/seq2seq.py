@@ -37,14 +37,14 @@ class Seq2Seq(nn.Module):
         """src (B, S) ids -> states (B, S, D*H), final (B, D*H)."""
         return self.encoder(self.embed_dropout(self.src_embed(src)), src_len, src_mask)
 
-    def start(self, batch: Batch):
-        """Search protocol: encode once -> (memory, decoder state, BOS tokens (B,))."""
+    def start(self, batch: Batch, shortlist=None):
+        """Search protocol: encode once -> (memory, decoder state, BOS tokens (B,)). `shortlist`: one call's
+        (`Shortlisted`), else the model's own, if it has one."""
         enc = self.encode(batch.src, batch.src_len, batch.src_mask)
         memory = self.decoder.memory(enc)
-        if self.shortlist is not None:
-            memory = self.decoder.shortlisted(
-                memory, *self.shortlist.for_batch(batch.src), self.shortlist.kept
-            )
+        shortlist = self.shortlist if shortlist is None else shortlist
+        if shortlist is not None:
+            memory = self.decoder.shortlisted(memory, *shortlist.for_batch(batch.src), shortlist.kept)
         return (
             memory,
             self.decoder.init_state(enc),
@@ -74,3 +74,25 @@ class Seq2Seq(nn.Module):
             real, output.weight, output.bias, batch.tgt_out[batch.tgt_mask], label_smoothing
         )
         return loss, real.size(0)
+
+
+class Shortlisted:
+    """A Seq2Seq as the searches see it for one call over one shortlist (`Shortlist.over`): the model
+    itself is not changed, so threads and other translators sharing it (an fp32 bundle's own model) are
+    not affected."""
+
+    def __init__(self, model: Seq2Seq, shortlist) -> None:
+        self.model, self.shortlist = model, shortlist
+
+    def start(self, batch: Batch):
+        return self.model.start(batch, self.shortlist)
+
+    def step(self, prev: torch.Tensor, memory, state):
+        return self.model.step(prev, memory, state)
+
+    def eval(self) -> "Shortlisted":
+        self.model.eval()
+        return self
+
+    def parameters(self):
+        return self.model.parameters()

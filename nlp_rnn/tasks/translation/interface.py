@@ -11,7 +11,7 @@ from nlp_rnn.data import (
     encode_sources,
 )
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.nn.seq2seq import Seq2Seq
+from nlp_rnn.nn.seq2seq import Seq2Seq, Shortlisted
 from nlp_rnn.nn.shortlist import Shortlist
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.predict import chunked, precision_for, search_ids, with_precision
@@ -94,14 +94,10 @@ class Translator:
         if not todo:
             return out
         src_ids = self.encode([clean[i] for i in todo])
-        if isinstance(self.model, Seq2Seq):  # the shortlist of this translator, one union for the whole call
-            self.model.shortlist = None if self.shortlist is None else self.shortlist.over(src_ids)
-        try:
-            found = search_ids(self.model, src_ids, opts, batch_size)
-        finally:
-            if isinstance(self.model, Seq2Seq):
-                self.model.shortlist = None  # the model may be the bundle's, shared with other translators
-        for i, ids, hyps in zip(todo, src_ids, found):
+        model = self.model  # with a shortlist: one union for the whole call, the model itself unchanged
+        if self.shortlist is not None:
+            model = Shortlisted(self.model, self.shortlist.over(src_ids))
+        for i, ids, hyps in zip(todo, src_ids, search_ids(model, src_ids, opts, batch_size)):
             src_pieces = self.tokenizer.src_pieces(ids)
             out[i] = [
                 Translation(

@@ -257,8 +257,9 @@ def main() -> None:
                     }
                 )
             latencies = [t for r in rounds for t in r["latencies"]]
+            shares = [r["sentences_per_s"] / r["batch_mode"] for r in rounds]
 
-            def median(key: str, rows=rounds) -> float:
+            def median(key: str, rows: list = rounds) -> float:  # rows: this load's rounds, bound now
                 return statistics.median(r[key] for r in rows)
 
             results[f"clients_{clients}"] = {
@@ -278,10 +279,8 @@ def main() -> None:
                 # requests' texts, the round's mean batch at a time, each sorted by length only within itself)
                 "batch_mode_sentences_per_s": round(median("batch_mode"), 1),
                 "arrival_order_sentences_per_s": round(median("arrival_order"), 1),
-                "of_batch_mode_rounds": [round(r["sentences_per_s"] / r["batch_mode"], 3) for r in rounds],
-                "of_batch_mode": round(
-                    statistics.median(r["sentences_per_s"] / r["batch_mode"] for r in rounds), 3
-                ),
+                "of_batch_mode_rounds": [round(x, 3) for x in shares],
+                "of_batch_mode": round(statistics.median(shares), 3),
                 "of_arrival_order": round(
                     statistics.median(r["sentences_per_s"] / r["arrival_order"] for r in rounds), 3
                 ),

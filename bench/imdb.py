@@ -4,6 +4,8 @@ reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, ra
     python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 20]
                          [--stages pretrain,finetune,classifier,evaluate] [--device cuda] [--data DIR]
                          [--resume]  (continue the pretrain stage of --runs to --pretrain-minutes in all)
+                         [--reverse --tokenizer RUNS/lm/best --ensemble-with OTHER/classifier]  (the backward
+                         direction with a forward run's tokenizer, evaluated alone and with the forward classifier)
 
 Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language model on WikiText-2's training
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
@@ -60,8 +62,12 @@ def run(cmd: list[str], log: dict, name: str) -> float:
     return minutes
 
 
-def evaluate(model: Path, data: Path, text_column: str, out: Path, device: str = "auto") -> dict:
-    cmd = [*NLP_RNN, "evaluate", "--model", str(model), "--data", str(data), "--text-column", text_column]
+def evaluate(
+    model: Path, data: Path, text_column: str, out: Path, device: str = "auto", also: tuple[Path, ...] = ()
+) -> dict:
+    """`nlp-rnn evaluate` of the model (with `also`: the ensemble of it and those) on one labelled set, fp32."""
+    cmd = [*NLP_RNN, "evaluate", "--model", str(model), *(x for m in also for x in ("--model", str(m)))]
+    cmd += ["--data", str(data), "--text-column", text_column]
     cmd += ["--label-column", "label", "--precision", "fp32", "--report", str(out), "--device", device]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -140,6 +146,24 @@ def arguments() -> argparse.Namespace:
         help="pretrain stage: continue RUNS/lm from its last/ bundle up to --pretrain-minutes in all "
         "(its schedule halves the rate on a plateau, so a longer budget continues the same run)",
     )
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="pretrain stage: a backward language model (model.reverse: it reads text right to left), so the "
+        "fine-tuned model and the classifier read backwards too (ULMFiT's second direction)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="pretrain stage: this trained tokenizer folder (e.g. another run's RUNS/lm/best) instead of training "
+        "one: needed for --ensemble-with, whose members share one",
+    )
+    parser.add_argument(
+        "--ensemble-with",
+        default="",
+        help="evaluate stage: also evaluate the classifier and this one (a folder, e.g. the other direction's) "
+        "together, their class probabilities averaged",
+    )
     parser.add_argument("--ship", default="", help="default stage: copy the model here with fp16 weights")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "imdb-bench"))
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the corpora's folder")
@@ -178,6 +202,10 @@ class Pipeline:
         ]
         if self.args.resume:
             cmd.append("--resume")
+        if self.args.reverse:
+            cmd += ["--set", "model.reverse=true"]
+        if self.args.tokenizer:
+            cmd += ["--tokenizer", self.args.tokenizer]
         run(cmd + self.common, self.log, "pretrain")
         self.log["pretrain"].update(best=best_of(self.lm), target_tokens_per_s=speed(self.lm))
 
@@ -209,6 +237,19 @@ class Pipeline:
                 self.clf, data.sst2, "sentence", self.runs / f"{prefix}sst2_test.json", device
             ),
         }
+        if self.args.ensemble_with:
+            other = (Path(self.args.ensemble_with),)
+            self.log["evaluate"]["ensemble"] = {
+                "with": self.args.ensemble_with,
+                "imdb_test": evaluate(
+                    self.clf,
+                    data.imdb / "test.csv",
+                    "text",
+                    self.runs / f"{prefix}ensemble_imdb_test.json",
+                    device,
+                    other,
+                ),
+            }
         print(json.dumps(self.log["evaluate"], indent=2), flush=True)
 
     def baseline(self) -> None:  # the same classifier from random weights, the same tokenizer and budget

@@ -59,6 +59,21 @@ def test_a_document_read_in_windows_equals_one_pass_with_the_state_carried() -> 
     torch.testing.assert_close(alone[0], a[1], atol=1e-5, rtol=1e-5)  # alone equals inside a padded batch
 
 
+def test_a_backward_body_reads_each_document_last_token_first() -> None:
+    forward, backward = document_model(window=7), document_model(window=7, reverse=True)
+    backward.load_state_dict(forward.state_dict())
+    torch.manual_seed(2)
+    docs = [torch.randint(5, 50, (23,)).tolist(), torch.randint(5, 50, (9,)).tolist(), [7]]
+    for model in (forward, backward):
+        model.eval()
+    with torch.no_grad():
+        back = backward.features(*(lambda b: (b.src, b.src_len))(make_batch(docs)))
+        flipped = forward.features(*(lambda b: (b.src, b.src_len))(make_batch([d[::-1] for d in docs])))
+        ahead = forward.features(*(lambda b: (b.src, b.src_len))(make_batch(docs)))
+    torch.testing.assert_close(back, flipped, atol=1e-5, rtol=1e-5)  # padding stays where it was
+    assert not torch.allclose(back[:2], ahead[:2], atol=1e-3)  # and the direction matters
+
+
 def test_the_head_standardises_features_across_documents_and_takes_a_batch_of_one() -> None:
     model = document_model(window=8)
     norm = model.head[0]
@@ -444,6 +459,68 @@ def test_a_language_model_is_fine_tuned_on_new_text_from_its_own_weights(
     assert changed  # trained on from there
     with pytest.raises(NlpRnnError, match="a classification model; fine-tuning needs a language model"):
         tasks.get("language_model")._source(str(CHECKPOINTS / "sst2"))
+
+
+def test_a_backward_language_model_scores_the_reversed_text_and_hands_its_direction_on(
+    tmp_path: Path, capsys
+) -> None:
+    text = "\n".join(t for t, _ in REVIEWS) + "\n"
+    (tmp_path / "train.txt").write_text(text * 3)
+    (tmp_path / "test.txt").write_text("A gripping film, a great cast.<br />Go see it.\n")
+    (tmp_path / "cfg.yaml").write_text(
+        "tokenizer: {model_type: unigram, vocab_size: 300, byte_exact: true, normalise: [html, lower]}\n"
+        "data: {streams: 4, bptt: 16}\n"
+        "model: {embedding_dim: 12, hidden_size: 16, num_layers: 2, dropout: 0.0, reverse: true}\n"
+        "train: {max_steps: 4, validate_every: 2}\n"
+    )
+    run = tmp_path / "backward"
+    args = ["--config", str(tmp_path / "cfg.yaml"), "--train", str(tmp_path / "train.txt"), "--quiet"]
+    assert main(["train", "lm", "--output", str(run), "--valid-fraction", "0.2", *args]) == 0
+    bundle = tasks.load(run)
+    assert bundle.config.model.reverse
+    # evaluate scores the text read from its end: the same model reading it forwards scores it otherwise
+    report, fp32 = tmp_path / "report.json", ["--precision", "fp32"]
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--data",
+                str(tmp_path / "test.txt"),
+                "--report",
+                str(report),
+                *fp32,
+            ]
+        )
+        == 0
+    )
+    scored = json.loads(report.read_text())["sets"][0]["loss"]  # rounded to 4 places
+    from nlp_rnn.tasks.language_model import read_corpus, stream_ids, stream_nll
+
+    corpus = read_corpus([str(tmp_path / "test.txt")], bundle.config.data, "test", False)
+    ids = stream_ids(bundle.tokenizer, corpus)
+    assert torch.equal(stream_ids(bundle.tokenizer, corpus, reverse=True), ids.flip(0))
+    backwards, n = stream_nll(bundle.model, ids.flip(0))
+    forwards, _ = stream_nll(bundle.model, ids)
+    assert math.isclose(scored, backwards / n, rel_tol=1e-5) and not math.isclose(
+        scored, forwards / n, rel_tol=1e-3
+    )
+    # fine-tuning keeps the direction; a classifier started from it reads documents reversed; it does not generate
+    tuned = tmp_path / "tuned"
+    more = ["--train", str(tmp_path / "train.txt"), "--valid-fraction", "0.2", "--max-steps", "1", "--quiet"]
+    assert main(["train", "lm", "--output", str(tuned), "--init-from", str(run), *more]) == 0
+    assert tasks.load(tuned).config.model.reverse
+    setup = tasks.get("classification").prepare(
+        classifier_config(tmp_path, tuned, max_steps=1),
+        tmp_path / "clf",
+        tasks.TokenizerChoice(tmp_path / "clf"),
+    )
+    assert setup.bundle.config.model.body.reverse
+    capsys.readouterr()
+    assert main(["generate", "--model", str(run), "a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "backward language model" in err and str(run) in err, err
 
 
 def test_a_resumed_fine_tuning_continues_at_its_unfreezing_stage_exactly(

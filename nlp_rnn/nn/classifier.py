@@ -238,7 +238,10 @@ class DocumentClassifier(nn.Module):
 
     def features(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Right-padded documents src (B, S) of `lengths` (B,) -> pooled features (B, 3H): the top layer's
-        output at the last real token, its maximum and its mean over the real tokens."""
+        output at the last real token, its maximum and its mean over the real tokens. A backward body
+        (`body.reverse`) reads each document's real tokens last to first (padding stays on the right)."""
+        if self.cfg.body.reverse:
+            src = reverse_real(src, lengths)
         size, width, batch = self.cfg.body.top_size, self.cfg.window, src.size(0)
         windows = max(1, -(-src.size(1) // width))
         grad = torch.is_grad_enabled()
@@ -281,6 +284,13 @@ class DocumentClassifier(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
         return F.cross_entropy(self.logits(batch).float(), batch.labels, reduction="sum"), batch.size
+
+
+def reverse_real(src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Right-padded src (B, S) with each row's first `lengths` tokens in reverse order, padding in place."""
+    places = torch.arange(src.size(1), device=src.device).unsqueeze(0)  # (1, S)
+    back = lengths.unsqueeze(1) - 1 - places  # (B, S) where a real position's token comes from
+    return src.gather(1, torch.where(back >= 0, back, places))
 
 
 def build(cfg: ClassifierModelConfig, vocab_size: int, num_classes: int) -> nn.Module:

@@ -50,6 +50,10 @@ class LMModelConfig:
     # An adaptive softmax (Grave et al. 2017) with these cluster cut-offs, e.g. [2000, 10000]: the frequent
     # words in the head, rarer ones in smaller tail clusters; empty: one full softmax.
     adaptive_softmax: tuple[int, ...] = ()
+    # Read text right to left: a backward language model (ULMFiT's second direction). Its training and scored
+    # streams are reversed, and a document classifier started from it reads each document reversed; it does
+    # not generate. Two classifiers, one from each direction, make an ensemble (`--model A --model B`).
+    reverse: bool = False
     # Fine-tune this language model (bundle or training folder) instead of starting from random weights: its
     # tokenizer, model section and weights are taken (ULMFiT's second stage); read once, when training starts.
     init_from: Optional[str] = None

@@ -6,7 +6,8 @@ labels, so a trained classifier continues on other data).
 The classifier takes the language model's tokenizer (with its normalisation), and its embeddings and
 recurrent stack become the document classifier's body (`model.encoder: language_model`). The body's
 shape (cell, sizes, layers, layer layout) comes from the language model; a config that states another
-shape, or another tokenizer, is refused naming both. Its regularisation (dropouts, DropConnect) is the
+shape, or another tokenizer, is refused naming both; its direction (a backward model's `reverse`) is the language
+model's. Its regularisation (dropouts, DropConnect) is the
 config's `model.body` where given, else the language model's. The vocabulary is the language model's own,
 so there are no new rows to initialise.
 """
@@ -148,7 +149,8 @@ def start_from(cfg) -> Start:
         raise NlpRnnError(f"--init-from {where}: {_mismatch('body', 'model.body', lm, given, SHAPE)}")
     _check_tokenizer(where, cfg.tokenizer, type(cfg)().tokenizer, source.config.tokenizer)
     body = lm if given is None else given
-    body = replace(body, tie_output=False, adaptive_softmax=(), condition_input=False)
+    # the direction is the language model's: a backward model's body reads documents reversed
+    body = replace(body, tie_output=False, adaptive_softmax=(), condition_input=False, reverse=lm.reverse)
     if cfg.model.encoder != "language_model":
         log.info("--init-from: model.encoder language_model (the language model's body reads the documents)")
     model = replace(cfg.model, encoder="language_model", body=body)

@@ -125,17 +125,22 @@ def split_off_validation(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpu
     )
 
 
-def stream_ids(tokenizer: Tokenizer, corpus: Corpus) -> torch.Tensor:
-    """(N,) one stream: every document as BOS, its pieces, EOS."""
+def stream_ids(tokenizer: Tokenizer, corpus: Corpus, reverse: bool = False) -> torch.Tensor:
+    """(N,) one stream: every document as BOS, its pieces, EOS; `reverse` (a backward model): the whole
+    stream read from its end, so each document comes as EOS, its pieces last to first, BOS."""
     ids: list[int] = []
     for text in corpus.texts:
         ids += [BOS] + tokenizer.encode_stream(text) + [EOS]
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(ids[::-1] if reverse else ids, dtype=torch.long)
 
 
-def sentence_ids(tokenizer: Tokenizer, corpus: Corpus, max_len: int) -> list[list[int]]:
-    """BOS pieces EOS per row, at most max_len + 2 ids (longer rows truncated, with one warning)."""
-    return [[BOS] + p + [EOS] for p in truncate(tokenizer.encode_src(corpus.texts), max_len, corpus.name)]
+def sentence_ids(
+    tokenizer: Tokenizer, corpus: Corpus, max_len: int, reverse: bool = False
+) -> list[list[int]]:
+    """BOS pieces EOS per row, at most max_len + 2 ids (longer rows truncated, with one warning); `reverse`:
+    each row's pieces last to first (what a backward model predicts, from BOS to EOS as any row)."""
+    rows = truncate(tokenizer.encode_src(corpus.texts), max_len, corpus.name)
+    return [[BOS] + (p[::-1] if reverse else p) + [EOS] for p in rows]
 
 
 @dataclass

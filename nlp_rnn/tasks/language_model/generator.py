@@ -44,6 +44,11 @@ class Generator:
             raise NlpRnnError(
                 f"{bundle.path}: this is a {bundle.task} model; generate needs a language model"
             )
+        if bundle.config.model.reverse:
+            raise NlpRnnError(
+                f"{bundle.path}: a backward language model (model.reverse) reads text right to left; it scores "
+                "text and starts classifiers, but does not generate"
+            )
         self.bundle, self.model, self.tokenizer = bundle, bundle.model.eval(), bundle.tokenizer
         self.precision = precision_for(bundle.model, precision, bundle.task)
         self.model = with_precision(self.model, self.precision)

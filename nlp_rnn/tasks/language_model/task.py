@@ -120,11 +120,16 @@ class LanguageModelTask(tasks.Task):
             bundle.model.load_state_dict(source.model.state_dict())
             log.info("fine-tuning the language model %s", source.path)
         if data.mode == "stream":
-            train_ids = stream_ids(tok, train)
+            train_ids = stream_ids(tok, train, cfg.model.reverse)
             if source is None:
                 bundle.model.init_output_bias(torch.bincount(train_ids[1:], minlength=tok.src_vocab_size))
             return self._stream_setup(
-                cfg, bundle, train_ids, stream_ids(tok, valid), valid.characters, valid.words
+                cfg,
+                bundle,
+                train_ids,
+                stream_ids(tok, valid, cfg.model.reverse),
+                valid.characters,
+                valid.words,
             )
         return self._sentence_setup(cfg, bundle, train, valid, names)
 
@@ -194,8 +199,8 @@ class LanguageModelTask(tasks.Task):
         model: LanguageModel = bundle.model
         tok = bundle.tokenizer
         x_train, x_valid = (
-            sentence_ids(tok, train, cfg.data.max_len),
-            sentence_ids(tok, valid, cfg.data.max_len),
+            sentence_ids(tok, train, cfg.data.max_len, cfg.model.reverse),
+            sentence_ids(tok, valid, cfg.data.max_len, cfg.model.reverse),
         )
         y_train = condition_ids(train, names)
         y_valid = condition_ids(valid, names)
@@ -278,7 +283,7 @@ class LanguageModelTask(tasks.Task):
             if request.dynamic_lr:
                 nll, tokens = dynamic_nll(
                     model,
-                    stream_ids(bundle.tokenizer, corpus),
+                    stream_ids(bundle.tokenizer, corpus, cfg.model.reverse),
                     request.dynamic_lr,
                     request.dynamic_decay,
                     request.dynamic_window,
@@ -286,19 +291,19 @@ class LanguageModelTask(tasks.Task):
             elif request.cache_size:
                 nll, tokens = cache_nll(
                     model,
-                    stream_ids(bundle.tokenizer, corpus),
+                    stream_ids(bundle.tokenizer, corpus, cfg.model.reverse),
                     request.cache_size,
                     request.cache_theta,
                     request.cache_lambda,
                 )
             elif cfg.data.mode == "stream":
                 with products:
-                    nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus))
+                    nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus, cfg.model.reverse))
             else:
                 with products:
                     nll, tokens = sequences_nll(
                         model,
-                        sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len),
+                        sentence_ids(bundle.tokenizer, corpus, cfg.data.max_len, cfg.model.reverse),
                         condition_ids(corpus, names) if names else None,
                     )
             seconds = time.perf_counter() - started

@@ -518,6 +518,7 @@ def test_a_backward_language_model_scores_the_reversed_text_and_hands_its_direct
     )
     assert setup.bundle.config.model.body.reverse
     capsys.readouterr()
+    assert main(["info", str(run)]) == 0 and "backward" in capsys.readouterr().out
     assert main(["generate", "--model", str(run), "a"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "backward language model" in err and str(run) in err, err

@@ -252,6 +252,9 @@ class ClassificationTask(tasks.Task):
             bundle.meta.get("label_values", bundle.meta.get("labels", [])),
         )
         info = {"labels": [n if n == v else f"{v} {n}" for v, n in zip(values, names)]}
+        body = getattr(bundle.config.model, "body", None)
+        if body is not None and body.reverse:
+            info["direction"] = "backward (a backward language model's body: documents read last token first)"
         if bundle.meta.get("embeddings"):
             info["pretrained embeddings"] = [
                 f"{e['file']}: {e['covered']:,} of {e['words']:,} words ({100 * e['coverage']:.1f}%)"

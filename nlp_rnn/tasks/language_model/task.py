@@ -389,6 +389,8 @@ class LanguageModelTask(tasks.Task):
 
     def describe(self, bundle: Bundle) -> dict:
         extra = {"mode": bundle.meta.get("mode")}
+        if bundle.config.model.reverse:
+            extra["direction"] = "backward (reads text right to left)"
         if bundle.meta.get("conditions"):
             extra["conditions"] = bundle.meta["conditions"]
         return extra

@@ -479,22 +479,9 @@ def test_a_backward_language_model_scores_the_reversed_text_and_hands_its_direct
     bundle = tasks.load(run)
     assert bundle.config.model.reverse
     # evaluate scores the text read from its end: the same model reading it forwards scores it otherwise
-    report, fp32 = tmp_path / "report.json", ["--precision", "fp32"]
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(run),
-                "--data",
-                str(tmp_path / "test.txt"),
-                "--report",
-                str(report),
-                *fp32,
-            ]
-        )
-        == 0
-    )
+    report = tmp_path / "report.json"
+    scoring = ["evaluate", "--model", str(run), "--data", str(tmp_path / "test.txt"), "--report", str(report)]
+    assert main([*scoring, "--precision", "fp32"]) == 0
     scored = json.loads(report.read_text())["sets"][0]["loss"]  # rounded to 4 places
     from nlp_rnn.tasks.language_model import read_corpus, stream_ids, stream_nll
 

@@ -277,13 +277,17 @@ class LanguageModelTask(tasks.Task):
                 f"{option}: it reads the text as one stream; this model was trained in sentence mode"
             )
         names = list(bundle.meta.get("conditions") or [])
+
+        def stream(corpus: Corpus) -> torch.Tensor:  # as the model reads text (a backward one from its end)
+            return stream_ids(bundle.tokenizer, corpus, cfg.model.reverse)
+
         results = []
         for corpus in sets:
             started = time.perf_counter()
             if request.dynamic_lr:
                 nll, tokens = dynamic_nll(
                     model,
-                    stream_ids(bundle.tokenizer, corpus, cfg.model.reverse),
+                    stream(corpus),
                     request.dynamic_lr,
                     request.dynamic_decay,
                     request.dynamic_window,
@@ -291,14 +295,14 @@ class LanguageModelTask(tasks.Task):
             elif request.cache_size:
                 nll, tokens = cache_nll(
                     model,
-                    stream_ids(bundle.tokenizer, corpus, cfg.model.reverse),
+                    stream(corpus),
                     request.cache_size,
                     request.cache_theta,
                     request.cache_lambda,
                 )
             elif cfg.data.mode == "stream":
                 with products:
-                    nll, tokens = stream_nll(model, stream_ids(bundle.tokenizer, corpus, cfg.model.reverse))
+                    nll, tokens = stream_nll(model, stream(corpus))
             else:
                 with products:
                     nll, tokens = sequences_nll(

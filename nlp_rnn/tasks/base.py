@@ -345,7 +345,11 @@ def train(
         if distributed.is_main():
             lock.acquire()
         choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
-        return dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
+        result = dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
+        # Process 0 may still work after training (the translation shortlist): the others wait for it, so
+        # that no process closes the group under one still using it (gloo aborts a process left so).
+        distributed.barrier()
+        return result
     finally:
         lock.release()
         distributed.finish()

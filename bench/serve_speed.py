@@ -133,7 +133,9 @@ def main() -> None:
     parser.add_argument("--request-size", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
-    parser.add_argument("--settle-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--settle-ms", type=float, default=10.0, help="the server's --settle-ms (its default)"
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",

@@ -154,7 +154,7 @@ def serve(
         0.0, "--max-wait-ms", help="How long an idle server waits for more requests to batch with."
     ),
     settle_ms: float = typer.Option(
-        0.0,
+        10.0,
         "--settle-ms",
         help="After a batch, wait up to this long for its clients' next texts to join those already "
         "queued (clients just answered send again a few ms later; 0: run whatever is queued at once).",

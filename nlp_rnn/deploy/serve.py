@@ -48,7 +48,7 @@ class Limits:
     max_beam: int = 16
     max_tokens: int = 1024  # generate
     max_batch: int = 64  # texts in one forward pass
-    settle_ms: float = 0.0  # a run after a larger one waits this long for as many texts (BatchQueue)
+    settle_ms: float = 10.0  # a run after a larger one waits this long for as many texts (BatchQueue)
     max_pending: int = 512  # texts waiting or running per model; beyond it: 503 with Retry-After
     timeout_s: float = 60.0  # a request not answered by then: 504, its texts dropped from pending work
 

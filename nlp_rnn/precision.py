@@ -75,6 +75,10 @@ TRAINING_BF16: dict[str, bool] = {
     # 5,236 tokens/s, its classifier 31.7 against 23.6 reviews/s (2026-12-01)
     "amd-avx512-bf16": True,
     "intel-avx512-bf16": False,  # 1,063 (bf16 autocast) against 1,736 (fp32) target tokens/s, 1 thread
+    # Intel Xeon with AMX, 2 cores, 2026-12-02: `bench/train_step.py` 5,281 against 4,042 target tokens/s;
+    # `bench/imdb.py --stages speed --speed-minutes 2`: the IMDb language model 15,190 against 8,883 tokens/s, its
+    # classifier 44.2 against 29.2 reviews/s
+    "amx": True,
 }
 
 

@@ -121,9 +121,11 @@ class Shortlist:
         rows = self.table[cpu].reshape(cpu.size(0), -1)  # (B, S*k), -1 = none
         allowed = torch.zeros(cpu.size(0), vocab.numel(), dtype=torch.bool)
         real = rows >= 0
-        where = torch.searchsorted(vocab, rows.clamp(min=0))  # (B, S*k)
+        column = torch.full((self.tgt_vocab,), -1, dtype=torch.long)  # target id -> its column in vocab
+        column[vocab] = torch.arange(vocab.numel())
+        where = column[rows.clamp(min=0).long()]  # (B, S*k): a lookup, not a binary search per entry
         allowed[torch.arange(cpu.size(0)).unsqueeze(1).expand_as(rows)[real], where[real]] = True
-        allowed[:, torch.searchsorted(vocab, self._always)] = True
+        allowed[:, column[self._always.long()]] = True
         return batch_vocab.to(src.device), allowed.to(src.device)
 
     def coverage(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> float:

@@ -15,6 +15,23 @@ from torch import nn
 from nlp_rnn.errors import NlpRnnError
 
 
+TRAINING_PRIMITIVE_CACHE = 8192
+
+
+def widen_primitive_cache() -> None:
+    """Raises oneDNN's primitive cache (1,024 by default) to `TRAINING_PRIMITIVE_CACHE` for a training process.
+
+    oneDNN compiles a kernel for every new shape of a bf16 product (about 2 ms each with AMX). Training
+    batches change shape at every step (sentences per batch, their lengths, a packed encoder's batch
+    per time step), so a translation step met about 35 shapes no longer in the default cache and spent
+    ~90 ms of its ~640 compiling them, for as long as the run went on; with room for 8,192 the shapes
+    of earlier batches come back and that cost fell to ~15 ms by step 200 (2-core Xeon with AMX,
+    docs/results.md). The cost is memory: each kept kernel holds ~0.5 MB (+1.7 GB resident after 200 steps
+    there). oneDNN reads the setting once, at its first product in the process, so it takes effect only
+    before any; `ONEDNN_PRIMITIVE_CACHE_CAPACITY` set by the user wins (1024: oneDNN's default)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(TRAINING_PRIMITIVE_CACHE))
+
+
 def resolve(name: str = "auto") -> torch.device:
     """`auto`: CUDA when present (under torchrun the process's LOCAL_RANK GPU), else the CPU."""
     name = (name or "auto").strip().lower()

@@ -139,6 +139,7 @@ class Trainer:
         progress_bar: bool = True,
         device: Optional[torch.device] = None,
     ) -> None:
+        devices.widen_primitive_cache()
         self.cfg, self.setup, self.bundle = cfg, setup, setup.bundle
         self.batcher, self.collate, self.loss_fn, self.validate = (
             setup.batcher,

@@ -14,7 +14,6 @@ from torch import nn
 
 from nlp_rnn.errors import NlpRnnError
 
-
 TRAINING_PRIMITIVE_CACHE = 8192
 
 

@@ -50,7 +50,8 @@ def test_the_output_layer_fused_into_the_loss_equals_linear_then_cross_entropy(
         )
 
 
-@pytest.mark.parametrize("rows", [700, 600])  # groups of 200 rows: the last one partial, or not
+# groups of 200 rows: the last one partial, or not; chunks of 100 rows: the last one padded (650, 530), or not
+@pytest.mark.parametrize("rows", [700, 600, 650, 530])
 def test_the_fused_loss_under_bf16_autocast_gathers_weight_gradients_by_group(rows: int, monkeypatch) -> None:
     """Under bf16 autocast the softmax gradients are gathered over groups of chunks before one weight-gradient
     product; loss and gradients stay those of linear-then-cross-entropy in fp32 to bf16's precision."""

@@ -69,6 +69,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows, vocab = hidden.size(0), weight.size(0)
         acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32 (fp64 stays fp64)
         h, w = hidden.to(dtype), weight.to(dtype)
+        # In a 16-bit type the softmax gradients of GROUP_ROWS rows are gathered and multiplied into the weight
+        # gradient at once: one (V, H) product, cast and add per group instead of per chunk.
+        low = want_grad and dtype != acc
+        # There every chunk's products run on whole chunks, the last one padded with zero rows (whose softmax
+        # gradients are zero): oneDNN compiles a kernel per product shape (~2-19 ms each here), and a last chunk
+        # of any size made three new shapes at almost every step.
+        padded = (
+            -(-rows // LINEAR_CHUNK_ROWS) * LINEAR_CHUNK_ROWS if low and rows > LINEAR_CHUNK_ROWS else rows
+        )
+        if padded > rows:
+            h = torch.cat([h, h.new_zeros(padded - rows, h.size(1))])
         b = None if bias is None else bias.to(dtype)
         loss = torch.empty(rows, dtype=acc, device=hidden.device)
         grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if want_grad else None
@@ -76,16 +87,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = (
             torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
         )
-        # In a 16-bit type the softmax gradients of GROUP_ROWS rows are gathered and multiplied into the weight
-        # gradient at once: one (V, H) product, cast and add per group instead of per chunk.
-        low = want_grad and dtype != acc
         pending = (
-            torch.empty(min(rows, GROUP_ROWS), vocab, dtype=dtype, device=hidden.device) if low else None
+            torch.empty(min(padded, GROUP_ROWS), vocab, dtype=dtype, device=hidden.device) if low else None
         )
         group = 0  # first row of the gathered group
         for start in range(0, rows, LINEAR_CHUNK_ROWS):
             stop = min(start + LINEAR_CHUNK_ROWS, rows)
-            logits = F.linear(h[start:stop], w, b).to(acc)  # (C, V), in cache
+            end = min(start + LINEAR_CHUNK_ROWS, padded)  # the chunk's rows with its padding
+            logits = F.linear(h[start:end], w, b)[: stop - start].to(acc)  # (C, V), in cache
             gold = target[start:stop]
             lse = torch.logsumexp(logits, dim=-1)  # (C,)
             part = lse - logits.gather(1, gold.unsqueeze(1)).squeeze(1)
@@ -101,12 +110,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_h[start:stop] = probs @ w  # (C, H)
                     grad_w.addmm_(probs.t(), h[start:stop])  # (V, H), accumulated in place
                 else:
-                    g = pending[start - group : stop - group]
-                    g.copy_(probs)  # cast into the group's buffer
-                    grad_h[start:stop] = g @ w  # (C, H)
-                    if stop - group == pending.size(0) or stop == rows:
-                        grad_w += (pending[: stop - group].t() @ h[group:stop]).to(acc)
-                        group = stop
+                    g = pending[start - group : end - group]
+                    g[: stop - start].copy_(probs)  # cast into the group's buffer
+                    g[stop - start :].zero_()  # padding
+                    grad_h[start:stop] = (g @ w)[: stop - start]  # (C, H)
+                    if end - group == pending.size(0) or stop == rows:
+                        grad_w += (pending[: end - group].t() @ h[group:end]).to(acc)
+                        group = end
                 if grad_b is not None:
                     grad_b += probs.sum(dim=0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)

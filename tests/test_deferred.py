@@ -8,7 +8,7 @@ from helpers import copy_examples, small_config
 
 from nlp_rnn.data import make_batch
 from nlp_rnn.nn import deferred
-from nlp_rnn.nn.deferred import DeferredLinear
+from nlp_rnn.nn.deferred import DeferredLinear, DeferredScores
 from nlp_rnn.nn.seq2seq import Seq2Seq
 
 
@@ -91,3 +91,32 @@ def test_under_bf16_autocast_the_gradients_stay_within_bf16_precision(monkeypatc
             expected[name] - exact[name]
         ).norm() / scale + 0.02
         assert got[name].dtype == torch.float32
+
+
+def test_additive_scores_give_the_same_scores_and_gradients_as_the_attention_module() -> None:
+    """Five steps of additive attention over one set of keys, the fourth step's scores left out of the loss:
+    the deferred scores equal the module's, and so do the gradients of the queries, keys and energy weights."""
+    from nlp_rnn.nn.attention import AdditiveAttention
+
+    torch.manual_seed(1)
+    attention = AdditiveAttention(6, 5, 4)
+    values = torch.randn(3, 7, 6, requires_grad=True)
+    queries = [torch.randn(3, 5, requires_grad=True) for _ in range(5)]
+
+    def run(deferred_scores: bool):
+        keys = attention.keys(values)
+        scorer = DeferredScores(keys, attention.energy.weight, 5) if deferred_scores else None
+        scores = [attention.scores(q, keys, None, scorer) for q in queries]
+        loss = sum((t + 1) * s.sin().sum() for t, s in enumerate(scores) if t != 3)
+        inputs = (values, attention.key_layer.weight, attention.query_layer.weight, attention.energy.weight)
+        return scores, torch.autograd.grad(loss, (*inputs, *queries), allow_unused=True)
+
+    expected_scores, expected = run(False)
+    got_scores, got = run(True)
+    for s, e in zip(got_scores, expected_scores):
+        assert torch.allclose(s, e, rtol=1e-5, atol=1e-6)
+    assert got[4 + 3] is None and expected[4 + 3] is None  # the step left out: no gradient for its query
+    for g, e in zip(got, expected):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)

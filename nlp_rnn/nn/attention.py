@@ -28,10 +28,15 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        project: Optional[Callable] = None,
+        scorer: Optional[Callable] = None,
     ) -> torch.Tensor:
         """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `project`: the query's product in place
-        of the module's own query layer (the decoder's deferred one in training), where there is one."""
+        of the module's own query layer (the decoder's deferred one in training), where there is one;
+        `scorer`: the pass's `nn.deferred.DeferredScores` over these keys (additive attention in training)."""
         raise NotImplementedError
 
     def forward(
@@ -41,9 +46,10 @@ class Attention(nn.Module):
         values: torch.Tensor,
         mask: torch.Tensor,
         project: Optional[Callable] = None,
+        scorer: Optional[Callable] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (B, Dv) and weights (B, S): zero on padding, summing to one."""
-        scores = self.scores(query, keys, project).masked_fill(~mask, float("-inf"))  # (B, S)
+        scores = self.scores(query, keys, project, scorer).masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
         return context, weights
@@ -68,9 +74,16 @@ class AdditiveAttention(Attention):
         return self.key_layer(values) * 2  # (B, S, A): 2 W_k value
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        project: Optional[Callable] = None,
+        scorer: Optional[Callable] = None,
     ) -> torch.Tensor:
-        projected = (project or self.query_layer)(query).unsqueeze(1)  # (B, 1, A)
+        projected = (project or self.query_layer)(query)  # (B, A)
+        if scorer is not None:
+            return scorer(projected)
+        projected = projected.unsqueeze(1)  # (B, 1, A)
         shift = self.energy.weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, S, A) -> (b, S)
@@ -103,7 +116,11 @@ class MultiplicativeAttention(Attention):
         return values if self.key_layer is None else self.key_layer(values)  # (B, S, Hq)
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, project: Optional[Callable] = None
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        project: Optional[Callable] = None,
+        scorer: Optional[Callable] = None,
     ) -> torch.Tensor:
         return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
 

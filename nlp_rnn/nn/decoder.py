@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn import deferred, fast
-from nlp_rnn.nn.attention import build_attention
+from nlp_rnn.nn.attention import AdditiveAttention, build_attention
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
 from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
@@ -198,9 +198,10 @@ class Decoder(nn.Module):
             gates = gates + memory.static_gates.unsqueeze(1)
         return gates
 
-    def _deferred(self) -> dict:
-        """For one teacher-forced pass: every product the loop makes at each step, with its weight gradient
-        computed once after the loop (`nn.deferred`); keyed (layer, input part), "query" and "combine"."""
+    def _deferred(self, memory: Memory, steps: int) -> dict:
+        """For one teacher-forced pass of `steps` steps: every product the loop makes at each step, with its
+        weight gradient computed once after the loop (`nn.deferred`); keyed (layer, input part), "query" and
+        "combine"; "scores": additive attention's scores, their keys' gradient summed once after the loop."""
         products: dict = {
             (i, name): deferred.DeferredLinear(*cell.weights(name))
             for i, cell in enumerate(self.cells)
@@ -211,6 +212,8 @@ class Decoder(nn.Module):
         if query is not None:
             products["query"] = deferred.DeferredLinear(query.weight, query.bias)
         products["combine"] = deferred.DeferredLinear(self.combine.weight, self.combine.bias)
+        if isinstance(self.attention, AdditiveAttention) and memory.keys is not None:
+            products["scores"] = deferred.DeferredScores(memory.keys, self.attention.energy.weight, steps)
         return products
 
     def _advance(
@@ -236,9 +239,11 @@ class Decoder(nn.Module):
             hs.append(x)
             cs.append(c)
         if self.has_attention:
-            query = None if products is None else products.get("query")
+            query, scorer = (
+                (None, None) if products is None else (products.get("query"), products.get("scores"))
+            )
             context, weights = self.attention(
-                x, memory.keys, memory.values, memory.mask, query
+                x, memory.keys, memory.values, memory.mask, query, scorer
             )  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None
@@ -293,7 +298,11 @@ class Decoder(nn.Module):
         previous token with probability 1 - teacher_forcing at every step (scheduled sampling).
         """
         pre = self._precompute(tgt_in, memory)  # (B, T, G)
-        products = self._deferred() if deferred.applies(self) and not fast.exporting() else None
+        products = (
+            self._deferred(memory, tgt_in.size(1))
+            if deferred.applies(self) and not fast.exporting()
+            else None
+        )
         sampling = teacher_forcing < 1.0 and self.training
         if sampling:
             gold = torch.rand(tgt_in.shape, device=tgt_in.device) < teacher_forcing  # (B, T)

@@ -37,10 +37,13 @@ class _Weight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, store: _Store, dtype: torch.dtype) -> torch.Tensor:
         ctx.store, ctx.weight_dtype = store, weight.dtype
+        ctx.set_materialize_grads(
+            False
+        )  # the steps give it no gradient: no zero-filled (out, in) matrix to add
         return weight.to(dtype) if weight.dtype != dtype else weight.view_as(weight)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: Optional[torch.Tensor]):
         store: _Store = ctx.store
         steps = [i for i in range(len(store.inputs)) if i in store.grads]
         if steps:
@@ -53,10 +56,11 @@ class _Weight(torch.autograd.Function):
                     )
             dy = torch.cat([store.grads[i] for i in steps])  # (rows, out)
             x = torch.cat([store.inputs[i][0].to(dy.dtype) for i in steps])  # (rows, in)
-            grad = grad + (dy.t() @ x).to(grad.dtype)
+            product = dy.t() @ x
+            grad = product if grad is None else grad + product.to(grad.dtype)
         store.inputs.clear()
         store.grads.clear()
-        return grad.to(ctx.weight_dtype), None, None
+        return None if grad is None else grad.to(ctx.weight_dtype), None, None
 
 
 class _Step(torch.autograd.Function):
@@ -99,3 +103,97 @@ class DeferredLinear:
 def applies(module: torch.nn.Module) -> bool:
     """Whether a forward pass of `module` should defer its per-step weight gradients: training with gradients."""
     return module.training and torch.is_grad_enabled()
+
+
+class _ScoreStore:
+    """One pass's additive-attention buffers: every step's sigmoid (T, B, S, A), turned in place into that
+    step's gradient of the keys as the backward reaches it; which steps have one."""
+
+    def __init__(self, buffer: torch.Tensor) -> None:
+        self.buffer = buffer
+        self.used = 0  # steps run forward
+        self.done: set[int] = set()  # steps whose backward ran
+
+
+class _Keys(torch.autograd.Function):
+    """The keys as the steps use them; its backward runs after every step's and sums their key gradients
+    in one pass over the buffer (instead of autograd adding a (B, S, A) gradient into them at every step)."""
+
+    @staticmethod
+    def forward(ctx, keys: torch.Tensor, store: _ScoreStore) -> torch.Tensor:
+        ctx.store = store
+        ctx.set_materialize_grads(False)
+        return keys.view_as(keys)
+
+    @staticmethod
+    def backward(ctx, grad: Optional[torch.Tensor]):
+        store: _ScoreStore = ctx.store
+        steps = sorted(store.done)
+        if steps:
+            if steps == list(range(steps[-1] + 1)):
+                total = store.buffer[: len(steps)].sum(0)
+            else:
+                total = store.buffer[steps].sum(0)
+            grad = total if grad is None else grad + total
+        store.done.clear()
+        store.used = 0
+        return grad, None
+
+
+class _Score(torch.autograd.Function):
+    """One step's additive scores 2 v . sigmoid(keys + 2 q) - sum(v) (B, S), the sigmoid written into the
+    pass's buffer; the backward leaves the keys' gradient of the step there (for `_Keys`)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, store: _ScoreStore):
+        index = store.used
+        store.used += 1
+        s = torch.add(keys, q.unsqueeze(1), alpha=2, out=store.buffer[index]).sigmoid_()  # (B, S, A)
+        ctx.store, ctx.index = store, index
+        ctx.save_for_backward(v)
+        return (s @ v) * 2 - v.sum()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (v,) = ctx.saved_tensors
+        store: _ScoreStore = ctx.store
+        s = store.buffer[ctx.index]  # the pass's own buffer: nothing else writes into it
+        g = g.to(s.dtype)
+        rows = g.reshape(1, -1)  # (1, B*S)
+        dv = (rows @ s.reshape(rows.size(1), -1)).squeeze(0) * 2 - g.sum()  # (A,)
+        upstream = (g * 2).unsqueeze(-1) * v  # (B, S, A): the gradient reaching the sigmoid
+        torch.ops.aten.sigmoid_backward.grad_input(upstream, s, grad_input=s)  # in place: the pre-sigmoid's
+        store.done.add(ctx.index)
+        dq = s.sum(1) * 2  # (B, A)
+        return dq, None, dv, None
+
+
+class DeferredScores:
+    """Additive attention's scores at every step of one teacher-forced pass (training): the sigmoid of each
+    step kept in one preallocated (T, B, S, A) buffer, its backward turned into the keys' gradient in place,
+    and the keys' gradient summed once after the loop. Autograd's own graph makes about eleven passes over a
+    (B, S, A) tensor per step in the backward (an outer product, the sigmoid's backward, a copy for the
+    query's factor 2, its sum, the energy's weight gradient and an addition into the keys' gradient); this
+    makes five, with no allocation of a (B, S, A) tensor for the forward. Same scores; gradients equal to
+    float rounding (the keys' sum over steps runs in one reduction instead of T additions).
+
+        scores = DeferredScores(keys, energy_weight, steps)  # once per pass, keys (B, S, A), weight (1, A)
+        s_t = scores(q_t)                                      # at every step: q_t (B, A) -> (B, S)
+    """
+
+    def __init__(self, keys: torch.Tensor, weight: torch.Tensor, steps: int) -> None:
+        dtype = (
+            torch.get_autocast_dtype(keys.device.type)
+            if torch.is_autocast_enabled(keys.device.type)
+            else keys.dtype
+        )
+        self.dtype = dtype
+        self.store = _ScoreStore(keys.new_empty((steps, *keys.shape), dtype=dtype))
+        self.keys = _Keys.apply(keys.to(dtype), self.store)
+        self.v = weight.reshape(-1).to(dtype)
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        if self.store.used >= self.store.buffer.size(0):
+            raise RuntimeError("DeferredScores: more steps than the pass was built for")
+        with torch.autocast(q.device.type, enabled=False):
+            return _Score.apply(q.to(self.dtype), self.keys, self.v, self.store)

@@ -83,7 +83,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         b = None if bias is None else bias.to(dtype)
         loss = torch.empty(rows, dtype=acc, device=hidden.device)
         grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if want_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=hidden.device) if want_grad else None
+        # 16-bit: the first group's product becomes the weight gradient (no zero-filled (V, H) matrix to add to)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=hidden.device) if want_grad and not low else None
         grad_b = (
             torch.zeros(vocab, dtype=acc, device=hidden.device) if want_grad and bias is not None else None
         )
@@ -115,7 +116,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g[stop - start :].zero_()  # padding
                     grad_h[start:stop] = (g @ w)[: stop - start]  # (C, H)
                     if end - group == pending.size(0) or stop == rows:
-                        grad_w += (pending[: end - group].t() @ h[group:end]).to(acc)
+                        product = (pending[: end - group].t() @ h[group:end]).to(acc)
+                        grad_w = product if grad_w is None else grad_w.add_(product)
                         group = end
                 if grad_b is not None:
                     grad_b += probs.sum(dim=0)

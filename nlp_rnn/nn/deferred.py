@@ -37,9 +37,8 @@ class _Weight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, store: _Store, dtype: torch.dtype) -> torch.Tensor:
         ctx.store, ctx.weight_dtype = store, weight.dtype
-        ctx.set_materialize_grads(
-            False
-        )  # the steps give it no gradient: no zero-filled (out, in) matrix to add
+        # the steps give it no gradient: no zero-filled (out, in) matrix to add the product to
+        ctx.set_materialize_grads(False)
         return weight.to(dtype) if weight.dtype != dtype else weight.view_as(weight)
 
     @staticmethod

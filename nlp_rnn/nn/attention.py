@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nlp_rnn.nn import deferred
 from nlp_rnn.nn.fast import exporting
 
 CHUNK = 256 * 1024  # elements of (rows, S, A) per piece when decoding: 1 MB of float32
@@ -26,6 +27,11 @@ class Attention(nn.Module):
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         """values (B, S, Dv) -> keys (B, S, A), computed once per sentence."""
         raise NotImplementedError
+
+    def deferred_scores(self, keys: torch.Tensor, steps: int) -> Optional[Callable]:
+        """For one teacher-forced pass of `steps` steps over `keys`: a `scorer` for `scores` whose backward is
+        cheaper than autograd's step by step (`nn.deferred`), or None where the kind has none."""
+        return None
 
     def scores(
         self,
@@ -72,6 +78,9 @@ class AdditiveAttention(Attention):
 
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return self.key_layer(values) * 2  # (B, S, A): 2 W_k value
+
+    def deferred_scores(self, keys: torch.Tensor, steps: int) -> Optional[Callable]:
+        return deferred.DeferredScores(keys, self.energy.weight, steps)
 
     def scores(
         self,

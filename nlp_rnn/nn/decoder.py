@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn import deferred, fast
-from nlp_rnn.nn.attention import AdditiveAttention, build_attention
+from nlp_rnn.nn.attention import build_attention
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
 from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
@@ -212,8 +212,9 @@ class Decoder(nn.Module):
         if query is not None:
             products["query"] = deferred.DeferredLinear(query.weight, query.bias)
         products["combine"] = deferred.DeferredLinear(self.combine.weight, self.combine.bias)
-        if isinstance(self.attention, AdditiveAttention) and memory.keys is not None:
-            products["scores"] = deferred.DeferredScores(memory.keys, self.attention.energy.weight, steps)
+        scorer = None if memory.keys is None else self.attention.deferred_scores(memory.keys, steps)
+        if scorer is not None:
+            products["scores"] = scorer
         return products
 
     def _advance(

@@ -85,11 +85,7 @@ class DeferredLinear:
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         self.store = _Store()
-        dtype = (
-            torch.get_autocast_dtype(weight.device.type)
-            if torch.is_autocast_enabled(weight.device.type)
-            else weight.dtype
-        )
+        dtype = compute_dtype(weight)
         self.weight = _Weight.apply(weight, self.store, dtype)
         self.bias = None if bias is None else bias.to(dtype)
 
@@ -97,6 +93,12 @@ class DeferredLinear:
         with torch.autocast(x.device.type, enabled=False):  # the step's own casts (above), not autocast's
             y = _Step.apply(x, self.weight, self.store)
             return y if self.bias is None else y + self.bias
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The type a pass's products run in: autocast's where it is on for the tensor's device, else its own."""
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
 
 
 def applies(module: torch.nn.Module) -> bool:
@@ -128,14 +130,11 @@ class _Keys(torch.autograd.Function):
     def backward(ctx, grad: Optional[torch.Tensor]):
         store: _ScoreStore = ctx.store
         steps = sorted(store.done)
-        if steps:
-            if steps == list(range(steps[-1] + 1)):
-                total = store.buffer[: len(steps)].sum(0)
-            else:
-                total = store.buffer[steps].sum(0)
+        if steps:  # the first steps (all of them, in training): a slice, not an indexed copy
+            part = store.buffer[: len(steps)] if len(steps) == steps[-1] + 1 else store.buffer[steps]
+            total = part.sum(0)
             grad = total if grad is None else grad + total
         store.done.clear()
-        store.used = 0
         return grad, None
 
 
@@ -181,12 +180,7 @@ class DeferredScores:
     """
 
     def __init__(self, keys: torch.Tensor, weight: torch.Tensor, steps: int) -> None:
-        dtype = (
-            torch.get_autocast_dtype(keys.device.type)
-            if torch.is_autocast_enabled(keys.device.type)
-            else keys.dtype
-        )
-        self.dtype = dtype
+        self.dtype = dtype = compute_dtype(keys)
         self.store = _ScoreStore(keys.new_empty((steps, *keys.shape), dtype=dtype))
         self.keys = _Keys.apply(keys.to(dtype), self.store)
         self.v = weight.reshape(-1).to(dtype)

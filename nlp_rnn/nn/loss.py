@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from nlp_rnn.nn.deferred import compute_dtype
+
 CHUNK_ROWS = 256
 
 
@@ -157,10 +159,6 @@ def linear_cross_entropy_sum(
     want = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    dtype = (
-        torch.get_autocast_dtype(hidden.device.type)
-        if torch.is_autocast_enabled(hidden.device.type)
-        else hidden.dtype
-    )
+    dtype = compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, bias, target, smoothing, want, dtype)

@@ -6,6 +6,7 @@ reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, ra
                          [--resume]  (continue the pretrain stage of --runs to --pretrain-minutes in all)
                          [--reverse --tokenizer RUNS/lm/best --ensemble-with OTHER/classifier]  (the backward
                          direction with a forward run's tokenizer, evaluated alone and with the forward classifier)
+                         [--classifier-seed N --classifier-name NAME-seedN]  (another seed of stage 3)
 
 Stages (configs/imdb_lm.yaml, imdb_lm_finetune.yaml, imdb.yaml): 1. a language model on WikiText-2's training
 text plus the review texts of IMDb's train.csv (never test.csv); 2. that model fine-tuned on the reviews only;
@@ -102,6 +103,12 @@ def arguments() -> argparse.Namespace:
         help="the classifier stage's recipe: configs/imdb.yaml (ULMFiT's) or configs/imdb_one_rate.yaml",
     )
     parser.add_argument("--classifier-name", default="classifier", help="its folder under --runs")
+    parser.add_argument(
+        "--classifier-seed",
+        type=int,
+        default=0,
+        help="classifier stage: train with this seed (0: the config's); give each seed its own --classifier-name",
+    )
     parser.add_argument(
         "--stages",
         default="pretrain,finetune,classifier,evaluate",
@@ -219,6 +226,8 @@ class Pipeline:
     def classifier(self) -> None:
         cmd = train("classifier", self.args.classifier_config, self.clf)
         cmd += ["--train", str(self.data.imdb / "train.csv"), "--init-from", str(self.start())]
+        if self.args.classifier_seed:
+            cmd += ["--seed", str(self.args.classifier_seed)]
         run(cmd + ["--max-minutes", str(self.args.classifier_minutes)] + self.common, self.log, "classifier")
         self.log["classifier"].update(best=best_of(self.clf), examples_per_s=speed(self.clf))
 

@@ -8,7 +8,7 @@ from helpers import copy_examples, small_config
 
 from nlp_rnn.data import make_batch
 from nlp_rnn.nn import deferred
-from nlp_rnn.nn.deferred import DeferredLinear, DeferredScores
+from nlp_rnn.nn.deferred import DeferredLinear
 from nlp_rnn.nn.seq2seq import Seq2Seq
 
 
@@ -93,30 +93,45 @@ def test_under_bf16_autocast_the_gradients_stay_within_bf16_precision(monkeypatc
         assert got[name].dtype == torch.float32
 
 
-def test_additive_scores_give_the_same_scores_and_gradients_as_the_attention_module() -> None:
-    """Five steps of additive attention over one set of keys, the fourth step's scores left out of the loss:
-    the deferred scores equal the module's, and so do the gradients of the queries, keys and energy weights."""
-    from nlp_rnn.nn.attention import AdditiveAttention
+@pytest.mark.parametrize("kind", ["bahdanau", "luong", "dot"])
+def test_a_deferred_attention_pass_gives_the_same_contexts_and_gradients_as_the_module(kind: str) -> None:
+    """Five steps of attention over one set of keys and values (padding masked), the fourth step's context
+    left out of the loss: with the pass's deferred products (the query's product, additive scores, the
+    context) the contexts and weights equal the module's own, and so do the gradients of the queries, the
+    values and every weight."""
+    from nlp_rnn.nn.attention import build_attention
 
     torch.manual_seed(1)
-    attention = AdditiveAttention(6, 5, 4)
+    attention = build_attention(kind, 6, 6 if kind == "dot" else 5, 4)
     values = torch.randn(3, 7, 6, requires_grad=True)
-    queries = [torch.randn(3, 5, requires_grad=True) for _ in range(5)]
+    mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [4], [1]])  # (3, 7)
+    queries = [torch.randn(3, 6 if kind == "dot" else 5, requires_grad=True) for _ in range(5)]
 
-    def run(deferred_scores: bool):
+    def run(defer: bool):
         keys = attention.keys(values)
-        scorer = DeferredScores(keys, attention.energy.weight, 5) if deferred_scores else None
-        scores = [attention.scores(q, keys, None, scorer) for q in queries]
-        loss = sum((t + 1) * s.sin().sum() for t, s in enumerate(scores) if t != 3)
-        inputs = (values, attention.key_layer.weight, attention.query_layer.weight, attention.energy.weight)
-        return scores, torch.autograd.grad(loss, (*inputs, *queries), allow_unused=True)
+        steps = attention.deferred_pass(keys, values, 5) if defer else None
+        outputs = [attention(q, keys, values, mask, steps) for q in queries]
+        loss = sum((t + 1) * c.sin().sum() for t, (c, _) in enumerate(outputs) if t != 3)
+        loss = loss + outputs[3][1].square().sum()  # the fourth step's weights only, not its context
+        inputs = (values, *attention.parameters())
+        return outputs, torch.autograd.grad(loss, (*inputs, *queries))
 
-    expected_scores, expected = run(False)
-    got_scores, got = run(True)
-    for s, e in zip(got_scores, expected_scores):
-        assert torch.allclose(s, e, rtol=1e-5, atol=1e-6)
-    assert got[4 + 3] is None and expected[4 + 3] is None  # the step left out: no gradient for its query
+    expected_outputs, expected = run(False)
+    got_outputs, got = run(True)
+    for (c, w), (ec, ew) in zip(got_outputs, expected_outputs):
+        assert torch.allclose(c, ec, rtol=1e-5, atol=1e-6) and torch.allclose(w, ew, rtol=1e-5, atol=1e-6)
+    assert len(got) == len(expected) >= 6
     for g, e in zip(got, expected):
-        assert (g is None) == (e is None)
-        if g is not None:
-            assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_refuses_more_steps_than_it_was_built_for() -> None:
+    from nlp_rnn.nn.attention import build_attention
+
+    attention = build_attention("bahdanau", 6, 5, 4)
+    values, mask = torch.randn(2, 3, 6), torch.ones(2, 3, dtype=torch.bool)
+    keys = attention.keys(values)
+    steps = attention.deferred_pass(keys, values, 1)
+    attention(torch.randn(2, 5), keys, values, mask, steps)
+    with pytest.raises(RuntimeError, match="more steps than the pass was built for"):
+        attention(torch.randn(2, 5), keys, values, mask, steps)

@@ -28,21 +28,16 @@ class Attention(nn.Module):
         """values (B, S, Dv) -> keys (B, S, A), computed once per sentence."""
         raise NotImplementedError
 
-    def deferred_scores(self, keys: torch.Tensor, steps: int) -> Optional[Callable]:
-        """For one teacher-forced pass of `steps` steps over `keys`: a `scorer` for `scores` whose backward is
-        cheaper than autograd's step by step (`nn.deferred`), or None where the kind has none."""
-        return None
+    def deferred_pass(self, keys: torch.Tensor, values: torch.Tensor, steps: int) -> deferred.AttentionPass:
+        """For one teacher-forced pass of `steps` steps (training): the products whose backward is cheaper than
+        autograd's step by step (`nn.deferred`) — here the context over `values`; a kind adds its own."""
+        return deferred.AttentionPass(None, None, deferred.DeferredContext(values, steps))
 
     def scores(
-        self,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        project: Optional[Callable] = None,
-        scorer: Optional[Callable] = None,
+        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
-        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `project`: the query's product in place
-        of the module's own query layer (the decoder's deferred one in training), where there is one;
-        `scorer`: the pass's `nn.deferred.DeferredScores` over these keys (additive attention in training)."""
+        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `steps`: the pass's deferred products
+        (`deferred_pass`) in place of the module's own, where the kind has them."""
         raise NotImplementedError
 
     def forward(
@@ -51,12 +46,14 @@ class Attention(nn.Module):
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor,
-        project: Optional[Callable] = None,
-        scorer: Optional[Callable] = None,
+        steps: Optional[deferred.AttentionPass] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, Dv) and weights (B, S): zero on padding, summing to one."""
-        scores = self.scores(query, keys, project, scorer).masked_fill(~mask, float("-inf"))  # (B, S)
+        """Context (B, Dv) and weights (B, S): zero on padding, summing to one. `steps`: the pass's deferred
+        products (training), built over these keys and values."""
+        scores = self.scores(query, keys, steps).masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
+        if steps is not None:
+            return steps.context(weights), weights
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
         return context, weights
 
@@ -79,20 +76,17 @@ class AdditiveAttention(Attention):
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return self.key_layer(values) * 2  # (B, S, A): 2 W_k value
 
-    def deferred_scores(self, keys: torch.Tensor, steps: int) -> Optional[Callable]:
-        return deferred.DeferredScores(keys, self.energy.weight, steps)
+    def deferred_pass(self, keys: torch.Tensor, values: torch.Tensor, steps: int) -> deferred.AttentionPass:
+        query = deferred.DeferredLinear(self.query_layer.weight, self.query_layer.bias)
+        scores = deferred.DeferredScores(keys, self.energy.weight, steps)
+        return deferred.AttentionPass(query, scores, deferred.DeferredContext(values, steps))
 
     def scores(
-        self,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        project: Optional[Callable] = None,
-        scorer: Optional[Callable] = None,
+        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
-        projected = (project or self.query_layer)(query)  # (B, A)
-        if scorer is not None:
-            return scorer(projected)
-        projected = projected.unsqueeze(1)  # (B, 1, A)
+        if steps is not None:
+            return steps.scores(steps.query(query))
+        projected = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
         shift = self.energy.weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, S, A) -> (b, S)
@@ -125,11 +119,7 @@ class MultiplicativeAttention(Attention):
         return values if self.key_layer is None else self.key_layer(values)  # (B, S, Hq)
 
     def scores(
-        self,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        project: Optional[Callable] = None,
-        scorer: Optional[Callable] = None,
+        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
         return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
 

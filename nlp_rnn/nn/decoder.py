@@ -200,21 +200,17 @@ class Decoder(nn.Module):
 
     def _deferred(self, memory: Memory, steps: int) -> dict:
         """For one teacher-forced pass of `steps` steps: every product the loop makes at each step, with its
-        weight gradient computed once after the loop (`nn.deferred`); keyed (layer, input part), "query" and
-        "combine"; "scores": additive attention's scores, their keys' gradient summed once after the loop."""
+        weight gradient computed once after the loop (`nn.deferred`); keyed (layer, input part) and
+        "combine"; "attention": the attention's (`Attention.deferred_pass`: its query, scores and context)."""
         products: dict = {
             (i, name): deferred.DeferredLinear(*cell.weights(name))
             for i, cell in enumerate(self.cells)
             for name in [*cell.weight_in.keys(), "hh"]
             if name not in ("emb", "ctx")  # these two are projected once for all steps
         }
-        query = getattr(self.attention, "query_layer", None)
-        if query is not None:
-            products["query"] = deferred.DeferredLinear(query.weight, query.bias)
         products["combine"] = deferred.DeferredLinear(self.combine.weight, self.combine.bias)
-        scorer = None if memory.keys is None else self.attention.deferred_scores(memory.keys, steps)
-        if scorer is not None:
-            products["scores"] = scorer
+        if self.has_attention:
+            products["attention"] = self.attention.deferred_pass(memory.keys, memory.values, steps)
         return products
 
     def _advance(
@@ -240,11 +236,9 @@ class Decoder(nn.Module):
             hs.append(x)
             cs.append(c)
         if self.has_attention:
-            query, scorer = (
-                (None, None) if products is None else (products.get("query"), products.get("scores"))
-            )
+            steps = None if products is None else products["attention"]
             context, weights = self.attention(
-                x, memory.keys, memory.values, memory.mask, query, scorer
+                x, memory.keys, memory.values, memory.mask, steps
             )  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None

@@ -17,6 +17,7 @@ version check, so they must not be changed in place after the step; `DeferredLin
 in the backward and refuses with one line if one changed.
 """
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -190,3 +191,91 @@ class DeferredScores:
             raise RuntimeError("DeferredScores: more steps than the pass was built for")
         with torch.autocast(q.device.type, enabled=False):
             return _Score.apply(q.to(self.dtype), self.keys, self.v, self.store)
+
+
+class _ContextStore:
+    """One pass's attention weights of every step (forward order, in the compute type) and the gradients of
+    their contexts (as the backward reaches them)."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+        self.grads: dict[int, torch.Tensor] = {}
+
+
+class _Values(torch.autograd.Function):
+    """The values as the steps use them; its backward runs after every step's and computes their gradient in
+    one batched product, Σ_t w_tᵀ g_t = Wᵀ G over the steps, instead of autograd adding a (B, S, Dv) outer
+    product into them at every step."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, store: _ContextStore) -> torch.Tensor:
+        ctx.store = store
+        ctx.set_materialize_grads(False)
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad: Optional[torch.Tensor]):
+        store: _ContextStore = ctx.store
+        steps = [i for i in range(len(store.weights)) if i in store.grads]
+        if steps:
+            weights = torch.stack([store.weights[i] for i in steps], dim=2)  # (B, S, T)
+            grads = torch.stack([store.grads[i] for i in steps], dim=1)  # (B, T, Dv)
+            total = torch.bmm(weights, grads)  # (B, S, Dv)
+            grad = total if grad is None else grad + total
+        store.weights.clear()
+        store.grads.clear()
+        return grad, None
+
+
+class _Context(torch.autograd.Function):
+    """One step's context w (B, S) · values (B, S, Dv) -> (B, Dv); the backward gives w's gradient and keeps
+    the context's gradient for `_Values`."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, values: torch.Tensor, store: _ContextStore) -> torch.Tensor:
+        ctx.store, ctx.index, ctx.w_dtype = store, len(store.weights), w.dtype
+        # under autocast a new tensor; else the softmax's output, which autograd guards against changes
+        w = w.to(values.dtype)
+        store.weights.append(w)
+        ctx.save_for_backward(values)
+        return torch.bmm(w.unsqueeze(1), values).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (values,) = ctx.saved_tensors
+        g = g.to(values.dtype)
+        ctx.store.grads[ctx.index] = g
+        dw = torch.bmm(values, g.unsqueeze(2)).squeeze(2).to(ctx.w_dtype) if ctx.needs_input_grad[0] else None
+        return dw, None, None
+
+
+class DeferredContext:
+    """Attention's context at every step of one teacher-forced pass (training): the values cast to the compute
+    type once per pass (not at every step, as autocast does for a tensor that is not a parameter), and their
+    gradient computed once after the loop, one batched product over all steps' weights and context gradients,
+    instead of a (B, S, Dv) outer product added into them at every step. Same contexts; gradients equal to
+    float rounding.
+
+        mix = DeferredContext(values, steps)  # once per pass, values (B, S, Dv)
+        c_t = mix(w_t)                        # at every step: weights (B, S) -> context (B, Dv)
+    """
+
+    def __init__(self, values: torch.Tensor, steps: int) -> None:
+        self.store, self.steps = _ContextStore(), steps
+        self.values = _Values.apply(values.to(compute_dtype(values)), self.store)
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        if len(self.store.weights) >= self.steps:
+            raise RuntimeError("DeferredContext: more steps than the pass was built for")
+        with torch.autocast(w.device.type, enabled=False):
+            return _Context.apply(w, self.values, self.store)
+
+
+@dataclass
+class AttentionPass:
+    """An attention's deferred products for one teacher-forced pass (`Attention.deferred`): the query's product
+    (None where the kind has none), the scores (None: the module's own) and the context."""
+
+    query: Optional[DeferredLinear]
+    scores: Optional[DeferredScores]
+    context: DeferredContext

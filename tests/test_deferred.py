@@ -135,3 +135,34 @@ def test_a_pass_refuses_more_steps_than_it_was_built_for() -> None:
     attention(torch.randn(2, 5), keys, values, mask, steps)
     with pytest.raises(RuntimeError, match="more steps than the pass was built for"):
         attention(torch.randn(2, 5), keys, values, mask, steps)
+
+
+def test_passes_in_flight_together_keep_their_own_score_buffers_and_reuse_them_after() -> None:
+    """Two additive passes forward before either's backward (e.g. two batches in one loss): each has its own
+    scores' memory, so both give the module's gradients; after their backward the next pass writes into a
+    block given back, not into new memory."""
+    from nlp_rnn.nn.attention import build_attention
+
+    torch.manual_seed(2)
+    attention = build_attention("bahdanau", 6, 5, 4)
+    batches = [(torch.randn(3, 7, 6), [torch.randn(3, 5) for _ in range(4)]) for _ in range(2)]
+    mask = torch.ones(3, 7, dtype=torch.bool)
+
+    def loss(defer: bool) -> torch.Tensor:
+        total = 0.0
+        for values, queries in batches:
+            keys = attention.keys(values)
+            steps = attention.deferred_pass(keys, values, len(queries)) if defer else None
+            total = total + sum(
+                (t + 1) * attention(q, keys, values, mask, steps)[0].sin().sum()
+                for t, q in enumerate(queries)
+            )
+        return total
+
+    expected = torch.autograd.grad(loss(False), list(attention.parameters()))
+    got = torch.autograd.grad(loss(True), list(attention.parameters()))
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+    kept = deferred.BLOCKS.free[(torch.device("cpu"), torch.float32)]
+    keys = attention.keys(batches[0][0])
+    assert attention.deferred_pass(keys, batches[0][0], 4).scores.store.block is kept

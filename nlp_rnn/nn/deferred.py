@@ -17,6 +17,7 @@ version check, so they must not be changed in place after the step; `DeferredLin
 in the backward and refuses with one line if one changed.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -107,12 +108,41 @@ def applies(module: torch.nn.Module) -> bool:
     return module.training and torch.is_grad_enabled()
 
 
-class _ScoreStore:
-    """One pass's additive-attention buffers: every step's sigmoid (T, B, S, A), turned in place into that
-    step's gradient of the keys as the backward reaches it; which steps have one."""
+class _Blocks:
+    """Memory for the score buffers, kept between passes. A fresh (T, B, S, A) buffer (up to a few hundred MB)
+    at every training step pays a page fault at the first touch of each page, and in a virtual machine that
+    made the forward's additions into it several times slower than into memory touched before (docs/results.md:
+    ~11 ms a call against ~1.4 ms on a 2-core Xeon). So a pass borrows the block an earlier pass gave back when
+    its backward was done: one block kept per device and type, replaced by a larger one (a quarter to spare)
+    when a larger pass comes. Passes in flight together each get their own; a pass whose backward never runs
+    keeps its block, freed with it."""
 
-    def __init__(self, buffer: torch.Tensor) -> None:
-        self.buffer = buffer
+    def __init__(self) -> None:
+        self.free: dict[tuple, torch.Tensor] = {}
+
+    def borrow(self, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        need = math.prod(shape)
+        block = self.free.pop((like.device, dtype), None)
+        if block is None or block.numel() < need:
+            block = like.new_empty(need + need // 4, dtype=dtype)
+        return block
+
+    def give_back(self, block: torch.Tensor) -> None:
+        kept = self.free.get((block.device, block.dtype))
+        if kept is None or kept.numel() < block.numel():
+            self.free[(block.device, block.dtype)] = block
+
+
+BLOCKS = _Blocks()
+
+
+class _ScoreStore:
+    """One pass's additive-attention buffers: every step's sigmoid (T, B, S, A) in a borrowed block, turned in
+    place into that step's gradient of the keys as the backward reaches it; which steps have one."""
+
+    def __init__(self, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype) -> None:
+        self.block: Optional[torch.Tensor] = BLOCKS.borrow(shape, like, dtype)
+        self.buffer = self.block[: math.prod(shape)].view(shape)
         self.used = 0  # steps run forward
         self.done: set[int] = set()  # steps whose backward ran
 
@@ -136,6 +166,9 @@ class _Keys(torch.autograd.Function):
             total = part.sum(0)
             grad = total if grad is None else grad + total
         store.done.clear()
+        if store.block is not None:  # nothing reads the buffer after this: the next pass may write into it
+            BLOCKS.give_back(store.block)
+            store.block = None
         return grad, None
 
 
@@ -182,7 +215,7 @@ class DeferredScores:
 
     def __init__(self, keys: torch.Tensor, weight: torch.Tensor, steps: int) -> None:
         self.dtype = dtype = compute_dtype(keys)
-        self.store = _ScoreStore(keys.new_empty((steps, *keys.shape), dtype=dtype))
+        self.store = _ScoreStore((steps, *keys.shape), keys, dtype)
         self.keys = _Keys.apply(keys.to(dtype), self.store)
         self.v = weight.reshape(-1).to(dtype)
 

@@ -34,9 +34,9 @@ class Attention(nn.Module):
         return deferred.AttentionPass(None, None, deferred.DeferredContext(values, steps))
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
+        self, query: torch.Tensor, keys: torch.Tensor, products: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
-        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `steps`: the pass's deferred products
+        """query (B, Hq), keys (B, S, A) -> unnormalised scores (B, S). `products`: the pass's deferred products
         (`deferred_pass`) in place of the module's own, where the kind has them."""
         raise NotImplementedError
 
@@ -46,14 +46,14 @@ class Attention(nn.Module):
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor,
-        steps: Optional[deferred.AttentionPass] = None,
+        products: Optional[deferred.AttentionPass] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, Dv) and weights (B, S): zero on padding, summing to one. `steps`: the pass's deferred
+        """Context (B, Dv) and weights (B, S): zero on padding, summing to one. `products`: the pass's deferred
         products (training), built over these keys and values."""
-        scores = self.scores(query, keys, steps).masked_fill(~mask, float("-inf"))  # (B, S)
+        scores = self.scores(query, keys, products).masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
-        if steps is not None:
-            return steps.context(weights), weights
+        if products is not None:
+            return products.context(weights), weights
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
         return context, weights
 
@@ -82,10 +82,10 @@ class AdditiveAttention(Attention):
         return deferred.AttentionPass(query, scores, deferred.DeferredContext(values, steps))
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
+        self, query: torch.Tensor, keys: torch.Tensor, products: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
-        if steps is not None:
-            return steps.scores(steps.query(query))
+        if products is not None:
+            return products.scores(products.query(query))
         projected = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
         shift = self.energy.weight.sum()  # sum(v)
 
@@ -119,7 +119,7 @@ class MultiplicativeAttention(Attention):
         return values if self.key_layer is None else self.key_layer(values)  # (B, S, Hq)
 
     def scores(
-        self, query: torch.Tensor, keys: torch.Tensor, steps: Optional[deferred.AttentionPass] = None
+        self, query: torch.Tensor, keys: torch.Tensor, products: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
         return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
 

@@ -236,9 +236,9 @@ class Decoder(nn.Module):
             hs.append(x)
             cs.append(c)
         if self.has_attention:
-            steps = None if products is None else products["attention"]
+            pass_products = None if products is None else products["attention"]
             context, weights = self.attention(
-                x, memory.keys, memory.values, memory.mask, steps
+                x, memory.keys, memory.values, memory.mask, pass_products
             )  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None

@@ -147,15 +147,21 @@ class _ScoreStore:
         self.done: set[int] = set()  # steps whose backward ran
 
 
-class _Keys(torch.autograd.Function):
-    """The keys as the steps use them; its backward runs after every step's and sums their key gradients
-    in one pass over the buffer (instead of autograd adding a (B, S, A) gradient into them at every step)."""
+class _AfterSteps(torch.autograd.Function):
+    """A tensor as every step of a pass uses it, unchanged, with the pass's store; the subclass's backward runs
+    after every step's backward (autograd runs a node once all the nodes using its output are done) and
+    computes the tensor's gradient from what the steps kept. The steps give it none: no zero-filled tensor."""
 
     @staticmethod
-    def forward(ctx, keys: torch.Tensor, store: _ScoreStore) -> torch.Tensor:
+    def forward(ctx, tensor: torch.Tensor, store) -> torch.Tensor:
         ctx.store = store
         ctx.set_materialize_grads(False)
-        return keys.view_as(keys)
+        return tensor.view_as(tensor)
+
+
+class _Keys(_AfterSteps):
+    """The keys: their gradient is the sum of the steps' key gradients, in one pass over the buffer (instead
+    of autograd adding a (B, S, A) gradient into them at every step)."""
 
     @staticmethod
     def backward(ctx, grad: Optional[torch.Tensor]):
@@ -235,16 +241,9 @@ class _ContextStore:
         self.grads: dict[int, torch.Tensor] = {}
 
 
-class _Values(torch.autograd.Function):
-    """The values as the steps use them; its backward runs after every step's and computes their gradient in
-    one batched product, Σ_t w_tᵀ g_t = Wᵀ G over the steps, instead of autograd adding a (B, S, Dv) outer
-    product into them at every step."""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, store: _ContextStore) -> torch.Tensor:
-        ctx.store = store
-        ctx.set_materialize_grads(False)
-        return values.view_as(values)
+class _Values(_AfterSteps):
+    """The values: their gradient in one batched product, Σ_t w_tᵀ g_t = Wᵀ G over the steps, instead of
+    autograd adding a (B, S, Dv) outer product into them at every step."""
 
     @staticmethod
     def backward(ctx, grad: Optional[torch.Tensor]):

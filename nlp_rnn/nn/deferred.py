@@ -25,11 +25,28 @@ import torch
 
 
 class _Store:
-    """The inputs of the steps (forward order) and their output gradients (as the backward reaches them)."""
+    """What the steps kept in the forward (in order, with its version then) and their output gradients (as the
+    backward reaches them), for the one backward after the loop."""
 
     def __init__(self) -> None:
         self.inputs: list[tuple[torch.Tensor, int]] = []  # (x_t, its version when used)
         self.grads: dict[int, torch.Tensor] = {}
+
+    def answered(self, who: str) -> list[int]:
+        """The steps whose backward ran, in forward order; refuses (one line) if one's kept input changed."""
+        steps = [i for i in range(len(self.inputs)) if i in self.grads]
+        for i in steps:
+            x, version = self.inputs[i]
+            if x._version != version:
+                raise RuntimeError(
+                    f"{who}: a step's input was changed in place after its product; "
+                    "compute the next step from a new tensor"
+                )
+        return steps
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.grads.clear()
 
 
 class _Weight(torch.autograd.Function):
@@ -46,21 +63,13 @@ class _Weight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Optional[torch.Tensor]):
         store: _Store = ctx.store
-        steps = [i for i in range(len(store.inputs)) if i in store.grads]
+        steps = store.answered("DeferredLinear")
         if steps:
-            for i in steps:
-                x, version = store.inputs[i]
-                if x._version != version:
-                    raise RuntimeError(
-                        "DeferredLinear: a step's input was changed in place after its product; "
-                        "compute the next step from a new tensor"
-                    )
             dy = torch.cat([store.grads[i] for i in steps])  # (rows, out)
             x = torch.cat([store.inputs[i][0].to(dy.dtype) for i in steps])  # (rows, in)
             product = dy.t() @ x
             grad = product if grad is None else grad + product.to(grad.dtype)
-        store.inputs.clear()
-        store.grads.clear()
+        store.clear()
         return None if grad is None else grad.to(ctx.weight_dtype), None, None
 
 
@@ -232,30 +241,21 @@ class DeferredScores:
             return _Score.apply(q.to(self.dtype), self.keys, self.v, self.store)
 
 
-class _ContextStore:
-    """One pass's attention weights of every step (forward order, in the compute type) and the gradients of
-    their contexts (as the backward reaches them)."""
-
-    def __init__(self) -> None:
-        self.weights: list[torch.Tensor] = []
-        self.grads: dict[int, torch.Tensor] = {}
-
-
 class _Values(_AfterSteps):
     """The values: their gradient in one batched product, Σ_t w_tᵀ g_t = Wᵀ G over the steps, instead of
     autograd adding a (B, S, Dv) outer product into them at every step."""
 
     @staticmethod
     def backward(ctx, grad: Optional[torch.Tensor]):
-        store: _ContextStore = ctx.store
-        steps = [i for i in range(len(store.weights)) if i in store.grads]
+        # the store holds the steps' attention weights (in the compute type) and their contexts' gradients
+        store: _Store = ctx.store
+        steps = store.answered("DeferredContext")
         if steps:
-            weights = torch.stack([store.weights[i] for i in steps], dim=2)  # (B, S, T)
+            weights = torch.stack([store.inputs[i][0] for i in steps], dim=2)  # (B, S, T)
             grads = torch.stack([store.grads[i] for i in steps], dim=1)  # (B, T, Dv)
             total = torch.bmm(weights, grads)  # (B, S, Dv)
             grad = total if grad is None else grad + total
-        store.weights.clear()
-        store.grads.clear()
+        store.clear()
         return grad, None
 
 
@@ -264,11 +264,10 @@ class _Context(torch.autograd.Function):
     the context's gradient for `_Values`."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, values: torch.Tensor, store: _ContextStore) -> torch.Tensor:
-        ctx.store, ctx.index, ctx.w_dtype = store, len(store.weights), w.dtype
-        # under autocast a new tensor; else the softmax's output, which autograd guards against changes
-        w = w.to(values.dtype)
-        store.weights.append(w)
+    def forward(ctx, w: torch.Tensor, values: torch.Tensor, store: _Store) -> torch.Tensor:
+        ctx.store, ctx.index, ctx.w_dtype = store, len(store.inputs), w.dtype
+        w = w.to(values.dtype)  # under autocast a new tensor; else the softmax's output
+        store.inputs.append((w, w._version))
         ctx.save_for_backward(values)
         return torch.bmm(w.unsqueeze(1), values).squeeze(1)
 
@@ -293,11 +292,11 @@ class DeferredContext:
     """
 
     def __init__(self, values: torch.Tensor, steps: int) -> None:
-        self.store, self.steps = _ContextStore(), steps
+        self.store, self.steps = _Store(), steps
         self.values = _Values.apply(values.to(compute_dtype(values)), self.store)
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        if len(self.store.weights) >= self.steps:
+        if len(self.store.inputs) >= self.steps:
             raise RuntimeError("DeferredContext: more steps than the pass was built for")
         with torch.autocast(w.device.type, enabled=False):
             return _Context.apply(w, self.values, self.store)
@@ -305,7 +304,7 @@ class DeferredContext:
 
 @dataclass
 class AttentionPass:
-    """An attention's deferred products for one teacher-forced pass (`Attention.deferred`): the query's product
+    """An attention's deferred products for one teacher-forced pass (`Attention.deferred_pass`): the query's product
     (None where the kind has none), the scores (None: the module's own) and the context."""
 
     query: Optional[DeferredLinear]

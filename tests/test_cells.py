@@ -1,11 +1,13 @@
-"""The decoder's own recurrent cells equal torch's cells in value and gradient (as the fused loss
-equals F.cross_entropy)."""
+"""The decoder's own recurrent cells, and the encoder run step by step, equal torch's cells and packed layers in
+value and gradient (as the fused loss equals F.cross_entropy)."""
 
 import pytest
 import torch
 from torch import nn
 
-from nlp_rnn.nn.decoder import Cell, cell_update
+from nlp_rnn.nn.cells import _GRUStep, cell_update
+from nlp_rnn.nn.decoder import Cell
+from nlp_rnn.nn.encoder import Encoder, stepwise_training
 
 
 @pytest.mark.parametrize(
@@ -48,3 +50,68 @@ def test_decoder_cell_equals_torch_cell_outputs_and_gradients(cell: str, referen
     )
     for a, b in zip(torch.autograd.grad(loss, ours_params), torch.autograd.grad(exp_loss, theirs_params)):
         torch.testing.assert_close(a, b)
+
+
+def test_the_gru_step_s_written_out_backward_equals_the_composed_operators_over_stacked_directions() -> None:
+    """Training's GRU step (one autograd node, `_GRUStep`) against torch's gradient check in float64, over gates of
+    two directions at once (D, B, 3H) as the step-by-step encoder uses them."""
+    torch.manual_seed(1)
+    gi, gh = (torch.randn(2, 3, 12, dtype=torch.double, requires_grad=True) for _ in range(2))
+    h = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_GRUStep.apply, (gi, gh, h))
+
+
+def encoder_pass(
+    encoder: Encoder, x: torch.Tensor, lengths: torch.Tensor, stepwise: bool
+) -> list[torch.Tensor]:
+    """The encoder's states and final state and the gradients of a weighted sum of them (x's and every weight's)."""
+    encoder.stepwise = stepwise
+    mask = torch.arange(x.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+    out = encoder(x, lengths, mask)
+    generator = torch.Generator().manual_seed(7)
+    loss = (out.states * torch.randn(out.states.shape, generator=generator, dtype=x.dtype)).sum() + (
+        out.final * torch.randn(out.final.shape, generator=generator, dtype=x.dtype)
+    ).sum()
+    grads = torch.autograd.grad(loss, [x, *encoder.parameters()])
+    return [out.states.detach(), out.final.detach(), *grads]
+
+
+@pytest.mark.parametrize(
+    "cell, layers, bidirectional",
+    [("gru", 1, True), ("gru", 2, True), ("gru", 2, False), ("rnn_tanh", 2, True)],
+)
+def test_the_step_by_step_encoder_equals_the_packed_one_in_values_and_gradients(
+    cell: str, layers: int, bidirectional: bool
+) -> None:
+    """Padded sentences of different lengths (one of a single token): states, final states and the gradients of
+    the input and every weight equal torch's packed layers', so padding reaches no real position either way."""
+    torch.manual_seed(0)
+    encoder = Encoder(cell, 6, 5, layers, bidirectional, 0.0).double().train()
+    x = torch.randn(4, 7, 6, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([7, 3, 5, 1])
+    packed = encoder_pass(encoder, x, lengths, stepwise=False)
+    steps = encoder_pass(encoder, x, lengths, stepwise=True)
+    for got, expected in zip(steps, packed, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_gru_encoder_trains_step_by_step_under_cpu_bf16_autocast_only() -> None:
+    """The rule (`stepwise_training`): a GRU in training under CPU bf16 autocast (torch's packed GRU would compute
+    in float32 there); not in evaluation, not in float32, not an LSTM (torch has its bf16 kernel). Its bf16 states
+    stay within bf16 rounding of the packed float32 ones."""
+    torch.manual_seed(0)
+    gru, lstm = (Encoder(cell, 8, 16, 1, True, 0.0) for cell in ("gru", "lstm"))
+    x = torch.randn(3, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert stepwise_training(gru.train(), x) and not stepwise_training(lstm.train(), x)
+        assert not stepwise_training(gru.eval(), x)
+        with torch.no_grad():
+            assert not stepwise_training(gru.train(), x)
+        lengths = torch.tensor([5, 2, 4])
+        mask = torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)
+        low = gru.train()(x, lengths, mask)
+    assert not stepwise_training(gru, x)
+    exact = gru(x, lengths, mask)
+    assert low.states.dtype == torch.bfloat16
+    torch.testing.assert_close(low.states.float(), exact.states, atol=0.03, rtol=0.02)
+    torch.testing.assert_close(low.final.float(), exact.final, atol=0.03, rtol=0.02)

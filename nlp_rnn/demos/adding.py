@@ -22,7 +22,7 @@ from torch import nn
 
 from nlp_rnn.config import CELLS
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.nn.decoder import cell_update
+from nlp_rnn.nn.cells import cell_update
 from nlp_rnn.nn.encoder import rnn_module
 
 BASELINE_MSE = 1 / 6

@@ -21,6 +21,7 @@ from torch import nn
 
 from nlp_rnn.nn import deferred, fast
 from nlp_rnn.nn.attention import build_attention
+from nlp_rnn.nn.cells import cell_update
 from nlp_rnn.nn.dropout import Dropout
 from nlp_rnn.nn.encoder import EncoderOutput
 from nlp_rnn.nn.seq2seq_config import Seq2SeqModelConfig
@@ -72,22 +73,6 @@ class DecoderState:
         h = tuple(x.index_select(0, index) for x in self.h)
         c = None if self.c is None else tuple(x.index_select(0, index) for x in self.c)
         return DecoderState(h, c, self.feed.index_select(0, index))
-
-
-def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
-    """One step of a cell from input gates gi (B, G) and hidden gates gh (B, G); same maths as torch's cells."""
-    if cell == "gru":
-        size = h.size(1)
-        rz = torch.sigmoid(gi[:, : 2 * size] + gh[:, : 2 * size])  # (B, 2H)
-        r, z = rz[:, :size], rz[:, size:]
-        n = fast.tanh(gi[:, 2 * size :] + r * gh[:, 2 * size :])  # (B, H)
-        return n + z * (h - n), None
-    if cell == "lstm":
-        i, f, g, o = (gi + gh).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * fast.tanh(g)
-        return torch.sigmoid(o) * fast.tanh(c), c
-    pre = gi + gh
-    return (fast.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
 
 
 class Cell(nn.Module):

@@ -65,9 +65,9 @@ class _Weight(torch.autograd.Function):
         store: _Store = ctx.store
         steps = store.answered("DeferredLinear")
         if steps:
-            dy = torch.cat([store.grads[i] for i in steps])  # (rows, out)
-            x = torch.cat([store.inputs[i][0].to(dy.dtype) for i in steps])  # (rows, in)
-            product = dy.t() @ x
+            dy = torch.cat([store.grads[i] for i in steps], dim=-2)  # ([D,] rows, out)
+            x = torch.cat([store.inputs[i][0].to(dy.dtype) for i in steps], dim=-2)  # ([D,] rows, in)
+            product = dy.transpose(-1, -2) @ x
             grad = product if grad is None else grad + product.to(grad.dtype)
         store.clear()
         return None if grad is None else grad.to(ctx.weight_dtype), None, None
@@ -81,7 +81,7 @@ class _Step(torch.autograd.Function):
         ctx.store, ctx.index, ctx.x_dtype = store, len(store.inputs), x.dtype
         store.inputs.append((x, x._version))
         ctx.save_for_backward(weight)
-        return x.to(weight.dtype) @ weight.t()
+        return x.to(weight.dtype) @ weight.transpose(-1, -2)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -92,7 +92,10 @@ class _Step(torch.autograd.Function):
 
 
 class DeferredLinear:
-    """y = x Wᵀ + b at every step of one forward pass, W's gradient computed once for all steps (see above)."""
+    """y = x Wᵀ + b at every step of one forward pass, W's gradient computed once for all steps (see above).
+
+    A stack of D weights (D, out, in) multiplies a stack of inputs (D, B, in), each its own (e.g. a
+    bidirectional layer's two directions in one batched product); the bias is then (D, 1, out)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         self.store = _Store()

@@ -5,10 +5,15 @@ B batch, S source length, E embedding, H hidden per direction, D directions, L l
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nlp_rnn.nn import deferred, fast
+from nlp_rnn.nn.cells import cell_update
 
 
 def rnn_module(
@@ -35,6 +40,9 @@ def rnn_module(
     return rnn
 
 
+Reverse = Callable[[torch.Tensor], torch.Tensor]  # (B, S, .) -> every sentence reversed within its length
+
+
 @dataclass
 class EncoderOutput:
     states: torch.Tensor  # (B, S, D*H) top layer, zeros at padding
@@ -56,12 +64,17 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.rnn = rnn_module(cell, embedding_dim, hidden, layers, dropout, bidirectional)
-        self.is_lstm = cell == "lstm"
+        self.cell, self.is_lstm = cell, cell == "lstm"
         self.directions = 2 if bidirectional else 1
         self.output_size = hidden * self.directions
+        self.stepwise: Optional[bool] = None  # None: `stepwise_training`'s rule; True/False force it (tests)
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
         """embedded (B, S, E) with lengths (B,) and mask (B, S)."""
+        if stepwise_training(self, embedded):
+            dropout = self.rnn.dropout
+            between = (lambda x: F.dropout(x, dropout, training=True)) if dropout else None  # noqa: E731
+            return masked_stack(embedded, lengths, mask, self.rnn.num_layers, self._layer_steps, between)
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, hidden = self.rnn(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=embedded.size(1))  # (B, S, D*H)
@@ -70,35 +83,85 @@ class Encoder(nn.Module):
         final = top.transpose(0, 1).reshape(embedded.size(0), self.output_size)  # (B, D*H)
         return EncoderOutput(states=states, final=final, mask=mask)
 
+    def _layer_steps(self, index: int, x: torch.Tensor, reverse: Reverse) -> list[torch.Tensor]:
+        """Layer `index` of the torch stack over padded x (B, S, I), step by step, every direction in the same
+        operations: the input products of all steps at once, then per step one batched recurrent product
+        (its weight gradient computed once after the loop, `nn.deferred`) and one cell update over (D, B, .).
+        -> outputs (B, S, H) per direction, the backward one in reversed order (`masked_stack`)."""
+        rnn, suffixes = self.rnn, ["", "_reverse"][: self.directions]
+        stacked = lambda name: torch.stack([getattr(rnn, f"{name}_l{index}{s}") for s in suffixes])  # noqa: E731
+        inputs = torch.stack([x, reverse(x)][: self.directions]).transpose(1, 2)  # (D, S, B, I)
+        directions, length, batch, size = inputs.shape
+        gates = torch.bmm(
+            inputs.reshape(directions, length * batch, size), stacked("weight_ih").transpose(1, 2)
+        )  # (D, S*B, G)
+        gates = (gates + stacked("bias_ih").unsqueeze(1).to(gates.dtype)).view(directions, length, batch, -1)
+        recurrent = deferred.DeferredLinear(stacked("weight_hh"), stacked("bias_hh").unsqueeze(1))
+        h = gates.new_zeros(directions, batch, rnn.hidden_size)
+        outputs = []
+        for step in gates.unbind(1):  # (D, B, G); unbind: one backward op, not a zero-filled copy per step
+            h, _ = cell_update(self.cell, step, recurrent(h), h, None)
+            outputs.append(h)
+        return list(torch.stack(outputs, dim=2).unbind(0))  # D of (B, S, H)
+
+
+def stepwise_training(encoder: Encoder, embedded: torch.Tensor) -> bool:
+    """Whether a training pass runs the encoder step by step (`Encoder._layer_steps`) instead of torch's packed
+    layers: a GRU under CPU bf16 autocast, where torch's packed GRU computes in float32 (only its LSTM has a
+    bf16 kernel on the CPU), so its products would run at a fraction of the bf16 rate (docs/results.md)."""
+    if encoder.is_lstm or not deferred.applies(encoder) or fast.exporting():
+        return False
+    if encoder.stepwise is not None:
+        return encoder.stepwise
+    return (
+        encoder.cell == "gru"
+        and embedded.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
 
 def masked_stack(
     embedded: torch.Tensor,
     lengths: torch.Tensor,
     mask: torch.Tensor,
-    layers: Sequence[Sequence[nn.Module]],
-    run: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    layers: int,
+    run: Callable[[int, torch.Tensor, Reverse], list[torch.Tensor]],
+    between: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> EncoderOutput:
-    """The packed encoder's outputs without packing, for graphs and kernels that cannot pack (ONNX, int8).
+    """The packed encoder's outputs without packing: for graphs and kernels that cannot pack (ONNX, int8) and
+    for training's steps in bf16 (`Encoder.stepwise`).
 
-    `layers[l][d]` is direction d of layer l, and `run(module, x)` its outputs (B, S, H) over padded
-    x. The backward direction reads every sentence reversed within its own length (a gather), so
-    padding, which stays at the end, never reaches a real position in either direction.
+    `run(l, x, reverse)` gives layer l's outputs (B, S, H), one per direction, over its input x (B, S, I),
+    which the backward direction reads as `reverse(x)`: every sentence reversed within its own length (a
+    gather), so padding, which stays at the end, never reaches a real position in either direction; its
+    outputs come back in that order (e.g. `each_direction`). `between`: applied to the input of every layer
+    above the first (dropout, in training).
     """
     steps = torch.arange(embedded.size(1), device=embedded.device).unsqueeze(0)  # (1, S)
-    last = (lengths - 1).unsqueeze(1)  # (B, 1)
+    last = (lengths.to(embedded.device) - 1).unsqueeze(1)  # (B, 1)
     flip = torch.where(steps <= last, last - steps, steps).unsqueeze(2)  # (B, S, 1) reverse within the length
-    x = embedded
-    for layer in layers:
-        outs = []
-        for d, module in enumerate(layer):
-            inp = x if d == 0 else x.gather(1, flip.expand(-1, -1, x.size(2)))
-            out = run(module, inp)
-            outs.append(out if d == 0 else out.gather(1, flip.expand(-1, -1, out.size(2))))
-        x = torch.cat(outs, dim=2)
+    reverse = lambda t: t.gather(1, flip.expand(-1, -1, t.size(2)))  # noqa: E731 (its own inverse)
+    x, directions = embedded, 1
+    for index in range(layers):
+        if index and between is not None:
+            x = between(x)
+        outs = run(index, x, reverse)
+        directions = len(outs)
+        x = torch.cat([out if d == 0 else reverse(out) for d, out in enumerate(outs)], dim=2)
     states = x * mask.unsqueeze(2).to(x.dtype)  # (B, S, D*H), zeros at padding as after packing
-    hidden = states.size(2) // len(layers[0])
+    hidden = states.size(2) // directions
     forward_last = (
         states[:, :, :hidden].gather(1, last.unsqueeze(2).expand(-1, 1, hidden)).squeeze(1)
     )  # (B, H)
-    final = forward_last if len(layers[0]) == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
+    final = forward_last if directions == 1 else torch.cat([forward_last, states[:, 0, hidden:]], dim=1)
     return EncoderOutput(states=states, final=final, mask=mask)
+
+
+def each_direction(
+    layers: Sequence[Sequence[nn.Module]],
+) -> Callable[[int, torch.Tensor, Reverse], list[torch.Tensor]]:
+    """`masked_stack`'s `run` over modules, `layers[l][d]` direction d of layer l, each returning (outputs, state)."""
+    return lambda index, x, reverse: [
+        module(x if d == 0 else reverse(x))[0] for d, module in enumerate(layers[index])
+    ]

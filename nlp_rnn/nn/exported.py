@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn.decoder import DecoderState, Memory
-from nlp_rnn.nn.encoder import Encoder, EncoderOutput, masked_stack
+from nlp_rnn.nn.encoder import Encoder, EncoderOutput, each_direction, masked_stack
 from nlp_rnn.onnxrt import export_graph, session, to_numpy
 from nlp_rnn.tokenizer import BOS
 
@@ -54,7 +54,7 @@ class MaskedEncoder(nn.Module):
         )
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        return masked_stack(embedded, lengths, mask, self.layers, lambda rnn, x: rnn(x)[0])
+        return masked_stack(embedded, lengths, mask, len(self.layers), each_direction(self.layers))
 
 
 def _mask(src_len: torch.Tensor, width: int) -> torch.Tensor:

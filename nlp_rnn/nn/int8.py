@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.nn.decoder import cell_update
-from nlp_rnn.nn.encoder import EncoderOutput, masked_stack
+from nlp_rnn.nn.cells import cell_update
+from nlp_rnn.nn.encoder import EncoderOutput, each_direction, masked_stack
 
 
 def available() -> bool:
@@ -156,7 +156,7 @@ class Int8Encoder(nn.Module):
         )
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        return masked_stack(embedded.float(), lengths, mask, self.layers, lambda layer, x: layer(x)[0])
+        return masked_stack(embedded.float(), lengths, mask, len(self.layers), each_direction(self.layers))
 
 
 class Int8Stack(nn.Module):

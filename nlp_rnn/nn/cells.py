@@ -1,5 +1,5 @@
 """One step of a recurrent cell from its precomputed input and hidden gates, as the loops over steps use it
-(the decoder, the int8 layers, the adding-problem demo).
+(the decoder, the encoder's step-by-step training in bf16, the int8 layers, the adding-problem demo).
 
 In training the GRU's step is one autograd node (`_GRUStep`) with its backward written out: the same
 maths as the composed operators, in about half the element-wise passes, and without the zero-filled

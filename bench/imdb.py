@@ -2,6 +2,7 @@
 reviews, train the classifier from it, evaluate on IMDb test (and SST-2 test, raw text in).
 
     python bench/imdb.py [--pretrain-minutes 25] [--finetune-minutes 8] [--classifier-minutes 20]
+                         [--classifier-steps N]  (stage 3 budgeted in steps instead of minutes)
                          [--stages pretrain,finetune,classifier,evaluate] [--device cuda] [--data DIR]
                          [--resume]  (continue the pretrain stage of --runs to --pretrain-minutes in all)
                          [--reverse --tokenizer RUNS/lm/best --ensemble-with OTHER/classifier]  (the backward
@@ -101,6 +102,13 @@ def arguments() -> argparse.Namespace:
         "--classifier-config",
         default="configs/imdb.yaml",
         help="the classifier stage's recipe: configs/imdb.yaml (ULMFiT's) or configs/imdb_one_rate.yaml",
+    )
+    parser.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=0,
+        help="classifier stage: a budget in steps instead of --classifier-minutes (its schedule spread over them), "
+        "e.g. another seed of a run measured on a faster machine, for the same recipe at a different speed",
     )
     parser.add_argument("--classifier-name", default="classifier", help="its folder under --runs")
     parser.add_argument(
@@ -228,7 +236,11 @@ class Pipeline:
         cmd += ["--train", str(self.data.imdb / "train.csv"), "--init-from", str(self.start())]
         if self.args.classifier_seed:
             cmd += ["--seed", str(self.args.classifier_seed)]
-        run(cmd + ["--max-minutes", str(self.args.classifier_minutes)] + self.common, self.log, "classifier")
+        if self.args.classifier_steps:
+            budget = ["--max-steps", str(self.args.classifier_steps), "--max-minutes", "0"]
+        else:
+            budget = ["--max-minutes", str(self.args.classifier_minutes)]
+        run(cmd + budget + self.common, self.log, "classifier")
         self.log["classifier"].update(best=best_of(self.clf), examples_per_s=speed(self.clf))
 
     def start(self) -> Path:

@@ -49,6 +49,8 @@ def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, 
     if cell == "gru":
         if torch.is_grad_enabled() and not fast.exporting():
             return _GRUStep.apply(gi, gh, h), None
+        # The same formula as `_GRUStep.forward`, written for decoding: `fast.tanh` (the sigmoid form) and no
+        # addcmul; one shared helper could round decoding differently (its BLEU figures were measured with this one).
         size = h.size(-1)
         rz = torch.sigmoid(gi[..., : 2 * size] + gh[..., : 2 * size])  # (B, 2H)
         r, z = rz[..., :size], rz[..., size:]

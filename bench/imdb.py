@@ -184,7 +184,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the corpora's folder")
     parser.add_argument("--device", default="auto", help="the pipeline's stages: auto, cpu, cuda, cuda:N")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "imdb.json"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.classifier_steps < 0:
+        parser.error(
+            f"--classifier-steps must be 0 (minutes) or a number of steps, got {args.classifier_steps}"
+        )
+    return args
 
 
 class Pipeline:

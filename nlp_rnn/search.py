@@ -3,7 +3,9 @@
 B batch, S source (or prompt) length, K beam, V vocabulary, t steps so far.
 A model encodes a batch once (`start`: the translation model's encoder output and attention keys,
 a language model's state after the prompt), then advances one token at a time (`step`). Memory and
-state only need `select(index)`, so beam search reorders them without knowing what they hold.
+state only need `select(index)`, so beam search reorders them without knowing what they hold. A memory may
+also offer `for_beams(K)`: one copy per sentence that its K beams (consecutive rows) share, so that beam search
+neither copies it per beam nor reorders it (then its `select` takes sentences, not rows).
 Sequences that are done leave the batch, so the remaining ones decode in a smaller batch.
 """
 
@@ -212,7 +214,10 @@ def beam_search(
     memory, state, first = model.start(batch)
     dev = first.device
     expand = torch.arange(size, device=dev).repeat_interleave(k)  # (B*K,)
-    memory, state, prev = memory.select(expand), state.select(expand), first.index_select(0, expand)
+    # A sentence's K beams (consecutive rows) share its memory where the model allows it, else a copy per beam.
+    shared = getattr(memory, "for_beams", lambda beams: None)(k)
+    memory = memory.select(expand) if shared is None else shared
+    state, prev = state.select(expand), first.index_select(0, expand)
     limit_all = max_lengths(batch.src_len, opts).to(dev)  # (B,)
     steps, src_width = int(limit_all.max()), batch.src.size(1)
 
@@ -296,7 +301,7 @@ def beam_search(
             keep = (~done).nonzero().squeeze(1)  # (b',)
             rows = (keep.unsqueeze(1) * k + beam_rows).view(-1)  # (b'*K,)
             active, alive_logp = active[keep], alive_logp[keep]
-            memory, state = memory.select(rows), state.select(rows)
+            memory, state = memory.select(rows if shared is None else keep), state.select(rows)
             alive_seq, prev = alive_seq[rows], prev[rows]
             if alive_att is not None:
                 alive_att = alive_att[rows]

@@ -2,10 +2,14 @@
 
 import random
 
+import pytest
 import torch
-from helpers import copy_examples
+from helpers import SYMBOLS, copy_examples, small_config
 
 from nlp_rnn.data import make_batch
+from nlp_rnn.nn import attention as attention_module
+from nlp_rnn.nn.decoder import Memory
+from nlp_rnn.nn.seq2seq import Seq2Seq
 from nlp_rnn.search import SearchOptions, beam_search, greedy, max_lengths
 from nlp_rnn.tokenizer import EOS
 
@@ -56,6 +60,39 @@ def test_beam_hypotheses_are_sorted_finished_and_never_worse_than_greedy(copy_mo
         assert all(h.tokens[-1] == EOS or len(h.tokens) == int(limits[i]) for h in hyps)
         assert len({tuple(h.tokens) for h in hyps}) == 5  # n-best are distinct
         assert hyps[0].log_prob >= g.log_prob - 1e-4
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong"])
+@pytest.mark.parametrize("chunk", [attention_module.CHUNK, 512])  # 512: the additive scores in pieces
+def test_beams_sharing_their_sentence_memory_equal_a_copy_per_beam(
+    copy_model, kind, chunk, monkeypatch
+) -> None:
+    if kind == "bahdanau":
+        model = copy_model
+    else:
+        torch.manual_seed(3)
+        model = Seq2Seq(
+            small_config(attention=kind), 4 + SYMBOLS, 4 + SYMBOLS
+        ).eval()  # untrained: any weights
+    monkeypatch.setattr(attention_module, "CHUNK", chunk)
+    batch = make_batch(copy_examples(30, seed=15, min_len=1, max_len=9)[0])
+    opts = SearchOptions(beam_size=4, n_best=4, attention=True, max_len_a=1.0, max_len_b=3)
+    grouped = []
+    original = type(model.decoder.attention).grouped_scores
+    monkeypatch.setattr(
+        type(model.decoder.attention),
+        "grouped_scores",
+        lambda self, q, k, group: grouped.append(group) or original(self, q, k, group),
+    )
+    shared = beam_search(model, batch, opts)
+    assert grouped and set(grouped) == {4}  # the beams read one copy of their sentence's keys
+    monkeypatch.setattr(Memory, "for_beams", lambda self, beams: None)  # a copy per beam, as before
+    copied = beam_search(model, batch, opts)
+    for mine, theirs in zip(shared, copied):
+        assert [h.tokens for h in mine] == [h.tokens for h in theirs]
+        for a, b in zip(mine, theirs):
+            assert abs(a.score - b.score) < 1e-5
+            torch.testing.assert_close(a.attention, b.attention)
 
 
 def test_length_normalised_scores_and_attention_weights(copy_model) -> None:

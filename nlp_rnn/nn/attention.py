@@ -4,6 +4,7 @@ B batch, S source length, Dv encoder output size (D*H), Hq query (decoder) size,
 Keys are projected once per source sentence by `keys()` and passed to every step.
 """
 
+import math
 from collections.abc import Callable
 from typing import Optional
 
@@ -40,6 +41,10 @@ class Attention(nn.Module):
         (`deferred_pass`) in place of the module's own, where the kind has them."""
         raise NotImplementedError
 
+    def grouped_scores(self, query: torch.Tensor, keys: torch.Tensor, group: int) -> torch.Tensor:
+        """query (B*K, Hq) with K = `group` rows per row of keys (B, S, A) -> unnormalised scores (B, K, S)."""
+        raise NotImplementedError
+
     def forward(
         self,
         query: torch.Tensor,
@@ -47,9 +52,15 @@ class Attention(nn.Module):
         values: torch.Tensor,
         mask: torch.Tensor,
         products: Optional[deferred.AttentionPass] = None,
+        group: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (B, Dv) and weights (B, S): zero on padding, summing to one. `products`: the pass's deferred
-        products (training), built over these keys and values."""
+        products (training), built over these keys and values. `group` > 1: the query has that many consecutive
+        rows per row of keys, values and mask (a sentence's beams, which share one copy of them), (B*K, Hq)."""
+        if group > 1:
+            scores = self.grouped_scores(query, keys, group)  # (B, K, S)
+            weights = torch.softmax(scores.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+            return torch.bmm(weights, values).flatten(0, 1), weights.flatten(0, 1)  # (B*K, Dv), (B*K, S)
         scores = self.scores(query, keys, products).masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         if products is not None:
@@ -86,19 +97,28 @@ class AdditiveAttention(Attention):
     ) -> torch.Tensor:
         if products is not None:
             return products.scores(products.query(query))
-        projected = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
+        return self._additive(self.query_layer(query).unsqueeze(1), keys)  # (B, 1, A) with (B, S, A)
+
+    def grouped_scores(self, query: torch.Tensor, keys: torch.Tensor, group: int) -> torch.Tensor:
+        projected = self.query_layer(query).view(keys.size(0), group, 1, -1)  # (B, K, 1, A)
+        return self._additive(projected, keys.unsqueeze(1))  # with (B, 1, S, A)
+
+    def _additive(self, projected: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The scores of projected queries against keys that broadcast over the last dimension (A): (B, 1, A)
+        with (B, S, A) -> (B, S), or (B, K, 1, A) with (B, 1, S, A) -> (B, K, S)."""
         shift = self.energy.weight.sum()  # sum(v)
 
-        def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, S, A) -> (b, S)
+        def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, .., S, A) -> (b, .., S)
             return self.energy(torch.add(k, q, alpha=2).sigmoid_()).squeeze(-1) * 2 - shift
 
-        rows = max(1, CHUNK // max(keys.size(1) * keys.size(2), 1))
+        shape = torch.broadcast_shapes(keys.shape, projected.shape)  # (B, [K,] S, A)
+        rows = max(1, CHUNK // max(math.prod(shape[1:]), 1))
         if torch.is_grad_enabled() or keys.size(0) <= rows or exporting():
-            return score(keys, projected)  # one (B, S, A) tensor, not two
+            return score(keys, projected)  # one (B, .., S, A) tensor, not two
         # Decoding a large batch: a few rows at a time, so that the sum, its sigmoid and the product with v
-        # stay in the core's cache instead of making three passes over a (B, S, A) tensor in memory
+        # stay in the core's cache instead of making three passes over a (B, .., S, A) tensor in memory
         # (about 25 % faster for a batch of 256 here). Each row's score is the same either way.
-        scores = keys.new_empty(keys.shape[:2])  # (B, S)
+        scores = keys.new_empty(shape[:-1])  # (B, [K,] S)
         for start in range(0, keys.size(0), rows):
             part = slice(start, start + rows)
             scores[part] = score(keys[part], projected[part])
@@ -122,6 +142,9 @@ class MultiplicativeAttention(Attention):
         self, query: torch.Tensor, keys: torch.Tensor, products: Optional[deferred.AttentionPass] = None
     ) -> torch.Tensor:
         return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
+
+    def grouped_scores(self, query: torch.Tensor, keys: torch.Tensor, group: int) -> torch.Tensor:
+        return torch.bmm(query.view(keys.size(0), group, -1), keys.transpose(1, 2))  # (B, K, S)
 
 
 def build_attention(kind: str, value_size: int, query_size: int, attention_size: int) -> Attention:

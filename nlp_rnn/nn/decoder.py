@@ -46,18 +46,25 @@ class Memory:
     # (B, K) 0 on the columns each sentence's own list holds, -inf elsewhere: added to the logits (an add
     # of a float table is several times faster per step than a masked fill of a boolean one)
     penalty: Optional[torch.Tensor] = None
+    # Decoder rows per row of this memory: 1, or a sentence's K beams (consecutive rows) sharing one copy of it
+    group: int = 1
+
+    def for_beams(self, beams: int) -> Optional["Memory"]:
+        """The memory that each sentence's `beams` consecutive decoder rows share (beam search), instead of a
+        copy per beam: the attention reads one copy of the keys per sentence and takes the beams' contexts in
+        one product. None without attention (its fixed context joins each row's input: copy per beam)."""
+        return None if self.keys is None else replace(self, group=self.group * beams)
 
     def select(self, index: torch.Tensor) -> "Memory":
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
-        return Memory(
-            pick(self.values),
-            pick(self.mask),
-            pick(self.keys),
-            pick(self.context),
-            pick(self.static_gates),
-            self.vocab,
-            self.output,
-            pick(self.penalty),
+        return replace(
+            self,
+            values=pick(self.values),
+            mask=pick(self.mask),
+            keys=pick(self.keys),
+            context=pick(self.context),
+            static_gates=pick(self.static_gates),
+            penalty=pick(self.penalty),
         )
 
 
@@ -223,7 +230,7 @@ class Decoder(nn.Module):
         if self.has_attention:
             pass_products = None if products is None else products["attention"]
             context, weights = self.attention(
-                x, memory.keys, memory.values, memory.mask, pass_products
+                x, memory.keys, memory.values, memory.mask, pass_products, memory.group
             )  # (B, Dv), (B, S)
         else:
             context, weights = memory.context, None
@@ -241,7 +248,9 @@ class Decoder(nn.Module):
         if memory.output is None:
             return self.output(attentional), state, weights
         logits = memory.output(attentional)  # (B, K), a new tensor
-        return logits.add_(memory.penalty), state, weights
+        penalty = memory.penalty  # per sentence: (rows / group, columns)
+        logits.view(penalty.size(0), -1, logits.size(-1)).add_(penalty.unsqueeze(1))
+        return logits, state, weights
 
     @property
     def vocab_size(self) -> int:

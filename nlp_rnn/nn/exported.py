@@ -186,6 +186,14 @@ def export_classifier(model: nn.Module, folder: Path) -> dict:
     return {"classifier": {"file": "classifier.onnx", "inputs": ["src", "src_len"], "outputs": ["logits"]}}
 
 
+class PerRowMemory(Memory):
+    """An ONNX Runtime decoder's memory: its step graph takes keys and values per decoder row, so beam search
+    copies them per beam (`Memory.for_beams`)."""
+
+    def for_beams(self, beams: int) -> None:
+        return None
+
+
 class OrtSeq2Seq(nn.Module):
     """A translation model on ONNX Runtime with the search protocol (`start`, `step`)."""
 
@@ -214,9 +222,9 @@ class OrtSeq2Seq(nn.Module):
             )
         )
         if self.attention:
-            memory = Memory(out["values"], out["mask"], out["keys"], None, None)
+            memory = PerRowMemory(out["values"], out["mask"], out["keys"], None, None)
         else:
-            memory = Memory(out["values"], out["mask"], None, out["context"], out["static_gates"])
+            memory = PerRowMemory(out["values"], out["mask"], None, out["context"], out["static_gates"])
         state = DecoderState(
             tuple(out["h"].unbind(0)), tuple(out["c"].unbind(0)), out["feed"]
         )  # c: zeros unless LSTM

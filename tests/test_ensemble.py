@@ -8,6 +8,7 @@ import pytest
 from helpers import ROOT, train_tiny_classifier
 
 from nlp_rnn.cli import main
+from nlp_rnn.data import make_batch
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.tasks.classification import Predictor
 from nlp_rnn.tasks.engines import load_for
@@ -26,6 +27,9 @@ def test_a_translation_model_with_itself_translates_as_the_model(beam: int) -> N
         pair.translate(SENTENCES, pair.options(beam_size=beam)),
     ):
         assert a[0].text == b[0].text and a[0].score == pytest.approx(b[0].score, abs=1e-4)
+    if beam > 1:  # the members' beams share each sentence's memory, as a single model's do
+        memory, _, _ = pair.model.start(make_batch(pair.encode(SENTENCES)))
+        assert [m.group for m in memory.for_beams(beam).items] == [beam, beam]
 
 
 def test_a_classifier_with_itself_gives_the_same_probabilities_and_int8_covers_it(capsys) -> None:

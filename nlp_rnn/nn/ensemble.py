@@ -25,6 +25,14 @@ class Members:
     def select(self, index: torch.Tensor) -> "Members":
         return Members([None if x is None else x.select(index) for x in self.items])
 
+    def for_beams(self, beams: int) -> Optional["Members"]:
+        """Each member's memory shared by a sentence's beams (`search.beam_search`); None unless every member's
+        memory offers it (then beam search copies them all per beam)."""
+        shared = [None if x is None else getattr(x, "for_beams", lambda k: None)(beams) for x in self.items]
+        if any(s is None and x is not None for s, x in zip(shared, self.items)):
+            return None
+        return Members(shared)
+
     def detach(self) -> "Members":
         return Members([None if x is None else x.detach() for x in self.items])
 

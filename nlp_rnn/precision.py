@@ -8,6 +8,7 @@ within the quality tolerance (BLEU within 0.2 of fp32, sentiment labels agreeing
 in `INFERENCE_TABLE` by CPU kind and task. Kinds nobody measured fall back to the training rule.
 """
 
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -92,6 +93,14 @@ def cpu_kind() -> str:
     if getattr(cpu, "_is_avx512_supported", lambda: False)():
         return "avx512"
     return "avx2" if getattr(cpu, "_is_avx2_supported", lambda: False)() else "other"
+
+
+@functools.cache
+def onednn_bf16_lstm() -> bool:
+    """Whether torch's CPU LSTM can run under bf16 autocast here. Autocast sends it to oneDNN's bf16 LSTM, which
+    needs AVX-512: on an AVX2-only CPU oneDNN fails with "could not create a primitive descriptor for the LSTM
+    forward propagation primitive" (seen on a 2-core AMD EPYC Zen 1, 2026-12-03)."""
+    return bool(getattr(torch.cpu, "_is_avx512_supported", lambda: False)())
 
 
 def cpu_vendor() -> str:

@@ -73,3 +73,35 @@ def test_a_bf16_interface_leaves_the_bundle_it_shares_in_float32() -> None:
     assert floats(de_en) and floats(sst2) and floats(chars)
     assert [t[0].text for t in Translator(de_en, "fp32", "off").translate(texts)] == translated
     assert Predictor(sst2, "fp32").classify(["a gripping , beautifully acted film ."]) == labels
+
+
+def test_an_lstm_under_bf16_autocast_runs_on_a_cpu_without_onednns_bf16_lstm(monkeypatch) -> None:
+    """On an AVX2-only CPU oneDNN has no bf16 LSTM and autocast's call fails; the library's LSTM then runs torch's
+    own kernel inside the autocast region (as with oneDNN switched off), forward and backward, near fp32, and
+    switches oneDNN back on after."""
+    from nlp_rnn.nn.encoder import rnn_module
+
+    monkeypatch.setattr(precision, "onednn_bf16_lstm", lambda: False)
+    torch.manual_seed(0)
+    lstm = rnn_module("lstm", 6, 8, 2, 0.0, True)
+    x = torch.randn(3, 5, 6)
+
+    def run(native: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        lstm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.backends.mkldnn.flags(enabled=not native):
+            out = (super(type(lstm), lstm) if native else lstm).forward(x)[0]
+        out.float().square().sum().backward()
+        return out, [p.grad.clone() for p in lstm.parameters()]
+
+    out, grads = run(native=False)
+    assert torch.backends.mkldnn.enabled
+    native_out, native_grads = run(native=True)
+    torch.testing.assert_close(out, native_out, rtol=0, atol=0)
+    for grad, native in zip(grads, native_grads):
+        torch.testing.assert_close(grad, native, rtol=0, atol=0)
+    lstm.zero_grad()
+    expected = lstm(x)[0]
+    expected.square().sum().backward()
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.02)
+    for grad, p in zip(grads, lstm.parameters()):
+        torch.testing.assert_close(grad, p.grad, rtol=0.05, atol=0.05)

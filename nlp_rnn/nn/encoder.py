@@ -12,8 +12,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nlp_rnn import precision
 from nlp_rnn.nn import deferred, fast
 from nlp_rnn.nn.cells import cell_update
+
+
+class LSTM(nn.LSTM):
+    """torch's LSTM (same parameters and arithmetic), which also runs under CPU bf16 autocast on a CPU without
+    AVX-512. There autocast would send it to oneDNN's bf16 LSTM, which does not exist on such a CPU
+    (`precision.onednn_bf16_lstm`); with oneDNN off for the call, torch's own kernel runs it in fp32 (the
+    products around it still run under autocast), forward and backward."""
+
+    def forward(self, input, hx=None):  # noqa: A002 (torch's name)
+        if (
+            precision.onednn_bf16_lstm()
+            or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16
+        ):
+            return super().forward(input, hx)
+        before = torch.backends.mkldnn.set_flags(False, _fp32_precision=None)
+        try:
+            return super().forward(input, hx)
+        finally:
+            torch.backends.mkldnn.set_flags(before[0], _fp32_precision=None)
 
 
 def rnn_module(
@@ -29,7 +50,7 @@ def rnn_module(
     if cell == "gru":
         return nn.GRU(input_size, hidden, **kwargs)
     if cell == "lstm":
-        return nn.LSTM(input_size, hidden, **kwargs)
+        return LSTM(input_size, hidden, **kwargs)
     rnn = nn.RNN(input_size, hidden, nonlinearity=cell.removeprefix("rnn_"), **kwargs)
     # The textbook Elman cell has one bias, h = f(W x + U h + b); torch's second bias b_hh only
     # duplicates b_ih. It becomes a fixed zero buffer, so parameter counts match the textbook.

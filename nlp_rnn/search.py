@@ -199,6 +199,13 @@ def _merge_finished(
         fin_att[rows] = pool_att.gather(1, pick.view(h, k, 1, 1).expand(-1, -1, steps, width))
 
 
+def shared_by_beams(memory, beams: int):
+    """The memory's one copy per sentence that its `beams` consecutive rows share (its `for_beams`), or None
+    where it offers none (then beam search copies it per beam)."""
+    for_beams = getattr(memory, "for_beams", None)
+    return None if for_beams is None else for_beams(beams)
+
+
 @torch.no_grad()
 def beam_search(
     model: Generative, batch: Batch, opts: SearchOptions = SearchOptions()
@@ -215,7 +222,7 @@ def beam_search(
     dev = first.device
     expand = torch.arange(size, device=dev).repeat_interleave(k)  # (B*K,)
     # A sentence's K beams (consecutive rows) share its memory where the model allows it, else a copy per beam.
-    shared = getattr(memory, "for_beams", lambda beams: None)(k)
+    shared = shared_by_beams(memory, k)
     memory = memory.select(expand) if shared is None else shared
     state, prev = state.select(expand), first.index_select(0, expand)
     limit_all = max_lengths(batch.src_len, opts).to(dev)  # (B,)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlp_rnn import search
 from nlp_rnn.errors import NlpRnnError
 
 
@@ -28,7 +29,7 @@ class Members:
     def for_beams(self, beams: int) -> Optional["Members"]:
         """Each member's memory shared by a sentence's beams (`search.beam_search`); None unless every member's
         memory offers it (then beam search copies them all per beam)."""
-        shared = [None if x is None else getattr(x, "for_beams", lambda k: None)(beams) for x in self.items]
+        shared = [None if x is None else search.shared_by_beams(x, beams) for x in self.items]
         if any(s is None and x is not None for s, x in zip(shared, self.items)):
             return None
         return Members(shared)

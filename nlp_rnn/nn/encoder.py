@@ -20,8 +20,8 @@ from nlp_rnn.nn.cells import cell_update
 class LSTM(nn.LSTM):
     """torch's LSTM (same parameters and arithmetic), which also runs under CPU bf16 autocast on a CPU without
     AVX-512. There autocast would send it to oneDNN's bf16 LSTM, which does not exist on such a CPU
-    (`precision.onednn_bf16_lstm`); with oneDNN off for the call, torch's own kernel runs it in fp32 (the
-    products around it still run under autocast), forward and backward."""
+    (`precision.onednn_bf16_lstm`); with oneDNN off for the call, torch's own kernel runs it, forward and
+    backward (its products still under autocast: outputs float32, within bf16 rounding of fp32's)."""
 
     def forward(self, input, hx=None):  # noqa: A002 (torch's name)
         if (

@@ -3,11 +3,13 @@
 import pytest
 from helpers import exact_match, small_config, train_copy_model
 
+# Every pair of the three settings, not every triple: each cell with each attention, each of them in both
+# directions (9 runs instead of 18; the whole grid took 192 s of the suite on a 2-core Zen 1, 2026-12-03).
+CELLS, ATTENTIONS = ("gru", "lstm", "rnn_tanh"), ("none", "bahdanau", "luong")
 SETTINGS = [
-    (cell, bidirectional, attention)
-    for cell in ("gru", "lstm", "rnn_tanh")
-    for bidirectional in (False, True)
-    for attention in ("none", "bahdanau", "luong")
+    (cell, (i + j) % 2 == 1, attention)
+    for i, cell in enumerate(CELLS)
+    for j, attention in enumerate(ATTENTIONS)
 ]
 FAST = ("rnn_tanh", False, "luong")  # the one setting of the fast tier
 

@@ -66,8 +66,9 @@ INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # 437 (int8) / 349 (fp32) sentences/s, beam 5 109.1 / 59.5, BLEU within 0.2 of fp32; bf16 is emulated there
     # (75.5). AMD EPYC Zen 1 (KVM, family 23 model 1), AVX2 only, 2 cores, 2026-12-03, shortlist on: greedy 238.1 (int8)
     # / 227.9 (fp32), beam 5 55.6 / 48.5, BLEU 37.65 / 37.68. Classification (the shipped default): SST-2 267.2 (int8)
-    # / 287.8 (fp32) sentences/s, IMDb 5.6 / 6.1 reviews/s: fp32. Character LM 1 / 32 samples 1,218 / 6,176 (int8)
-    # against 465 / 4,047 (fp32) characters/s, 1.4679 against 1.4682 nats per character: int8. bf16 is emulated.
+    # / 287.8 (fp32) sentences/s, IMDb 5.6 / 6.1 reviews/s: fp32. Character LM 1 / 32 samples 1,428 / 6,892 (int8)
+    # against 837 / 5,095 (fp32) characters/s (at 2274f99+), 1.4679 against 1.4682 nats per character: int8. bf16 is
+    # emulated.
     "avx2": {"translation": "int8", "language_model": "int8", "*": "fp32"},
 }
 

@@ -12,7 +12,7 @@ from helpers import IMDB_TEST, ROOT
 from nlp_rnn.data import make_batch
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.encoder import Encoder
-from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack
+from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack, product
 from nlp_rnn.precision import resolve_precision
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.base import load
@@ -29,6 +29,17 @@ def test_int8_products_are_close_to_fp32() -> None:
     exact = F.linear(x, w, b)
     approx = Int8Linear(w, b)(x.view(5, 10, 64)).view(50, 96)
     assert (approx - exact).norm() / exact.norm() < 0.02
+
+
+def test_the_int8_product_past_torch_function_handling_equals_torchs_own_call() -> None:
+    torch.manual_seed(2)
+    linear = Int8Linear(torch.randn(48, 16), torch.randn(48))
+    for rows in (1, 5):
+        x = torch.randn(rows, 16)
+        assert torch.equal(
+            product(x, linear.packed), torch.ops.quantized.linear_dynamic(x, linear.packed, True)
+        )
+    assert torch._C._is_torch_function_enabled()  # switched off for the call only
 
 
 def test_an_int8_product_restricted_to_rows_equals_those_columns_of_the_whole_product() -> None:

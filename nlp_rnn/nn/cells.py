@@ -62,3 +62,25 @@ def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, 
         return torch.sigmoid(o) * fast.tanh(c), c
     pre = gi + gh
     return (fast.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)), None
+
+
+def cell_update_(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
+    """`cell_update` without gradients, overwriting gi and gh (gate tensors its caller made for this one step and
+    reads no more): about half the element-wise calls, new tensors only for the new state, and torch's tanh (for
+    (B, H) tensors of up to about 32k elements faster than `fast.tanh`'s form on a Zen 1, whatever the batch,
+    so that a row's result never depends on the batch it is in). For loops whose step cost is the calls, not
+    the arithmetic (the int8 layers: one sentence's encoder in a server)."""
+    size = h.size(-1)
+    if cell == "gru":
+        rz = gi[..., : 2 * size].add_(gh[..., : 2 * size]).sigmoid_()  # (B, 2H)
+        n = gi[..., 2 * size :].addcmul_(rz[..., :size], gh[..., 2 * size :]).tanh_()  # (B, H)
+        return torch.sub(h, n).mul_(rz[..., size:]).add_(n), None  # n + z (h - n)
+    if cell == "lstm":
+        gates = gi.add_(gh)
+        gates[..., : 2 * size].sigmoid_()  # i, f (torch's order: i, f, g, o)
+        gates[..., 3 * size :].sigmoid_()  # o
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.mul(f, c).addcmul_(i, g.tanh_())
+        return torch.tanh(c).mul_(o), c
+    pre = torch.add(gi, gh)  # a new tensor: the state, which the next step's product reads contiguous
+    return (pre.tanh_() if cell == "rnn_tanh" else pre.relu_()), None

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from nlp_rnn.errors import NlpRnnError
-from nlp_rnn.nn.cells import cell_update
+from nlp_rnn.nn.cells import cell_update_
 from nlp_rnn.nn.encoder import EncoderOutput, each_direction, masked_stack
 
 
@@ -143,11 +143,14 @@ class Int8Layer(nn.Module):
             h = x.new_zeros(x.size(0), self.hidden)
         if c is None and self.cell == "lstm":
             c = torch.zeros_like(h)
-        gates = self.ih(x)  # (B, S, G)
+        gates = self.ih(x)  # (B, S, G), this call's own: each step's slice is overwritten by its update
+        # from the first step at which a row has ended on, such rows keep their state (none: every row is real)
+        ended = x.size(1) if lengths is None else int(lengths.min())
+        h = h.float().contiguous()
         outs = []
-        for t in range(x.size(1)):
-            new_h, new_c = cell_update(self.cell, gates[:, t], self.hh(h), h, c)
-            if lengths is not None:  # rows that have ended keep their state
+        for t, gi in enumerate(gates.unbind(1)):
+            new_h, new_c = cell_update_(self.cell, gi, product(h, self.hh.packed), h, c)
+            if t >= ended:
                 live = (lengths > t).unsqueeze(1)
                 new_h = torch.where(live, new_h, h)
                 new_c = None if c is None else torch.where(live, new_c, c)

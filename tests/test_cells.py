@@ -55,19 +55,23 @@ def test_decoder_cell_equals_torch_cell_outputs_and_gradients(cell: str, referen
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_the_in_place_cell_update_equals_the_composed_one_and_leaves_the_state_alone(cell: str) -> None:
     """`cell_update_` (the int8 layers' step) against `cell_update` without gradients, on gate slices of a
-    (B, S, G) tensor as the layers pass them; the state it was given is not written."""
+    (B, S, G) tensor as the layers pass them, with grad mode on (no view it writes may come from a multi-output
+    view such as `chunk`); the state it was given is not written."""
     torch.manual_seed(3)
     hidden, gates = 6, {"gru": 18, "lstm": 24}.get(cell, 6)
-    gi_all, gh = torch.randn(4, 5, gates), torch.randn(4, gates)
+    gi_all = torch.randn(4, 5, gates, requires_grad=True) * 1  # as a product of a model's weights
+    gh = torch.randn(4, gates)
     h, c = torch.randn(4, hidden), (torch.randn(4, hidden) if cell == "lstm" else None)
     h_before, c_before = h.clone(), (None if c is None else c.clone())
     with torch.no_grad():
-        exp_h, exp_c = cell_update(cell, gi_all[:, 2].clone(), gh.clone(), h, c)
-        got_h, got_c = cell_update_(cell, gi_all[:, 2], gh, h, c)
-    torch.testing.assert_close(got_h, exp_h)
+        exp_h, exp_c = cell_update(cell, gi_all[:, 2].detach().clone(), gh.clone(), h, c)
+    got_h, got_c = cell_update_(
+        cell, gi_all[:, 2], gh, h, c
+    )  # grad mode on, as a model called without no_grad
+    torch.testing.assert_close(got_h.detach(), exp_h)
     assert got_h.is_contiguous()  # the next step's product reads it
     if cell == "lstm":
-        torch.testing.assert_close(got_c, exp_c)
+        torch.testing.assert_close(got_c.detach(), exp_c)
     assert torch.equal(h, h_before) and (c is None or torch.equal(c, c_before))
 
 

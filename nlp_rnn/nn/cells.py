@@ -79,8 +79,9 @@ def cell_update_(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor,
         gates = gi.add_(gh)
         gates[..., : 2 * size].sigmoid_()  # i, f (torch's order: i, f, g, o)
         gates[..., 3 * size :].sigmoid_()  # o
+        gates[..., 2 * size : 3 * size].tanh_()  # g (before `chunk`, whose views grad mode keeps from writes)
         i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.mul(f, c).addcmul_(i, g.tanh_())
+        c = torch.mul(f, c).addcmul_(i, g)
         return torch.tanh(c).mul_(o), c
     pre = torch.add(gi, gh)  # a new tensor: the state, which the next step's product reads contiguous
     return (pre.tanh_() if cell == "rnn_tanh" else pre.relu_()), None

@@ -148,8 +148,10 @@ class Int8Layer(nn.Module):
         ended = x.size(1) if lengths is None else int(lengths.min())
         h = h.float().contiguous()
         outs = []
-        for t, gi in enumerate(gates.unbind(1)):
-            new_h, new_c = cell_update_(self.cell, gi, product(h, self.hh.packed), h, c)
+        for t in range(
+            x.size(1)
+        ):  # (`select`, not `unbind`: its views may be written in place with grad mode on)
+            new_h, new_c = cell_update_(self.cell, gates[:, t], product(h, self.hh.packed), h, c)
             if t >= ended:
                 live = (lengths > t).unsqueeze(1)
                 new_h = torch.where(live, new_h, h)

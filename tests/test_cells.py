@@ -65,9 +65,8 @@ def test_the_in_place_cell_update_equals_the_composed_one_and_leaves_the_state_a
     h_before, c_before = h.clone(), (None if c is None else c.clone())
     with torch.no_grad():
         exp_h, exp_c = cell_update(cell, gi_all[:, 2].detach().clone(), gh.clone(), h, c)
-    got_h, got_c = cell_update_(
-        cell, gi_all[:, 2], gh, h, c
-    )  # grad mode on, as a model called without no_grad
+    # grad mode on, as in a model called without no_grad
+    got_h, got_c = cell_update_(cell, gi_all[:, 2], gh, h, c)
     torch.testing.assert_close(got_h.detach(), exp_h)
     assert got_h.is_contiguous()  # the next step's product reads it
     if cell == "lstm":

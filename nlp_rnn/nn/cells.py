@@ -65,11 +65,11 @@ def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, 
 
 
 def cell_update_(cell: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor]):
-    """`cell_update` without gradients, overwriting gi and gh (gate tensors its caller made for this one step and
-    reads no more): about half the element-wise calls, new tensors only for the new state, and torch's tanh (for
-    (B, H) tensors of up to about 32k elements faster than `fast.tanh`'s form on a Zen 1, whatever the batch,
-    so that a row's result never depends on the batch it is in). For loops whose step cost is the calls, not
-    the arithmetic (the int8 layers: one sentence's encoder in a server)."""
+    """`cell_update` for inference, overwriting gi and gh (gate tensors its caller made for this one step and reads
+    no more): about half the element-wise calls, new tensors only for the new state. It uses torch's tanh, not
+    `fast.tanh`'s sigmoid form: at (B, H) tensors of up to about 32k elements torch's is the faster on a Zen 1,
+    and one form for every batch keeps a row's result independent of the batch it is in. For loops whose step
+    costs calls, not arithmetic (the int8 layers: one sentence's encoder in a server)."""
     size = h.size(-1)
     if cell == "gru":
         rz = gi[..., : 2 * size].add_(gh[..., : 2 * size]).sigmoid_()  # (B, 2H)

@@ -145,12 +145,11 @@ class Int8Layer(nn.Module):
             c = torch.zeros_like(h)
         gates = self.ih(x)  # (B, S, G), this call's own: each step's slice is overwritten by its update
         # from the first step at which a row has ended on, such rows keep their state (none: every row is real)
-        ended = x.size(1) if lengths is None else int(lengths.min())
+        ended = x.size(1) if lengths is None or lengths.numel() == 0 else int(lengths.min())
         h = h.float().contiguous()
         outs = []
-        for t in range(
-            x.size(1)
-        ):  # (`select`, not `unbind`: its views may be written in place with grad mode on)
+        # each step's gates by `select`, not `unbind`: only its views may be written in place with grad mode on
+        for t in range(x.size(1)):
             new_h, new_c = cell_update_(self.cell, gates[:, t], product(h, self.hh.packed), h, c)
             if t >= ended:
                 live = (lengths > t).unsqueeze(1)

@@ -117,6 +117,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
     weights = torch.zeros(size, steps, batch.src.size(1), device=dev) if opts.attention else None
     cols = columns_of(memory)
     eos = _column(cols, EOS)
+    rows = slice(None)  # the rows still decoding: all of them (a slice) until the first one is done
     for t in range(steps):
         logits, state, att = model.step(prev, memory, state)  # (b, V), or (b, K) over a shortlist
         logits = logits.float()
@@ -125,15 +126,18 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         best, prev = logits.max(dim=-1)  # (b,) argmax of logits == argmax of log-probabilities
         if cols is not None:
             prev = cols[prev]
-        tokens[active, t] = prev
-        scores[active] += best - logsumexp(logits)
-        lengths[active] = t + 1
+        tokens[rows, t] = prev
+        scores[rows] += best - logsumexp(logits)
+        lengths[rows] = t + 1
         if weights is not None and att is not None:
-            weights[active, t] = att.float()
-        done = (prev == EOS) | (limit[active] <= t + 1)
-        if bool(done.all()):
+            weights[rows, t] = att.float()
+        done = (prev == EOS) | (limit[rows] <= t + 1)
+        finished = int(done.sum())  # one host sync a step
+        if finished == done.numel():
             break
-        active, prev, memory, state = _without_done(done, active, prev, memory, state)
+        if finished:
+            active, prev, memory, state = _without_done(done, active, prev, memory, state)
+            rows = active
     tokens, lengths, scores, src_len = (
         tokens.tolist(),
         lengths.tolist(),

@@ -52,6 +52,23 @@ def test_an_int8_product_restricted_to_rows_equals_those_columns_of_the_whole_pr
         Int8Linear(w, b).rows(rows)
 
 
+def test_rows_with_common_ones_packed_once_give_the_same_columns() -> None:
+    torch.manual_seed(3)
+    w, b = torch.randn(200, 32), torch.randn(200)
+    whole = Int8Linear(w, b, keep_rows=True)
+    common = torch.tensor([2, 5, 40, 120])
+    for rows in ([2, 3, 5, 40, 41, 120, 199], [0, 2, 5, 40, 120], [2, 5, 40, 120]):
+        rows = torch.tensor(rows)
+        for x in (torch.randn(3, 32), torch.randn(2, 4, 32)):  # a step's (B, I) and any leading shape
+            assert torch.equal(whole.rows(rows, common)(x), whole.rows(rows)(x))
+    assert whole.common[0] is common  # packed at the first call, kept for the next
+    kept = whole.common[1]
+    whole.rows(torch.tensor([1, 2, 5, 40, 120]), common)
+    assert whole.common[1] is kept
+    lacking = torch.tensor([2, 5, 7])  # without all the common rows: packed whole, still the same
+    assert torch.equal(whole.rows(lacking, common)(x), whole(x)[..., lacking])
+
+
 @pytest.mark.parametrize(
     "cell, layers, bidirectional", [("gru", 1, True), ("lstm", 2, True), ("rnn_tanh", 1, False)]
 )

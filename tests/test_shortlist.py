@@ -182,7 +182,9 @@ def test_one_union_per_call_decodes_as_each_batch_with_its_own_and_packs_once(
     packed = []
     rows = Int8Linear.rows
     monkeypatch.setattr(
-        Int8Linear, "rows", lambda self, index: packed.append(index.numel()) or rows(self, index)
+        Int8Linear,
+        "rows",
+        lambda self, index, common=None: packed.append(index.numel()) or rows(self, index, common),
     )
     for greedy in (1, 5):  # greedy and beam search: six batches each
         called = translator.translate(texts, translator.options(beam_size=greedy), 8)

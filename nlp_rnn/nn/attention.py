@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn import deferred
@@ -109,7 +110,7 @@ class AdditiveAttention(Attention):
         shift = self.energy.weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, .., S, A) -> (b, .., S)
-            return self.energy(torch.add(k, q, alpha=2).sigmoid_()).squeeze(-1) * 2 - shift
+            return F.linear(torch.add(k, q, alpha=2).sigmoid_(), self.energy.weight).squeeze(-1) * 2 - shift
 
         if torch.is_grad_enabled() or exporting():
             return score(keys, projected)

@@ -184,7 +184,9 @@ class Decoder(nn.Module):
     def _precompute(self, tokens: torch.Tensor, memory: Memory) -> torch.Tensor:
         """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G)."""
         cell0 = self.cells[0]
-        embedded = self.embed_dropout(self.embed(tokens))  # (B, T, E)
+        embedded = self.embed(tokens)  # (B, T, E)
+        if self.training:  # (a module call costs a decoding step several µs, even one that does nothing)
+            embedded = self.embed_dropout(embedded)
         gates = cell0.project("emb", embedded)  # (B, T, G)
         if memory.static_gates is not None:
             gates = gates + memory.static_gates.unsqueeze(1)
@@ -222,7 +224,7 @@ class Decoder(nn.Module):
                 if self.cfg.input_feeding:
                     gi = pre + project(0, "feed", state.feed)  # (B, G)
             else:
-                gi = project(i, "below", self.dropout(x))
+                gi = project(i, "below", self.dropout(x) if self.training else x)
             gh = project(i, "hh", h)  # (B, G)
             x, c = cell_update(self.cfg.cell, gi, gh, h, c)
             hs.append(x)
@@ -235,7 +237,8 @@ class Decoder(nn.Module):
         else:
             context, weights = memory.context, None
         combine = self.combine if products is None else products["combine"]
-        attentional = fast.tanh(combine(self.dropout(torch.cat([x, context], dim=1))))  # (B, H)
+        joined = torch.cat([x, context], dim=1)
+        attentional = fast.tanh(combine(self.dropout(joined) if self.training else joined))  # (B, H)
         new_state = DecoderState(tuple(hs), tuple(cs) if state.c is not None else None, attentional)
         return attentional, new_state, weights
 
@@ -257,11 +260,17 @@ class Decoder(nn.Module):
         return self.embed.num_embeddings
 
     def shortlisted(
-        self, memory: Memory, vocab: torch.Tensor, allowed: torch.Tensor, kept: Optional[dict] = None
+        self,
+        memory: Memory,
+        vocab: torch.Tensor,
+        allowed: torch.Tensor,
+        kept: Optional[dict] = None,
+        common: Optional[torch.Tensor] = None,
     ) -> Memory:
         """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them),
         each sentence only those of its columns `allowed` (B, K) marks. `kept`: where the batches of one
-        call with one `vocab` keep the restricted layer, built by the first of them."""
+        call with one `vocab` keep the restricted layer, built by the first of them. `common`: ids in every
+        `vocab` (the shortlist's `always`), whose int8 rows the output layer packs once (`Int8Linear.rows`)."""
         output = self.output
         if kept is not None and kept.get("vocab") is vocab:
             restricted = kept["output"]
@@ -270,7 +279,7 @@ class Decoder(nn.Module):
             bias = None if output.bias is None else output.bias.index_select(0, vocab)
             restricted = lambda x: F.linear(x, weight, bias)  # noqa: E731
         else:  # int8: the rows of the original weight, packed for these columns (several ms)
-            restricted = output.rows(vocab)
+            restricted = output.rows(vocab, common)
         if kept is not None:
             kept.update(vocab=vocab, output=restricted)
         penalty = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))

@@ -83,6 +83,7 @@ class Int8Linear(nn.Module):
             )
         self._pack(qweight, bias)
         self.source = (qweight.int_repr(), scales, bias) if keep_rows else None
+        self.common: Optional[tuple[torch.Tensor, Int8Linear]] = None  # `rows`' common ids and their product
 
     def _pack(self, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         with _quiet():
@@ -95,18 +96,37 @@ class Int8Linear(nn.Module):
         made = cls.__new__(cls)
         nn.Module.__init__(made)
         made._pack(qweight, bias)
-        made.source = None
+        made.source, made.common = None, None
         return made
 
-    def rows(self, index: torch.Tensor) -> "Int8Linear":
-        """The same product restricted to the output rows `index` (a vocabulary shortlist): the rows' int8
-        values and scales taken from the whole matrix (quantisation is per row), packed again."""
+    def rows(self, index: torch.Tensor, common: Optional[torch.Tensor] = None) -> nn.Module:
+        """The same product restricted to the output rows `index` (sorted ids: a vocabulary shortlist), the rows'
+        int8 values and scales taken from the whole matrix (quantisation is per row), packed again.
+
+        Packing costs 5-7 µs a row on a 2-core EPYC (fbgemm reads each row's scale on its own): 3 ms for one
+        sentence's ~530 rows, more than a tenth of its translation. `common`: sorted ids that most calls'
+        `index` contain (a shortlist's frequent words), packed once and kept; then only the other rows are
+        packed per call, and the two products' columns are put back in `index`'s order (the same numbers:
+        each output column depends only on its own row)."""
         if self.source is None:
             raise NlpRnnError(
                 "this int8 product was built without keep_rows; it cannot be restricted to rows"
             )
-        values, scales, bias = self.source
         index = index.cpu()
+        if common is None or common.numel() == 0:
+            return self._rows(index)
+        inside = torch.isin(index, common)
+        if int(inside.sum()) != common.numel():  # `index` lacks some of them: pack it whole
+            return self._rows(index)
+        kept = self.common
+        if kept is None or kept[0] is not common:
+            kept = self.common = (common, self._rows(common.cpu()))
+        if bool(inside.all()):
+            return kept[1]
+        return SplitRows(kept[1], self._rows(index[~inside]), inside)
+
+    def _rows(self, index: torch.Tensor) -> "Int8Linear":
+        values, scales, bias = self.source
         with _quiet():
             qweight = torch._make_per_channel_quantized_tensor(
                 values.index_select(0, index),
@@ -117,8 +137,28 @@ class Int8Linear(nn.Module):
         return Int8Linear._packed(qweight, None if bias is None else bias.index_select(0, index))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+            # a decoding step's (B, I): the reshapes below cost 3-4 µs each on a 2-core EPYC, half a product
+            return product(x, self.packed)
         flat = x.reshape(-1, x.size(-1)).float().contiguous()
         return product(flat, self.packed).view(*x.shape[:-1], self.out_features)
+
+
+class SplitRows(nn.Module):
+    """`Int8Linear.rows` over rows packed in two parts: the kept common ones and this call's others; `inside`
+    (K,) marks which of the K requested columns (in their order) are common ones."""
+
+    def __init__(self, common: Int8Linear, other: Int8Linear, inside: torch.Tensor) -> None:
+        super().__init__()
+        self.common, self.other = common, other
+        # the columns of [common products, other products] in the requested order
+        self.order = torch.cat([inside.nonzero(), (~inside).nonzero()]).squeeze(1).argsort()
+        self.out_features = inside.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1)).float().contiguous()
+        both = torch.cat([product(flat, self.common.packed), product(flat, self.other.packed)], dim=1)
+        return both.index_select(1, self.order).view(*x.shape[:-1], self.out_features)
 
 
 class Int8Layer(nn.Module):

@@ -44,7 +44,9 @@ class Seq2Seq(nn.Module):
         memory = self.decoder.memory(enc)
         shortlist = self.shortlist if shortlist is None else shortlist
         if shortlist is not None:
-            memory = self.decoder.shortlisted(memory, *shortlist.for_batch(batch.src), shortlist.kept)
+            memory = self.decoder.shortlisted(
+                memory, *shortlist.for_batch(batch.src), shortlist.kept, shortlist.always
+            )
         return (
             memory,
             self.decoder.init_state(enc),

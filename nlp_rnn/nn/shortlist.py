@@ -42,6 +42,12 @@ class Shortlist:
         self.kept: Optional[dict] = None  # with `fixed`: the output layer restricted to it, once built
 
     @property
+    def always(self) -> torch.Tensor:
+        """The ids in every union (the frequent pieces and the special tokens), sorted (N,); the same tensor
+        for the life of this shortlist and its `over` copies, so the output layer keeps their rows packed."""
+        return self._always
+
+    @property
     def per_source(self) -> int:
         return self.table.size(1)
 

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from nlp_rnn.errors import NlpRnnError
 from nlp_rnn.nn.cells import cell_update_
-from nlp_rnn.nn.encoder import EncoderOutput, each_direction, masked_stack
+from nlp_rnn.nn.encoder import EncoderOutput, masked_stack
 
 
 def available() -> bool:
@@ -183,21 +183,41 @@ class Int8Layer(nn.Module):
             h = x.new_zeros(x.size(0), self.hidden)
         if c is None and self.cell == "lstm":
             c = torch.zeros_like(h)
-        gates = self.ih(x)  # (B, S, G), this call's own: each step's slice is overwritten by its update
-        # from the first step at which a row has ended on, such rows keep their state (none: every row is real)
-        ended = x.size(1) if lengths is None or lengths.numel() == 0 else int(lengths.min())
-        h = h.float().contiguous()
-        outs = []
-        # each step's gates by `select`, not `unbind`: only its views may be written in place with grad mode on
-        for t in range(x.size(1)):
-            new_h, new_c = cell_update_(self.cell, gates[:, t], product(h, self.hh.packed), h, c)
-            if t >= ended:
-                live = (lengths > t).unsqueeze(1)
-                new_h = torch.where(live, new_h, h)
-                new_c = None if c is None else torch.where(live, new_c, c)
-            h, c = new_h, new_c
-            outs.append(h)
-        return torch.stack(outs, dim=1), h, c
+        gates = self.ih(x).unsqueeze(0)  # (1, B, S, G), this call's own: _steps overwrites it
+        h, c = h.float().contiguous().unsqueeze(0), None if c is None else c.unsqueeze(0)
+        outs, h, c = _steps(self.cell, gates, [self.hh.packed], h, c, lengths)
+        return outs[0], h[0], None if c is None else c[0]
+
+
+def _steps(
+    cell: str,
+    gates: torch.Tensor,
+    recurrent: list,
+    h: torch.Tensor,
+    c: Optional[torch.Tensor],
+    lengths: Optional[torch.Tensor],
+):
+    """The loop over steps of D directions of a layer at once (a bidirectional layer's two: one cell update a
+    step for both, half the element-wise calls of one sentence's encoder): gates (D, B, S, G), the input
+    products, overwritten step by step; `recurrent` the D packed recurrent weights; state h, c (D, B, H).
+    -> outputs (D, B, S, H) and the state after each row's last real step (`lengths`; without, the last column)."""
+    # from the first step at which a row has ended on, such rows keep their state (none: every row is real)
+    ended = gates.size(2) if lengths is None or lengths.numel() == 0 else int(lengths.min())
+    outs = []
+    # each step's gates by `select`, not `unbind`: only its views may be written in place with grad mode on
+    for t in range(gates.size(2)):
+        if len(recurrent) == 1:
+            hidden = product(h[0], recurrent[0]).unsqueeze(0)
+        else:
+            hidden = torch.stack([product(h[d], packed) for d, packed in enumerate(recurrent)])
+        new_h, new_c = cell_update_(cell, gates[:, :, t], hidden, h, c)
+        if t >= ended:
+            live = (lengths > t).unsqueeze(1)  # (B, 1), for every direction
+            new_h = torch.where(live, new_h, h)
+            new_c = None if c is None else torch.where(live, new_c, c)
+        h, c = new_h, new_c
+        outs.append(h)
+    return torch.stack(outs, dim=2), h, c
 
 
 class Int8Encoder(nn.Module):
@@ -216,7 +236,19 @@ class Int8Encoder(nn.Module):
         )
 
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        return masked_stack(embedded.float(), lengths, mask, len(self.layers), each_direction(self.layers))
+        return masked_stack(embedded.float(), lengths, mask, len(self.layers), self._layer)
+
+    def _layer(self, index: int, x: torch.Tensor, reverse) -> list[torch.Tensor]:
+        """`masked_stack`'s `run`: layer `index`'s outputs (B, S, H) per direction, its directions in one loop."""
+        directions = self.layers[index]
+        if len(directions) == 1:
+            return [directions[0](x)[0]]
+        forward, backward = directions
+        gates = torch.stack([forward.ih(x), backward.ih(reverse(x))])  # (2, B, S, G)
+        h = x.new_zeros(2, x.size(0), forward.hidden)
+        c = torch.zeros_like(h) if forward.cell == "lstm" else None
+        outs, _, _ = _steps(forward.cell, gates, [forward.hh.packed, backward.hh.packed], h, c, None)
+        return [outs[0], outs[1]]
 
 
 class Int8Stack(nn.Module):

@@ -67,14 +67,14 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
 
 
 def columns_of(memory: Any) -> Optional[torch.Tensor]:
-    """The token ids that the columns of a step's logits stand for, sorted (K,): a vocabulary shortlist
-    (`nn.shortlist`); None when the logits cover the whole vocabulary."""
+    """The token ids that the columns of a step's logits stand for (K,), not necessarily sorted: a vocabulary
+    shortlist (`nn.shortlist`); None when the logits cover the whole vocabulary."""
     return getattr(memory, "vocab", None)
 
 
 def _column(cols: Optional[torch.Tensor], token: int) -> int:
     """The logits column of `token` (always in a shortlist: the special tokens are)."""
-    return token if cols is None else int(torch.searchsorted(cols, token))
+    return token if cols is None else int((cols == token).nonzero()[0])
 
 
 def max_lengths(src_len: torch.Tensor, opts: SearchOptions) -> torch.Tensor:
@@ -118,6 +118,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
     cols = columns_of(memory)
     eos = _column(cols, EOS)
     rows = slice(None)  # the rows still decoding: all of them (a slice) until the first one is done
+    budgets = set(limit.tolist())
     for t in range(steps):
         logits, state, att = model.step(prev, memory, state)  # (b, V), or (b, K) over a shortlist
         logits = logits.float()
@@ -131,7 +132,9 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         lengths[rows] = t + 1
         if weights is not None and att is not None:
             weights[rows, t] = att.float()
-        done = (prev == EOS) | (limit[rows] <= t + 1)
+        done = prev == EOS
+        if t + 1 in budgets:  # a row's output budget ends here
+            done |= limit[rows] <= t + 1
         finished = int(done.sum())  # one host sync a step
         if finished == done.numel():
             break
@@ -260,7 +263,7 @@ def beam_search(
             if cols is None:
                 banned = _banned_ngrams(alive_seq, opts.no_repeat_ngram, vocab)
             else:
-                banned = _banned_ngrams(alive_seq, opts.no_repeat_ngram, int(cols[-1]) + 1)[:, cols]
+                banned = _banned_ngrams(alive_seq, opts.no_repeat_ngram, int(cols.max()) + 1)[:, cols]
             logits.masked_fill_(banned, NEG_INF)
         # The best K extensions of a sentence are among the best K of each of its rows, so only
         # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
@@ -398,7 +401,7 @@ def sample(
         logits, state, _ = model.step(prev, memory, state)
         logits = logits.float()  # (b, V)
         if cols is not None:  # a shortlist's columns back in their vocabulary places
-            logits = logits.new_full((logits.size(0), int(cols[-1]) + 1), NEG_INF).index_copy_(
+            logits = logits.new_full((logits.size(0), int(cols.max()) + 1), NEG_INF).index_copy_(
                 1, cols, logits
             )
         allowed = logits if not opts.banned else logits.index_fill(1, banned.to(dev), NEG_INF)

@@ -59,8 +59,11 @@ def test_rows_with_common_ones_packed_once_give_the_same_columns() -> None:
     common = torch.tensor([2, 5, 40, 120])
     for rows in ([2, 3, 5, 40, 41, 120, 199], [0, 2, 5, 40, 120], [2, 5, 40, 120]):
         rows = torch.tensor(rows)
+        split = whole.rows(rows, common)
+        columns = getattr(split, "columns", torch.arange(rows.numel()))  # the split's own column order
+        assert sorted(columns.tolist()) == list(range(rows.numel()))
         for x in (torch.randn(3, 32), torch.randn(2, 4, 32)):  # a step's (B, I) and any leading shape
-            assert torch.equal(whole.rows(rows, common)(x), whole.rows(rows)(x))
+            assert torch.equal(split(x), whole.rows(rows)(x)[..., columns])
     assert whole.common[0] is common  # packed at the first call, kept for the next
     kept = whole.common[1]
     whole.rows(torch.tensor([1, 2, 5, 40, 120]), common)

@@ -60,9 +60,9 @@ class Attention(nn.Module):
         rows per row of keys, values and mask (a sentence's beams, which share one copy of them), (B*K, Hq)."""
         if group > 1:
             scores = self.grouped_scores(query, keys, group)  # (B, K, S)
-            weights = torch.softmax(scores.masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
+            weights = torch.softmax(torch.where(mask.unsqueeze(1), scores, float("-inf")), dim=-1)
             return torch.bmm(weights, values).flatten(0, 1), weights.flatten(0, 1)  # (B*K, Dv), (B*K, S)
-        scores = self.scores(query, keys, products).masked_fill(~mask, float("-inf"))  # (B, S)
+        scores = torch.where(mask, self.scores(query, keys, products), float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         if products is not None:
             return products.context(weights), weights

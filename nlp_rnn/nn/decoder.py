@@ -182,14 +182,15 @@ class Decoder(nn.Module):
     # ------------------------------------------------------------------ per step
 
     def _precompute(self, tokens: torch.Tensor, memory: Memory) -> torch.Tensor:
-        """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G)."""
+        """tokens (B, T) -> the embedding's (and fixed context's) share of layer-0 input gates (B, T, G); a
+        step's tokens (B,) -> (B, G)."""
         cell0 = self.cells[0]
         embedded = self.embed(tokens)  # (B, T, E)
         if self.training:  # (a module call costs a decoding step several µs, even one that does nothing)
             embedded = self.embed_dropout(embedded)
         gates = cell0.project("emb", embedded)  # (B, T, G)
         if memory.static_gates is not None:
-            gates = gates + memory.static_gates.unsqueeze(1)
+            gates = gates + (memory.static_gates if tokens.dim() == 1 else memory.static_gates.unsqueeze(1))
         return gates
 
     def _deferred(self, memory: Memory, steps: int) -> dict:
@@ -246,7 +247,7 @@ class Decoder(nn.Module):
         """prev (B,) previous tokens -> logits (B, V), new state, attention weights (B, S) or None.
 
         With a shortlist, logits (B, K) over its token ids `memory.vocab` (the searches map them back)."""
-        pre = self._precompute(prev.unsqueeze(1), memory).squeeze(1)  # (B, G)
+        pre = self._precompute(prev, memory)  # (B, G)
         attentional, state, weights = self._advance(pre, memory, state)
         if memory.output is None:
             return self.output(attentional), state, weights
@@ -267,8 +268,9 @@ class Decoder(nn.Module):
         kept: Optional[dict] = None,
         common: Optional[torch.Tensor] = None,
     ) -> Memory:
-        """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them),
-        each sentence only those of its columns `allowed` (B, K) marks. `kept`: where the batches of one
+        """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them; in
+        `memory.vocab` in the order of the logits' columns), each sentence only those of its columns `allowed`
+        (B, K) marks. `kept`: where the batches of one
         call with one `vocab` keep the restricted layer, built by the first of them. `common`: ids in every
         `vocab` (the shortlist's `always`), whose int8 rows the output layer packs once (`Int8Linear.rows`)."""
         output = self.output
@@ -282,6 +284,9 @@ class Decoder(nn.Module):
             restricted = output.rows(vocab, common)
         if kept is not None:
             kept.update(vocab=vocab, output=restricted)
+        order = getattr(restricted, "columns", None)  # int8 rows packed in two parts: the columns' own order
+        if order is not None:
+            vocab, allowed = vocab[order], allowed[:, order.to(allowed.device)]
         penalty = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
         return replace(memory, vocab=vocab, output=restricted, penalty=penalty)
 

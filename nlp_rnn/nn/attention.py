@@ -107,22 +107,24 @@ class AdditiveAttention(Attention):
     def _additive(self, projected: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The scores of projected queries against keys that broadcast over the last dimension (A): (B, 1, A)
         with (B, S, A) -> (B, S), or (B, K, 1, A) with (B, 1, S, A) -> (B, K, S)."""
-        shift = self.energy.weight.sum()  # sum(v)
+        weight = self.energy.weight  # v (1, A)
+        shift = weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, .., S, A) -> (b, .., S)
-            return F.linear(torch.add(k, q, alpha=2).sigmoid_(), self.energy.weight).squeeze(-1) * 2 - shift
+            return F.linear(torch.add(k, q, alpha=2).sigmoid_(), weight).squeeze(-1) * 2 - shift
 
-        if torch.is_grad_enabled() or exporting():
+        if torch.is_grad_enabled():
             return score(keys, projected)
-        # (B, [K,] S, A): the two have the same rank and broadcast (torch.broadcast_shapes takes 40 µs here)
-        shape = tuple(max(k, q) for k, q in zip(keys.shape, projected.shape))
-        rows = max(1, CHUNK // max(math.prod(shape[1:]), 1))
-        if keys.size(0) <= rows:
+        # (B, [K,] S): the scores' shape, from the two call forms above (a general broadcast, e.g.
+        # torch.broadcast_shapes, costs a decoding step of one sentence 40 µs here)
+        shape = (keys.size(0), *projected.shape[1:-2], keys.size(-2))
+        rows = max(1, CHUNK // max(math.prod(shape[1:]) * keys.size(-1), 1))
+        if keys.size(0) <= rows or exporting():
             return score(keys, projected)  # one (B, .., S, A) tensor, not two
         # Decoding a large batch: a few rows at a time, so that the sum, its sigmoid and the product with v
         # stay in the core's cache instead of making three passes over a (B, .., S, A) tensor in memory
         # (about 25 % faster for a batch of 256 here). Each row's score is the same either way.
-        scores = keys.new_empty(shape[:-1])  # (B, [K,] S)
+        scores = keys.new_empty(shape)  # (B, [K,] S)
         for start in range(0, keys.size(0), rows):
             part = slice(start, start + rows)
             scores[part] = score(keys[part], projected[part])

@@ -16,3 +16,10 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() or exporting():
         return torch.tanh(x)
     return torch.mul(x, 2).sigmoid_().mul_(2).sub_(1)
+
+
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """`tanh` in place, on a tensor of the caller's own (the same numbers, without the new tensors)."""
+    if torch.is_grad_enabled() or exporting():
+        return x.tanh_()
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)

@@ -163,3 +163,8 @@ def test_tanh_through_a_sigmoid_when_decoding_equals_torchs_tanh() -> None:
         torch.testing.assert_close(fast.tanh(x.bfloat16()), torch.tanh(x.bfloat16()), rtol=0, atol=8e-3)
     y = x.clone().requires_grad_()
     assert fast.tanh(y).grad_fn.name().startswith("Tanh")  # training keeps torch's tanh and its backward
+    with torch.no_grad():  # the in-place form: the same numbers, in the given tensor
+        own = x.clone()
+        assert fast.tanh_(own) is own and torch.equal(own, fast.tanh(x))
+    own = x.clone()
+    assert torch.equal(fast.tanh_(own), torch.tanh(x))  # with gradients on: torch's tanh, in place

@@ -128,8 +128,11 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         if cols is not None:
             prev = cols[prev]
         tokens[rows, t] = prev
-        scores[rows] += best - logsumexp(logits)
-        lengths[rows] = t + 1
+        gain = best - logsumexp(logits)
+        if isinstance(rows, slice):
+            scores += gain
+        else:
+            scores.index_add_(0, rows, gain)
         if weights is not None and att is not None:
             weights[rows, t] = att.float()
         done = prev == EOS
@@ -137,10 +140,14 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
             done |= limit[rows] <= t + 1
         finished = int(done.sum())  # one host sync a step
         if finished == done.numel():
+            lengths[rows] = t + 1
             break
         if finished:
+            lengths[active[done]] = t + 1
             active, prev, memory, state = _without_done(done, active, prev, memory, state)
             rows = active
+    else:  # (the last step ends the longest budget, so every row is done before this)
+        lengths[rows] = steps
     tokens, lengths, scores, src_len = (
         tokens.tolist(),
         lengths.tolist(),

@@ -62,8 +62,8 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
     -87 (underflow) or of -inf runs 5-40x slower than of ordinary inputs, and masked logits (-inf) are
     exactly that. Terms below e^-80 of the largest are counted as e^-80 (at most K * 1.8e-35 of a sum of
     at least 1: below float32 resolution)."""
-    top = x.amax(-1, keepdim=True).clamp(min=-1e30)  # (R, 1); a row of -inf only stays finite
-    return (x - top).clamp_(min=-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
+    top = x.amax(-1, keepdim=True).clamp_min_(-1e30)  # (R, 1); a row of -inf only stays finite
+    return (x - top).clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
 
 
 def columns_of(memory: Any) -> Optional[torch.Tensor]:

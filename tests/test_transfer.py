@@ -59,6 +59,28 @@ def test_a_document_read_in_windows_equals_one_pass_with_the_state_carried() -> 
     torch.testing.assert_close(alone[0], a[1], atol=1e-5, rtol=1e-5)  # alone equals inside a padded batch
 
 
+def test_a_batch_of_mixed_lengths_reads_only_the_windows_its_documents_reach(monkeypatch) -> None:
+    model = document_model(window=7).eval()
+    torch.manual_seed(3)
+    lengths = [9, 40, 1, 22, 7, 15, 8]  # unsorted: 2, 6, 1, 4, 1, 3 and 2 windows of 7
+    docs = [torch.randint(5, 50, (n,)).tolist() for n in lengths]
+    read = []
+    recurrent = model.body._recurrent
+
+    def counting(tokens, state):
+        read.append(tokens.size(0))
+        return recurrent(tokens, state)
+
+    monkeypatch.setattr(model.body, "_recurrent", counting)
+    batch = make_batch(docs)
+    with torch.no_grad():
+        together = model.features(batch.src, batch.src_len)
+        assert read == [7, 5, 3, 2, 1, 1]  # rows per window: each document only up to its own last window
+        for doc, row in zip(docs, together):  # and each row is the document's features read alone
+            alone = model.features(*(lambda x: (x.src, x.src_len))(make_batch([doc])))[0]
+            torch.testing.assert_close(alone, row, atol=1e-5, rtol=1e-5)
+
+
 def test_a_backward_body_reads_each_document_last_token_first() -> None:
     forward, backward = document_model(window=7), document_model(window=7, reverse=True)
     backward.load_state_dict(forward.state_dict())

@@ -239,33 +239,56 @@ class DocumentClassifier(nn.Module):
     def features(self, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Right-padded documents src (B, S) of `lengths` (B,) -> pooled features (B, 3H): the top layer's
         output at the last real token, its maximum and its mean over the real tokens. A backward body
-        (`body.reverse`) reads each document's real tokens last to first (padding stays on the right)."""
+        (`body.reverse`) reads each document's real tokens last to first (padding stays on the right).
+
+        The rows run longest first, and a window runs only the rows whose documents reach into it: a batch of
+        documents of mixed lengths costs the sum of their windows, not the batch size times the longest one's.
+        """
         if self.cfg.body.reverse:
             src = reverse_real(src, lengths)
-        size, width, batch = self.cfg.body.top_size, self.cfg.window, src.size(0)
+        order = None
+        if src.size(0) > 1 and bool((lengths[1:] > lengths[:-1]).any()):
+            order = torch.argsort(lengths, descending=True, stable=True)
+            src, lengths = src[order], lengths[order]
+        size, width = self.cfg.body.top_size, self.cfg.window
         windows = max(1, -(-src.size(1) // width))
+        # rows reaching into each window: a prefix of the sorted batch, one host read for all windows
+        starts = torch.arange(windows, device=lengths.device) * width
+        reaching = [max(1, n) for n in (lengths.unsqueeze(0) > starts.unsqueeze(1)).sum(1).tolist()]
+        reaching[0] = src.size(0)  # every row reads the first window (as an empty document would)
         grad = torch.is_grad_enabled()
         first_graph = windows - self.cfg.grad_windows  # earlier windows run without a graph
-        state = self.body.initial_state(batch)
-        top = src.new_full((batch, size), float("-inf"), dtype=torch.float32)
-        total = src.new_zeros((batch, size), dtype=torch.float32)
-        last = src.new_zeros((batch, size), dtype=torch.float32)
+        state, rows = self.body.initial_state(reaching[0]), reaching[0]
+        top = src.new_full((rows, size), float("-inf"), dtype=torch.float32)
+        total = src.new_zeros((rows, size), dtype=torch.float32)
+        last = src.new_zeros((rows, size), dtype=torch.float32)
+        done: list[torch.Tensor] = []
         for k in range(windows):
+            if reaching[k] < rows:  # the rows past reaching[k] have ended: their features are final
+                done.append(torch.cat([last[reaching[k] :], top[reaching[k] :], total[reaching[k] :]], dim=1))
+                rows = reaching[k]
+                top, total, last = top[:rows], total[:rows], last[:rows]
+                state = state.first(rows)
             with torch.set_grad_enabled(grad and k >= first_graph):
-                tokens = src[:, k * width : (k + 1) * width]  # (B, w)
+                tokens = src[:rows, k * width : (k + 1) * width]  # (b, w)
                 out, state = self.body._recurrent(tokens, state)
-                out = out.float()  # (B, w, H)
-                at = lengths - 1 - k * width  # (B,) the last real token's place in this window
+                out = out.float()  # (b, w, H)
+                at = lengths[:rows] - 1 - k * width  # (b,) the last real token's place in this window
                 real = torch.arange(tokens.size(1), device=src.device).unsqueeze(0) <= at.unsqueeze(
                     1
-                )  # (B, w)
+                )  # (b, w)
                 top = torch.maximum(top, out.masked_fill(~real.unsqueeze(2), float("-inf")).amax(1))
                 total = total + (out * real.unsqueeze(2)).sum(1)
                 picked = out.gather(1, at.clamp(0, tokens.size(1) - 1).view(-1, 1, 1).expand(-1, 1, size))
-                inside = ((at >= 0) & (at < tokens.size(1))).unsqueeze(1)  # (B, 1)
+                inside = ((at >= 0) & (at < tokens.size(1))).unsqueeze(1)  # (b, 1)
                 last = torch.where(inside, picked.squeeze(1), last)
+        pooled = torch.cat([torch.cat([last, top, total], dim=1), *reversed(done)])  # (B, 3H), longest first
+        last, top, total = pooled.split(size, dim=1)
         mean = total / lengths.clamp(min=1).unsqueeze(1).float()
-        return torch.cat([last, top, mean], dim=1)  # (B, 3H)
+        features = torch.cat([last, top, mean], dim=1)  # (B, 3H)
+        if order is not None:
+            features = features[torch.argsort(order)]
+        return features
 
     def embedding_paths(self) -> list[str]:
         return ["body.embed"]

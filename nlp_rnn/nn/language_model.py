@@ -115,6 +115,12 @@ class LMState:
             self.h.index_select(1, index), None if self.c is None else self.c.index_select(1, index)
         )
 
+    def first(self, rows: int) -> "LMState":
+        """The state of the batch's first `rows` rows (contiguous)."""
+        return LMState(
+            self.h[:, :rows].contiguous(), None if self.c is None else self.c[:, :rows].contiguous()
+        )
+
     def detach(self) -> "LMState":
         """The same values without their history: gradients stop here (truncated BPTT)."""
         return LMState(self.h.detach(), None if self.c is None else self.c.detach())

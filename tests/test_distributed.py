@@ -163,11 +163,11 @@ def test_a_run_folder_has_one_owner_and_a_killed_owner_leaves_no_stuck_lock(
     assert summary["step"] == 1
 
 
-@pytest.mark.slow
-def test_a_cuda_device_where_there_is_none_is_one_line(tmp_path: Path) -> None:
+def test_a_cuda_device_where_there_is_none_is_one_line(tmp_path: Path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     from nlp_rnn import devices
+    from nlp_rnn.cli import main
 
     for argv in (
         ["translate", "--device", "cuda", "ein Hund"],
@@ -182,11 +182,9 @@ def test_a_cuda_device_where_there_is_none_is_one_line(tmp_path: Path) -> None:
             "cuda:1",
         ],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "nlp_rnn", *argv], capture_output=True, text=True, cwd=ROOT
-        )
-        assert done.returncode == 2
-        assert done.stderr.strip().splitlines() == [
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
             f"error: --device {argv[argv.index('--device') + 1]}: no CUDA GPU is available "
             "here (this torch build or machine has none); use --device cpu"
         ]

@@ -1,8 +1,6 @@
 """ONNX export and ONNX Runtime: the masked encoder equals the packed one, the exported shipped models translate
 and classify like PyTorch, a sentence alone equals itself in a padded batch, and bad exports are one line."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,29 +102,41 @@ def test_onnx_runtime_classifies_like_pytorch(exported: dict, sst2: Path) -> Non
 
 @pytest.mark.slow
 def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(
-    exported: dict, tmp_path: Path
+    exported: dict, tmp_path: Path, capsys
 ) -> None:
-    run = lambda *argv: subprocess.run(
-        [sys.executable, "-m", "nlp_rnn", *argv], capture_output=True, text=True, cwd=ROOT
-    )  # noqa: E731
-    done = run(
-        "translate",
-        "--engine",
-        "onnxruntime",
-        "--model",
-        str(exported["de-en"]),
-        "Ein Hund rennt durch den Schnee.",
+    """The commands in this process (`main`, as the console script calls it); the console script itself runs
+    in a subprocess in test_cli."""
+    from nlp_rnn.cli import main
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "translate",
+                "--engine",
+                "onnxruntime",
+                "--model",
+                str(exported["de-en"]),
+                "Ein Hund rennt durch den Schnee.",
+            ]
+        )
+        == 0
     )
-    assert done.returncode == 0 and done.stdout.strip() == "A dog runs through the snow.", done.stderr
-    done = run(
-        "classify",
-        "--engine",
-        "onnxruntime",
-        "--model",
-        str(exported["sst2"]),
-        "a gripping , beautifully acted film .",
+    assert capsys.readouterr().out.strip() == "A dog runs through the snow."
+    assert (
+        main(
+            [
+                "classify",
+                "--engine",
+                "onnxruntime",
+                "--model",
+                str(exported["sst2"]),
+                "a gripping , beautifully acted film .",
+            ]
+        )
+        == 0
     )
-    assert done.returncode == 0 and done.stdout.startswith("positive\t"), done.stderr
+    assert capsys.readouterr().out.startswith("positive\t")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "meta.json").write_text("{not json")
@@ -146,12 +156,9 @@ def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(
             + ": ONNX export covers translation models and classifiers",
         ),
     ):
-        done = run(*argv)
-        assert (
-            done.returncode == 2
-            and len(done.stderr.strip().splitlines()) == 1
-            and done.stderr.startswith(message)
-        ), done.stderr
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
 
 
 def test_exporting_is_seen_inside_an_onnx_export_and_a_trace_only(tmp_path: Path) -> None:

@@ -187,6 +187,7 @@ for n in list(range(1, 1100)) + ["mark"] + list(range(1, 11)):
     return out.split("MARK", 1)[1].count("create:cache_miss")
 
 
+@pytest.mark.slow  # two training runs and two processes of 1,109 convolutions: 17 s alone on a Zen 1
 def test_training_keeps_the_kernels_of_earlier_shapes(multi30k: Path, tmp_path: Path, monkeypatch) -> None:
     # The trainer raises oneDNN's primitive cache unless the user set it ...
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)

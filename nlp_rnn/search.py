@@ -366,9 +366,9 @@ class SampleOptions:
 
 def _filter(logits: torch.Tensor, opts: SampleOptions) -> torch.Tensor:
     """logits (b, V) scaled by the temperature, -inf outside top-k and the top-p nucleus."""
-    logits = logits.float() / max(
-        opts.temperature, 1e-4
-    )  # a vanishing temperature stays finite (near greedy)
+    logits = logits.float()
+    if opts.temperature != 1.0:  # x / 1 is x: the default temperature skips a call per step
+        logits = logits / max(opts.temperature, 1e-4)  # a vanishing temperature stays finite (near greedy)
     if 0 < opts.top_k < logits.size(-1):
         kth = logits.topk(opts.top_k, dim=-1).values[:, -1:]  # (b, 1)
         logits = logits.masked_fill(logits < kth, NEG_INF)
@@ -469,15 +469,15 @@ def sample_in_place(
     seen = torch.zeros(size, dtype=torch.bool, device=dev)  # rows that drew EOS (up to date at each check)
     banned = torch.tensor(opts.banned, dtype=torch.long, device=dev)
     rows = torch.arange(size, device=dev)
+    drawn = tokens.unbind(0)  # each step's row of `tokens`, which its draw is written into
     for t in range(steps):
         logits = kernel.step(prev, h, c).float()  # (B, V)
         allowed = logits if not opts.banned else logits.index_fill(1, banned, NEG_INF)
         if opts.temperature == 0:
-            prev = allowed.argmax(dim=-1)
+            prev = torch.argmax(allowed, dim=-1, out=drawn[t])
         else:
             probs = torch.softmax(_filter(allowed, opts), dim=-1)
-            prev = _draw(probs, noise, generator)  # (B,)
-        tokens[t] = prev
+            prev = _draw(probs, noise, generator, drawn[t])  # (B,)
         if kept is not None:
             kept[t] = logits
         else:
@@ -512,10 +512,16 @@ def sample_in_place(
 KEEP_LOGITS = 1 << 22  # floats (16 MB): sample_in_place keeps every step's logits up to this many
 
 
-def _draw(probs: torch.Tensor, noise: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _draw(
+    probs: torch.Tensor,
+    noise: torch.Tensor,
+    generator: Optional[torch.Generator],
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """One token per row, exactly as `torch.multinomial(probs, 1, generator=generator)` draws it on the CPU
     (argmax of p / q with q ~ Exp(1) from the generator, ATen's one-sample path), on a reused noise buffer and
     without its validity checks, which read the probabilities back to the host (softmax's are valid). A test
     holds it to torch.multinomial's draws."""
     q = noise.exponential_(1, generator=generator)
-    return torch.div(probs, q, out=q).argmax(dim=-1)
+    ratio = torch.div(probs, q, out=q)
+    return ratio.argmax(dim=-1) if out is None else torch.argmax(ratio, dim=-1, out=out)

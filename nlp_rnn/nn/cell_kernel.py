@@ -83,6 +83,7 @@ class CellKernel:
         self.out_w = output.weight.detach()
         self.out_b = None if output.bias is None else output.bias.detach()
         self.int8 = None
+        self._state: tuple = (None, None, None, None)  # `step`'s last h and c, and their layers' views
         if int8:
             from nlp_rnn.nn.int8 import Int8Linear
 
@@ -123,7 +124,9 @@ class CellKernel:
         """prev (B,) tokens; h (L, B, H) and c (L, B, H, LSTM only) updated in place -> logits (B, V),
         a buffer that the next step overwrites (int8: a new tensor). For inference: call it under
         torch.no_grad()."""
-        hs, cs = h.unbind(0), (None if c is None else c.unbind(0))
+        if h is not self._state[0] or c is not self._state[1]:  # the layers' views, made once per state
+            self._state = (h, c, h.unbind(0), None if c is None else c.unbind(0))
+        hs, cs = self._state[2], self._state[3]
         q = self.int8
         x = None
         for k in range(self.layers):

@@ -471,18 +471,21 @@ def sample_in_place(
     rows = torch.arange(size, device=dev)
     drawn = tokens.unbind(0)  # each step's row of `tokens`, which its draw is written into
     for t in range(steps):
-        logits = kernel.step(prev, h, c).float()  # (B, V)
-        allowed = logits if not opts.banned else logits.index_fill(1, banned, NEG_INF)
+        logits = kernel.step(prev, h, c).float()  # (B, V): the kernel's buffer or a new tensor, ours to change
+        # the raw logits' share of the score first, then the banned tokens out in place (never drawn, so the
+        # drawn token's logit is still the raw one)
+        if kept is not None:
+            kept[t] = logits
+        else:
+            torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
+        allowed = logits if not opts.banned else logits.index_fill_(1, banned, NEG_INF)
         if opts.temperature == 0:
             prev = torch.argmax(allowed, dim=-1, out=drawn[t])
         else:
             probs = torch.softmax(_filter(allowed, opts), dim=-1)
             prev = _draw(probs, noise, generator, drawn[t])  # (B,)
-        if kept is not None:
-            kept[t] = logits
-        else:
+        if kept is None:
             torch.gather(logits, 1, prev.unsqueeze(1), out=chosen[t].unsqueeze(1))
-            torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
         if on_step is not None:
             live = rows[~seen & (stopped == steps)]  # rows still generating before this step
             stop = on_step(live, prev[live])

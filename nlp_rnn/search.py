@@ -471,7 +471,8 @@ def sample_in_place(
     rows = torch.arange(size, device=dev)
     drawn = tokens.unbind(0)  # each step's row of `tokens`, which its draw is written into
     for t in range(steps):
-        logits = kernel.step(prev, h, c).float()  # (B, V): the kernel's buffer or a new tensor, ours to change
+        # (B, V): the kernel's buffer or a new tensor, ours to change
+        logits = kernel.step(prev, h, c).float()
         # the raw logits' share of the score first, then the banned tokens out in place (never drawn, so the
         # drawn token's logit is still the raw one)
         if kept is not None:

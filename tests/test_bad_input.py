@@ -162,3 +162,44 @@ def test_foreign_meta_newer_version_and_mismatched_config(saved_bundle: Path) ->
     meta_file.write_text("{not json")
     with pytest.raises(BundleError, match="meta.json: corrupt"):
         load_bundle(saved_bundle)
+
+
+def test_a_config_for_a_huge_model_is_refused_before_any_memory_and_fills_are_skipped_only_on_meta(
+    saved_bundle: Path,
+) -> None:
+    """The config is checked against the weights on a model built on the meta device, whose random fills are
+    skipped (torch's meta `normal_` imports sympy and ~800 modules at its first call): a config asking for
+    embeddings of 10^7 columns (about 10 GB a table) is refused in one line, and fills of real tensors still
+    happen under the same mode."""
+    import subprocess
+    import sys
+
+    import torch
+
+    config_file = saved_bundle / bundles.CONFIG
+    config = json.loads(config_file.read_text())
+    config["model"]["embedding_dim"] = 10**7
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(BundleError) as err:
+        load_bundle(saved_bundle)
+    assert "weights do not match" in one_line(err) or "has shape" in one_line(err)
+
+    with torch.device("meta"), bundles._NoFillsOnMeta():
+        table = torch.nn.Embedding(10**6, 10**4)  # 40 GB if it held values
+        linear = torch.nn.Linear(10**4, 10**5)
+    assert table.weight.is_meta and table.weight.shape == (10**6, 10**4) and linear.weight.is_meta
+    with bundles._NoFillsOnMeta():
+        real = torch.zeros(1000).normal_()
+        uniform = torch.nn.init.uniform_(torch.zeros(1000), 1.0, 2.0)
+    assert real.std() > 0.5 and bool((uniform >= 1.0).all())
+
+    # a fresh process: loading the shipped models never reaches torch's Python reference implementations
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys\nfrom nlp_rnn.tasks.base import load\n"
+        "for name in ('multi30k-de-en', 'sentiment', 'shakespeare-char'):\n"
+        f"    load({str(root / 'checkpoints')!r} + '/' + name)\n"
+        "print('sympy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False", out.stderr[-500:]

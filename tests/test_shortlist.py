@@ -78,7 +78,7 @@ def shortlisted(tmp_path_factory) -> tuple[Path, Shortlist]:
     return folder, shortlist
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_greedy_over_the_shortlist_equals_the_whole_vocabulary_where_it_holds_the_choice(
     shortlisted, precision: str
 ) -> None:
@@ -89,7 +89,18 @@ def test_greedy_over_the_shortlist_equals_the_whole_vocabulary_where_it_holds_th
     opts = SearchOptions(beam_size=1)
     full = search_ids(model, src_ids, opts, 16)
     model.shortlist = shortlist
+    step, added = model.decoder.step, set()
+
+    def step_seen(
+        prev, memory, state
+    ):  # the penalty is added in the logits' own dtype: no promotion, no copy
+        logits, state, weights = step(prev, memory, state)
+        added.add((memory.penalty.dtype, logits.dtype))
+        return logits, state, weights
+
+    model.decoder.step = step_seen
     short = search_ids(model, src_ids, opts, 16)
+    assert added == {(torch.bfloat16,) * 2} if precision == "bf16" else added == {(torch.float32,) * 2}
     compared = 0
     for ids, a, b in zip(src_ids, full, short):
         if set(a[0].tokens) <= set(shortlist.union(torch.tensor([ids])).tolist()):

@@ -66,6 +66,14 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
     return (x - top).clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
 
 
+def logsumexp_(x: torch.Tensor) -> torch.Tensor:
+    """`logsumexp`, the same numbers, with x as its scratch space: x is overwritten. A step's logits are a
+    large new tensor (320 rows of a 4,000-column shortlist: 5 MB), and a new one for `x - top` costs more in
+    first touches of fresh memory than the subtraction itself (1.7 ms against 0.2, AMX Xeon)."""
+    top = x.amax(-1, keepdim=True).clamp_min_(-1e30)
+    return x.sub_(top).clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
+
+
 def columns_of(memory: Any) -> Optional[torch.Tensor]:
     """The token ids that the columns of a step's logits stand for (K,), not necessarily sorted: a vocabulary
     shortlist (`nn.shortlist`); None when the logits cover the whole vocabulary."""
@@ -128,7 +136,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         if cols is not None:
             prev = cols[prev]
         tokens[rows, t] = prev
-        gain = best - logsumexp(logits)
+        gain = best - logsumexp_(logits)  # (logits are not read after this)
         if isinstance(rows, slice):
             scores += gain
         else:
@@ -276,7 +284,7 @@ def beam_search(
         # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
         per_row = min(k, vocab)
         row_top, row_token = logits.topk(per_row, dim=-1)  # (b*K, k')
-        row_logp = row_top - logsumexp(logits).unsqueeze(1)  # (b*K, k')
+        row_logp = row_top - logsumexp_(logits).unsqueeze(1)  # (b*K, k'); logits are not read after this
         if cols is not None:
             row_token = cols[row_token]
         cand = (alive_logp.view(-1, 1) + row_logp).view(b, k * per_row)  # (b, K*k')

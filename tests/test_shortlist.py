@@ -208,6 +208,37 @@ def test_one_union_per_call_decodes_as_each_batch_with_its_own_and_packs_once(
     assert packed == ([] if precision == "fp32" else [packed[0]] * 2)  # once per call
 
 
+def test_a_large_call_packs_its_union_whole_and_translates_as_with_the_split(monkeypatch) -> None:
+    """int8: a call of at least `WHOLE_ROWS` rows (sentences times beam) packs its shortlist's rows as one
+    product; a smaller one keeps the frequent rows packed across calls and joins two products a step
+    (`SplitRows`). The same call both ways gives the same translations, scores to float rounding (the columns
+    come in another order, so the log-normaliser adds them in another order). (int8 quantises a step's
+    inputs per batch, so a sentence alone is not compared with it inside a batch here.)"""
+    from nlp_rnn.nn import shortlist as shortlists
+    from nlp_rnn.nn.int8 import Int8Linear, SplitRows
+
+    texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:8]
+    translator = Translator(load(CHECKPOINTS / "multi30k-de-en"), "int8", "on")
+    assert len(texts) * 5 >= shortlists.WHOLE_ROWS > len(texts)
+    built = []
+    rows = Int8Linear.rows
+    monkeypatch.setattr(
+        Int8Linear,
+        "rows",
+        lambda self, index, common=None: built.append(rows(self, index, common)) or built[-1],
+    )
+    whole = translator.translate(texts, translator.options(beam_size=5), 8)
+    assert len(built) == 1 and not isinstance(built[0], SplitRows)
+    greedy = translator.translate(texts, translator.options(beam_size=1), 8)  # 8 rows: split
+    assert len(built) == 2 and isinstance(built[1], SplitRows)
+    monkeypatch.setattr(shortlists, "WHOLE_ROWS", 10**6)
+    split = translator.translate(texts, translator.options(beam_size=5), 8)
+    assert len(built) == 3 and isinstance(built[2], SplitRows)
+    assert [[t.text for t in n] for n in split] == [[t.text for t in n] for n in whole]
+    assert [t.score for n in split for t in n] == pytest.approx([t.score for n in whole for t in n], abs=1e-4)
+    assert all(g[0].text for g in greedy)
+
+
 def test_a_translator_without_the_shortlist_is_not_changed_by_one_with_it_on_the_same_bundle() -> None:
     """fp32 translators run the bundle's own model: the shortlist of one must not reach the other."""
     texts = (MULTI30K / "test_2016_flickr.de").read_text(encoding="utf-8").splitlines()[:16]

@@ -45,7 +45,7 @@ class Seq2Seq(nn.Module):
         shortlist = self.shortlist if shortlist is None else shortlist
         if shortlist is not None:
             memory = self.decoder.shortlisted(
-                memory, *shortlist.for_batch(batch.src), shortlist.kept, shortlist.always
+                memory, *shortlist.for_batch(batch.src), shortlist.kept, shortlist.common
             )
         return (
             memory,

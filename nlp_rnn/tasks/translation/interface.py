@@ -96,7 +96,7 @@ class Translator:
         src_ids = self.encode([clean[i] for i in todo])
         model = self.model  # with a shortlist: one union for the whole call, the model itself unchanged
         if self.shortlist is not None:
-            model = Shortlisted(self.model, self.shortlist.over(src_ids))
+            model = Shortlisted(self.model, self.shortlist.over(src_ids, opts.beam_size))
         for i, ids, hyps in zip(todo, src_ids, search_ids(model, src_ids, opts, batch_size)):
             src_pieces = self.tokenizer.src_pieces(ids)
             out[i] = [

@@ -107,6 +107,13 @@ def test_byte_fallback_represents_unseen_characters() -> None:
     ids = tok.encode_tgt([text])[0]
     assert 1 not in ids  # no <unk>
     assert tok.decode_tgt([ids]) == [text]
+    # the reported <unk>/byte-fallback share counts exactly the byte pieces (and <unk>s), token by token
+    src = tok.encode_src(["hello world", text, "☃☃"])
+    byte = [[tok.src.is_byte(i) or i == 1 for i in seq] for seq in src]
+    assert tok.unknown_share(src) == sum(map(sum, byte)) / sum(map(len, src)) > 0
+    assert tok.unknown_share(src + [[1, 1]]) == (sum(map(sum, byte)) + 2) / (sum(map(len, src)) + 2)
+    words = Tokenizer.train(TokenizerConfig(model_type="wordlist", vocab_size=300), ["hello world"] * 5)
+    assert words.unknown_share(words.encode_src(["hello there world", "world"])) == 1 / 4
 
 
 @pytest.fixture

@@ -57,21 +57,18 @@ class Generative(Protocol):
         """prev (B,) -> logits (B, V), the new state, attention weights (B, S) or None."""
 
 
-def logsumexp(x: torch.Tensor) -> torch.Tensor:
+def logsumexp(x: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """torch.logsumexp over the last dimension, without its slow path: x86 `exp` of an input below about
     -87 (underflow) or of -inf runs 5-40x slower than of ordinary inputs, and masked logits (-inf) are
     exactly that. Terms below e^-80 of the largest are counted as e^-80 (at most K * 1.8e-35 of a sum of
-    at least 1: below float32 resolution)."""
+    at least 1: below float32 resolution).
+
+    `overwrite`: x is the scratch space (the same numbers). A search step's logits are a large new tensor (320
+    rows of a 4,000-column shortlist: 5 MB), and a new one for `x - top` costs more in first touches of fresh
+    memory than the subtraction itself (1.7 ms against 0.2, AMX Xeon)."""
     top = x.amax(-1, keepdim=True).clamp_min_(-1e30)  # (R, 1); a row of -inf only stays finite
-    return (x - top).clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
-
-
-def logsumexp_(x: torch.Tensor) -> torch.Tensor:
-    """`logsumexp`, the same numbers, with x as its scratch space: x is overwritten. A step's logits are a
-    large new tensor (320 rows of a 4,000-column shortlist: 5 MB), and a new one for `x - top` costs more in
-    first touches of fresh memory than the subtraction itself (1.7 ms against 0.2, AMX Xeon)."""
-    top = x.amax(-1, keepdim=True).clamp_min_(-1e30)
-    return x.sub_(top).clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
+    shifted = x.sub_(top) if overwrite else x - top
+    return shifted.clamp_min_(-80.0).exp_().sum(-1).log_().add_(top.squeeze(-1))
 
 
 def columns_of(memory: Any) -> Optional[torch.Tensor]:
@@ -136,7 +133,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
         if cols is not None:
             prev = cols[prev]
         tokens[rows, t] = prev
-        gain = best - logsumexp_(logits)  # (logits are not read after this)
+        gain = best - logsumexp(logits, overwrite=True)  # (logits are not read after this)
         if isinstance(rows, slice):
             scores += gain
         else:
@@ -284,7 +281,9 @@ def beam_search(
         # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
         per_row = min(k, vocab)
         row_top, row_token = logits.topk(per_row, dim=-1)  # (b*K, k')
-        row_logp = row_top - logsumexp_(logits).unsqueeze(1)  # (b*K, k'); logits are not read after this
+        row_logp = row_top - logsumexp(logits, overwrite=True).unsqueeze(
+            1
+        )  # (b*K, k'); logits: not read after
         if cols is not None:
             row_token = cols[row_token]
         cand = (alive_logp.view(-1, 1) + row_logp).view(b, k * per_row)  # (b, K*k')

@@ -3,6 +3,7 @@ a live server. Fixtures live in conftest.py; the data they need is checked there
 
 import contextlib
 import json
+import os
 import random
 import socket
 import threading
@@ -25,7 +26,8 @@ from nlp_rnn.tokenizer import EOS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
-SHARED = ROOT.parent / "shared" / "data"
+# NLP_RNN_TEST_DATA names another folder of the same layout (bench/gpu.sh: the subsets it packs for a GPU machine).
+SHARED = Path(os.environ.get("NLP_RNN_TEST_DATA") or ROOT.parent / "shared" / "data")
 MULTI30K = SHARED / "multi30k"
 SST2 = SHARED / "sst" / "sst2"
 NYSE = SHARED / "nyse" / "NYSE.csv"

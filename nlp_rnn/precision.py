@@ -70,6 +70,11 @@ INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # against 837 / 5,095 (fp32) characters/s (at 2274f99+), 1.4679 against 1.4682 nats per character: int8. bf16 is
     # emulated.
     "avx2": {"translation": "int8", "language_model": "int8", "*": "fp32"},
+    # A CUDA GPU (the key for any CUDA device): one NVIDIA H200, 2026-12-04, `bench/decode_speed.py` and batch sizes
+    # side by side (docs/results.md): decoding is bound by kernel launches (GPU busy ~10 % of a beam-5 batch), and
+    # bf16 adds casts: greedy 4,594 (fp32) / 3,748 (bf16), beam 5 714 / 627 sentences/s without the shortlist; at 256
+    # sentences a batch beam 5 1,462 / 1,145. Other tasks keep the training rule (bf16 where the GPU has it).
+    "cuda": {"translation": "fp32"},
 }
 
 
@@ -150,15 +155,22 @@ def inference_precision(
     kind: Optional[str] = None,
     table: Optional[dict] = None,
 ) -> str:
-    """`auto` for inference: the table's entry for this CPU kind and task (int8 only where the model
-    supports it and the int8 kernels exist), else the training rule. `kind` and `table` are injectable."""
+    """`auto` for inference: the table's entry for this CPU kind (or "cuda" on a CUDA device) and task
+    (int8 only on the CPU, where the model supports it and the int8 kernels exist), else the training rule.
+    `kind` and `table` are injectable."""
     resolved = resolve_precision(precision, device)
-    if precision != "auto" or device.type != "cpu":
+    if precision != "auto" or device.type not in ("cpu", "cuda"):
         return resolved
-    entry = (INFERENCE_TABLE if table is None else table).get(kind or cpu_kind())
+    entry = (INFERENCE_TABLE if table is None else table).get(
+        kind or ("cuda" if device.type == "cuda" else cpu_kind())
+    )
     if not entry:
         return resolved
     choice = entry.get(task, entry.get("*", resolved))
+    if choice == "bf16" and resolved == "fp32" and device.type == "cuda":
+        return resolved  # a GPU without bf16
+    if choice == "int8" and device.type != "cpu":
+        return resolved
     if choice == "int8":
         kernels = hasattr(torch.ops.quantized, "linear_dynamic") and (
             "fbgemm" in torch.backends.quantized.supported_engines

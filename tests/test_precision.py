@@ -106,3 +106,16 @@ def test_an_lstm_under_bf16_autocast_runs_on_a_cpu_without_onednns_bf16_lstm(mon
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.02)
     for grad, p in zip(grads, lstm.parameters()):
         torch.testing.assert_close(grad, p.grad, rtol=0.05, atol=0.05)
+
+
+def test_auto_on_a_gpu_follows_the_cuda_entry_and_never_picks_int8(monkeypatch) -> None:
+    """A CUDA device is looked up as the kind "cuda" (translation: fp32, measured on an H200); other tasks keep
+    the training rule (bf16 where the GPU has it); int8 is CPU-only. The GPU's bf16 support is injected."""
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert inference_precision("auto", gpu, "translation") == "fp32"
+    assert inference_precision("auto", gpu, "classification") == "bf16"
+    assert inference_precision("auto", gpu, "translation", table={"cuda": {"*": "int8"}}) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert inference_precision("auto", gpu, "classification", table={"cuda": {"*": "bf16"}}) == "fp32"
+    assert inference_precision("bf16", gpu, "translation") == "bf16"

@@ -269,3 +269,16 @@ def test_translators_sharing_a_bundle_translate_the_same_from_two_threads() -> N
             )
         )
     assert together == alone
+
+
+def test_auto_takes_the_shortlist_and_beam_batches_of_64_on_a_cpu_and_neither_on_a_gpu(monkeypatch) -> None:
+    """On a GPU decoding is bound by kernel launches: `--shortlist auto` is off there and a beam's batch holds
+    256 sentences (measured on an H200, docs/results.md). The device is injected: CI has no GPU."""
+    bundle = load(CHECKPOINTS / "multi30k-de-en")
+    on_cpu = Translator(bundle, "fp32", "auto")
+    assert on_cpu.device.type == "cpu" and on_cpu.shortlist is not None
+    assert (on_cpu.batch_size(1), on_cpu.batch_size(5)) == (256, 64)
+    monkeypatch.setattr(Translator, "device", property(lambda self: torch.device("cuda")))
+    on_gpu = Translator(bundle, "fp32", "auto")
+    assert on_gpu.shortlist is None and (on_gpu.batch_size(1), on_gpu.batch_size(5)) == (256, 256)
+    assert Translator(bundle, "fp32", "on").shortlist is not None  # asked for: still there

@@ -80,7 +80,9 @@ def translate(
     n_best: int = typer.Option(
         1, "--n-best", help="Hypotheses per sentence, with scores (at most --beam-size)."
     ),
-    batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam)."),
+    batch_size: int = typer.Option(
+        0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam; 256 on a GPU)."
+    ),
     precision: str = options.PRECISION_AUTO,
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Hard cap on output pieces."),
     length_penalty: Optional[float] = typer.Option(
@@ -112,7 +114,7 @@ def translate(
     if n_best > opts.beam_size:
         raise NlpRnnError(f"--n-best {n_best} needs --beam-size of at least {n_best}")
     opts = replace(opts, n_best=n_best)
-    batch_size = batch_size or (256 if opts.beam_size == 1 else 64)
+    batch_size = batch_size or translator.batch_size(opts.beam_size)
     lines = textio.texts_or_input(texts, input)
     total = len(texts) if texts else textio.count_lines(input)
     with textio.output_file(output) as sink, textio.progress(total, shown=output is not None) as bar:

@@ -37,7 +37,8 @@ class Translator:
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", shortlist: str = "auto") -> None:
         """`shortlist`: on (the bundle's vocabulary shortlist; refused without one), off, or auto (on
-        where the bundle has one)."""
+        where the bundle has one and the model runs on the CPU: on a GPU the whole output layer is one cheap
+        product and the shortlist's gathers cost more than they save, see `_shortlist`)."""
         if bundle.task != NAME:
             raise NlpRnnError(
                 f"{bundle.path}: this is a {bundle.task} model; translate needs a translation model"
@@ -50,8 +51,24 @@ class Translator:
         self.max_src_len = bundle.config.data.max_src_len
         self.shortlist = self._shortlist(shortlist)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (the CPU for an exported ONNX model)."""
+        first = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        return first.device if first is not None else torch.device("cpu")
+
+    def batch_size(self, beam_size: int) -> int:
+        """Sentences per batch when none is asked for: on a CPU 256 greedy and 64 with a beam (the beam's
+        rows are sentences x beam); on a GPU 256 either way, where a step costs about the same kernel launches
+        for 64 sentences as for 256 (one NVIDIA H200, fp32 beam 5: 827 sentences/s at 64, 1,462 at 256, 1,176
+        at 1,000; greedy 3,707 at 256, 4,043 at 1,000)."""
+        return 256 if beam_size == 1 or self.device.type == "cuda" else 64
+
     def _shortlist(self, choice: str) -> Optional[Shortlist]:
-        if choice == "off":
+        # auto is off on a GPU: decoding there is bound by kernel launches, and the shortlist adds gathers and a
+        # union per batch (one NVIDIA H200, fp32: greedy 4,594 without against 3,306 with, beam 5 714 against
+        # 626 sentences/s; at 256 sentences a batch 1,462 against 1,199).
+        if choice == "off" or (choice == "auto" and self.device.type != "cpu"):
             return None
         if not isinstance(self.model, Seq2Seq):  # an exported model (--engine onnxruntime)
             if choice == "on":

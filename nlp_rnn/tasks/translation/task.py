@@ -186,7 +186,7 @@ class TranslationTask(tasks.Task):
     def evaluate(self, bundle: Bundle, request: tasks.EvalRequest) -> dict:
         translator = Translator(bundle, request.precision)
         opts = translator.options(beam_size=request.beam_size, length_penalty=request.length_penalty)
-        batch_size = request.batch_size or (256 if opts.beam_size == 1 else 64)
+        batch_size = request.batch_size or translator.batch_size(opts.beam_size)
         sets = test_sets(
             request,
             request.src_lang or bundle.meta.get("src_lang", "src"),

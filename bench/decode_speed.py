@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--batch-size", type=int, default=0, help="0: the translator's (256 greedy; a beam 64 on a CPU, 256 on a GPU)"
+        "--batch-size",
+        type=int,
+        default=0,
+        help="0: the translator's (256 greedy; a beam 64 on a CPU, 256 on a GPU)",
     )
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

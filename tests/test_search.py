@@ -152,6 +152,35 @@ def test_additive_attention_scored_in_pieces_when_decoding_equals_one_pass() -> 
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-6)
 
 
+def test_additive_attention_scores_a_large_batch_in_one_pass_off_the_cpu() -> None:
+    """The pieces are for a CPU's cache; on another device (a GPU: launch-bound) a large batch is scored in
+    one pass. Counted on the meta device, which runs no arithmetic: one sigmoid there, one per piece here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from nlp_rnn.nn.attention import CHUNK, AdditiveAttention
+
+    class Sigmoids(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.__name__.startswith("sigmoid")
+            return func(*args, **(kwargs or {}))
+
+    rows = CHUNK // (40 * 64)
+    counts = {}
+    for device in ("cpu", "meta"):
+        attention = AdditiveAttention(value_size=24, query_size=16, attention_size=64).to(device)
+        values, query = (
+            torch.randn(3 * rows + 5, 40, 24, device=device),
+            torch.randn(3 * rows + 5, 16, device=device),
+        )
+        with torch.no_grad(), Sigmoids() as mode:
+            scores = attention.scores(query, attention.keys(values))
+        assert scores.shape == (3 * rows + 5, 40)
+        counts[device] = mode.count
+    assert counts == {"cpu": 4, "meta": 1}
+
+
 def test_tanh_through_a_sigmoid_when_decoding_equals_torchs_tanh() -> None:
     """`fast.tanh` (2 sigmoid(2x) - 1 without gradients, the plain tanh with them) equals torch.tanh to
     float32 rounding (bf16: to its own rounding)."""

@@ -25,6 +25,12 @@ def logged_rates(records: list[dict]) -> list[float]:
     return [r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]
 
 
+def fraction(x: float) -> float:
+    """A roofline fraction to three significant digits: 0.182 on a CPU, 0.00143 on a launch-bound GPU (three
+    decimals would print 0.0 there)."""
+    return float(f"{x:.3g}")
+
+
 def cpu_name() -> str:
     """The CPU's model name and core count (Linux), for the machine line of a report."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -59,7 +59,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     import torch
-    from common import cpu_name, product_rate
+    from common import cpu_name, fraction, product_rate
 
     from nlp_rnn.deploy.onnx import load_for
     from nlp_rnn.tasks.metrics import bleu
@@ -130,15 +130,17 @@ def main() -> None:
                     capture_output=True,
                 )
                 whole.append(time.perf_counter() - started)
-        gen, cmd = statistics.median(times), statistics.median(whole) if whole else float("nan")
+        gen, cmd = statistics.median(times), statistics.median(whole) if whole else None
         roofline = rate / macs if macs else None
         results[f"beam{beam}"] = {
             "batch_size": batch_size,
             "generation_sentences_per_s": round(len(sources) / gen, 1),
-            "whole_command_sentences_per_s": round(len(sources) / cmd, 1),
+            "whole_command_sentences_per_s": None
+            if cmd is None
+            else round(len(sources) / cmd, 1),  # --no-command
             "macs_per_sentence_m": None if macs is None else round(macs / 1e6, 2),
             "roofline_sentences_per_s": None if roofline is None else round(roofline, 1),
-            "roofline_fraction": None if roofline is None else round(len(sources) / gen / roofline, 3),
+            "roofline_fraction": None if roofline is None else fraction(len(sources) / gen / roofline),
             "generation_s_runs": [round(t, 3) for t in times],
             "whole_command_s_runs": [round(t, 3) for t in whole],
             "bleu": round(bleu(texts, refs)[0].score, 2),

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
-    from common import cpu_name, product_rate
+    from common import cpu_name, fraction, product_rate
 
     from nlp_rnn.tasks.base import load
     from nlp_rnn.tasks.language_model import Generator
@@ -67,7 +67,7 @@ def main() -> None:
                     "tokens_per_s": round(speed, 1),
                     "macs_per_token_m": round(macs / 1e6, 2),
                     "product_rate_gmacs": round(rate / 1e9, 1),
-                    "roofline_fraction": round(speed * macs / rate, 3),
+                    "roofline_fraction": fraction(speed * macs / rate),
                 }
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)

@@ -159,7 +159,7 @@ def roofline(
     step, the attention per step and source piece, the whole output layer) times 3."""
     sys.path.insert(0, str(ROOT))
     import torch
-    from common import product_rate, seq2seq_macs
+    from common import fraction, product_rate, seq2seq_macs
 
     from nlp_rnn import devices
     from nlp_rnn.precision import resolve_precision
@@ -184,7 +184,7 @@ def roofline(
         "product_rate_gmacs": round(rate / 1e9, 1),
         "training_macs_per_target_token_m": round(3 * forward / 1e6, 2),
         "roofline_tokens_per_s": round(limit),
-        "roofline_fraction": None if speed is None else round(speed / limit, 3),
+        "roofline_fraction": None if speed is None else fraction(speed / limit),
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issues 19 and 20 as one command on one CUDA GPU, about 7 minutes (each step has its own limit; 9.8 at most):
 #   0. the device tests (tests/test_distributed.py, fast tier) on the GPU: a model trained there translates as on the CPU;
-#   1. decoding with the shipped de->en model over test_2016_flickr, greedy and beam 5, bf16 and fp32
+#   1. decoding with the shipped de->en model over test_2016_flickr, greedy and beam 5, with the defaults (on a GPU:
+#      fp32, no shortlist, 256 sentences a batch) and beam 5 as on a CPU (bf16, the shortlist, batches of 64)
 #      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate);
 #   2. the default translation config's training step (bench/train_multi30k.py: target tokens/s);
 #   3. the IMDb pipeline with each stage timed (bench/imdb.py: pretrain, fine-tune, classifier, evaluate),
@@ -77,10 +78,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on w
 { nvidia-smi -L 2>/dev/null; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee -a "$out/log.txt"
 step "device tests" 60 env NLP_RNN_TEST_DATA="$data" NLP_RNN_TEST_DEVICE="$device" \
     python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_distributed.py
-for precision in bf16 fp32; do
-    step "decode $precision" 70 python3 bench/decode_speed.py --device "$device" --precision $precision \
-        --repeats $repeats --no-command --data "$data/multi30k" --json "$out/decode_$precision.json"
-done
+step "decode, defaults" 70 python3 bench/decode_speed.py --device "$device" --repeats $((repeats + 1)) --no-command \
+    --data "$data/multi30k" --json "$out/decode_auto.json"
+step "decode, bf16 with the shortlist" 70 python3 bench/decode_speed.py --device "$device" --precision bf16 \
+    --shortlist on --beams 5 --batch-size 64 --repeats $((repeats + 1)) --no-command --data "$data/multi30k" \
+    --json "$out/decode_bf16_shortlist.json"
 step "translation training" 150 python3 bench/train_multi30k.py --device "$device" --minutes "${minutes[0]}" \
     --skip-test --data "$data/multi30k" --output "$work/multi30k"
 cp "$work/multi30k/bench.json" "$out/train_multi30k.json" 2>/dev/null

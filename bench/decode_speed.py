@@ -121,6 +121,8 @@ def main() -> None:
                         str(batch_size),
                         "--precision",
                         args.precision,
+                        "--shortlist",
+                        args.shortlist,
                         "--device",
                         args.device,
                         "--engine",

@@ -2,7 +2,8 @@
 # The GPU check of issues 19 and 20 as one command on one CUDA GPU, about 7 minutes (each step has its own limit; 9.8 at most):
 #   0. the device tests (tests/test_distributed.py, fast tier) on the GPU: a model trained there translates as on the CPU;
 #   1. decoding with the shipped de->en model over test_2016_flickr, greedy and beam 5, with the defaults (on a GPU:
-#      fp32, no shortlist, 256 sentences a batch) and beam 5 as on a CPU (bf16, the shortlist, batches of 64)
+#      fp32, no shortlist, 256 sentences a batch) and beam 5 with the former GPU defaults (bf16, the shortlist,
+#      batches of 64), this session's table's baseline (the one-pass attention cannot be turned off on a GPU)
 #      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate);
 #   2. the default translation config's training step (bench/train_multi30k.py: target tokens/s);
 #   3. the IMDb pipeline with each stage timed (bench/imdb.py: pretrain, fine-tune, classifier, evaluate),

@@ -5,7 +5,8 @@ device multiplies bf16 natively and it was not measured slower than fp32 there, 
 Inference (`precision_for`, `--precision auto` of
 translate/classify/generate/serve): the fastest precision measured on this kind of CPU that stays
 within the quality tolerance (BLEU within 0.2 of fp32, sentiment labels agreeing on 99 %), looked up
-in `INFERENCE_TABLE` by CPU kind and task. Kinds nobody measured fall back to the training rule.
+in `INFERENCE_TABLE` by CPU kind (or "cuda" on a CUDA GPU) and task. Kinds nobody measured fall back to the
+training rule.
 """
 
 import functools
@@ -19,7 +20,7 @@ from nlp_rnn.errors import NlpRnnError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
-# `--precision auto` for inference on a CPU: kind -> task (or "*") -> precision, from
+# `--precision auto` for inference on a CPU (or a CUDA GPU: "cuda"): kind -> task (or "*") -> precision, from
 # `bench/decode_speed.py` side by side on one machine (docs/results.md has the runs). None: unmeasured.
 INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # AMD EPYC (Zen 4), AVX-512 BF16, 2 cores: greedy de->en 824 (int8) / 661 (bf16) / 335 (fp32) sentences/s;

@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from helpers import CHECKPOINTS, ROOT
+from helpers import CHECKPOINTS, IMDB_TEST, ROOT
 
 from nlp_rnn.cli import main
 from nlp_rnn.tasks import defaults
@@ -62,7 +62,7 @@ def test_shipped_sentiment_model_is_the_default(sst2: Path, capsys) -> None:
 
 def test_the_default_sentiment_model_reads_raw_reviews(tmp_path: Path, capsys) -> None:
     """Whole IMDb test reviews as people write them (case, punctuation, <br /> tags), one per line."""
-    with open(ROOT.parent / "shared" / "data" / "imdb" / "test.csv", encoding="utf-8", newline="") as f:
+    with open(IMDB_TEST, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     picked = rows[::500]  # 50 reviews spread over the file (it is sorted by label)
     (tmp_path / "reviews.txt").write_text("\n".join(" ".join(r["text"].split()) for r in picked) + "\n")

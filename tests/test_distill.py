@@ -54,7 +54,8 @@ def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path:
     assert load(tmp_path / "student2").meta["step"] == 4
 
 
-def test_distill_refuses_a_bad_beam(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("option", ["--beam-size", "--batch-size"])
+def test_distill_refuses_a_bad_beam_or_batch(option: str, tmp_path: Path, capsys) -> None:
     config = tmp_path / "s.yaml"
     config.write_text("data: {train_src: a.de, train_tgt: a.en}\n")
     assert (
@@ -66,10 +67,10 @@ def test_distill_refuses_a_bad_beam(tmp_path: Path, capsys) -> None:
                 str(config),
                 "--output",
                 str(tmp_path / "o"),
-                "--beam-size",
+                option,
                 "0",
             ]
         )
         == 2
     )
-    assert "--beam-size must be at least 1" in capsys.readouterr().err
+    assert f"{option} must be at least 1" in capsys.readouterr().err

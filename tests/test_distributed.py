@@ -255,13 +255,13 @@ def test_a_model_trained_on_the_test_device_loads_anywhere_and_translates_the_sa
     for beam in (1, 3):
         on_device = [
             t[0].pieces
-            for t in Translator(here, "fp32").translate(
+            for t in Translator(here, "fp32", "off").translate(
                 sentences, SearchOptions(beam_size=beam, max_length=20, min_length=5)
             )
         ]
         on_cpu = [
             t[0].pieces
-            for t in Translator(cpu, "fp32").translate(
+            for t in Translator(cpu, "fp32", "off").translate(
                 sentences, SearchOptions(beam_size=beam, max_length=20, min_length=5)
             )
         ]

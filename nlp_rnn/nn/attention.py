@@ -16,6 +16,9 @@ from nlp_rnn.nn import deferred
 from nlp_rnn.nn.fast import TWO, exporting
 
 CHUNK = 256 * 1024  # elements of (rows, S, A) per piece when decoding: 1 MB of float32
+CHUNK_OFF_CPU = (
+    64 * 1024 * 1024
+)  # the same off the CPU (a GPU: one pass, only capped in memory, 256 MB of float32)
 
 
 class Attention(nn.Module):
@@ -118,14 +121,15 @@ class AdditiveAttention(Attention):
         # (B, [K,] S): the scores' shape, from the two call forms above (a general broadcast, e.g.
         # torch.broadcast_shapes, costs a decoding step of one sentence 40 µs here)
         shape = (keys.size(0), *projected.shape[1:-2], keys.size(-2))
-        rows = max(1, CHUNK // max(math.prod(shape[1:]) * keys.size(-1), 1))
-        if keys.size(0) <= rows or exporting() or keys.device.type != "cpu":
+        limit = CHUNK if keys.device.type == "cpu" else CHUNK_OFF_CPU
+        rows = max(1, limit // max(math.prod(shape[1:]) * keys.size(-1), 1))
+        if keys.size(0) <= rows or exporting():
             return score(keys, projected)  # one (B, .., S, A) tensor, not two
         # Decoding a large batch on a CPU: a few rows at a time, so that the sum, its sigmoid and the product
         # with v stay in the core's cache instead of making three passes over a (B, .., S, A) tensor in memory
-        # (about 25 % faster for a batch of 256 here). Each row's score is the same either way. Not on a GPU,
-        # where decoding is bound by kernel launches and each piece is six more of them (a beam-5 batch of 256
-        # sentences: 2,161 pieces, about 13,000 launches).
+        # (about 25 % faster for a batch of 256 here). Each row's score is the same either way. On a GPU, where
+        # decoding is bound by kernel launches and each piece is six more of them (a beam-5 batch of 256 sentences:
+        # 2,161 pieces, about 13,000 launches), the pieces are only a cap on memory (`CHUNK_OFF_CPU`).
         scores = keys.new_empty(shape)  # (B, [K,] S)
         for start in range(0, keys.size(0), rows):
             part = slice(start, start + rows)

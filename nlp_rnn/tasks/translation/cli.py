@@ -20,7 +20,7 @@ SHORTLIST = typer.Option(
     "auto",
     "--shortlist",
     help=f"{'|'.join(SHORTLIST_CHOICES)}: score only the vocabulary shortlist the bundle holds (nlp-rnn shortlist);"
-    " auto: when it holds one.",
+    " auto: when it holds one, on a CPU (off on a GPU, where decoding is bound by kernel launches).",
 )
 
 
@@ -181,6 +181,7 @@ def distill(
     from nlp_rnn.tasks.translation.config import TranslationConfig
     from nlp_rnn.tasks.translation.distill import distill as run_distill
 
+    textio.check_at_least(1, beam_size=beam_size, batch_size=batch_size)
     summary = run_distill(
         teacher,
         load_config(config, TranslationConfig),

@@ -13,6 +13,10 @@ sustains in a large matrix product at this precision and thread count, divided b
 "generation" times `Translator.translate` over all sentences (tokenising, search, detokenising)
 after the model is loaded; "whole command" times `nlp-rnn translate --input F --output F` as a
 user runs it, start-up and model loading included. Medians over --repeats runs.
+
+`--profile` also traces one batch per beam with `torch.profiler` after the timed runs and prints its operators by
+host time, with the count of operators, of kernel launches (on a GPU) and host against device milliseconds: on a GPU
+this model's decoding is bound by launches (docs/results.md, "On one NVIDIA H200 GPU").
 """
 
 import argparse
@@ -55,6 +59,9 @@ def main() -> None:
         "--no-command", action="store_true", help="time generation only (not the whole command)"
     )
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="also trace one batch per beam (torch.profiler) and print it"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -147,10 +154,40 @@ def main() -> None:
             "whole_command_s_runs": [round(t, 3) for t in whole],
             "bleu": round(bleu(texts, refs)[0].score, 2),
         }
+        if args.profile:
+            results[f"beam{beam}"]["profile"] = profile_batch(
+                translator, sources[:batch_size], opts, batch_size
+            )
         print(f"beam {beam}: {results[f'beam{beam}']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def profile_batch(translator, sources: list[str], opts, batch_size: int) -> dict:
+    """One batch traced by torch.profiler: its table by host time printed, its totals returned."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    device = translator.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as traced:
+        translator.translate(sources, opts, batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = traced.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45), flush=True)
+
+    def device_us(e) -> float:  # torch renamed self_cuda_time_total to self_device_time_total
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+
+    return {
+        "sentences": len(sources),
+        "operators": sum(e.count for e in events if e.key.startswith("aten::")),
+        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
+        "host_ms": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
+        "device_ms": round(sum(device_us(e) for e in events) / 1e3, 1),
+    }
 
 
 def decoding_macs(translator, sources: list[str], outputs: list, beam: int, batch_size: int) -> float:

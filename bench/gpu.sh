@@ -4,7 +4,8 @@
 #   1. decoding with the shipped de->en model over test_2016_flickr, greedy and beam 5, with the defaults (on a GPU:
 #      fp32, no shortlist, 256 sentences a batch) and beam 5 with the former GPU defaults (bf16, the shortlist,
 #      batches of 64), this session's table's baseline (the one-pass attention cannot be turned off on a GPU)
-#      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate);
+#      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate; the defaults
+#      with --profile: one batch per beam traced, kernel launches and host against device time, in log.txt);
 #   2. the default translation config's training step (bench/train_multi30k.py: target tokens/s);
 #   3. the IMDb pipeline with each stage timed (bench/imdb.py: pretrain, fine-tune, classifier, evaluate),
 #      on a sample of the reviews (6,000 of train.csv, 3,000 of test.csv: speed, not the accuracy table).
@@ -80,7 +81,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on w
 step "device tests" 60 env NLP_RNN_TEST_DATA="$data" NLP_RNN_TEST_DEVICE="$device" \
     python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_distributed.py
 step "decode, defaults" 70 python3 bench/decode_speed.py --device "$device" --repeats $((repeats + 1)) --no-command \
-    --data "$data/multi30k" --json "$out/decode_auto.json"
+    --profile --data "$data/multi30k" --json "$out/decode_auto.json"
 step "decode, bf16 with the shortlist" 70 python3 bench/decode_speed.py --device "$device" --precision bf16 \
     --shortlist on --beams 5 --batch-size 64 --repeats $((repeats + 1)) --no-command --data "$data/multi30k" \
     --json "$out/decode_bf16_shortlist.json"

@@ -337,3 +337,21 @@ def test_console_script_pipes_stdin_without_traceback(trained: Path) -> None:
 def test_classify_refuses_a_translation_bundle(trained: Path, capsys) -> None:
     code, _, err = run(["classify", "--model", str(trained), "a good film"], capsys)
     assert code == 2 and "this is a translation model; classify needs a classification model" in err
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(capsys, monkeypatch) -> None:
+    """A real allocator failure (40 TB asked of the CPU) inside a command leaves as one line with torch's words
+    and the settings to lower, not as an "internal error ... report it"."""
+    import torch
+
+    from nlp_rnn.tasks.translation import Translator
+
+    def too_big(self, texts, opts=None, batch_size=64):
+        return torch.empty(10**13)
+
+    monkeypatch.setattr(Translator, "translate", too_big)
+    assert main(["translate", "Ein Hund rennt."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert "error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate" in err
+    assert "--batch-size" in err and "train.batch_tokens" in err and "--resume" in err

@@ -2,7 +2,7 @@
 
 The app is built from the task registry: each task's `train NAME` command and prediction commands
 (`translate`, `classify`, ...), then the shared commands and the demos. Every user error leaves as
-one line `error: ...` on stderr with exit status 2.
+one line `error: ...` on stderr with exit status 2; so does running out of memory (CPU or GPU), with what to lower.
 """
 
 import logging
@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import Optional
 
+import torch
 import typer
 
 from nlp_rnn import train as train_loop
@@ -82,7 +83,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def out_of_memory(err: BaseException) -> Optional[str]:
+    """torch's own words when `err` is running out of memory (a GPU's OutOfMemoryError, the CPU allocator's
+    failure, Python's MemoryError), else None."""
+    text = str(err)
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if not (
+        isinstance(err, MemoryError)
+        or (oom is not None and isinstance(err, oom))
+        or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+    ):
+        return None
+    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if text.startswith(
+        "[enforce fail"
+    ):  # the CPU allocator's "[enforce fail at alloc_cpu.cpp:N] err == 0. ..."
+        text = text.split("] ", 1)[-1].removeprefix("err == 0. ")
+    return text.split(" Error code")[0].split(" GPU ")[0].split(" Of the allocated")[0][:200]
+
+
 def _exit_status(err: Exception) -> int:
+    said = out_of_memory(err)
+    if said is not None:
+        typer.echo(
+            f"error: out of memory ({said}): use smaller batches (--batch-size of translate, classify, evaluate; "
+            "train.batch_tokens in a training config) or a smaller model; a training run continues from its last "
+            "checkpoint with --resume",
+            err=True,
+        )
+        return 2
     # typer may vendor its own click, so its exceptions are recognised by class name.
     kinds = {cls.__name__ for cls in type(err).__mro__}
     if "ClickException" in kinds:  # usage errors: click's own one-line message

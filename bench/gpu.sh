@@ -6,7 +6,8 @@
 #      batches of 64), this session's table's baseline (the one-pass attention cannot be turned off on a GPU)
 #      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate; the defaults
 #      with --profile: one batch per beam traced, kernel launches and host against device time, in log.txt);
-#   2. the default translation config's training step (bench/train_multi30k.py: target tokens/s);
+#   2. the default translation config's training: one step traced (bench/train_step.py --profile: kernel launches,
+#      host against device time) and a short whole run (bench/train_multi30k.py: target tokens/s);
 #   3. the IMDb pipeline with each stage timed (bench/imdb.py: pretrain, fine-tune, classifier, evaluate),
 #      on a sample of the reviews (6,000 of train.csv, 3,000 of test.csv: speed, not the accuracy table).
 #
@@ -66,7 +67,7 @@ if ! python3 -c "import datasets" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .gpu/whl/*.whl \
         && export PYTHONPATH=$PYTHONPATH:$work/site
 fi
-if [ $short = 1 ]; then minutes=(0.2 0.3 0.1 0.2) repeats=1; else minutes=(1.5 1.0 0.5 0.75) repeats=2; fi
+if [ $short = 1 ]; then minutes=(0.2 0.3 0.1 0.2) repeats=1; else minutes=(1.0 1.0 0.5 0.75) repeats=2; fi
 # minutes: translation training, pretraining, LM fine-tuning, classifier
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on whatever happens
@@ -80,12 +81,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on w
 { nvidia-smi -L 2>/dev/null; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee -a "$out/log.txt"
 step "device tests" 60 env NLP_RNN_TEST_DATA="$data" NLP_RNN_TEST_DEVICE="$device" \
     python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_distributed.py
-step "decode, defaults" 70 python3 bench/decode_speed.py --device "$device" --repeats $((repeats + 1)) --no-command \
+step "decode, defaults" 60 python3 bench/decode_speed.py --device "$device" --repeats $((repeats + 1)) --no-command \
     --profile --data "$data/multi30k" --json "$out/decode_auto.json"
-step "decode, bf16 with the shortlist" 70 python3 bench/decode_speed.py --device "$device" --precision bf16 \
+step "decode, bf16 with the shortlist" 60 python3 bench/decode_speed.py --device "$device" --precision bf16 \
     --shortlist on --beams 5 --batch-size 64 --repeats $((repeats + 1)) --no-command --data "$data/multi30k" \
     --json "$out/decode_bf16_shortlist.json"
-step "translation training" 150 python3 bench/train_multi30k.py --device "$device" --minutes "${minutes[0]}" \
+step "training step, traced" 60 python3 bench/train_step.py --device "$device" --steps 12 --skip 4 --rounds 1 \
+    --profile --data "$data/multi30k" --output "$out/train_step.json"
+step "translation training" 120 python3 bench/train_multi30k.py --device "$device" --minutes "${minutes[0]}" \
     --skip-test --data "$data/multi30k" --output "$work/multi30k"
 cp "$work/multi30k/bench.json" "$out/train_multi30k.json" 2>/dev/null
 step "imdb pipeline" 230 python3 bench/imdb.py --data "$data" --device "$device" \

@@ -3,12 +3,16 @@ on Multi30k de->en, in several rounds, with the roofline fraction of bench/train
 
     python bench/train_step.py [--config configs/multi30k_de_en.yaml] [--steps 50] [--skip 10] [--rounds 3]
                                [--precision auto|fp32|bf16] [--threads N] [--output bench/results/train_step.json]
+                               [--device cpu|cuda] [--profile]
 
 Only `Trainer._step` is timed (collate, forward, backward, clipping, the optimizer): no validation, no
 logging, no data loading beyond the step's own collate. This is the measure for an A/B of a change to the step:
 run it from each checkout (e.g. `git worktree add ../before HEAD~1`), alternating, and compare the medians;
 `bench/train_multi30k.py` times whole runs, whose few logged windows do not resolve a 10 % change here.
 Every round trains from the same seed, so the rounds time the same batches; the tokenizer is trained once.
+`--profile` traces the first round's step --skip + 1 with torch.profiler (that step is left out of the timing) and
+prints its operators by host time, with the count of operators and kernel launches and host against device
+milliseconds (in the JSON too).
 """
 
 import argparse
@@ -38,6 +42,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--output", default=str(root / "bench" / "results" / "train_step.json"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--profile", action="store_true", help="trace one step (torch.profiler) and print it")
     args = parser.parse_args()
     if not 0 <= args.skip < args.steps:
         sys.exit(f"--skip must be below --steps, got {args.skip} and {args.steps}")
@@ -69,9 +75,18 @@ def main() -> None:
     timings: list[tuple[float, int]] = []
     step = training.Trainer._step
 
+    traced: dict = {}
+
     def timed(self, description):
+        if args.profile and not traced and len(timings) == args.skip:  # traced, so left out of the timing
+            box: list = []
+            traced.update(profile_step(lambda: box.append(step(self, description)), self.device))
+            return box[0]
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda *a: None
+        sync(self.device)
         started = time.perf_counter()
         result = step(self, description)
+        sync(self.device)
         timings.append((time.perf_counter() - started, result[1]))
         return result
 
@@ -81,7 +96,7 @@ def main() -> None:
         for r in range(args.rounds):
             timings.clear()
             out = Path(scratch) / f"round{r}"
-            tasks.train("translation", cfg, out, tokenizer_dir=first, progress_bar=False, device="cpu")
+            tasks.train("translation", cfg, out, tokenizer_dir=first, progress_bar=False, device=args.device)
             first = first or out / "last"  # the run's bundle, its tokenizer included
             kept = timings[args.skip :]
             rate = sum(n for _, n in kept) / sum(t for t, _ in kept)
@@ -95,12 +110,35 @@ def main() -> None:
             "steps": f"{args.skip + 1}-{args.steps}",
             "rounds_tokens_per_s": [round(x) for x in rates],
             "median_tokens_per_s": round(median),
-            **roofline(first, data, median, 1, "cpu", args.threads),
+            **roofline(first, data, median, 1, args.device, args.threads),
         }
+        if traced:
+            result["profile"] = traced
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def profile_step(run, device) -> dict:
+    """One training step traced by torch.profiler: its table by host time printed, its totals returned."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as trace:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = trace.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45), flush=True)
+    device_us = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))  # noqa: E731
+    return {
+        "operators": sum(e.count for e in events if e.key.startswith("aten::")),
+        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
+        "host_ms": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
+        "device_ms": round(sum(device_us(e) for e in events) / 1e3, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ given, so one `resolve` at the edge (the CLI, `nlp_rnn.load`, the trainer) is al
 import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -112,3 +112,22 @@ def describe(device: torch.device) -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def out_of_memory(err: BaseException) -> Optional[str]:
+    """torch's own words when `err` is running out of memory (a GPU's OutOfMemoryError, the CPU allocator's
+    failure, Python's MemoryError), else None."""
+    text = str(err)
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if not (
+        isinstance(err, MemoryError)
+        or (oom is not None and isinstance(err, oom))
+        or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+    ):
+        return None
+    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if text.startswith(
+        "[enforce fail"
+    ):  # the CPU allocator: "[enforce fail at alloc_cpu.cpp:N] err == 0. ..."
+        text = text.split("] ", 1)[-1].removeprefix("err == 0. ")
+    return text.split(" Error code")[0].split(" GPU ")[0].split(" Of the allocated")[0][:200]

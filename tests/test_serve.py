@@ -156,3 +156,27 @@ def test_a_document_classifier_takes_whole_reviews_where_a_sentence_model_answer
         )
         status, body = call(base, "/classify", {"texts": ["x" * 3001], "model": "sentiment"})
         assert status == 413 and "at most 3,000 per text for model sentiment" in body["error"]
+
+
+def test_a_batch_that_runs_out_of_memory_is_a_503_in_one_line_and_the_server_goes_on(monkeypatch) -> None:
+    """A real allocator failure (40 TB asked of the CPU) while translating: 503 with torch's words, what to lower
+    and Retry-After; the next request is answered; any other failure stays a 500."""
+    import torch
+
+    specs = [("de-en", CHECKPOINTS / "multi30k-de-en")]
+    app = create_app(load_models(specs, "cpu", "fp32"), Limits(), max_batch=8, max_wait_ms=0)
+    translate = Translator.translate
+    with running(app) as base:
+        monkeypatch.setattr(Translator, "translate", lambda self, *a, **k: torch.empty(10**13))
+        status, body = call(base, "/translate", {"texts": ["Ein Hund rennt."]})
+        assert status == 503 and list(body) == ["error"] and "\n" not in body["error"]
+        assert body["error"].startswith("out of memory (DefaultCPUAllocator: can't allocate memory")
+        assert "--max-batch" in body["error"]
+        monkeypatch.setattr(Translator, "translate", lambda self, *a, **k: 1 / 0)
+        assert call(base, "/translate", {"texts": ["Ein Hund rennt."]}) == (
+            500,
+            {"error": "internal error (ZeroDivisionError: division by zero)"},
+        )
+        monkeypatch.setattr(Translator, "translate", translate)
+        status, body = call(base, "/translate", {"texts": ["Ein Hund rennt."]})
+        assert status == 200 and body["translations"][0]["text"]

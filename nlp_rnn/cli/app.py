@@ -11,9 +11,9 @@ import shlex
 import sys
 from typing import Optional
 
-import torch
 import typer
 
+from nlp_rnn import devices
 from nlp_rnn import train as train_loop
 from nlp_rnn.cli import commands
 from nlp_rnn.cli.train import train_command
@@ -83,27 +83,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def out_of_memory(err: BaseException) -> Optional[str]:
-    """torch's own words when `err` is running out of memory (a GPU's OutOfMemoryError, the CPU allocator's
-    failure, Python's MemoryError), else None."""
-    text = str(err)
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if not (
-        isinstance(err, MemoryError)
-        or (oom is not None and isinstance(err, oom))
-        or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
-    ):
-        return None
-    text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    if text.startswith(
-        "[enforce fail"
-    ):  # the CPU allocator's "[enforce fail at alloc_cpu.cpp:N] err == 0. ..."
-        text = text.split("] ", 1)[-1].removeprefix("err == 0. ")
-    return text.split(" Error code")[0].split(" GPU ")[0].split(" Of the allocated")[0][:200]
-
-
 def _exit_status(err: Exception) -> int:
-    said = out_of_memory(err)
+    said = devices.out_of_memory(err)
     if said is not None:
         typer.echo(
             f"error: out of memory ({said}): use smaller batches (--batch-size of translate, classify, evaluate; "

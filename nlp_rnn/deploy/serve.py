@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
+from nlp_rnn import devices
 from nlp_rnn.deploy.guard import Admission, RequestError, add_guards, answer_or_drop
 from nlp_rnn.deploy.page import PAGE
 from nlp_rnn.deploy.streaming import add_stream_route
@@ -564,7 +565,7 @@ def _pick(served: dict[str, Served], owners: set[str], kind: str, path: str, nam
 
 
 def _add_error_handlers(app, limits: Limits) -> None:
-    """Every bad request is a 4xx with {"error": one line}."""
+    """Every bad request is a 4xx with {"error": one line}; running out of memory a 503, a bug a 500, alike."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -588,6 +589,29 @@ def _add_error_handlers(app, limits: Limits) -> None:
     async def user_error(request: Request, err: NlpRnnError):
         status = 422 if isinstance(err, InvalidRequest) else 400
         return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status)
+
+    async def out_of_memory(request: Request, err: Exception):
+        """A batch that ran out of memory (CPU or GPU): 503 with one line and Retry-After, and the server goes
+        on; any other failure goes on to `internal_error`."""
+        said = devices.out_of_memory(err)
+        if said is None:
+            raise err
+        return JSONResponse(
+            {
+                "error": f"out of memory ({said}): send fewer or shorter texts, or serve with a smaller --max-batch"
+            },
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for kind in (RuntimeError, MemoryError):
+        app.add_exception_handler(kind, out_of_memory)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        """A bug of ours: 500 with one line too (the traceback goes to the server's log)."""
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return JSONResponse({"error": f"internal error ({type(err).__name__}: {first})"}, status_code=500)
 
 
 def _add_status_routes(app, served: dict[str, Served], started: float, queues: dict) -> None:

@@ -6,6 +6,8 @@
 #      batches of 64), this session's table's baseline (the one-pass attention cannot be turned off on a GPU)
 #      (bench/decode_speed.py: sentences/s, BLEU, the fraction of the GPU's own measured product rate; the defaults
 #      with --profile: one batch per beam traced, kernel launches and host against device time, in log.txt);
+#   1b. the whole `nlp-rnn translate --device cuda` command over the 1,000 sentences under cProfile (its time by
+#      function, in log.txt): on the H200 it took 5.8-6.8 s against 0.25 s of decoding;
 #   2. the default translation config's training: one step traced (bench/train_step.py --profile: kernel launches,
 #      host against device time) and a short whole run (bench/train_multi30k.py: target tokens/s);
 #   3. the IMDb pipeline with each stage timed (bench/imdb.py: pretrain, fine-tune, classifier, evaluate),
@@ -67,7 +69,7 @@ if ! python3 -c "import datasets" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .gpu/whl/*.whl \
         && export PYTHONPATH=$PYTHONPATH:$work/site
 fi
-if [ $short = 1 ]; then minutes=(0.2 0.3 0.1 0.2) repeats=1; else minutes=(1.0 1.0 0.5 0.75) repeats=2; fi
+if [ $short = 1 ]; then minutes=(0.2 0.3 0.1 0.2) repeats=1; else minutes=(1.0 1.0 0.5 0.5) repeats=2; fi
 # minutes: translation training, pretraining, LM fine-tuning, classifier
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on whatever happens
@@ -86,12 +88,16 @@ step "decode, defaults" 60 python3 bench/decode_speed.py --device "$device" --re
 step "decode, bf16 with the shortlist" 60 python3 bench/decode_speed.py --device "$device" --precision bf16 \
     --shortlist on --beams 5 --batch-size 64 --repeats $((repeats + 1)) --no-command --data "$data/multi30k" \
     --json "$out/decode_bf16_shortlist.json"
+step "translate command, profiled" 30 python3 -m cProfile -o "$work/translate.prof" -m nlp_rnn translate \
+    --device "$device" --input "$data/multi30k/test_2016_flickr.de" --output "$work/translate.en"
+step "translate command, its profile" 10 python3 -c "import pstats, sys; \
+pstats.Stats(sys.argv[1]).sort_stats('cumulative').print_stats(30)" "$work/translate.prof"
 step "training step, traced" 60 python3 bench/train_step.py --device "$device" --steps 12 --skip 4 --rounds 1 \
     --profile --data "$data/multi30k" --output "$out/train_step.json"
-step "translation training" 120 python3 bench/train_multi30k.py --device "$device" --minutes "${minutes[0]}" \
+step "translation training" 110 python3 bench/train_multi30k.py --device "$device" --minutes "${minutes[0]}" \
     --skip-test --data "$data/multi30k" --output "$work/multi30k"
 cp "$work/multi30k/bench.json" "$out/train_multi30k.json" 2>/dev/null
-step "imdb pipeline" 230 python3 bench/imdb.py --data "$data" --device "$device" \
+step "imdb pipeline" 200 python3 bench/imdb.py --data "$data" --device "$device" \
     --pretrain-minutes "${minutes[1]}" --finetune-minutes "${minutes[2]}" --classifier-minutes "${minutes[3]}" \
     --classifier-config configs/imdb_one_rate.yaml --runs "$work/imdb" --output "$out/imdb.json"
 for f in "$out"/*.json; do echo "--- $f"; cat "$f"; done

@@ -274,11 +274,22 @@ def test_translators_sharing_a_bundle_translate_the_same_from_two_threads() -> N
 def test_auto_takes_the_shortlist_and_beam_batches_of_64_on_a_cpu_and_neither_on_a_gpu(monkeypatch) -> None:
     """On a GPU decoding is bound by kernel launches: `--shortlist auto` is off there and a beam's batch holds
     256 sentences (measured on an H200, docs/results.md). The device is injected: CI has no GPU."""
+    from nlp_rnn.tasks.translation import interface
+
+    asked = []  # the batch size each call's search got: `translate` without one takes `batch_size(beam)`
+    search = interface.search_ids
+    monkeypatch.setattr(
+        interface, "search_ids", lambda m, ids, opts, size: asked.append(size) or search(m, ids, opts, size)
+    )
     bundle = load(CHECKPOINTS / "multi30k-de-en")
     on_cpu = Translator(bundle, "fp32", "auto")
     assert on_cpu.device.type == "cpu" and on_cpu.shortlist is not None
     assert (on_cpu.batch_size(1), on_cpu.batch_size(5)) == (256, 64)
+    on_cpu.translate(["Ein Hund."], on_cpu.options(beam_size=1))
+    on_cpu.translate(["Ein Hund."], on_cpu.options(beam_size=5))
     monkeypatch.setattr(Translator, "device", property(lambda self: torch.device("cuda")))
     on_gpu = Translator(bundle, "fp32", "auto")
     assert on_gpu.shortlist is None and (on_gpu.batch_size(1), on_gpu.batch_size(5)) == (256, 256)
+    on_gpu.translate(["Ein Hund."], on_gpu.options(beam_size=5))  # (the weights are on the CPU all the same)
+    assert asked == [256, 64, 256]
     assert Translator(bundle, "fp32", "on").shortlist is not None  # asked for: still there

@@ -101,10 +101,11 @@ class Translator:
         return encode_sources(self.tokenizer, texts, self.max_src_len)
 
     def translate(
-        self, texts: Sequence[str], opts: Optional[SearchOptions] = None, batch_size: int = 64
+        self, texts: Sequence[str], opts: Optional[SearchOptions] = None, batch_size: int = 0
     ) -> list[list[Translation]]:
-        """n-best translations per text (an empty list for an empty text)."""
+        """n-best translations per text (an empty list for an empty text); `batch_size` 0: `batch_size(beam)`."""
         opts = opts or self.options()
+        batch_size = batch_size or self.batch_size(opts.beam_size)
         clean = [t.strip() for t in texts]
         todo = [i for i, t in enumerate(clean) if t]
         out: list[list[Translation]] = [[] for _ in texts]
@@ -130,8 +131,10 @@ class Translator:
         return out
 
     def stream(
-        self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 64
+        self, lines: Iterable[str], opts: Optional[SearchOptions] = None, batch_size: int = 0
     ) -> Iterator[tuple[str, list[Translation]]]:
         """Translates an endless iterable in chunks; yields (line, n-best list) in input order."""
+        opts = opts or self.options()
+        batch_size = batch_size or self.batch_size(opts.beam_size)
         for chunk in chunked(lines, batch_size * 8):
             yield from zip(chunk, self.translate(chunk, opts, batch_size))

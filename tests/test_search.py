@@ -181,6 +181,31 @@ def test_additive_attention_scores_a_large_batch_in_one_pass_off_the_cpu() -> No
     assert counts == {"cpu": 4, "meta": 1}
 
 
+def test_a_bf16_model_decodes_with_float32_keys_and_scores_to_float32_rounding() -> None:
+    """Decoding a bf16 model on a CPU, the additive attention's keys are kept in float32 and its element-wise pass
+    runs there (twice as fast as bf16's); the scores equal a float64 reference from the same bf16 products to
+    float32 rounding (a bf16 pass is off by about 1e-2), and the context still comes out in bf16."""
+    from nlp_rnn.nn.attention import AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(value_size=24, query_size=16, attention_size=64).to(torch.bfloat16)
+    values, query = torch.randn(6, 9, 24).bfloat16(), torch.randn(6, 16).bfloat16()
+    mask = torch.ones(6, 9, dtype=torch.bool)
+    with torch.no_grad():
+        keys = attention.keys(values)
+        assert keys.dtype == torch.float32
+        scores = attention.scores(query, keys)
+        context, weights = attention(query, keys, values, mask)
+        projected = attention.query_layer(query).double()  # the bf16 products, then float64
+        reference = attention.energy.weight.double() @ torch.tanh(
+            (attention.key_layer(values).double() + projected.unsqueeze(1)).unsqueeze(-1)
+        ).squeeze(-1).transpose(1, 2)
+    torch.testing.assert_close(scores.double(), reference.squeeze(1).squeeze(-1), rtol=0, atol=2e-5)
+    assert context.dtype == torch.bfloat16 and weights.dtype == torch.float32
+    with torch.enable_grad():
+        assert attention.keys(values).dtype == torch.bfloat16  # training keeps its dtype
+
+
 def test_tanh_through_a_sigmoid_when_decoding_equals_torchs_tanh() -> None:
     """`fast.tanh` (2 sigmoid(2x) - 1 without gradients, the plain tanh with them) equals torch.tanh to
     float32 rounding (bf16: to its own rounding)."""

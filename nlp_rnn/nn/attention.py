@@ -64,12 +64,13 @@ class Attention(nn.Module):
         if group > 1:
             scores = self.grouped_scores(query, keys, group)  # (B, K, S)
             weights = torch.softmax(torch.where(mask.unsqueeze(1), scores, float("-inf")), dim=-1)
-            return torch.bmm(weights, values).flatten(0, 1), weights.flatten(0, 1)  # (B*K, Dv), (B*K, S)
+            context = torch.bmm(weights.to(values.dtype), values)
+            return context.flatten(0, 1), weights.flatten(0, 1)  # (B*K, Dv), (B*K, S)
         scores = torch.where(mask, self.scores(query, keys, products), float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         if products is not None:
             return products.context(weights), weights
-        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # (B, Dv)
+        context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, Dv)
         return context, weights
 
 
@@ -89,7 +90,12 @@ class AdditiveAttention(Attention):
         self.energy = nn.Linear(attention_size, 1, bias=False)
 
     def keys(self, values: torch.Tensor) -> torch.Tensor:
-        return self.key_layer(values) * 2  # (B, S, A): 2 W_k value
+        keys = self.key_layer(values) * 2  # (B, S, A): 2 W_k value
+        if keys.dtype == torch.bfloat16 and keys.device.type == "cpu" and not torch.is_grad_enabled():
+            # Decoding a bf16 model on a CPU: the scores' element-wise pass over (B, S, A) runs in float32, about
+            # twice as fast there as in bf16 (which converts each element to float32 and back)
+            return keys.float()
+        return keys
 
     def deferred_pass(self, keys: torch.Tensor, values: torch.Tensor, steps: int) -> deferred.AttentionPass:
         query = deferred.DeferredLinear(self.query_layer.weight, self.query_layer.bias)
@@ -111,6 +117,8 @@ class AdditiveAttention(Attention):
         """The scores of projected queries against keys that broadcast over the last dimension (A): (B, 1, A)
         with (B, S, A) -> (B, S), or (B, K, 1, A) with (B, 1, S, A) -> (B, K, S)."""
         weight = self.energy.weight  # v (1, A)
+        if projected.dtype != keys.dtype:  # a bf16 model decoding over float32 keys (`keys`)
+            projected, weight = projected.to(keys.dtype), weight.to(keys.dtype)
         shift = weight.sum()  # sum(v)
 
         def score(k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # (b, .., S, A) -> (b, .., S)

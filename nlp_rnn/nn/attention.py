@@ -16,9 +16,8 @@ from nlp_rnn.nn import deferred
 from nlp_rnn.nn.fast import TWO, exporting
 
 CHUNK = 256 * 1024  # elements of (rows, S, A) per piece when decoding: 1 MB of float32
-CHUNK_OFF_CPU = (
-    64 * 1024 * 1024
-)  # the same off the CPU (a GPU: one pass, only capped in memory, 256 MB of float32)
+# The same off the CPU (a GPU): one pass, only capped in memory (256 MB of float32)
+CHUNK_OFF_CPU = 64 * 1024 * 1024
 
 
 class Attention(nn.Module):

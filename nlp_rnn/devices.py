@@ -126,8 +126,7 @@ def out_of_memory(err: BaseException) -> Optional[str]:
     ):
         return None
     text = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    if text.startswith(
-        "[enforce fail"
-    ):  # the CPU allocator: "[enforce fail at alloc_cpu.cpp:N] err == 0. ..."
+    # the CPU allocator's words come as "[enforce fail at alloc_cpu.cpp:N] err == 0. ..."
+    if text.startswith("[enforce fail"):
         text = text.split("] ", 1)[-1].removeprefix("err == 0. ")
     return text.split(" Error code")[0].split(" GPU ")[0].split(" Of the allocated")[0][:200]

@@ -281,9 +281,8 @@ def beam_search(
         # K*K candidates are scored: no (b, K, V) sums, no full log-softmax.
         per_row = min(k, vocab)
         row_top, row_token = logits.topk(per_row, dim=-1)  # (b*K, k')
-        row_logp = row_top - logsumexp(logits, overwrite=True).unsqueeze(
-            1
-        )  # (b*K, k'); logits: not read after
+        # (b*K, k'); the logits are not read after this
+        row_logp = row_top - logsumexp(logits, overwrite=True).unsqueeze(1)
         if cols is not None:
             row_token = cols[row_token]
         cand = (alive_logp.view(-1, 1) + row_logp).view(b, k * per_row)  # (b, K*k')

@@ -590,26 +590,19 @@ def _add_error_handlers(app, limits: Limits) -> None:
         status = 422 if isinstance(err, InvalidRequest) else 400
         return JSONResponse({"error": str(err).splitlines()[0]}, status_code=status)
 
-    async def out_of_memory(request: Request, err: Exception):
-        """A batch that ran out of memory (CPU or GPU): 503 with one line and Retry-After, and the server goes
-        on; any other failure goes on to `internal_error`."""
-        said = devices.out_of_memory(err)
-        if said is None:
-            raise err
-        return JSONResponse(
-            {
-                "error": f"out of memory ({said}): send fewer or shorter texts, or serve with a smaller --max-batch"
-            },
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
-
-    for kind in (RuntimeError, MemoryError):
-        app.add_exception_handler(kind, out_of_memory)
-
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        """A bug of ours: 500 with one line too (the traceback goes to the server's log)."""
+    async def failure(request: Request, err: Exception):
+        """A batch that ran out of memory (CPU or GPU): 503 with one line and Retry-After, and the server goes
+        on. Any other failure is a bug of ours: 500 with one line. Either way the traceback goes to the log."""
+        said = devices.out_of_memory(err)
+        if said is not None:
+            return JSONResponse(
+                {
+                    "error": f"out of memory ({said}): send fewer or shorter texts, or serve with a smaller --max-batch"
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         first = (str(err).strip().splitlines() or [""])[0][:200]
         return JSONResponse({"error": f"internal error ({type(err).__name__}: {first})"}, status_code=500)
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from nlp_rnn import devices
 from nlp_rnn.bundle import Bundle
 from nlp_rnn.data import (
     encode_sources,
@@ -54,8 +55,7 @@ class Translator:
     @property
     def device(self) -> torch.device:
         """Where the model runs (the CPU for an exported ONNX model)."""
-        first = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
-        return first.device if first is not None else torch.device("cpu")
+        return devices.of(self.model)
 
     def batch_size(self, beam_size: int) -> int:
         """Sentences per batch when none is asked for: on a CPU 256 greedy and 64 with a beam (the beam's

@@ -60,6 +60,11 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
+        "--texts",
+        default=None,
+        help="also write each beam's translations to TEXTS/beamN.txt (to compare runs)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also trace one batch per beam (torch.profiler) and print it"
     )
     args = parser.parse_args()
@@ -154,6 +159,9 @@ def main() -> None:
             "whole_command_s_runs": [round(t, 3) for t in whole],
             "bleu": round(bleu(texts, refs)[0].score, 2),
         }
+        if args.texts:
+            Path(args.texts).mkdir(parents=True, exist_ok=True)
+            (Path(args.texts) / f"beam{beam}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         if args.profile:
             results[f"beam{beam}"]["profile"] = profile_batch(
                 translator, sources[:batch_size], opts, batch_size

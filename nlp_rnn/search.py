@@ -100,12 +100,29 @@ def _trim_attention(weights: torch.Tensor, length: int, src_real: int) -> torch.
     return weights[:length, :src_real].clone()
 
 
-def _without_done(done: torch.Tensor, active: torch.Tensor, prev: torch.Tensor, memory: Any, state: Any):
-    """Rows that are done (b,) leave the batch: the others' row ids, last tokens, memory and state."""
+def _without_done(
+    done: torch.Tensor, active: torch.Tensor, prev: torch.Tensor, memory: Any, state: Any, move: bool = False
+):
+    """Rows that are done (b,) leave the batch: the others' row ids, last tokens, memory and state, in their order.
+
+    `move` (greedy search): the rows that stay keep their places, except that the last ones fill the places of those
+    that leave, and a memory that offers `keep_first` (the translation decoder's: the encoder states and attention
+    keys, megabytes for a large batch) moves only those few rows within its own tensors instead of copying all the
+    others (a row's numbers depend on its place in the batch only to float rounding, as on the batch's size).
+    Sampling keeps the order: its random draws go to the rows in order."""
     if not bool(done.any()):
         return active, prev, memory, state
-    keep = (~done).nonzero().squeeze(1)
-    return active[keep], prev[keep], memory.select(keep), state.select(keep)
+    alive = ~done
+    keep_first = getattr(memory, "keep_first", None) if move else None
+    if keep_first is None:
+        keep = alive.nonzero().squeeze(1)
+        return active[keep], prev[keep], memory.select(keep), state.select(keep)
+    n = int(alive.sum())
+    holes = done[:n].nonzero().squeeze(1)  # places of leaving rows among the first n
+    fillers = alive[n:].nonzero().squeeze(1) + n  # as many staying rows after them
+    keep = torch.arange(n, device=done.device)
+    keep[holes] = fillers
+    return active[keep], prev[keep], keep_first(keep, holes, fillers), state.select(keep)
 
 
 @torch.no_grad()
@@ -149,7 +166,7 @@ def greedy(model: Generative, batch: Batch, opts: SearchOptions = SearchOptions(
             break
         if finished:
             lengths[active[done]] = t + 1
-            active, prev, memory, state = _without_done(done, active, prev, memory, state)
+            active, prev, memory, state = _without_done(done, active, prev, memory, state, move=True)
             rows = active
     else:  # (the last step ends the longest budget, so every row is done before this)
         lengths[rows] = steps

@@ -95,6 +95,36 @@ def test_beams_sharing_their_sentence_memory_equal_a_copy_per_beam(
             torch.testing.assert_close(a.attention, b.attention)
 
 
+def test_greedy_moving_the_last_rows_into_finished_places_equals_copying_the_rows_that_stay(
+    copy_model, monkeypatch
+) -> None:
+    # sources of many lengths, shuffled, so that rows finish at different steps and in no order
+    src = copy_examples(40, seed=16, min_len=1, max_len=10)[0]
+    random.Random(1).shuffle(src)
+    batch = make_batch(src)
+    opts = SearchOptions(beam_size=1, attention=True, **PLAIN)
+    moves = []
+    original = Memory.keep_first
+    monkeypatch.setattr(
+        Memory,
+        "keep_first",
+        lambda self, n, holes, fillers: moves.append(len(holes)) or original(self, n, holes, fillers),
+    )
+    moved = greedy(copy_model, batch, opts)
+    assert len(moves) > 3 and any(moves) and sum(moves) < len(src)  # few rows moved, none copied whole
+    monkeypatch.setattr(
+        Memory, "keep_first", None
+    )  # every row that stays copied in order (`select`), as before
+    copied = greedy(copy_model, batch, opts)
+    for i, (a, b) in enumerate(zip(moved, copied)):
+        # the same rows in other places of the batch: equal to float rounding (as between batch sizes)
+        assert a.tokens == b.tokens and abs(a.score - b.score) < 1e-5
+        torch.testing.assert_close(a.attention, b.attention, atol=1e-6, rtol=1e-5)
+        if i % 8 == 0:  # and as the sentence decodes alone
+            alone = greedy(copy_model, make_batch([src[i]]), opts)[0]
+            assert alone.tokens == a.tokens and abs(alone.score - a.score) < 1e-4
+
+
 def test_length_normalised_scores_and_attention_weights(copy_model) -> None:
     src, _ = copy_examples(10, seed=14, min_len=2, max_len=6)
     batch = make_batch(src)

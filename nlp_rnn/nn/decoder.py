@@ -67,6 +67,29 @@ class Memory:
             penalty=pick(self.penalty),
         )
 
+    def keep_first(self, keep: torch.Tensor, holes: torch.Tensor, fillers: torch.Tensor) -> "Memory":
+        """`select(keep)` where keep (n,) is the rows 0..n-1 with rows `fillers` in the places `holes` (search's
+        `_without_done`), made in place: only those rows move, and the first n rows are a view. For a search's memory,
+        made by the model's `start` for it alone: the encoder states and what was computed from them, shared with no
+        one. The mask is the batch's own (`Batch.src_mask`), so it is copied (a few bytes a row)."""
+
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            if t is None:
+                return None
+            if holes.numel():
+                t[holes] = t[fillers]
+            return t[: keep.numel()]
+
+        return replace(
+            self,
+            values=move(self.values),
+            mask=self.mask.index_select(0, keep),
+            keys=move(self.keys),
+            context=move(self.context),
+            static_gates=move(self.static_gates),
+            penalty=move(self.penalty),
+        )
+
 
 @dataclass
 class DecoderState:

@@ -249,8 +249,9 @@ def tokenize_parallel(
 
 
 def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """Source ids ending in EOS (an empty text is still one token), truncated to max_len (0: never), one warning."""
-    ids = tokenizer.encode_src([t.strip() for t in texts])
+    """Source ids ending in EOS (an empty text is still one token), truncated to max_len (0: never), one warning.
+    Each text without the whitespace at its ends after the tokenizer's normalisation."""
+    ids = tokenizer.encode_src(texts, strip=True)
     if not max_len:
         return [s + [EOS] for s in ids]
     too_long = sum(len(s) >= max_len for s in ids)

@@ -260,8 +260,11 @@ class Tokenizer:
                 ids.extend(piece_ids)
         return ids
 
-    def encode_src(self, texts: Iterable[str]) -> list[list[int]]:
-        return self.src.encode(self.normalised(texts), out_type=int)
+    def encode_src(self, texts: Iterable[str], strip: bool = False) -> list[list[int]]:
+        """`strip`: without the whitespace at either end after normalising (which may make it: HTML breaks become
+        spaces), so that a raw text and its normalised form are the same ids."""
+        normalised = self.normalised(texts)
+        return self.src.encode([t.strip() for t in normalised] if strip else normalised, out_type=int)
 
     def encode_tgt(self, texts: Iterable[str]) -> list[list[int]]:
         return self.tgt.encode(self.normalised(texts), out_type=int)

@@ -409,7 +409,7 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) ->
         assert main([*args, "--max-steps", "1", "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(start) in err, err
-        assert not (tmp_path / "c" / "last").exists()
+        assert not (tmp_path / "c").exists()  # not even the run's lock
     # a body of other sizes than the config states, through the command: one line naming both
     wider = tmp_path / "wider.yaml"
     wider.write_text(
@@ -427,24 +427,30 @@ def test_bad_starts_are_one_line_each(tmp_path: Path, language_model, capsys) ->
 
 
 def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
-    tmp_path: Path, language_model, capsys
+    tmp_path: Path, language_model, capsys, caplog
 ) -> None:
     cfg = classifier_config(tmp_path, language_model, max_steps=4, validate_every=4)
     tasks.train("classification", cfg, tmp_path / "run", progress_bar=False)
     predictor = Predictor(tasks.load(tmp_path / "run"))
     raw = "A gripping, beautifully acted film!<br /><br />Go see it."
+    ends = "<br />It was okay, I guess.<br /><br />"  # breaks at both ends become spaces there
     texts = [
         raw,
         normalise(raw, ("html", "lower")),
         "",
         "<br /><br />",
         "great film " * 100_000,
+        ends,
+        normalise(ends, ("html", "lower")),
     ]  # 1.1 MB, 1 line
     predictor.model.cfg = replace(
         predictor.model.cfg, window=4096
     )  # the same result in fewer windows, faster
     out = predictor.classify(texts)
     assert out[0].probabilities == out[1].probabilities
+    assert out[5].probabilities == out[6].probabilities
+    assert out[2].probabilities == out[3].probabilities  # only HTML: as empty as the empty text
+    assert "classifying 2 empty texts" in caplog.text
     assert all(math.isclose(sum(p.probabilities.values()), 1, rel_tol=1e-5) for p in out)
     assert predictor.reads_documents  # the server takes long texts for it (--max-document-chars)
     for precision in ("int8", "bf16"):  # bf16: the whole copy in bf16, the pooled features cast for the head
@@ -456,6 +462,12 @@ def test_a_trained_document_classifier_reads_raw_empty_html_only_and_huge_texts(
     err = capsys.readouterr().err.strip()  # ONNX refuses a document classifier in one line
     assert len(err.splitlines()) == 1 and "export: a document classifier" in err, err
     assert not (tmp_path / "onnx").exists()
+    assert main(["classify", "--engine", "onnxruntime", "--model", str(tmp_path / "run"), "fine"]) == 2
+    err = capsys.readouterr().err.strip()  # not "export it first": it cannot be
+    assert (
+        len(err.splitlines()) == 1
+        and "a PyTorch bundle that ONNX does not take: a document classifier" in err
+    )
     # evaluate reports the share of pieces spelt as bytes: none for text like the training text, some for
     # characters the tokenizer never saw
     for name, text, unknown in (("seen", REVIEWS[0][0], False), ("unseen", "映画は素晴らしい", True)):

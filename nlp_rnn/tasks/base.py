@@ -149,6 +149,10 @@ class Task:
     def models_name(self) -> str:
         return self.plural or f"{self.name} models"
 
+    def export_refusal(self, cfg: Any) -> Optional[str]:
+        """Why a model of this config cannot be exported to ONNX, in one line; None when it can."""
+        return None
+
     def export_onnx(self, model: nn.Module, folder: Path) -> dict:
         """Writes the model's ONNX graphs into `folder`; {graph name: {file, inputs, outputs}}."""
         raise NlpRnnError(f"ONNX export does not cover {self.name} models")
@@ -341,8 +345,9 @@ def train(
     where = devices.resolve(device)
     distributed.init(where)
     lock = RunLock(out_dir)
+    created, main = not out_dir.exists(), distributed.is_main()
     try:
-        if distributed.is_main():
+        if main:
             lock.acquire()
         choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
         result = dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
@@ -353,6 +358,9 @@ def train(
     finally:
         lock.release()
         distributed.finish()
+        if created and main and out_dir.is_dir() and [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
+            lock.path.unlink()  # refused before writing anything (bad data, --init-from): no folder left behind
+            out_dir.rmdir()
 
 
 def with_overrides(cfg: Any, section: str, **values) -> Any:

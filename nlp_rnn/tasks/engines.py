@@ -17,6 +17,9 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
     path = folder / onnxrt.MANIFEST
     if not path.is_file():
         if (folder / bundles.META).is_file() or (folder / "best" / bundles.META).is_file():
+            refusal = _export_refusal(bundles.resolve(folder))
+            if refusal is not None:
+                raise BundleError(f"{folder}: a PyTorch bundle that ONNX does not take: {refusal}")
             raise BundleError(
                 f"{folder}: a PyTorch bundle; export it first (nlp-rnn export {folder} --format onnx --output DIR)"
             )
@@ -34,6 +37,16 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
     return bundles.Bundle(
         manifest["task"], config, model.eval(), Tokenizer.load(folder), dict(manifest["meta"]), folder
     )
+
+
+def _export_refusal(folder: Path):
+    """Why the bundle in `folder` cannot be exported (its task's `export_refusal`), or None (also when its files
+    cannot be read: loading it says what is wrong)."""
+    try:
+        task = tasks.get(bundles.read_json(folder / bundles.META).get("task"))
+        return task.export_refusal(from_dict(task.config_cls, bundles.read_json(folder / bundles.CONFIG)))
+    except (NlpRnnError, OSError, ValueError):
+        return None
 
 
 def load_for(engine: str, path, device: str = "cpu"):

@@ -8,7 +8,7 @@ import typer
 
 from nlp_rnn import options, textio
 from nlp_rnn.tasks import base as tasks
-from nlp_rnn.tasks.classification.config import NAME
+from nlp_rnn.tasks.classification.config import DEFAULT_BUNDLE, NAME
 from nlp_rnn.tasks.classification.interface import Predictor
 from nlp_rnn.tasks.defaults import default_model
 from nlp_rnn.tasks.engines import load_for
@@ -71,7 +71,9 @@ def classify(
     texts: Optional[list[str]] = typer.Argument(
         None, help="Texts to classify; none: read --input or standard input."
     ),
-    model: Optional[list[Path]] = options.models("checkpoints/sst2, the shipped SST-2 sentiment model"),
+    model: Optional[list[Path]] = options.models(
+        f"checkpoints/{DEFAULT_BUNDLE}, the shipped sentiment model"
+    ),
     input: Optional[Path] = options.input_file(),
     output: Optional[Path] = options.output(),
     batch_size: int = typer.Option(128, "--batch-size", help="Texts per batch."),

@@ -6,6 +6,7 @@ from nlp_rnn.config import DataConfig, TokenizerConfig, TrainConfig
 from nlp_rnn.nn.classifier import ClassifierModelConfig
 
 NAME = "classification"  # the task's name in the registry and in bundles
+DEFAULT_BUNDLE = "sentiment"  # under checkpoints/: the model `classify` uses without --model
 
 
 @dataclass(frozen=True)

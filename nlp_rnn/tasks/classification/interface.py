@@ -87,10 +87,11 @@ class Predictor:
         self.reads_documents = self.max_len == 0  # the server lets it take long texts (--max-document-chars)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        empty = sum(not t.strip() for t in texts)
+        ids = encode_sources(self.tokenizer, texts, self.max_len)
+        empty = sum(len(x) == 1 for x in ids)  # nothing left after normalising (e.g. only HTML): EOS alone
         if empty:
             log.warning("classifying %d empty texts (the model sees only the end-of-sentence token)", empty)
-        return encode_sources(self.tokenizer, texts, self.max_len)
+        return ids
 
     @torch.no_grad()
     def probabilities(self, src_ids: Sequence[Sequence[int]], batch_size: int = 128) -> torch.Tensor:

@@ -4,6 +4,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -26,7 +27,7 @@ from nlp_rnn.nn.classifier import DocumentClassifier, build, embeddings_of
 from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.classification import transfer
 from nlp_rnn.tasks.classification.cli import classify, endpoint, train_options
-from nlp_rnn.tasks.classification.config import NAME, ClassifierConfig
+from nlp_rnn.tasks.classification.config import DEFAULT_BUNDLE, NAME, ClassifierConfig
 from nlp_rnn.tasks.classification.interface import Predictor, display_names, gold_ids
 from nlp_rnn.tasks.evaluation import hyps_file, model_info, table
 from nlp_rnn.tasks.metrics import classification_report
@@ -55,10 +56,16 @@ def labeled_source(data: DataConfig, split: str) -> LabeledSource:
     return LabeledSource(**where, text_column=data.text_column, label_column=data.label_column)
 
 
+NOT_EXPORTED = (
+    "a document classifier (model.encoder language_model) reads in windows of a loop that ONNX does not take; "
+    "serve it with torch (int8 works: --precision int8)"
+)
+
+
 class ClassificationTask(tasks.Task):
     name = NAME
     config_cls = ClassifierConfig
-    default_bundle = "sentiment"
+    default_bundle = DEFAULT_BUNDLE
     plural = "classifiers"
     train_command = tasks.TrainCommand("classifier", train_options, example_config="configs/sst2.yaml")
 
@@ -173,12 +180,12 @@ class ClassificationTask(tasks.Task):
     def wrap(self, bundle: Bundle, precision: str = "fp32") -> Predictor:
         return Predictor(bundle, precision)
 
+    def export_refusal(self, cfg: ClassifierConfig) -> Optional[str]:
+        return NOT_EXPORTED if cfg.model.encoder == "language_model" else None
+
     def export_onnx(self, model: torch.nn.Module, folder: Path) -> dict:
         if isinstance(model, DocumentClassifier):
-            raise NlpRnnError(
-                "export: a document classifier (model.encoder language_model) reads in windows of a loop that "
-                "ONNX does not take; serve it with torch (int8 works: --precision int8)"
-            )
+            raise NlpRnnError(f"export: {NOT_EXPORTED}")
         return exported.export_classifier(model, folder)
 
     def onnx_model(self, folder: Path, manifest: dict) -> torch.nn.Module:

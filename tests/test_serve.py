@@ -158,6 +158,22 @@ def test_a_document_classifier_takes_whole_reviews_where_a_sentence_model_answer
         assert status == 413 and "at most 3,000 per text for model sentiment" in body["error"]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-document-chars", "2000000"], "--max-body 1,000,000 bytes cannot hold a text of"),
+        (["--max-chars", "5000", "--max-document-chars", "4000", "--max-body", "4500"], "5,000 characters"),
+        (["--max-body", "0"], "--max-body must be at least 1"),
+    ],
+)
+def test_limits_the_server_could_never_reach_are_refused_before_it_starts(args, message, capsys) -> None:
+    from nlp_rnn.cli import main
+
+    assert main(["serve", "--port", "0", *args]) == 2  # no model is loaded, no port opened
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_a_batch_that_runs_out_of_memory_is_a_503_in_one_line_and_the_server_goes_on(monkeypatch) -> None:
     """A real allocator failure (40 TB asked of the CPU) while translating: 503 with torch's words, what to lower
     and Retry-After; the next request is answered; any other failure stays a 500."""

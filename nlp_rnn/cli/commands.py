@@ -168,6 +168,11 @@ def serve(
         "--max-document-chars",
         help="Most characters in one text for models that read whole documents.",
     ),
+    max_body: int = typer.Option(
+        1_000_000,
+        "--max-body",
+        help="Most bytes in one request body (at least --max-document-chars: a character is a byte or more).",
+    ),
     max_pending: int = typer.Option(
         512, "--max-pending", help="Most texts waiting or running per model; beyond it: 503 with Retry-After."
     ),
@@ -202,9 +207,15 @@ def serve(
         ("--max-chars", max_chars),
         ("--max-document-chars", max_document_chars),
         ("--max-pending", max_pending),
+        ("--max-body", max_body),
     ):
         if value < 1:
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
+    if max_body < max(max_chars, max_document_chars):
+        raise NlpRnnError(
+            f"--max-body {max_body:,} bytes cannot hold a text of --max-document-chars/--max-chars "
+            f"{max(max_chars, max_document_chars):,} characters: raise --max-body"
+        )
     if settle_ms < 0 or max_wait_ms < 0:
         raise NlpRnnError("--settle-ms and --max-wait-ms must be at least 0")
     if timeout <= 0 or grace < 0:
@@ -215,6 +226,7 @@ def serve(
         max_batch=max_batch,
         settle_ms=settle_ms,
         max_document_chars=max_document_chars,
+        max_body=max_body,
         max_pending=max_pending,
         timeout_s=timeout,
     )

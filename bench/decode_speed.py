@@ -12,7 +12,10 @@ sustains in a large matrix product at this precision and thread count, divided b
 
 "generation" times `Translator.translate` over all sentences (tokenising, search, detokenising)
 after the model is loaded; "whole command" times `nlp-rnn translate --input F --output F` as a
-user runs it, start-up and model loading included. Medians over --repeats runs.
+user runs it, start-up and model loading included. Medians over --repeats runs. `--warmup N` first translates
+the corpus N times untimed (per beam): the first pass is the slowest (memory the process does not hold yet; in bf16,
+oneDNN compiling a kernel for every batch size that finished sentences leave), so the median of a few runs that
+include it reads between a cold start and what a long-running process (the server, a large file) sees.
 
 `--profile` also traces one batch per beam with `torch.profiler` after the timed runs and prints its operators by
 host time, with the count of operators, of kernel launches (on a GPU) and host against device milliseconds: on a GPU
@@ -39,6 +42,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "multi30k-de-en"))
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed passes before the timed ones (per beam)"
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -93,6 +99,7 @@ def main() -> None:
         "cpu": cpu_name(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
+        "warmup_passes": args.warmup,
         "sentences": len(sources),
         "precision": translator.precision,
         "engine": args.engine,
@@ -103,6 +110,8 @@ def main() -> None:
         opts = translator.options(beam_size=beam)
         batch_size = args.batch_size or translator.batch_size(beam)
         times, texts = [], []
+        for _ in range(args.warmup):
+            translator.translate(sources, opts, batch_size)
         for _ in range(args.repeats):
             started = time.perf_counter()
             outputs = translator.translate(sources, opts, batch_size)

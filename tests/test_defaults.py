@@ -8,6 +8,7 @@ from pathlib import Path
 from helpers import CHECKPOINTS, IMDB_TEST, ROOT
 
 from nlp_rnn.cli import main
+from nlp_rnn.normalise import normalise
 from nlp_rnn.tasks import defaults
 from nlp_rnn.tasks.metrics import bleu
 
@@ -70,6 +71,33 @@ def test_the_default_sentiment_model_reads_raw_reviews(tmp_path: Path, capsys) -
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(out) == len(picked) and {r["label"] for r in out} == {"negative", "positive"}
     assert sum(str(o["label_id"]) == r["label"] for o, r in zip(out, picked)) / len(picked) > 0.8
+
+
+def test_the_default_sentiment_model_reads_empty_html_only_and_long_lines_as_they_come(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    """Through the command, in the shipped model's own windows: an empty line and one of only HTML are classified
+    as empty (one warning for both), a review and its normalised form alike, and a 30,000-character line whole."""
+    with open(IMDB_TEST, encoding="utf-8", newline="") as f:
+        review = next(csv.DictReader(f))["text"]
+    raw = f"<br />{' '.join(review.split())}<br /><br />"
+    long = " ".join(review.split()) + " "
+    lines = [
+        "",
+        "<br /><br />",
+        raw,
+        normalise(raw, ("html", "nfkc", "lower")).strip(),
+        (long * 100)[:30_000],
+    ]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["classify", "--input", str(tmp_path / "texts.txt"), "--format", "jsonl"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(out) == len(lines)
+    assert (
+        out[0]["probabilities"] == out[1]["probabilities"]
+        and out[2]["probabilities"] == out[3]["probabilities"]
+    )
+    assert "classifying 2 empty texts" in caplog.text
 
 
 def test_shipped_bundles_and_configs_name_no_absolute_path() -> None:

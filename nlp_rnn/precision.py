@@ -56,6 +56,10 @@ INFERENCE_TABLE: dict[str, Optional[dict[str, str]]] = {
     # shipped default): SST-2 1,632 / 5,102 / 2,135 sentences/s, IMDb 63.7 / 235.3 / 86.0 reviews/s (fp32 / bf16 /
     # int8), bf16 labels agreeing with fp32's on 99.9 %. Character LM 1 / 32 samples 4,920 / 36,699 (int8) against
     # 2,379 / 33,793 (bf16) characters/s.
+    # Again 2026-12-04 (three alternations, warm): bf16 generates faster (greedy 1,317 / 1,325 / 1,189 against 1,053 /
+    # 954 / 1,024, beam 5 306 / 305 / 302 against 270 / 265 / 277), but the whole translate command over 1,000 lines is
+    # faster in int8 (greedy 3.2-3.3 against 3.5-4.1 s, beam 5 5.9-6.0 against 6.6-6.8: bf16 compiles its kernels in
+    # the first pass) and so is the server (one sentence 14 against 24 ms, 32 clients 660-690 against 536-576).
     "amx": {
         "translation": "int8",
         "classification": "bf16",

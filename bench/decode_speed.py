@@ -49,7 +49,7 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=0,
-        help="0: the translator's (256 greedy; a beam 64 on a CPU, 256 on a GPU)",
+        help="0: the translator's (256)",
     )
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

@@ -271,9 +271,12 @@ def test_translators_sharing_a_bundle_translate_the_same_from_two_threads() -> N
     assert together == alone
 
 
-def test_auto_takes_the_shortlist_and_beam_batches_of_64_on_a_cpu_and_neither_on_a_gpu(monkeypatch) -> None:
-    """On a GPU decoding is bound by kernel launches: `--shortlist auto` is off there and a beam's batch holds
-    256 sentences (measured on an H200, docs/results.md). The device is injected: CI has no GPU."""
+def test_auto_takes_the_shortlist_on_a_cpu_and_not_on_a_gpu_and_batches_hold_256_sentences(
+    monkeypatch,
+) -> None:
+    """On a GPU decoding is bound by kernel launches: `--shortlist auto` is off there (measured on an H200,
+    docs/results.md). Batches hold 256 sentences, greedy or with a beam, on either. The device is injected: CI has
+    no GPU."""
     from nlp_rnn.tasks.translation import interface
 
     asked = []  # the batch size each call's search got: `translate` without one takes `batch_size(beam)`
@@ -284,12 +287,12 @@ def test_auto_takes_the_shortlist_and_beam_batches_of_64_on_a_cpu_and_neither_on
     bundle = load(CHECKPOINTS / "multi30k-de-en")
     on_cpu = Translator(bundle, "fp32", "auto")
     assert on_cpu.device.type == "cpu" and on_cpu.shortlist is not None
-    assert (on_cpu.batch_size(1), on_cpu.batch_size(5)) == (256, 64)
+    assert (on_cpu.batch_size(1), on_cpu.batch_size(5)) == (256, 256)
     on_cpu.translate(["Ein Hund."], on_cpu.options(beam_size=1))
     on_cpu.translate(["Ein Hund."], on_cpu.options(beam_size=5))
     monkeypatch.setattr(Translator, "device", property(lambda self: torch.device("cuda")))
     on_gpu = Translator(bundle, "fp32", "auto")
     assert on_gpu.shortlist is None and (on_gpu.batch_size(1), on_gpu.batch_size(5)) == (256, 256)
     on_gpu.translate(["Ein Hund."], on_gpu.options(beam_size=5))  # (the weights are on the CPU all the same)
-    assert asked == [256, 64, 256]
+    assert asked == [256, 256, 256]
     assert Translator(bundle, "fp32", "on").shortlist is not None  # asked for: still there

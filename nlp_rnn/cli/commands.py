@@ -46,7 +46,7 @@ def evaluate(
         None, "--length-penalty", help="GNMT alpha for beam search."
     ),
     batch_size: int = typer.Option(
-        0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam; 256 on a GPU)."
+        0, "--batch-size", help="Sentences per batch (0: the task's own; 256 for translation)."
     ),
     precision: str = options.PRECISION_AUTO,
     report: Optional[Path] = typer.Option(None, "--report", help="Write all scores and settings as JSON."),

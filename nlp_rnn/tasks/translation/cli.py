@@ -80,9 +80,7 @@ def translate(
     n_best: int = typer.Option(
         1, "--n-best", help="Hypotheses per sentence, with scores (at most --beam-size)."
     ),
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Sentences per batch (0: 256 greedy, 64 beam; 256 on a GPU)."
-    ),
+    batch_size: int = typer.Option(0, "--batch-size", help="Sentences per batch (0: 256)."),
     precision: str = options.PRECISION_AUTO,
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Hard cap on output pieces."),
     length_penalty: Optional[float] = typer.Option(

@@ -103,13 +103,13 @@ def _trim_attention(weights: torch.Tensor, length: int, src_real: int) -> torch.
 def _without_done(
     done: torch.Tensor, active: torch.Tensor, prev: torch.Tensor, memory: Any, state: Any, move: bool = False
 ):
-    """Rows that are done (b,) leave the batch: the others' row ids, last tokens, memory and state, in their order.
+    """Rows that are done (b,) leave the batch: the others' row ids, last tokens, memory and state.
 
     `move` (greedy search): the rows that stay keep their places, except that the last ones fill the places of those
     that leave, and a memory that offers `keep_first` (the translation decoder's: the encoder states and attention
     keys, megabytes for a large batch) moves only those few rows within its own tensors instead of copying all the
     others (a row's numbers depend on its place in the batch only to float rounding, as on the batch's size).
-    Sampling keeps the order: its random draws go to the rows in order."""
+    Otherwise the rows that stay keep their order; sampling needs it: its random draws go to the rows in order."""
     if not bool(done.any()):
         return active, prev, memory, state
     alive = ~done

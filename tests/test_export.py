@@ -71,6 +71,8 @@ def test_onnx_runtime_translates_like_pytorch_and_alone_equals_batched(
         Translator(load(CHECKPOINTS / "multi30k-de-en"), "fp32", "off"),  # the whole output layer, as ONNX
         Translator(load_exported(exported["de-en"]), "fp32"),
     )
+    # a beam's batch: 64 sentences on ONNX Runtime (its step takes the encoder states per beam row), else 256
+    assert (ort_side.batch_size(1), ort_side.batch_size(5), torch_side.batch_size(5)) == (256, 64, 256)
     greedy = SearchOptions(beam_size=1, max_length=60)
     mine = [t[0].text for t in ort_side.translate(sentences, greedy, batch_size=64)]
     theirs = [t[0].text for t in torch_side.translate(sentences, greedy, batch_size=64)]

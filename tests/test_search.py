@@ -108,7 +108,7 @@ def test_greedy_moving_the_last_rows_into_finished_places_equals_copying_the_row
     monkeypatch.setattr(
         Memory,
         "keep_first",
-        lambda self, n, holes, fillers: moves.append(len(holes)) or original(self, n, holes, fillers),
+        lambda self, keep, holes, fillers: moves.append(len(holes)) or original(self, keep, holes, fillers),
     )
     moved = greedy(copy_model, batch, opts)
     assert len(moves) > 3 and any(moves) and sum(moves) < len(src)  # few rows moved, none copied whole

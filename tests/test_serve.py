@@ -161,8 +161,8 @@ def test_a_document_classifier_takes_whole_reviews_where_a_sentence_model_answer
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--max-document-chars", "2000000"], "--max-body 1,000,000 bytes cannot hold a text of"),
-        (["--max-chars", "5000", "--max-document-chars", "4000", "--max-body", "4500"], "5,000 characters"),
+        (["--max-document-chars", "2000000"], "--max-body 1,000,000 bytes is below --max-document-chars"),
+        (["--max-chars", "5000", "--max-document-chars", "4000", "--max-body", "4500"], "--max-chars 5,000:"),
         (["--max-body", "0"], "--max-body must be at least 1"),
     ],
 )

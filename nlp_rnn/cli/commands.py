@@ -213,8 +213,9 @@ def serve(
             raise NlpRnnError(f"{name} must be at least 1, got {value}")
     if max_body < max(max_chars, max_document_chars):
         raise NlpRnnError(
-            f"--max-body {max_body:,} bytes cannot hold a text of --max-document-chars/--max-chars "
-            f"{max(max_chars, max_document_chars):,} characters: raise --max-body"
+            f"--max-body {max_body:,} bytes is below --max-document-chars/--max-chars "
+            f"{max(max_chars, max_document_chars):,}: a text that long could never arrive (a character is a byte "
+            "or more, in a JSON body with its own bytes); raise --max-body"
         )
     if settle_ms < 0 or max_wait_ms < 0:
         raise NlpRnnError("--settle-ms and --max-wait-ms must be at least 0")

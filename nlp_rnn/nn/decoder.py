@@ -70,14 +70,18 @@ class Memory:
     def keep_first(self, keep: torch.Tensor, holes: torch.Tensor, fillers: torch.Tensor) -> "Memory":
         """`select(keep)` where keep (n,) is the rows 0..n-1 with rows `fillers` in the places `holes` (search's
         `_without_done`), made in place: only those rows move, and the first n rows are a view. For a search's memory,
-        made by the model's `start` for it alone: the encoder states and what was computed from them, shared with no
-        one. The mask is the batch's own (`Batch.src_mask`), so it is copied (a few bytes a row)."""
+        made by the model's `start` for it alone, one row per decoder row (not `for_beams`): the encoder states and
+        what was computed from them, shared with no one. The mask may be the batch's own (`Batch.src_mask`), so it is
+        copied (a few bytes a row)."""
+        assert self.group == 1, "keep_first takes decoder rows; a memory shared by beams selects sentences"
+        moved: set[int] = set()
 
         def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             if t is None:
                 return None
-            if holes.numel():
+            if holes.numel() and id(t) not in moved:  # (dot attention's keys are its values: moved once)
                 t[holes] = t[fillers]
+                moved.add(id(t))
             return t[: keep.numel()]
 
         return replace(

@@ -8,6 +8,7 @@ hold no per-task branches. A new task is one module that calls `register(MyTask(
 ones are imported on first use.
 """
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -345,9 +346,9 @@ def train(
     where = devices.resolve(device)
     distributed.init(where)
     lock = RunLock(out_dir)
-    created, main = not out_dir.exists(), distributed.is_main()
+    created = not out_dir.exists()
     try:
-        if main:
+        if distributed.is_main():
             lock.acquire()
         choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
         result = dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
@@ -356,11 +357,16 @@ def train(
         distributed.barrier()
         return result
     finally:
+        if (
+            created and lock.held
+        ):  # refused before writing anything (bad data, --init-from): no folder left behind
+            with contextlib.suppress(OSError):  # (never in place of the error that ended the run)
+                if [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
+                    lock.path.unlink()
+                    lock.release()
+                    out_dir.rmdir()  # not if another run made its lock meanwhile
         lock.release()
         distributed.finish()
-        if created and main and out_dir.is_dir() and [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
-            lock.path.unlink()  # refused before writing anything (bad data, --init-from): no folder left behind
-            out_dir.rmdir()
 
 
 def with_overrides(cfg: Any, section: str, **values) -> Any:

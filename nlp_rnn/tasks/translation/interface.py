@@ -63,8 +63,9 @@ class Translator:
         kernel launches for 64 sentences as for 256 (one NVIDIA H200, fp32 beam 5: 827 sentences/s at 64, 1,462 at
         256, 1,176 at 1,000). On the 2-core AMX Xeon (2026-12-04, docs/results.md), beam 5 at 64 against 256:
         int8 272-279 against 290 sentences/s, fp32 166 against 178; the whole command over 1,000 lines 6.75 against
-        6.55 s, at 650 MB of peak memory against 470."""
-        return 256
+        6.55 s, at 470 against 650 MB of peak memory. An exported model on ONNX Runtime keeps 64 with a beam: its
+        step graph takes the encoder states and keys per beam row (`PerRowMemory`), and 256 was not measured there."""
+        return 64 if beam_size > 1 and not isinstance(self.model, Seq2Seq) else 256
 
     def _shortlist(self, choice: str) -> Optional[Shortlist]:
         # auto is off on a GPU: decoding there is bound by kernel launches, and the shortlist adds gathers and a
@@ -108,12 +109,14 @@ class Translator:
         """n-best translations per text (an empty list for an empty text); `batch_size` 0: `batch_size(beam)`."""
         opts = opts or self.options()
         batch_size = batch_size or self.batch_size(opts.beam_size)
-        clean = [t.strip() for t in texts]
-        todo = [i for i, t in enumerate(clean) if t]
         out: list[list[Translation]] = [[] for _ in texts]
+        encoded = self.encode(texts) if texts else []
+        todo = [
+            i for i, ids in enumerate(encoded) if len(ids) > 1
+        ]  # EOS alone: nothing left after normalising
         if not todo:
             return out
-        src_ids = self.encode([clean[i] for i in todo])
+        src_ids = [encoded[i] for i in todo]
         model = self.model  # with a shortlist: one union for the whole call, the model itself unchanged
         if self.shortlist is not None:
             model = Shortlisted(self.model, self.shortlist.over(src_ids, opts.beam_size))

@@ -357,14 +357,14 @@ def train(
         distributed.barrier()
         return result
     finally:
-        if (
-            created and lock.held
-        ):  # refused before writing anything (bad data, --init-from): no folder left behind
-            with contextlib.suppress(OSError):  # (never in place of the error that ended the run)
+        # A run refused before writing anything (bad data, --init-from) leaves no folder behind; a failure to remove
+        # it never takes the place of the error that ended the run, and rmdir leaves a lock another run made meanwhile
+        if created and lock.held:
+            with contextlib.suppress(OSError):
                 if [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
                     lock.path.unlink()
                     lock.release()
-                    out_dir.rmdir()  # not if another run made its lock meanwhile
+                    out_dir.rmdir()
         lock.release()
         distributed.finish()
 

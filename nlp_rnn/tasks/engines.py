@@ -43,7 +43,7 @@ def _export_refusal(folder: Path):
     """Why the bundle in `folder` cannot be exported (its task's `export_refusal`), or None (also when its files
     cannot be read: loading it says what is wrong)."""
     try:
-        task = tasks.get(bundles.read_json(folder / bundles.META).get("task"))
+        task = tasks.get(bundles.read_meta(folder).get("task"))
         return task.export_refusal(from_dict(task.config_cls, bundles.read_json(folder / bundles.CONFIG)))
     except (NlpRnnError, OSError, ValueError):
         return None

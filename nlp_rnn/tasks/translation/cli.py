@@ -112,7 +112,6 @@ def translate(
     if n_best > opts.beam_size:
         raise NlpRnnError(f"--n-best {n_best} needs --beam-size of at least {n_best}")
     opts = replace(opts, n_best=n_best)
-    batch_size = batch_size or translator.batch_size(opts.beam_size)
     lines = textio.texts_or_input(texts, input)
     total = len(texts) if texts else textio.count_lines(input)
     with textio.output_file(output) as sink, textio.progress(total, shown=output is not None) as bar:

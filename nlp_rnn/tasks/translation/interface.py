@@ -110,7 +110,7 @@ class Translator:
         opts = opts or self.options()
         batch_size = batch_size or self.batch_size(opts.beam_size)
         out: list[list[Translation]] = [[] for _ in texts]
-        encoded = self.encode(texts) if texts else []
+        encoded = self.encode(texts)
         todo = [
             i for i, ids in enumerate(encoded) if len(ids) > 1
         ]  # EOS alone: nothing left after normalising

@@ -164,6 +164,9 @@ def main() -> None:
             "macs_per_sentence_m": None if macs is None else round(macs / 1e6, 2),
             "roofline_sentences_per_s": None if roofline is None else round(roofline, 1),
             "roofline_fraction": None if roofline is None else fraction(len(sources) / gen / roofline),
+            "whole_command_roofline_fraction": None
+            if roofline is None or cmd is None
+            else fraction(len(sources) / cmd / roofline),
             "generation_s_runs": [round(t, 3) for t in times],
             "whole_command_s_runs": [round(t, 3) for t in whole],
             "bleu": round(bleu(texts, refs)[0].score, 2),

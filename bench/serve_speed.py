@@ -3,8 +3,10 @@
     python bench/serve_speed.py [--model checkpoints/multi30k-de-en] [--precision fp32] [--clients 1,8,32]
 
 Starts the server in its own process on a free port, sends the 1,000 sentences of test_2016_flickr as 8-sentence
-requests from N client threads, and reports requests/s, sentences/s and the p50/p99 latency of a request; also the
-latency of one-sentence requests from one client, of 200 requests with one empty text (the server's own cost), and
+requests from N client threads, and reports requests/s, sentences/s (with its fraction of the roofline: batch mode's
+greedy multiply-adds per sentence at the machine's measured product rate, as bench/decode_speed.py counts them) and
+the p50/p99 latency of a request; also the latency of one-sentence requests from one client, of 200 requests with one
+empty text (the server's own cost), and
 "batch mode": `Translator.translate` over the same sentences in this process at the server's maximum batch, the
 server idle meanwhile. Each of `--rounds` rounds sends the 1,000 sentences once and is followed at once by a
 batch-mode pass, and "of_batch_mode" is the median of the rounds' ratios: this machine's speed drifts by 20 % and
@@ -29,7 +31,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import wait_for
+from common import fraction, product_rate, wait_for
+from decode_speed import decoding_macs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
@@ -222,6 +225,20 @@ def main() -> None:
         translator = Translator(load(args.model, device="cpu"), args.precision)
         opts = translator.options(beam_size=1)
         translator.translate(sentences[:64], opts, args.max_batch)  # warm-up
+        # the roofline: the multiply-adds of batch mode's greedy decoding (over its whole call's shortlist union, a
+        # bound on a server batch's smaller one) at this machine's product rate, measured with the server idle
+        outputs = translator.translate(sentences, opts, args.max_batch)
+        macs = decoding_macs(translator, sentences, outputs, 1, args.max_batch)
+        rate = product_rate(translator.precision)
+        roofline = rate / macs
+        results.update(
+            product_rate_gmacs=round(rate / 1e9, 1),
+            macs_per_sentence_m=round(macs / 1e6, 2),
+            roofline_sentences_per_s=round(roofline, 1),
+        )
+        print(
+            f"roofline: {roofline:,.1f} sentences/s ({macs / 1e6:.1f} M multiply-adds each at {rate / 1e9:.1f} GMAC/s)"
+        )
 
         def batch_mode(chunk: int = 0) -> float:
             started = time.perf_counter()
@@ -286,6 +303,8 @@ def main() -> None:
                 # requests' texts, the round's mean batch at a time, each sorted by length only within itself)
                 "batch_mode_sentences_per_s": round(median("batch_mode"), 1),
                 "arrival_order_sentences_per_s": round(median("arrival_order"), 1),
+                "roofline_fraction": fraction(median("sentences_per_s") / roofline),
+                "batch_mode_roofline_fraction": fraction(median("batch_mode") / roofline),
                 "of_batch_mode_rounds": [round(x, 3) for x in shares],
                 "of_batch_mode": round(statistics.median(shares), 3),
                 "of_arrival_order": round(

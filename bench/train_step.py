@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import cpu_name  # noqa: E402
+from common import cpu_name, fraction  # noqa: E402
 from train_multi30k import DATA, roofline  # noqa: E402
 
 
@@ -112,6 +112,9 @@ def main() -> None:
             "median_tokens_per_s": round(median),
             **roofline(first, data, median, 1, args.device, args.threads),
         }
+        result["rounds_roofline_fraction"] = [fraction(x / result["roofline_tokens_per_s"]) for x in rates]
+        for r, (x, share) in enumerate(zip(rates, result["rounds_roofline_fraction"])):
+            print(f"round {r + 1}: {x:,.0f} target tokens/s, {share} of the roofline")
         if traced:
             result["profile"] = traced
     out = Path(args.output)

@@ -468,8 +468,10 @@ def sample_in_place(
     """`sample` on a language model's `CellKernel` (`nn.cell_kernel`): the prompt is read by the model
     (`start`), then every token is one in-place kernel step and one draw. Rows never leave the batch: a
     row that is done keeps stepping and its later tokens are dropped, and whether all rows are done is
-    checked every `check_every` steps. The draws are the same calls as `sample`'s, so with one row (or
-    until a first row is done) a seed gives the same text as `sample`.
+    checked every `check_every` steps. The draws are `sample`'s: once a row is done, the noise is drawn for
+    the rows still generating only, in their order, as `sample` draws it for the rows left in its batch, so
+    a seed gives the same text as `sample` for every row (to float rounding of the logits, which depend on a
+    row's batch only to that).
 
     Per step, only the draw and two numbers per row are kept (the token, its logit and the row's
     log-normaliser, in preallocated (steps, B) buffers); where each row ends (its first EOS, or the step
@@ -493,6 +495,9 @@ def sample_in_place(
     banned = torch.tensor(opts.banned, dtype=torch.long, device=dev)
     rows = torch.arange(size, device=dev)
     drawn = tokens.unbind(0)  # each step's row of `tokens`, which its draw is written into
+    # Which rows still generate, known at every step: for `on_step`, and for random draws over several rows (one
+    # row's draws, and argmax, do not depend on it; elsewhere EOS is looked for only at the checks)
+    track = on_step is not None or (size > 1 and opts.temperature != 0)
     for t in range(steps):
         # (B, V): the kernel's buffer or a new tensor, ours to change
         logits = kernel.step(prev, h, c).float()
@@ -503,21 +508,26 @@ def sample_in_place(
         else:
             torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
         allowed = logits if not opts.banned else logits.index_fill_(1, banned, NEG_INF)
+        live = rows[~seen & (stopped == steps)] if track else rows  # rows still generating before this step
         if opts.temperature == 0:
             prev = torch.argmax(allowed, dim=-1, out=drawn[t])
         else:
             probs = torch.softmax(_filter(allowed, opts), dim=-1)
-            prev = _draw(probs, noise, generator, drawn[t])  # (B,)
+            if live.numel() == size:
+                prev = _draw(probs, noise, generator, drawn[t])  # (B,)
+            else:  # the noise for the rows still generating only (the others' tokens are dropped)
+                drawn[t][live] = _draw(probs[live], noise[: live.numel()], generator)
+                prev = drawn[t]
         if kept is None:
             torch.gather(logits, 1, prev.unsqueeze(1), out=chosen[t].unsqueeze(1))
         if on_step is not None:
-            live = rows[~seen & (stopped == steps)]  # rows still generating before this step
             stop = on_step(live, prev[live])
             if stop is not None:
                 stopped[live[stop]] = t + 1
+        if track:
             seen |= prev == EOS
         if (t + 1) % check_every == 0:
-            if on_step is None:  # the EOS drawn since the last check, in one call
+            if not track:  # the EOS drawn since the last check, in one call
                 seen |= (tokens[t + 1 - check_every : t + 1] == EOS).any(0)
             if not bool((~seen & (stopped == steps)).any()):
                 tokens, chosen, norm = tokens[: t + 1], chosen[: t + 1], norm[: t + 1]

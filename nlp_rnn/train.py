@@ -19,7 +19,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -124,6 +124,34 @@ class RunLock:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+def refuse_a_second_run(out_dir: Path, resume: bool) -> None:
+    """A new run (not `resume`) never writes over the one `out_dir` already holds."""
+    if not resume and (out_dir / "last" / bundles.META).exists():
+        raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: Path, acquire: bool = True) -> Iterator[RunLock]:
+    """Holds `out_dir`'s `RunLock` for the block (`acquire` False: not this process, e.g. torchrun's others). A folder
+    the block made and left holding only the lock (a run refused before writing anything: bad data, --init-from) is
+    removed; a failure to remove it never takes the place of the block's own error, and only the process holding the
+    lock removes it, before releasing it (rmdir would otherwise leave the lock of a run started meanwhile)."""
+    lock = RunLock(out_dir)
+    created = not out_dir.exists()
+    try:
+        if acquire:
+            lock.acquire()
+        yield lock
+    finally:
+        if created and lock.held:
+            with contextlib.suppress(OSError):
+                if [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
+                    lock.path.unlink()
+                    lock.release()
+                    out_dir.rmdir()
+        lock.release()
 
 
 def fused_adam(device: torch.device) -> bool:
@@ -462,10 +490,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (self.out_dir / "last" / bundles.META).exists():
-            raise NlpRnnError(
-                f"{self.out_dir}: already holds a training run; use --resume, or another --output"
-            )
+        refuse_a_second_run(self.out_dir, resume)
         if resume:
             self._restore()
         distributed.barrier()  # every process has read last/ before process 0 writes it again

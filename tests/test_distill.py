@@ -14,7 +14,7 @@ from nlp_rnn.tasks.translation.distill import distill
 
 
 @pytest.mark.slow
-def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path: Path) -> None:
+def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path: Path, capsys) -> None:
     cfg = tiny_config(write_slice(multi30k, tmp_path / "data", n=60), max_steps=4)
     summary = distill(
         CHECKPOINTS / "multi30k-de-en",
@@ -52,6 +52,15 @@ def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path:
         corpus / "train.tgt"
     ).stat().st_mtime_ns
     assert load(tmp_path / "student2").meta["step"] == 4
+    # a trained student's corpus is never replaced: not by a new run into its folder, nor by a resumed one made
+    # another way (refused before the teacher translates anything)
+    before = (corpus / "train.tgt").read_bytes(), (corpus / "distilled.json").read_bytes()
+    other = [*args[:-1], "3", "--precision", "fp32", "--output", str(tmp_path / "student"), "--quiet"]
+    assert main(other) == 2
+    assert "already holds a training run; use --resume" in capsys.readouterr().err
+    assert main([*other, "--resume"]) == 2
+    assert "the student to resume trained on translations made with" in capsys.readouterr().err
+    assert ((corpus / "train.tgt").read_bytes(), (corpus / "distilled.json").read_bytes()) == before
 
 
 @pytest.mark.parametrize("option", ["--beam-size", "--batch-size"])
@@ -74,3 +83,19 @@ def test_distill_refuses_a_bad_beam_or_batch(option: str, tmp_path: Path, capsys
         == 2
     )
     assert f"{option} must be at least 1" in capsys.readouterr().err
+
+
+def test_distill_checks_the_validation_data_before_the_teacher_translates(
+    multi30k: Path, tmp_path: Path, capsys
+) -> None:
+    cfg = tiny_config(write_slice(multi30k, tmp_path / "data", n=20))
+    config = tmp_path / "s.yaml"
+    data = dict(to_dict(cfg)["data"], valid_src=str(tmp_path / "missing.de"))
+    config.write_text(yaml.safe_dump(dict(to_dict(cfg), data=data)))
+    out = tmp_path / "o"
+    assert (
+        main(["distill", str(CHECKPOINTS / "multi30k-de-en"), "--config", str(config), "--output", str(out)])
+        == 2
+    )
+    assert "missing.de" in capsys.readouterr().err
+    assert not out.exists()  # nothing translated, no folder left

@@ -152,6 +152,32 @@ def test_the_cli_exports_and_runs_on_onnx_runtime_and_refuses_bad_folders(
             f"error: {CHECKPOINTS / 'multi30k-de-en'}: a PyTorch bundle; export it first",
         ),
         (
+            (
+                "translate",
+                "--engine",
+                "onnxruntime",
+                "--model",
+                str(exported["de-en"]),
+                "--shortlist",
+                "on",
+                "x",
+            ),
+            "error: --shortlist on works with one torch model: an ensemble or an exported ONNX model",
+        ),
+        (
+            (
+                "translate",
+                "--engine",
+                "onnxruntime",
+                "--model",
+                str(exported["de-en"]),
+                "--precision",
+                "bf16",
+                "x",
+            ),
+            "error: --precision bf16: this model runs in fp32 only (--engine onnxruntime)",
+        ),
+        (
             ("export", str(CHECKPOINTS / "shakespeare-char"), "--output", str(tmp_path / "y")),
             "error: "
             + str(CHECKPOINTS / "shakespeare-char")

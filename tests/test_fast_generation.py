@@ -53,6 +53,14 @@ def test_a_seed_gives_the_same_text_as_the_step_by_step_sampler(via_sigmoid: boo
     generator.fast = True
     after = [s.text for s in generator.generate(["A", "ROMEO:"], num_samples=3, max_tokens=60, seed=7)[1]]
     assert after == before
+    # rows that a stop string ends at different steps: each row's draws are still the step-by-step sampler's
+    for seed in (0, 1):
+        texts = {}
+        for fast in (False, True):
+            generator.fast = fast
+            found = generator.generate(["ROMEO:"], num_samples=4, max_tokens=200, seed=seed, stop="\n\n")[0]
+            texts[fast] = [s.text for s in found]
+        assert texts[True] == texts[False] and len({len(t) for t in texts[True]}) > 1
 
 
 def test_rows_that_end_stop_and_their_later_tokens_are_dropped() -> None:
@@ -67,6 +75,10 @@ def test_rows_that_end_stop_and_their_later_tokens_are_dropped() -> None:
     )
     assert all(h.tokens[-1] == 3 and 3 not in h.tokens[:-1] for h in found if len(h.tokens) < 40)
     assert len({len(h.tokens) for h in found}) > 1
+    # the step-by-step sampler, whose batch loses each row that ends, draws the same for every row
+    slow = sample(model, batch, SampleOptions(max_tokens=40), torch.Generator().manual_seed(0))
+    assert [h.tokens for h in slow] == [h.tokens for h in found]
+    assert [h.score for h in slow] == pytest.approx([h.score for h in found], abs=1e-5)
     # one row alone: the same as the step-by-step sampler, to its end
     one = make_batch([[BOS]])
     a = sample(model, one, SampleOptions(max_tokens=40), torch.Generator().manual_seed(3))[0]

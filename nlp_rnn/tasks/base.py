@@ -8,7 +8,6 @@ hold no per-task branches. A new task is one module that calls `register(MyTask(
 ones are imported on first use.
 """
 
-import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from nlp_rnn import bundle as bundles
 from nlp_rnn import card, devices, distributed
 from nlp_rnn.errors import BundleError, NlpRnnError
 from nlp_rnn.tokenizer import Tokenizer
-from nlp_rnn.train import RunLock, Trainer, TrainingSetup  # TrainingSetup: part of the task contract
+from nlp_rnn.train import Trainer, TrainingSetup, run_folder  # TrainingSetup: part of the task contract
 
 log = logging.getLogger(__name__)
 
@@ -345,27 +344,17 @@ def train(
     task = get(task_name)
     where = devices.resolve(device)
     distributed.init(where)
-    lock = RunLock(out_dir)
-    created = not out_dir.exists()
     try:
-        if distributed.is_main():
-            lock.acquire()
-        choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
-        result = dict(task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank())
-        # Process 0 may still work after training (the translation shortlist): the others wait for it, so
-        # that no process closes the group under one still using it (gloo aborts a process left so).
-        distributed.barrier()
-        return result
+        with run_folder(out_dir, acquire=distributed.is_main()):
+            choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
+            result = dict(
+                task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank()
+            )
+            # Process 0 may still work after training (the translation shortlist): the others wait for it, so
+            # that no process closes the group under one still using it (gloo aborts a process left so).
+            distributed.barrier()
+            return result
     finally:
-        # A run refused before writing anything (bad data, --init-from) leaves no folder behind; a failure to remove
-        # it never takes the place of the error that ended the run, and rmdir leaves a lock another run made meanwhile
-        if created and lock.held:
-            with contextlib.suppress(OSError):
-                if [p.name for p in out_dir.iterdir()] == [RunLock.NAME]:
-                    lock.path.unlink()
-                    lock.release()
-                    out_dir.rmdir()
-        lock.release()
         distributed.finish()
 
 

@@ -82,14 +82,11 @@ class ForecastTask(tasks.Task):
     ) -> dict:
         if not cfg.data.refit:
             return super().fit(cfg, out_dir, tokenizer, resume, progress_bar, device)
-        from nlp_rnn.train import METRICS, Trainer
+        from nlp_rnn.train import METRICS, Trainer, refuse_a_second_run
 
         selection = out_dir / SELECTION
         if not (selection / SELECTED).is_file():
-            if (out_dir / "last").is_dir() and not resume:
-                raise NlpRnnError(
-                    f"{out_dir}: already holds a training run; use --resume, or another --output"
-                )
+            refuse_a_second_run(out_dir, resume)
             log.info(
                 "refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection
             )

@@ -20,6 +20,7 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
 from nlp_rnn.tasks.translation.interface import Translator
 from nlp_rnn.tasks.translation.shortlists import parallel_source
+from nlp_rnn.train import refuse_a_second_run, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ def distilled_corpus(
     beam_size: int = 5,
     batch_size: int = 64,
     progress: bool = True,
+    keep: bool = False,
 ) -> tuple[Path, Path, dict]:
     """The student's training pairs: the training sources of `cfg` and the teacher's translations of them.
-    Pairs whose translation is empty are left out (counted in the returned info)."""
+    Pairs whose translation is empty are left out (counted in the returned info). `keep`: a student was trained
+    on the corpus already in `folder` (a resumed run), which is then reused only if it was made the same way, and
+    never replaced."""
     src, _ = read_parallel(parallel_source(cfg.data, "train"))
-    folder.mkdir(parents=True, exist_ok=True)
     src_file, tgt_file, info_file = folder / "train.src", folder / "train.tgt", folder / "distilled.json"
     wanted = {"teacher": str(teacher.bundle.path), "beam_size": beam_size, "sources": len(src)}
     if info_file.is_file() and src_file.is_file() and tgt_file.is_file():
@@ -43,6 +46,13 @@ def distilled_corpus(
         if {k: info.get(k) for k in wanted} == wanted:
             log.info("distillation: reusing the teacher's translations in %s", folder)
             return src_file, tgt_file, info
+        if keep:
+            made = ", ".join(f"{k} {info.get(k)}" for k in wanted)
+            raise NlpRnnError(
+                f"{info_file}: the student to resume trained on translations made with {made}; "
+                "give the same teacher, --beam-size and training data, or another --output"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
     opts = teacher.options(beam_size=beam_size)
     kept = empty = 0
     partial_src, partial_tgt = folder / "train.src.partial", folder / "train.tgt.partial"
@@ -88,11 +98,17 @@ def distill(
             "distill: the student config reads a Hub dataset; give its validation data as files or a table "
             "(data.valid_src/valid_tgt or data.valid): the training side is replaced by the teacher's translations"
         )
+    output = Path(output)
+    refuse_a_second_run(output, resume)  # before the corpus its student trained on is replaced
+    read_parallel(
+        parallel_source(cfg.data, "valid")
+    )  # a missing validation file fails now, not after translating
     bundle = tasks.load(teacher_path, NAME)  # the student takes the teacher's tokenizer
     teacher = Translator(bundle, precision)
-    src_file, tgt_file, info = distilled_corpus(
-        teacher, cfg, Path(output) / "distilled", beam_size, batch_size, progress
-    )
+    with run_folder(output):  # no other training or distillation writes the corpus meanwhile
+        src_file, tgt_file, info = distilled_corpus(
+            teacher, cfg, output / "distilled", beam_size, batch_size, progress, keep=resume
+        )
     data = replace(cfg.data, train_src=str(src_file), train_tgt=str(tgt_file), train=None, dataset=None)
     cfg = replace(cfg, data=data)
     if max_minutes is not None:

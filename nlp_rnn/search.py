@@ -498,6 +498,7 @@ def sample_in_place(
     # Which rows still generate, known at every step: for `on_step`, and for random draws over several rows (one
     # row's draws, and argmax, do not depend on it; elsewhere EOS is looked for only at the checks)
     track = on_step is not None or (size > 1 and opts.temperature != 0)
+    live = rows  # the rows still generating before this step
     for t in range(steps):
         # (B, V): the kernel's buffer or a new tensor, ours to change
         logits = kernel.step(prev, h, c).float()
@@ -508,7 +509,6 @@ def sample_in_place(
         else:
             torch.logsumexp(logits, 1, out=norm[t])  # raw logits: finite, so torch's own is exact
         allowed = logits if not opts.banned else logits.index_fill_(1, banned, NEG_INF)
-        live = rows[~seen & (stopped == steps)] if track else rows  # rows still generating before this step
         if opts.temperature == 0:
             prev = torch.argmax(allowed, dim=-1, out=drawn[t])
         else:
@@ -524,8 +524,13 @@ def sample_in_place(
             stop = on_step(live, prev[live])
             if stop is not None:
                 stopped[live[stop]] = t + 1
-        if track:
             seen |= prev == EOS
+            live = rows[~seen & (stopped == steps)]
+        elif track:  # (the rows that are done draw no token: theirs stays 0, never EOS)
+            ended = prev == EOS
+            if bool(ended.any()):  # the rows change only then
+                seen |= ended
+                live = rows[~seen]
         if (t + 1) % check_every == 0:
             if not track:  # the EOS drawn since the last check, in one call
                 seen |= (tokens[t + 1 - check_every : t + 1] == EOS).any(0)

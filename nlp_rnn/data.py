@@ -221,20 +221,25 @@ def tokenize_parallel(
     cache_dir: Optional[Path] = None,
     where: str = "data",
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Piece ids per side (source ends in EOS), through a batched, cached `datasets.map`."""
+    """Piece ids per side (source ends in EOS), through a batched, cached `datasets.map`. Each text without the
+    whitespace at its ends after the tokenizer's normalisation, as `encode_sources` reads texts to translate."""
     import datasets
 
     datasets.disable_progress_bars()
     ds = datasets.Dataset.from_dict({"src": list(src), "tgt": list(tgt)})
 
     def encode(batch: dict) -> dict:
-        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+        return {
+            "src_ids": tokenizer.encode_src(batch["src"], strip=True),
+            "tgt_ids": tokenizer.encode_tgt(batch["tgt"], strip=True),
+        }
 
     cache = None
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         text = "\n".join(src).encode() + b"\0" + "\n".join(tgt).encode()
-        cache = _cache_name(cache_dir, text, tokenizer.src_blob, tokenizer.tgt_blob or b"")
+        # (the last part: ids made before the ends were stripped are not reused)
+        cache = _cache_name(cache_dir, text, tokenizer.src_blob, tokenizer.tgt_blob or b"", b"ends stripped")
     ds = ds.map(
         encode,
         batched=True,

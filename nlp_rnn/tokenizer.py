@@ -266,8 +266,10 @@ class Tokenizer:
         normalised = self.normalised(texts)
         return self.src.encode([t.strip() for t in normalised] if strip else normalised, out_type=int)
 
-    def encode_tgt(self, texts: Iterable[str]) -> list[list[int]]:
-        return self.tgt.encode(self.normalised(texts), out_type=int)
+    def encode_tgt(self, texts: Iterable[str], strip: bool = False) -> list[list[int]]:
+        """`strip`: as `encode_src`'s."""
+        normalised = self.normalised(texts)
+        return self.tgt.encode([t.strip() for t in normalised] if strip else normalised, out_type=int)
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         keep = UNK if self.words else EOS  # a word list writes <unk> back; sentencepiece drops the specials

@@ -10,9 +10,10 @@ from nlp_rnn import bundle as bundles
 from nlp_rnn.config import TokenizerConfig, load_config
 from nlp_rnn.data import ParallelSource, read_parallel, read_table, tokenize_parallel
 from nlp_rnn.errors import BundleError, NlpRnnError
+from nlp_rnn.normalise import normalise
 from nlp_rnn.tasks.base import load as load_bundle
 from nlp_rnn.tasks.translation import TranslationConfig
-from nlp_rnn.tokenizer import Tokenizer
+from nlp_rnn.tokenizer import EOS, Tokenizer
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -99,6 +100,19 @@ def test_overlong_sentences_are_truncated_with_one_warning(caplog) -> None:
         src, tgt = tokenize_parallel(texts, texts, tok, max_src_len=20, max_tgt_len=10)
     assert max(len(s) for s in src) == 20 and max(len(t) for t in tgt) == 9
     assert caplog.text.count("truncated 40 sentences") == 2  # one summary per side, not one per sentence
+
+
+def test_translation_pairs_are_read_without_what_normalising_leaves_at_their_ends(tmp_path: Path) -> None:
+    """A byte-exact tokenizer reads spaces as pieces: the HTML breaks at a pair's ends (spaces once normalised) are
+    not part of it, as for a text to translate (`encode_sources`)."""
+    texts = [f"<br />line {i} of the text.<br /><br />" for i in range(60)]
+    cfg = TokenizerConfig(vocab_size=300, model_type="unigram", byte_exact=True, normalise=("html",))
+    tok = Tokenizer.train(cfg, texts, texts)
+    bare = [normalise(t, ("html",)).strip() for t in texts]
+    assert bare[0] == "line 0 of the text." and tok.encode_src(texts[:1]) != tok.encode_src(bare[:1])
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):  # the second time from the cache
+        src, tgt = tokenize_parallel(texts, texts, tok, max_src_len=100, max_tgt_len=100, cache_dir=cache)
+        assert src == [ids + [EOS] for ids in tok.encode_src(bare)] and tgt == tok.encode_tgt(bare)
 
 
 def test_byte_fallback_represents_unseen_characters() -> None:

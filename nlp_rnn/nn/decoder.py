@@ -278,8 +278,10 @@ class Decoder(nn.Module):
         attentional, state, weights = self._advance(pre, memory, state)
         if memory.output is None:
             return self.output(attentional), state, weights
-        logits = memory.output(attentional)  # (B, K), a new tensor
-        penalty = memory.penalty  # per sentence: (rows / group, columns)
+        # (B, K), a new tensor, in float32 (the searches' type) before the penalty: a bf16 model's bf16 logits took
+        # an add in bf16 (each element to float32 and back) and then a copy to float32
+        logits = memory.output(attentional).float()
+        penalty = memory.penalty  # per sentence: (rows / group, columns), float32
         logits.view(penalty.size(0), -1, logits.size(-1)).add_(penalty.unsqueeze(1))
         return logits, state, weights
 
@@ -314,13 +316,8 @@ class Decoder(nn.Module):
         order = getattr(restricted, "columns", None)  # int8 rows packed in two parts: the columns' own order
         if order is not None:
             vocab, allowed = vocab[order], allowed[:, order.to(allowed.device)]
-        # in the logits' own dtype (a bf16 model's are bf16): 0 and -inf are exact in either, and an fp32 penalty
-        # added to bf16 logits would make the in-place add compute in fp32 and copy back (2.2 ms a beam-5 step of
-        # 64 sentences here against the output layer's 1.1 ms)
-        dtype = output.weight.dtype if isinstance(output, nn.Linear) else torch.float32
-        penalty = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, float("-inf")
-        )
+        # float32, as `step` makes the logits before adding it
+        penalty = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
         return replace(memory, vocab=vocab, output=restricted, penalty=penalty)
 
     # ------------------------------------------------------------------ whole sequences

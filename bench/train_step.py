@@ -113,8 +113,11 @@ def main() -> None:
             **roofline(first, data, median, 1, args.device, args.threads),
         }
         result["rounds_roofline_fraction"] = [fraction(x / result["roofline_tokens_per_s"]) for x in rates]
-        for r, (x, share) in enumerate(zip(rates, result["rounds_roofline_fraction"])):
-            print(f"round {r + 1}: {x:,.0f} target tokens/s, {share} of the roofline")
+        print(
+            f"rounds' fractions of the roofline ({result['roofline_tokens_per_s']:,} target tokens/s):",
+            end=" ",
+        )
+        print(" / ".join(str(share) for share in result["rounds_roofline_fraction"]))
         if traced:
             result["profile"] = traced
     out = Path(args.output)

@@ -132,6 +132,12 @@ def refuse_a_second_run(out_dir: Path, resume: bool) -> None:
         raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
 
 
+def refuse_nothing_to_resume(out_dir: Path) -> None:
+    """A resumed run needs the run `out_dir` holds."""
+    if not (out_dir / "last" / bundles.META).is_file():
+        raise NlpRnnError(f"{out_dir}: nothing to resume (no last/ bundle); run without --resume")
+
+
 @contextlib.contextmanager
 def run_folder(out_dir: Path, acquire: bool = True) -> Iterator[RunLock]:
     """Holds `out_dir`'s `RunLock` for the block (`acquire` False: not this process, e.g. torchrun's others). A folder
@@ -310,8 +316,7 @@ class Trainer:
 
     def _restore(self) -> None:
         last = self.out_dir / "last"
-        if not (last / bundles.META).is_file():
-            raise NlpRnnError(f"{self.out_dir}: nothing to resume (no last/ bundle); run without --resume")
+        refuse_nothing_to_resume(self.out_dir)
         state = bundles.load_trainer_state(last)
         saved_world = state.get("world_size", 1)
         if saved_world != self.world:

@@ -61,6 +61,14 @@ def test_a_student_trains_on_the_teachers_translations(multi30k: Path, tmp_path:
     assert main([*other, "--resume"]) == 2
     assert "the student to resume trained on translations made with" in capsys.readouterr().err
     assert ((corpus / "train.tgt").read_bytes(), (corpus / "distilled.json").read_bytes()) == before
+    # nothing to resume, or a corpus that lost a file: refused before the teacher translates
+    fresh = [*other[:-2], str(tmp_path / "fresh"), "--quiet", "--resume"]
+    assert main(fresh) == 2 and "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
+    (corpus / "train.tgt").unlink()
+    assert main([*other, "--resume"]) == 2
+    assert "lacks train.tgt" in capsys.readouterr().err
+    assert (corpus / "distilled.json").read_bytes() == before[1] and not (corpus / "train.tgt").exists()
 
 
 @pytest.mark.parametrize("option", ["--beam-size", "--batch-size"])

@@ -334,18 +334,20 @@ def train(
     tokenizer_dir: Optional[str | Path] = None,
     progress_bar: bool = True,
     device: str = "auto",
+    lock: bool = True,
 ) -> dict:
     """Trains any registered task (`Task.fit`: its data and model, then the shared `Trainer`).
 
     On `device` (auto: CUDA when present); under torchrun, in every process of the group. The
-    run folder is locked for the whole run, so a second training cannot write into it.
+    run folder is locked for the whole run, so a second training cannot write into it (`lock` False: the
+    caller holds its lock already, as distillation does from the making of its corpus on).
     """
     out_dir = Path(out_dir)
     task = get(task_name)
     where = devices.resolve(device)
     distributed.init(where)
     try:
-        with run_folder(out_dir, acquire=distributed.is_main()):
+        with run_folder(out_dir, acquire=lock and distributed.is_main()):
             choice = TokenizerChoice(out_dir, resume, Path(tokenizer_dir) if tokenizer_dir else None)
             result = dict(
                 task.fit(cfg, out_dir, choice, resume, progress_bar, where), rank=distributed.rank()

@@ -20,7 +20,7 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
 from nlp_rnn.tasks.translation.interface import Translator
 from nlp_rnn.tasks.translation.shortlists import parallel_source
-from nlp_rnn.train import refuse_a_second_run, run_folder
+from nlp_rnn.train import refuse_a_second_run, refuse_nothing_to_resume, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,13 @@ def distilled_corpus(
     src, _ = read_parallel(parallel_source(cfg.data, "train"))
     src_file, tgt_file, info_file = folder / "train.src", folder / "train.tgt", folder / "distilled.json"
     wanted = {"teacher": str(teacher.bundle.path), "beam_size": beam_size, "sources": len(src)}
-    if info_file.is_file() and src_file.is_file() and tgt_file.is_file():
+    missing = [f.name for f in (src_file, tgt_file, info_file) if not f.is_file()]
+    if keep and missing:
+        raise NlpRnnError(
+            f"{folder}: the corpus the student to resume trained on lacks {', '.join(missing)}; "
+            "resume needs it whole (or train a new student with another --output)"
+        )
+    if not missing:
         info = json.loads(info_file.read_text(encoding="utf-8"))
         if {k: info.get(k) for k in wanted} == wanted:
             log.info("distillation: reusing the teacher's translations in %s", folder)
@@ -99,21 +105,32 @@ def distill(
             "(data.valid_src/valid_tgt or data.valid): the training side is replaced by the teacher's translations"
         )
     output = Path(output)
-    refuse_a_second_run(output, resume)  # before the corpus its student trained on is replaced
+    # before the teacher translates: a new run would replace the corpus its student trained on
+    if resume:
+        refuse_nothing_to_resume(output)
+    else:
+        refuse_a_second_run(output, resume)
     read_parallel(
         parallel_source(cfg.data, "valid")
     )  # a missing validation file fails now, not after translating
     bundle = tasks.load(teacher_path, NAME)  # the student takes the teacher's tokenizer
     teacher = Translator(bundle, precision)
-    with run_folder(output):  # no other training or distillation writes the corpus meanwhile
+    with run_folder(output):  # no other training or distillation writes the corpus or the student meanwhile
         src_file, tgt_file, info = distilled_corpus(
             teacher, cfg, output / "distilled", beam_size, batch_size, progress, keep=resume
         )
-    data = replace(cfg.data, train_src=str(src_file), train_tgt=str(tgt_file), train=None, dataset=None)
-    cfg = replace(cfg, data=data)
-    if max_minutes is not None:
-        cfg = tasks.with_overrides(cfg, "train", max_minutes=max_minutes)
-    summary = tasks.train(
-        NAME, cfg, output, resume=resume, tokenizer_dir=bundle.path, progress_bar=progress, device=device
-    )
+        data = replace(cfg.data, train_src=str(src_file), train_tgt=str(tgt_file), train=None, dataset=None)
+        cfg = replace(cfg, data=data)
+        if max_minutes is not None:
+            cfg = tasks.with_overrides(cfg, "train", max_minutes=max_minutes)
+        summary = tasks.train(
+            NAME,
+            cfg,
+            output,
+            resume=resume,
+            tokenizer_dir=bundle.path,
+            progress_bar=progress,
+            device=device,
+            lock=False,
+        )
     return dict(summary, distilled=info)

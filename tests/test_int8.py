@@ -11,8 +11,9 @@ from helpers import IMDB_TEST, ROOT
 
 from nlp_rnn.data import make_batch
 from nlp_rnn.errors import NlpRnnError
+from nlp_rnn.nn import int8
 from nlp_rnn.nn.encoder import Encoder
-from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack, product
+from nlp_rnn.nn.int8 import Int8Encoder, Int8Linear, Int8Stack, Packed, product
 from nlp_rnn.precision import resolve_precision
 from nlp_rnn.search import SearchOptions
 from nlp_rnn.tasks.base import load
@@ -36,10 +37,42 @@ def test_the_int8_product_past_torch_function_handling_equals_torchs_own_call() 
     linear = Int8Linear(torch.randn(48, 16), torch.randn(48))
     for rows in (1, 5):
         x = torch.randn(rows, 16)
-        assert torch.equal(
-            product(x, linear.packed), torch.ops.quantized.linear_dynamic(x, linear.packed, True)
-        )
+        packed = linear.packed.pick(rows) if isinstance(linear.packed, Packed) else linear.packed
+        assert torch.equal(product(x, linear.packed), torch.ops.quantized.linear_dynamic(x, packed, True))
     assert torch._C._is_torch_function_enabled()  # switched off for the call only
+
+
+def test_large_products_take_onednn_where_it_is_faster_with_the_same_numbers(monkeypatch) -> None:
+    """Where oneDNN's int8 kernels are faster for large products (AMX), an Int8Linear packs its weight for them at
+    its first large product: the same quantisation, so the same numbers to float rounding; small ones keep fbgemm."""
+    monkeypatch.setattr(int8, "_onednn_for_large", lambda: True)  # as on AMX, whatever this CPU is
+    monkeypatch.setattr(int8, "ONEDNN_AFTER_ROWS", 0)  # packed at the first large product
+    torch.manual_seed(4)
+    w, b = torch.randn(600, 256) * 0.1, torch.randn(600)
+    linear, engine = Int8Linear(w, b), torch.backends.quantized.engine
+    assert isinstance(linear.packed, Packed) and linear.packed.large is None
+    small, large = torch.randn(2, 256), torch.randn(linear.packed.from_rows, 256)
+    fbgemm = linear.packed.small
+    assert torch.equal(linear(small), torch.ops.quantized.linear_dynamic(small, fbgemm, True))
+    assert linear.packed.large is None  # not packed for a small product
+    waiting = Int8Linear(
+        w, b
+    )  # with the default, large products run in fbgemm until they pay for the packing
+    monkeypatch.setattr(int8, "ONEDNN_AFTER_ROWS", 3 * waiting.packed.from_rows)
+    for _ in range(2):
+        assert torch.equal(waiting(large), torch.ops.quantized.linear_dynamic(large, fbgemm, True))
+        assert waiting.packed.large is None
+    monkeypatch.setattr(int8, "ONEDNN_AFTER_ROWS", 0)
+    try:
+        got = linear(large)
+    except RuntimeError as err:  # a CPU whose oneDNN build lacks int8 kernels: the kind is not listed there
+        pytest.skip(f"oneDNN int8 products not available here: {err}")
+    assert (
+        linear.packed.large is not None and torch.backends.quantized.engine == engine
+    )  # the engine restored
+    assert torch.allclose(got, torch.ops.quantized.linear_dynamic(large, fbgemm, True), rtol=1e-4, atol=1e-4)
+    exact = large @ w.t() + b
+    assert float((got - exact).norm() / exact.norm()) < 0.05  # int8's own error
 
 
 def test_an_int8_product_restricted_to_rows_equals_those_columns_of_the_whole_product() -> None:

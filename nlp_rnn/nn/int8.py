@@ -2,7 +2,8 @@
 
 Weights are quantised once, per output row (symmetric, int8); activations are quantised per batch on
 the fly (uint8), and the products run in fbgemm's int8 kernels (`quantized::linear_dynamic`), which
-torch 2.13 ships for x86 CPUs: 1.7-3.6x faster than fp32 on a 2-core AVX2 EPYC at decoding shapes.
+torch 2.13 ships for x86 CPUs: 1.7-3.6x faster than fp32 on a 2-core AVX2 EPYC at decoding shapes. On an
+AMX Xeon, large products run in oneDNN's int8 kernels instead (AMX tiles; about twice as fast there, `Packed`).
 `quantize(model)` returns an int8 copy of a translation model, classifier or language model: the
 recurrent cells of the encoders (run here as a loop of int8 products instead of torch's fused
 layers) and of the decoder, the attention, the bridge, the combination layer and the output layers.
@@ -15,6 +16,7 @@ deprecated. Where they are missing (a torch build without fbgemm), int8 is refus
 
 import contextlib
 import copy
+import functools
 import warnings
 from typing import Optional
 
@@ -36,9 +38,61 @@ def available() -> bool:
 
 _dynamic = None  # fbgemm's `quantized::linear_dynamic`, looked up at the first product
 
+# CPU kinds (`precision.cpu_kind`) where oneDNN's int8 kernels, which use AMX tiles, beat fbgemm's for large products:
+# on a 2-core AMX Xeon, 256 x 512 -> 4,137 takes 0.56 ms against 1.33, 1,280 rows 3.1 against 7.1 (0.24 against 0.45
+# at 64 rows), while one row takes 30-60 µs against 10-30 (its calls cost more). Kinds not listed (AMD's AVX-512
+# VNNI among them) are not measured and keep fbgemm alone.
+ONEDNN_KINDS = frozenset({"amx"})
+# Multiply-adds of a product from which oneDNN's kernel takes it there: the measured crossings lie at 20-50 M
+# (24 rows of 512 -> 4,137, 32 of 512 -> 1,536, about 100 of 1,024 -> 512 and of 256 -> 768)
+ONEDNN_MIN_MACS = 40_000_000
+# Rows of large products a weight runs in fbgemm before it is packed for oneDNN: packing costs about 5 ns a weight
+# element (11 ms for a 4,137 x 512 shortlisted output layer), and oneDNN saves about 1.4 ps a multiply-add there,
+# so the packing pays after about 3,500 rows. A server's run, whose shortlist rows are packed anew, of 64-text
+# batches would lose by it; a long-lived weight, or a file's call of 256-sentence batches, gains.
+ONEDNN_AFTER_ROWS = 4096
+
+
+@functools.cache
+def _onednn_for_large() -> bool:
+    from nlp_rnn.precision import cpu_kind
+
+    return cpu_kind() in ONEDNN_KINDS and "onednn" in torch.backends.quantized.supported_engines
+
+
+class Packed:
+    """An int8 weight packed for fbgemm, and where oneDNN's kernel is faster for large products
+    (`ONEDNN_KINDS`), for oneDNN too, once its large products have run `ONEDNN_AFTER_ROWS` rows (a server
+    answering single sentences never pays for it). The two give the same numbers to float rounding (the same
+    quantisation)."""
+
+    __slots__ = ("small", "large", "from_rows", "rows_seen", "qweight", "bias")
+
+    def __init__(self, small, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        self.small, self.large, self.qweight, self.bias = small, None, qweight, bias
+        self.from_rows = -(-ONEDNN_MIN_MACS // (qweight.size(0) * qweight.size(1)))
+        self.rows_seen = 0  # rows of large products run in fbgemm so far
+
+    def pick(self, rows: int):
+        if rows < self.from_rows:
+            return self.small
+        if self.large is None:
+            self.rows_seen += rows
+            if self.rows_seen < ONEDNN_AFTER_ROWS:
+                return self.small
+            previous = torch.backends.quantized.engine
+            torch.backends.quantized.engine = "onednn"
+            try:
+                with _quiet():
+                    self.large = torch.ops.quantized.linear_prepack(self.qweight, self.bias)
+            finally:
+                torch.backends.quantized.engine = previous
+        return self.large
+
 
 def product(x: torch.Tensor, packed) -> torch.Tensor:
-    """x (N, I) contiguous float, `packed` an Int8Linear's weights -> x W^T + b (N, O) in fbgemm's int8 kernel.
+    """x (N, I) contiguous float, `packed` an Int8Linear's weights -> x W^T + b (N, O) in fbgemm's int8 kernel,
+    or oneDNN's for a large product where that is faster (`Packed`).
 
     Called with torch's `__torch_function__` handling off and past the op's Python wrapper: passing the packed
     weights (a TorchScript object) through that handling costs more than the product of a decoding step
@@ -48,6 +102,8 @@ def product(x: torch.Tensor, packed) -> torch.Tensor:
     if _dynamic is None:
         overload = torch.ops.quantized.linear_dynamic.default
         _dynamic = getattr(overload, "_op", overload)
+    if type(packed) is Packed:
+        packed = packed.pick(x.size(0))
     with torch._C.DisableTorchFunctionSubclass():
         return _dynamic(x, packed, True)
 
@@ -88,6 +144,8 @@ class Int8Linear(nn.Module):
     def _pack(self, qweight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         with _quiet():
             self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        if _onednn_for_large():
+            self.packed = Packed(self.packed, qweight, bias)
         self.out_features = qweight.size(0)
 
     @classmethod

@@ -90,3 +90,28 @@ def seq2seq_macs(model) -> dict:
         else 2 * dec.combine.weight.size(1),  # score (A) and context (Dv), about
         "per_column": dec.cfg.decoder_hidden,
     }
+
+
+def traced(run, device) -> dict:
+    """`run()` traced by torch.profiler: its operators by host time printed; the counts of operators and kernel launches
+    (on a GPU) and host against device milliseconds returned."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as trace:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = trace.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45), flush=True)
+
+    def device_us(e) -> float:  # torch renamed self_cuda_time_total to self_device_time_total
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+
+    return {
+        "operators": sum(e.count for e in events if e.key.startswith("aten::")),
+        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
+        "host_ms": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
+        "device_ms": round(sum(device_us(e) for e in events) / 1e3, 1),
+    }

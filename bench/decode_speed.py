@@ -185,29 +185,11 @@ def main() -> None:
 
 
 def profile_batch(translator, sources: list[str], opts, batch_size: int) -> dict:
-    """One batch traced by torch.profiler: its table by host time printed, its totals returned."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    """One batch traced by torch.profiler (`common.traced`)."""
+    from common import traced
 
-    device = translator.device
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as traced:
-        translator.translate(sources, opts, batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    events = traced.key_averages()
-    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45), flush=True)
-
-    def device_us(e) -> float:  # torch renamed self_cuda_time_total to self_device_time_total
-        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
-
-    return {
-        "sentences": len(sources),
-        "operators": sum(e.count for e in events if e.key.startswith("aten::")),
-        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
-        "host_ms": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
-        "device_ms": round(sum(device_us(e) for e in events) / 1e3, 1),
-    }
+    run = lambda: translator.translate(sources, opts, batch_size)  # noqa: E731
+    return {"sentences": len(sources), **traced(run, translator.device)}
 
 
 def decoding_macs(translator, sources: list[str], outputs: list, beam: int, batch_size: int) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import cpu_name, fraction  # noqa: E402
+from common import cpu_name, fraction, traced  # noqa: E402
 from train_multi30k import DATA, roofline  # noqa: E402
 
 
@@ -75,12 +75,12 @@ def main() -> None:
     timings: list[tuple[float, int]] = []
     step = training.Trainer._step
 
-    traced: dict = {}
+    profiled: dict = {}
 
     def timed(self, description):
-        if args.profile and not traced and len(timings) == args.skip:  # traced, so left out of the timing
+        if args.profile and not profiled and len(timings) == args.skip:  # traced, so left out of the timing
             box: list = []
-            traced.update(profile_step(lambda: box.append(step(self, description)), self.device))
+            profiled.update(traced(lambda: box.append(step(self, description)), self.device))
             return box[0]
         sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda *a: None
         sync(self.device)
@@ -113,38 +113,16 @@ def main() -> None:
             **roofline(first, data, median, 1, args.device, args.threads),
         }
         result["rounds_roofline_fraction"] = [fraction(x / result["roofline_tokens_per_s"]) for x in rates]
+        shares = " / ".join(str(share) for share in result["rounds_roofline_fraction"])
         print(
-            f"rounds' fractions of the roofline ({result['roofline_tokens_per_s']:,} target tokens/s):",
-            end=" ",
+            f"rounds' fractions of the roofline ({result['roofline_tokens_per_s']:,} target tokens/s): {shares}"
         )
-        print(" / ".join(str(share) for share in result["rounds_roofline_fraction"]))
-        if traced:
-            result["profile"] = traced
+        if profiled:
+            result["profile"] = profiled
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def profile_step(run, device) -> dict:
-    """One training step traced by torch.profiler: its table by host time printed, its totals returned."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as trace:
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    events = trace.key_averages()
-    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45), flush=True)
-    device_us = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))  # noqa: E731
-    return {
-        "operators": sum(e.count for e in events if e.key.startswith("aten::")),
-        "kernel_launches": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")),
-        "host_ms": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
-        "device_ms": round(sum(device_us(e) for e in events) / 1e3, 1),
-    }
 
 
 if __name__ == "__main__":

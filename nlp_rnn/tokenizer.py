@@ -263,13 +263,15 @@ class Tokenizer:
     def encode_src(self, texts: Iterable[str], strip: bool = False) -> list[list[int]]:
         """`strip`: without the whitespace at either end after normalising (which may make it: HTML breaks become
         spaces), so that a raw text and its normalised form are the same ids."""
-        normalised = self.normalised(texts)
-        return self.src.encode([t.strip() for t in normalised] if strip else normalised, out_type=int)
+        return self.src.encode(self._prepared(texts, strip), out_type=int)
 
     def encode_tgt(self, texts: Iterable[str], strip: bool = False) -> list[list[int]]:
         """`strip`: as `encode_src`'s."""
+        return self.tgt.encode(self._prepared(texts, strip), out_type=int)
+
+    def _prepared(self, texts: Iterable[str], strip: bool) -> list[str]:
         normalised = self.normalised(texts)
-        return self.tgt.encode([t.strip() for t in normalised] if strip else normalised, out_type=int)
+        return [t.strip() for t in normalised] if strip else normalised
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         keep = UNK if self.words else EOS  # a word list writes <unk> back; sentencepiece drops the specials

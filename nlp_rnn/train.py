@@ -126,15 +126,12 @@ class RunLock:
             self._handle = None
 
 
-def refuse_a_second_run(out_dir: Path, resume: bool) -> None:
-    """A new run (not `resume`) never writes over the one `out_dir` already holds."""
-    if not resume and (out_dir / "last" / bundles.META).exists():
+def check_resume(out_dir: Path, resume: bool) -> None:
+    """A new run never writes over the run `out_dir` holds, and a resumed one needs it."""
+    held = (out_dir / "last" / bundles.META).is_file()
+    if held and not resume:
         raise NlpRnnError(f"{out_dir}: already holds a training run; use --resume, or another --output")
-
-
-def refuse_nothing_to_resume(out_dir: Path) -> None:
-    """A resumed run needs the run `out_dir` holds."""
-    if not (out_dir / "last" / bundles.META).is_file():
+    if resume and not held:
         raise NlpRnnError(f"{out_dir}: nothing to resume (no last/ bundle); run without --resume")
 
 
@@ -315,8 +312,7 @@ class Trainer:
         }
 
     def _restore(self) -> None:
-        last = self.out_dir / "last"
-        refuse_nothing_to_resume(self.out_dir)
+        last = self.out_dir / "last"  # (`run` has checked that it holds a run)
         state = bundles.load_trainer_state(last)
         saved_world = state.get("world_size", 1)
         if saved_world != self.world:
@@ -495,7 +491,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        refuse_a_second_run(self.out_dir, resume)
+        check_resume(self.out_dir, resume)
         if resume:
             self._restore()
         distributed.barrier()  # every process has read last/ before process 0 writes it again

@@ -1,6 +1,7 @@
 """The engines a model runs on: PyTorch (a bundle) or ONNX Runtime (an exported folder, `nlp-rnn export`)."""
 
 from pathlib import Path
+from typing import Optional
 
 from nlp_rnn import bundle as bundles
 from nlp_rnn import onnxrt
@@ -39,7 +40,7 @@ def load_exported(folder: str | Path) -> bundles.Bundle:
     )
 
 
-def _export_refusal(folder: Path):
+def _export_refusal(folder: Path) -> Optional[str]:
     """Why the bundle in `folder` cannot be exported (its task's `export_refusal`), or None (also when its files
     cannot be read: loading it says what is wrong)."""
     try:

@@ -82,11 +82,12 @@ class ForecastTask(tasks.Task):
     ) -> dict:
         if not cfg.data.refit:
             return super().fit(cfg, out_dir, tokenizer, resume, progress_bar, device)
-        from nlp_rnn.train import METRICS, Trainer, refuse_a_second_run
+        from nlp_rnn.train import METRICS, Trainer, check_resume
 
         selection = out_dir / SELECTION
         if not (selection / SELECTED).is_file():
-            refuse_a_second_run(out_dir, resume)
+            if not resume:  # (a resumed phase 1 resumes the selection run, not this folder's)
+                check_resume(out_dir, resume)
             log.info(
                 "refit, phase 1 of 2: choosing the number of epochs on the validation rows (in %s)", selection
             )

@@ -20,7 +20,7 @@ from nlp_rnn.tasks import base as tasks
 from nlp_rnn.tasks.translation.config import NAME, TranslationConfig
 from nlp_rnn.tasks.translation.interface import Translator
 from nlp_rnn.tasks.translation.shortlists import parallel_source
-from nlp_rnn.train import refuse_a_second_run, refuse_nothing_to_resume, run_folder
+from nlp_rnn.train import check_resume, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,10 @@ def distill(
             "(data.valid_src/valid_tgt or data.valid): the training side is replaced by the teacher's translations"
         )
     output = Path(output)
-    # before the teacher translates: a new run would replace the corpus its student trained on
-    if resume:
-        refuse_nothing_to_resume(output)
-    else:
-        refuse_a_second_run(output, resume)
-    read_parallel(
-        parallel_source(cfg.data, "valid")
-    )  # a missing validation file fails now, not after translating
+    # before the teacher translates: a new run would replace the corpus its student trained on, and a missing
+    # validation file fails now, not after the translating
+    check_resume(output, resume)
+    read_parallel(parallel_source(cfg.data, "valid"))
     bundle = tasks.load(teacher_path, NAME)  # the student takes the teacher's tokenizer
     teacher = Translator(bundle, precision)
     with run_folder(output):  # no other training or distillation writes the corpus or the student meanwhile

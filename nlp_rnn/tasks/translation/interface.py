@@ -111,9 +111,8 @@ class Translator:
         batch_size = batch_size or self.batch_size(opts.beam_size)
         out: list[list[Translation]] = [[] for _ in texts]
         encoded = self.encode(texts)
-        todo = [
-            i for i, ids in enumerate(encoded) if len(ids) > 1
-        ]  # EOS alone: nothing left after normalising
+        # (EOS alone: nothing was left after normalising)
+        todo = [i for i, ids in enumerate(encoded) if len(ids) > 1]
         if not todo:
             return out
         src_ids = [encoded[i] for i in todo]
